@@ -1,0 +1,3 @@
+from sabgal.cli import main
+
+raise SystemExit(main())

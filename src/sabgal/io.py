@@ -1,0 +1,281 @@
+"""Reading and writing files: the only module that knows image and table formats.
+
+Every reader error is an :class:`ImageReadError` whose message is one line
+naming the file and what is wrong with it. Writers go through a temporary file
+in the destination folder and an atomic rename, so a crash never leaves a
+half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = [
+    "ImageReadError",
+    "ImageData",
+    "read_rgb",
+    "read_nuclear",
+    "read_labels",
+    "write_labels",
+    "write_table",
+    "write_json",
+    "atomic_path",
+    "IMAGE_EXTENSIONS",
+    "MIN_SIZE_PX",
+]
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+MIN_SIZE_PX = 32
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be used; ``str(err)`` is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A decoded image.
+
+    pixels: (M, N, 3) float32 RGB in [0, 1] of the file's full scale, or (M, N)
+    float32 for a nuclear image. pixel_size_um: µm per pixel from the file's
+    metadata, else None. bit_depth: 8 or 16 (the container's). saturated_fraction:
+    share of pixels with any channel at the container's maximum.
+    """
+
+    path: str
+    pixels: np.ndarray
+    bit_depth: int
+    pixel_size_um: float | None
+    saturated_fraction: float
+    lossy: bool
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, float | None]:
+    if not path.exists():
+        raise ImageReadError(f"{path}: file not found")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    ext = path.suffix.lower()
+    try:
+        if ext in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                arr = tif.asarray()
+                pixel_size = _tiff_pixel_size(tif)
+            return np.asarray(arr), pixel_size
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path)), None
+    except ImageReadError:
+        raise
+    except Exception as exc:  # decoder errors come in many types; report them as one line
+        raise ImageReadError(
+            f"{path}: cannot decode {ext or 'file'} (truncated or corrupt?): {_one_line(exc)}"
+        ) from None
+
+
+def _tiff_pixel_size(tif: Any) -> float | None:
+    """µm per pixel from OME-XML, ImageJ metadata or the TIFF resolution tags."""
+    try:
+        if tif.ome_metadata:
+            root = ET.fromstring(tif.ome_metadata)
+            for el in root.iter():
+                if el.tag.endswith("Pixels") and "PhysicalSizeX" in el.attrib:
+                    size = float(el.attrib["PhysicalSizeX"])
+                    unit = el.attrib.get("PhysicalSizeXUnit", "µm")
+                    scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
+                    if scale and size > 0:
+                        return size * scale
+        page = tif.pages[0]
+        tags = page.tags
+        if "XResolution" not in tags:
+            return None
+        num, den = tags["XResolution"].value
+        if not num or not den:
+            return None
+        px_per_unit = num / den
+        ij = tif.imagej_metadata or {}
+        unit = str(ij.get("unit", "")).lower()
+        if unit in ("micron", "um", "µm", "\\u00b5m"):
+            return 1.0 / px_per_unit
+        res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        if res_unit == 3:  # centimetre
+            size = 1e4 / px_per_unit
+        elif res_unit == 2 and px_per_unit > 1000:  # inch; desktop dpi (72, 300) is not a microscope
+            size = 25400.0 / px_per_unit
+        else:
+            return None
+        return size if 0.01 < size < 100 else None
+    except Exception:  # metadata is advisory: a broken tag must not fail the read
+        return None
+
+
+def _to_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int, float]:
+    """Scale to [0, 1] float32; returns (pixels, bit_depth, saturated_fraction)."""
+    if arr.dtype == np.bool_:
+        raise ImageReadError(f"{path}: binary (1-bit) image; sabgal needs 8- or 16-bit brightfield")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ImageReadError(f"{path}: floating-point image contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0 or hi > 1:
+            raise ImageReadError(
+                f"{path}: floating-point image with values in [{lo:.3g}, {hi:.3g}]; "
+                "expected 8/16-bit integers or floats in [0, 1]")
+        sat = float(np.mean(np.any(arr >= 1.0, axis=-1))) if arr.ndim == 3 else float(np.mean(arr >= 1.0))
+        return arr.astype(np.float32), 32, sat
+    if arr.dtype == np.uint8:
+        full, depth = 255.0, 8
+    elif arr.dtype in (np.uint16, np.int16):
+        full, depth = 65535.0, 16
+        if arr.dtype == np.int16:
+            arr = arr.astype(np.int32)
+            if arr.min() < 0:
+                raise ImageReadError(f"{path}: signed 16-bit image with negative values")
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize == 4:
+        full, depth = float(max(int(arr.max()), 1)), 32
+    else:
+        raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}; need uint8 or uint16")
+    maxv = int(arr.max()) if arr.size else 0
+    if depth == 16 and 0 < maxv <= 4095:
+        full = 4095.0  # 12-bit camera data stored in 16-bit words
+    elif depth == 16 and 4095 < maxv <= 16383:
+        full = 16383.0  # 14-bit
+    sat_level = maxv if maxv >= full * 0.999 else full
+    if arr.ndim == 3:
+        sat = float(np.mean(np.any(arr >= sat_level, axis=-1)))
+    else:
+        sat = float(np.mean(arr >= sat_level))
+    return (arr.astype(np.float32) / np.float32(full)), depth, sat
+
+
+def _squeeze_pages(arr: np.ndarray) -> np.ndarray:
+    # Drop singleton leading axes (T, Z, C of 1) that TIFF writers like to add.
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    return arr
+
+
+def read_rgb(path: str | os.PathLike[str]) -> ImageData:
+    """Read an RGB brightfield image (TIFF/OME-TIFF, PNG, JPEG; 8/16-bit; RGB or RGBA).
+
+    Raises
+    ------
+    ImageReadError
+        One line naming the file: missing, empty, truncated/corrupt, too small,
+        greyscale, wrong number of channels, float out of range or NaN.
+    """
+    p = Path(path)
+    arr, pixel_size = _read_raw(p)
+    arr = _squeeze_pages(arr)
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, M, N) TIFF
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+        raise ImageReadError(
+            f"{p}: greyscale image {arr.shape[:2]}; sabgal needs an RGB colour brightfield image "
+            "(a nuclear image pairs with one via setup.companion_suffixes)")
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ImageReadError(f"{p}: image of shape {arr.shape}; expected (rows, cols, 3) RGB or RGBA")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]  # alpha carries no optical density
+    if min(arr.shape[:2]) < MIN_SIZE_PX:
+        raise ImageReadError(
+            f"{p}: image is {arr.shape[0]}x{arr.shape[1]} px; need at least {MIN_SIZE_PX}x{MIN_SIZE_PX}")
+    pixels, depth, sat = _to_float(arr, p)
+    return ImageData(str(p), np.ascontiguousarray(pixels), depth, pixel_size, sat,
+                     lossy=p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
+    """Read a nuclear fluorescence image (DAPI/Hoechst) as (M, N) float32.
+
+    RGB files are accepted (a false-coloured export): the brightest channel is used.
+    """
+    p = Path(path)
+    arr, pixel_size = _read_raw(p)
+    arr = _squeeze_pages(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].max(axis=-1)
+    elif arr.ndim == 3 and arr.shape[0] in (2, 3, 4):
+        arr = arr.max(axis=0)
+    if arr.ndim != 2:
+        raise ImageReadError(f"{p}: nuclear image of shape {arr.shape}; expected a single-channel (rows, cols) image")
+    if min(arr.shape) < MIN_SIZE_PX:
+        raise ImageReadError(f"{p}: image is {arr.shape[0]}x{arr.shape[1]} px; need at least {MIN_SIZE_PX}x{MIN_SIZE_PX}")
+    pixels, depth, sat = _to_float(arr, p)
+    return ImageData(str(p), np.ascontiguousarray(pixels), depth, pixel_size, sat,
+                     lossy=p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a labels TIFF written by :func:`write_labels`."""
+    import tifffile
+
+    return np.asarray(tifffile.imread(path))
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; rename it onto ``dest`` on success."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> None:
+    """Write a uint32 label image as a compressed TIFF, atomically."""
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(labels, dtype=np.uint32), compression="zlib")
+
+
+def write_table(path: str | os.PathLike[str], table: Any) -> None:
+    """Write a pandas DataFrame as CSV or Parquet (by extension), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON (indented, keys in order given), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
