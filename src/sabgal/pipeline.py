@@ -1,0 +1,297 @@
+"""The single-image pipeline: RGB (+ optional nuclear image) -> per-cell table.
+
+:func:`analyze_image` composes the pure stages::
+
+    lamp = illumination.estimate_lamp(rgb)
+    od = stains.rgb_to_od(rgb, lamp)
+    model = stains.StainModel(...)          # X-gal, counterstain/residual, grey
+    conc = stains.unmix(od, model.matrix)
+    nuclei = segment.segment_nuclei(nuclear_map)
+    cells = segment.segment_cells(nuclei, foreground)
+    table = measure.measure_cells(cells, nuclei, xgal=..., body=...)
+    table = classify.classify_cells(table, classify.learn_thresholds(table))
+
+It decides the imaging set-up per image when the config leaves it on
+``auto``, and records every decision in :attr:`ImageResult.info`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from sabgal import classify, illumination, measure, segment, stains
+from sabgal.config import Config
+
+__all__ = ["ImageResult", "analyze_image", "decide_setup", "nuclear_map_brightfield"]
+
+
+@dataclass
+class ImageResult:
+    """Everything the pipeline learnt about one image.
+
+    cells: per-cell table (:data:`sabgal.measure.CELL_COLUMNS` + calls).
+    cell_labels, nucleus_labels: (M, N) uint32 label images (a nucleus has its
+      cell's label; cells without a found nucleus have none).
+    xgal: (M, N) float32 X-gal concentration (OD), background-corrected.
+    counterstain: (M, N) float32 counterstain concentration, or None.
+    info: set-up decided, stain vectors, lamp, thresholds, QC metrics, timings.
+    """
+
+    cells: pd.DataFrame
+    cell_labels: np.ndarray
+    nucleus_labels: np.ndarray
+    xgal: np.ndarray
+    counterstain: np.ndarray | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        return classify.summarize(self.cells)
+
+
+def _validate_rgb(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
+        raise ValueError(f"rgb must have shape (rows, cols, 3); got {rgb.shape}")
+    rgb = rgb[..., :3]
+    if rgb.dtype == np.uint8:
+        return rgb.astype(np.float32) / 255
+    if rgb.dtype == np.uint16:
+        return rgb.astype(np.float32) / 65535
+    rgb = rgb.astype(np.float32)
+    if not np.all(np.isfinite(rgb)):
+        raise ValueError("rgb contains NaN or infinite values")
+    return rgb
+
+
+def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
+    """Decide (mode, counterstain name, counterstain vector or None, warnings)."""
+    warnings: list[str] = []
+    s = config.setup
+    mode = s.mode
+    if mode == "fluorescence" and not has_nuclear:
+        raise ValueError("setup.mode = 'fluorescence' but no nuclear companion image was given")
+    if mode == "auto":
+        mode = "fluorescence" if has_nuclear else "undecided"
+    cs_name, cs_vec = "none", None
+    if s.counterstain == "custom":
+        cs_name, cs_vec = "custom", stains.normalize(s.custom_counterstain_vector)
+    elif s.counterstain in stains.COUNTERSTAINS:
+        cs_name, cs_vec = s.counterstain, stains.COUNTERSTAINS[s.counterstain]
+    elif s.counterstain == "auto" and mode != "brightfield":
+        name, vec, _frac = stains.detect_counterstain(od, max_angle_deg=config.stains.max_counterstain_angle_deg)
+        if name != "none":
+            cs_name, cs_vec = name, stains.COUNTERSTAINS[name]
+    if cs_name == "hematoxylin":
+        warnings.append("hematoxylin counterstain: its colour is ~12 degrees from X-gal, so X-gal "
+                        "and hematoxylin cannot be separated reliably; prefer nuclear fast red")
+    if mode == "undecided":
+        mode = "counterstain" if cs_vec is not None else "brightfield"
+    if mode == "counterstain" and cs_vec is None:
+        warnings.append("setup.mode = 'counterstain' but no counterstain was found; nuclei from brightfield")
+    return mode, cs_name, cs_vec, warnings
+
+
+def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float) -> np.ndarray:
+    """Best-effort nuclear map when no nuclear stain exists.
+
+    Nuclei are denser than cytoplasm (higher neutral OD) and, in SA-β-gal
+    positive cells, stand out as pale holes in the perinuclear blue. The map
+    adds the neutral density to the local deficit of X-gal below its
+    surroundings.
+    """
+    g = ndi.gaussian_filter(grey, sigma)
+    x = ndi.gaussian_filter(np.maximum(xgal, 0), sigma)
+    xs = ndi.gaussian_filter(x, 3 * sigma)
+    hole = np.clip(xs - x, 0, None)
+    return (g + hole).astype(np.float32)
+
+
+def _texture(od_sum: np.ndarray, sigma: float) -> np.ndarray:
+    m = ndi.gaussian_filter(od_sum, sigma)
+    m2 = ndi.gaussian_filter(od_sum * od_sum, sigma)
+    return np.sqrt(np.maximum(m2 - m * m, 0)).astype(np.float32)
+
+
+def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
+                  pixel_size_um: float | None = None, flat_field: np.ndarray | None = None,
+                  classify_cells: bool = True) -> ImageResult:
+    """Run the whole pipeline on one image.
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) ndarray
+        Brightfield image: uint8, uint16, or float in [0, 1].
+    nuclear : (M, N) ndarray, optional
+        Nuclear fluorescence (DAPI/Hoechst) of the same field.
+    config : Config, optional
+        Defaults to :class:`sabgal.config.Config` (set-up decided per image).
+    pixel_size_um : float, optional
+        µm per pixel (falls back to ``config.setup.pixel_size_um``).
+    flat_field : (M, N, 3) ndarray, optional
+        Blank image for ``illumination.method = "flat_field"``.
+    classify_cells : bool
+        Add the calls with thresholds learnt from this image alone (a batch
+        re-classifies with thresholds learnt from the whole set).
+
+    Returns
+    -------
+    ImageResult
+    """
+    config = config or Config()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    rgb = _validate_rgb(rgb)
+    if nuclear is not None:
+        nuclear = np.asarray(nuclear, dtype=np.float32)
+        if nuclear.shape != rgb.shape[:2]:
+            raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {rgb.shape[:2]}")
+    px = pixel_size_um or config.setup.pixel_size_um
+    ill = config.illumination
+
+    # 1. illumination
+    if ill.method == "flat_field":
+        if flat_field is None:
+            raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
+        lamp = illumination.lamp_from_blank(_validate_rgb(flat_field), rgb.shape)
+    elif ill.method == "none":
+        lamp = illumination.flat_lamp(rgb)
+    else:
+        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
+    od = stains.rgb_to_od(rgb, lamp.image)
+    timings["illumination_s"] = time.perf_counter() - t0
+
+    # 2. stains
+    t = time.perf_counter()
+    mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
+    sc = config.stains
+    xgal_ref = stains.normalize(sc.xgal_vector)
+    model = stains.StainModel.build(xgal_ref, cs_name, cs_vec, xgal_ref=xgal_ref)
+    conc = stains.unmix(od, model.matrix)
+    xgal_vec, cs_used = xgal_ref, cs_vec
+    refined = False
+    if sc.estimate_xgal:
+        xgal_vec, refined = stains.refine_vector(od, conc[..., 0], xgal_ref, max_angle_deg=sc.max_xgal_angle_deg)
+    if cs_vec is not None and sc.estimate_counterstain:
+        cs_used, _ = stains.refine_vector(od, conc[..., 1], cs_vec, max_angle_deg=sc.max_counterstain_angle_deg)
+    if refined or cs_used is not cs_vec:
+        model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec)
+        conc = stains.unmix(od, model.matrix)
+    xgal = conc[..., 0]
+    grey = conc[..., model.channel("grey")]
+    counter = conc[..., 1] if cs_used is not None else None
+    if model.condition > 30:
+        warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
+    timings["stains_s"] = time.perf_counter() - t
+
+    # 3. segmentation
+    t = time.perf_counter()
+    seg = config.segment
+    od_pos = np.clip(xgal, 0, None) + np.clip(grey, 0, None)
+    if counter is not None:
+        od_pos += np.clip(counter, 0, None)
+    if mode == "fluorescence":
+        nmap = nuclear
+    elif counter is not None:
+        nmap = counter
+    else:
+        nmap = None
+    if seg.nucleus_diameter_px > 0:
+        diameter = float(seg.nucleus_diameter_px)
+    elif nmap is not None:
+        diameter = segment.estimate_nucleus_diameter(nmap)
+    else:
+        diameter = segment.estimate_nucleus_diameter(
+            nuclear_map_brightfield(grey, xgal, sigma=1.5))
+    if nmap is None:
+        nmap = nuclear_map_brightfield(grey, xgal, sigma=max(1.0, diameter / 8))
+    nuc_area = np.pi * (diameter / 2) ** 2
+    nuclei = segment.segment_nuclei(nmap, diameter_px=diameter,
+                                    min_area_px=seg.min_nucleus_area_fraction * nuc_area)
+    sigma_fg = max(1.0, diameter / 8)
+    texture = _texture(od_pos, sigma_fg)
+    foreground = segment.cell_foreground(od_pos, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
+                                         texture=texture)
+    unseeded = "seed" if mode == "brightfield" else "drop"
+    cells, nuclei = segment.segment_cells(
+        nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * diameter,
+        min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=diameter)
+    cells = segment.relabel_sequential(cells)
+    nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
+    timings["segment_s"] = time.perf_counter() - t
+
+    # 4. background-correct X-gal on glass, then measure
+    t = time.perf_counter()
+    glass = ~ndi.binary_dilation(foreground | (cells > 0), iterations=3)
+    xgal_bg = float(np.median(xgal[glass])) if glass.sum() > 1000 else 0.0
+    xgal_c = ndi.gaussian_filter(xgal - np.float32(xgal_bg), 1.0)
+    table = measure.measure_cells(cells, nuclei, xgal=xgal_c, body=grey, counterstain=counter,
+                                  pixel_size_um=px)
+    timings["measure_s"] = time.perf_counter() - t
+
+    info: dict[str, Any] = {
+        "setup": mode,
+        "counterstain": model.counterstain,
+        "xgal_vector": [round(float(v), 4) for v in model.matrix[0]],
+        "xgal_vector_refined": bool(refined),
+        "xgal_angle_from_reference_deg": round(model.xgal_angle_deg, 2),
+        "counterstain_vector": ([round(float(v), 4) for v in model.matrix[1]] if counter is not None else None),
+        "stain_condition_number": round(model.condition, 2),
+        "lamp_method": lamp.method,
+        "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,
+        "illumination_nonuniformity": round(lamp.nonuniformity, 4),
+        "lamp_rgb": [round(float(v), 4) for v in np.median(lamp.image[::8, ::8].reshape(-1, 3), axis=0)],
+        "xgal_background_od": round(xgal_bg, 4),
+        "nucleus_diameter_px": round(diameter, 2),
+        "pixel_size_um": px,
+        "height_px": int(rgb.shape[0]),
+        "width_px": int(rgb.shape[1]),
+        "warnings": warnings,
+        "qc": _qc_metrics(rgb, od, glass, foreground, cells, lamp),
+    }
+    if classify_cells:
+        th = classify.learn_thresholds(table, config.classify)
+        table = classify.classify_cells(table, th, rule=config.classify.senescent_rule, image_column=None)
+        info["thresholds"] = th.to_dict()
+    timings["total_s"] = time.perf_counter() - t0
+    info["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return ImageResult(table, cells.astype(np.uint32), nuclei, xgal_c.astype(np.float32),
+                       None if counter is None else counter.astype(np.float32), info)
+
+
+def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
+    """Image-quality numbers; flags and cut-offs are applied by ``sabgal.qc``."""
+    lum = rgb.mean(axis=-1)
+    step = 2 if lum.size > 2_000_000 else 1
+    lap = ndi.laplace(lum[::step, ::step])
+    focus = float(np.var(lap) / max(float(np.mean(lum)) ** 2, 1e-9))
+    od_sum = od.sum(axis=-1)
+    if glass.sum() > 1000:
+        bg = od_sum[glass]
+        # background uniformity: spread of coarse-block medians of glass OD
+        f = max(1, min(od_sum.shape) // 8)
+        vals = []
+        for y in range(0, od_sum.shape[0] - f + 1, f):
+            for x in range(0, od_sum.shape[1] - f + 1, f):
+                g = glass[y:y + f, x:x + f]
+                if g.sum() > 0.2 * f * f:
+                    vals.append(np.median(od_sum[y:y + f, x:x + f][g]))
+        nonuni = float(np.percentile(vals, 95) - np.percentile(vals, 5)) if len(vals) >= 4 else float("nan")
+        bg_noise = float(np.std(bg))
+    else:
+        nonuni, bg_noise = float("nan"), float("nan")
+    debris = foreground & (cells == 0)
+    return {
+        "focus_score": focus,
+        "background_od_nonuniformity": nonuni,
+        "background_od_noise": bg_noise,
+        "foreground_fraction": float(foreground.mean()),
+        "debris_area_fraction": float(debris.mean()),
+        "lamp_residual_od": lamp.residual_od,
+    }

@@ -1,0 +1,278 @@
+"""Optical density and colour deconvolution.
+
+Beer–Lambert: a stain of concentration ``c`` and unit OD vector ``v`` (R, G, B)
+attenuates light by ``10**(-c v)``; stains add in OD space. With the lamp
+``I0`` known, ``OD = -log10(I / I0)`` and the stain concentrations are the
+least-squares solution of ``OD = C @ M`` for the stain matrix ``M``
+(Ruifrok & Johnston 2001). sabgal unmixes three channels:
+
+* X-gal (the blue indigo of SA-β-gal),
+* the nuclear counterstain when there is one (else a third vector orthogonal
+  to the other two, which soaks up colour the model cannot explain),
+* a neutral grey channel, so dark debris, refractive cell rims and defocus
+  (which absorb all colours about equally) do not read as blue.
+
+Published vectors are module constants; per-image refinement estimates the
+X-gal and counterstain directions from the image's own strongly stained
+pixels (in the spirit of Macenko et al. 2009), accepted only within a set
+angle of the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "XGAL",
+    "NUCLEAR_FAST_RED",
+    "EOSIN",
+    "NEUTRAL_RED",
+    "HEMATOXYLIN",
+    "GREY",
+    "COUNTERSTAINS",
+    "normalize",
+    "angle_deg",
+    "rgb_to_od",
+    "stain_matrix",
+    "unmix",
+    "StainModel",
+    "detect_counterstain",
+    "refine_vector",
+]
+
+
+def normalize(v) -> np.ndarray:
+    """Unit vector (float64).
+
+    >>> normalize([3, 4, 0]).tolist()
+    [0.6, 0.8, 0.0]
+    """
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+# X-gal product 5,5'-dibromo-4,4'-dichloro-indigo: absorbs red/orange most.
+# Reference OD direction measured on SA-β-gal stained cultures (R, G, B).
+XGAL = normalize([0.722, 0.557, 0.411])
+# Nuclear fast red (Kernechtrot), a red nuclear counterstain: absorbs green most.
+NUCLEAR_FAST_RED = normalize([0.214, 0.851, 0.478])
+# Eosin Y (Ruifrok & Johnston 2001; scikit-image rgb_from_hed uses (0.07, 0.99, 0.11)).
+EOSIN = normalize([0.093, 0.865, 0.493])
+# Neutral red, a red lysosomal/nuclear counterstain: close to nuclear fast red, bluer.
+NEUTRAL_RED = normalize([0.190, 0.780, 0.597])
+# Hematoxylin (Ruifrok & Johnston 2001): ~12° from X-gal, unmixing is ill-conditioned.
+HEMATOXYLIN = normalize([0.650, 0.704, 0.286])
+# Neutral density: absorbs all channels equally (debris, rims, defocus).
+GREY = normalize([1.0, 1.0, 1.0])
+
+COUNTERSTAINS = {
+    "nuclear_fast_red": NUCLEAR_FAST_RED,
+    "eosin": EOSIN,
+    "neutral_red": NEUTRAL_RED,
+    "hematoxylin": HEMATOXYLIN,
+}
+
+
+def angle_deg(a, b) -> float:
+    """Angle between two vectors in degrees.
+
+    >>> round(angle_deg([1, 0, 0], [0, 1, 0]), 1)
+    90.0
+    """
+    c = float(np.clip(np.dot(normalize(a), normalize(b)), -1.0, 1.0))
+    return float(np.degrees(np.arccos(c)))
+
+
+def rgb_to_od(rgb: np.ndarray, lamp: np.ndarray, *, floor: float = 1e-3) -> np.ndarray:
+    """Beer–Lambert optical density ``-log10(I / I0)`` per channel.
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) float ndarray
+        Intensities.
+    lamp : (M, N, 3) or (3,) float ndarray
+        Incident intensity ``I0`` in the same scale.
+    floor : float
+        Transmittance floor, so black pixels give a finite OD (3 by default).
+
+    Returns
+    -------
+    od : (M, N, 3) float32 ndarray
+        Optical density; ~0 on background, may be slightly negative with noise.
+
+    >>> rgb_to_od(np.array([[[0.1, 1.0, 0.5]]]), np.ones(3)).round(3).tolist()
+    [[[1.0, 0.0, 0.301]]]
+    """
+    t = np.asarray(rgb, dtype=np.float32) / np.asarray(lamp, dtype=np.float32)
+    np.maximum(t, np.float32(floor), out=t)
+    od = np.log10(t)
+    np.negative(od, out=od)
+    return od
+
+
+def stain_matrix(*vectors) -> np.ndarray:
+    """Stack unit stain vectors into a (k, 3) matrix; with two vectors a third,
+    orthogonal one (their cross product) completes the basis.
+
+    >>> stain_matrix([1, 0, 0], [0, 1, 0]).tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    vs = [normalize(v) for v in vectors]
+    if len(vs) == 2:
+        vs.append(normalize(np.cross(vs[0], vs[1])))
+    m = np.stack(vs)
+    if np.linalg.matrix_rank(m) < m.shape[0]:
+        raise ValueError("stain vectors are linearly dependent; cannot unmix")
+    return m
+
+
+def unmix(od: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Stain concentrations from OD by least squares: solve ``od = c @ matrix``.
+
+    Parameters
+    ----------
+    od : (..., 3) ndarray
+    matrix : (k, 3) ndarray of unit stain vectors.
+
+    Returns
+    -------
+    (..., k) float32 ndarray of concentrations (OD units along each vector).
+
+    >>> m = stain_matrix([1, 1, 0], [0, 1, 1], [1, 0, 1])
+    >>> od = 0.5 * m[0] + 0.2 * m[2]
+    >>> unmix(od, m).round(6).tolist()
+    [0.5, 0.0, 0.2]
+    """
+    inv = np.linalg.pinv(np.asarray(matrix, dtype=np.float64)).astype(np.float32)  # (3, k)
+    return np.asarray(od, dtype=np.float32) @ inv
+
+
+@dataclass(frozen=True)
+class StainModel:
+    """The stain vectors used for one image.
+
+    names: channel names in unmixing order, e.g. ("xgal", "counterstain", "grey").
+    matrix: (3, 3) unit vectors, rows in the order of ``names``.
+    counterstain: the counterstain's name or "none".
+    xgal_angle_deg: angle between the X-gal vector used and the reference.
+    condition: condition number of the matrix (large = ill-conditioned).
+    """
+
+    names: tuple[str, ...]
+    matrix: np.ndarray
+    counterstain: str
+    xgal_angle_deg: float
+    counterstain_angle_deg: float
+    condition: float
+
+    @classmethod
+    def build(cls, xgal, counterstain_name: str, counterstain_vec=None, *, xgal_ref=XGAL,
+              counterstain_ref=None) -> "StainModel":
+        xgal = normalize(xgal)
+        if counterstain_name == "none" or counterstain_vec is None:
+            matrix = stain_matrix(xgal, GREY)
+            names = ("xgal", "grey", "residual")
+            cs_angle = float("nan")
+            counterstain_name = "none"
+        else:
+            matrix = stain_matrix(xgal, counterstain_vec, GREY)
+            names = ("xgal", "counterstain", "grey")
+            ref = counterstain_vec if counterstain_ref is None else counterstain_ref
+            cs_angle = angle_deg(counterstain_vec, ref)
+        return cls(names, matrix, counterstain_name, angle_deg(xgal, xgal_ref), cs_angle,
+                   float(np.linalg.cond(matrix)))
+
+    def channel(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def _directions(od: np.ndarray, min_od: float, max_pixels: int = 200_000, seed_step: int = 1):
+    """Unit OD directions of pixels whose summed OD exceeds ``min_od`` (subsampled)."""
+    flat = od.reshape(-1, 3)
+    if flat.shape[0] > max_pixels * 4:
+        step = int(np.ceil(flat.shape[0] / (max_pixels * 4)))
+        flat = flat[::step]
+    total = flat.sum(axis=1)
+    sel = flat[(total > min_od) & np.all(flat > -0.05, axis=1)]
+    if sel.shape[0] == 0:
+        return sel, sel[:, 0] if sel.size else np.zeros(0)
+    norms = np.linalg.norm(sel, axis=1)
+    return sel / norms[:, None], norms
+
+
+def detect_counterstain(od: np.ndarray, *, candidates=("nuclear_fast_red", "eosin", "neutral_red"),
+                        max_angle_deg: float = 15.0, min_fraction: float = 0.002) -> tuple[str, np.ndarray | None, float]:
+    """Decide whether a red nuclear counterstain is present, and which.
+
+    Pixels with clear absorbance (summed OD > 0.15) whose colour lies within
+    ``max_angle_deg`` of a candidate counterstain, and closer to it than to
+    X-gal or grey, are counted. If they make up at least ``min_fraction`` of
+    the field the counterstain is present; its vector is their robust mean
+    direction.
+
+    Returns
+    -------
+    name : str ("none" when absent)
+    vector : (3,) unit vector or None
+    fraction : share of the field with counterstain colour
+    """
+    dirs, norms = _directions(od, 0.15)
+    n_total = od.shape[0] * od.shape[1] / max(1, int(np.ceil(od.shape[0] * od.shape[1] / 800_000)))
+    if dirs.shape[0] < 50:
+        return "none", None, 0.0
+    refs = {name: COUNTERSTAINS[name] for name in candidates}
+    cos_x = dirs @ XGAL
+    cos_g = dirs @ GREY
+    cos_lim = np.cos(np.radians(max_angle_deg))
+    red_like = np.zeros(dirs.shape[0], dtype=bool)
+    for name, ref in refs.items():
+        c = dirs @ ref
+        red_like |= (c > cos_lim) & (c > cos_x) & (c > cos_g)
+    count = int(red_like.sum())
+    fraction = count / max(n_total, 1)
+    if fraction < min_fraction:
+        return "none", None, fraction
+    # Mean direction of the strongest red pixels, weighted by OD.
+    w = norms[red_like]
+    top = w >= np.percentile(w, 50)
+    vec = normalize((dirs[red_like][top] * w[top, None]).sum(axis=0))
+    best_name = min(refs, key=lambda name: angle_deg(vec, refs[name]))
+    return best_name, vec, fraction
+
+
+def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_angle_deg: float,
+                  top_fraction: float = 0.003, min_pixels: int = 200) -> tuple[np.ndarray, bool]:
+    """Refine a stain's direction from the pixels where it is most concentrated.
+
+    The OD directions of the ``top_fraction`` pixels with the highest
+    concentration of the stain (from a first unmixing with the reference) are
+    averaged, weighted by OD. The estimate is accepted only if it lies within
+    ``max_angle_deg`` of ``reference`` and enough pixels carry the stain.
+
+    Returns
+    -------
+    vector : (3,) unit vector (the reference when not accepted)
+    accepted : bool
+    """
+    ref = normalize(reference)
+    flat_c = concentration.reshape(-1)
+    flat_od = od.reshape(-1, 3)
+    step = max(1, flat_c.size // 1_000_000)
+    c = flat_c[::step]
+    o = flat_od[::step]
+    k = max(min_pixels, int(c.size * top_fraction))
+    if c.size <= k:
+        return ref, False
+    idx = np.argpartition(c, c.size - k)[c.size - k:]
+    idx = idx[c[idx] > 0.15]
+    if idx.size < min_pixels:
+        return ref, False
+    sel = o[idx]
+    norms = np.linalg.norm(sel, axis=1)
+    good = norms > 0
+    vec = normalize((sel[good]).sum(axis=0))
+    if np.any(vec < 0) or angle_deg(vec, ref) > max_angle_deg:
+        return ref, False
+    return vec, True
