@@ -36,6 +36,7 @@ import pandas as pd
 from sabgal import __version__, classify
 from sabgal import io as sio
 from sabgal.config import Config, config_from_dict, config_to_dict
+from sabgal.corrections import apply_corrections, load_corrections
 from sabgal.measure import CELL_COLUMNS, empty_cells_table
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,8 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     cc = config.classify
     th = classify.learn_thresholds(cells, cc)
     cells = classify.classify_cells(cells, th, rule=cc.senescent_rule)
-    cols = ["image"] + [c for c in CELL_COLUMNS] + ["sabgal_positive", "enlarged", "senescent"]
+    cells = apply_corrections(cells, load_corrections(out / "corrections.csv"), rule=cc.senescent_rule)
+    cols = ["image"] + [c for c in CELL_COLUMNS] + ["sabgal_positive", "enlarged", "senescent", "corrected"]
     cells = cells[cols]
 
     rows = []

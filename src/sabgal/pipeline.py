@@ -28,7 +28,16 @@ from scipy import ndimage as ndi
 from sabgal import classify, illumination, measure, segment, stains
 from sabgal.config import Config
 
-__all__ = ["ImageResult", "analyze_image", "decide_setup", "nuclear_map_brightfield"]
+__all__ = [
+    "ImageResult",
+    "StainedImage",
+    "analyze_image",
+    "prepare_image",
+    "segment_image",
+    "measure_image",
+    "decide_setup",
+    "nuclear_map_brightfield",
+]
 
 
 @dataclass
@@ -119,6 +128,119 @@ def _texture(od_sum: np.ndarray, sigma: float) -> np.ndarray:
     return np.sqrt(np.maximum(m2 - m * m, 0)).astype(np.float32)
 
 
+@dataclass
+class StainedImage:
+    """An image after illumination correction and colour deconvolution."""
+
+    rgb: np.ndarray  # (M, N, 3) float32
+    od: np.ndarray  # (M, N, 3) float32 optical density
+    xgal: np.ndarray  # (M, N) float32 X-gal concentration (OD), not yet background-corrected
+    grey: np.ndarray  # (M, N) float32 neutral density
+    counterstain: np.ndarray | None
+    mode: str
+    model: stains.StainModel
+    lamp: illumination.Lamp
+    refined: bool
+    warnings: list[str]
+
+
+def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
+                  flat_field: np.ndarray | None = None) -> StainedImage:
+    """Illumination correction and colour deconvolution (stages 1-2)."""
+    config = config or Config()
+    rgb = _validate_rgb(rgb)
+    ill = config.illumination
+    if ill.method == "flat_field":
+        if flat_field is None:
+            raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
+        lamp = illumination.lamp_from_blank(_validate_rgb(flat_field), rgb.shape)
+    elif ill.method == "none":
+        lamp = illumination.flat_lamp(rgb)
+    else:
+        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
+    od = stains.rgb_to_od(rgb, lamp.image)
+    mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
+    sc = config.stains
+    xgal_ref = stains.normalize(sc.xgal_vector)
+    model = stains.StainModel.build(xgal_ref, cs_name, cs_vec, xgal_ref=xgal_ref)
+    conc = stains.unmix(od, model.matrix)
+    xgal_vec, cs_used = xgal_ref, cs_vec
+    refined = False
+    if sc.estimate_xgal:
+        xgal_vec, refined = stains.refine_vector(od, conc[..., 0], xgal_ref, max_angle_deg=sc.max_xgal_angle_deg)
+    if cs_vec is not None and sc.estimate_counterstain:
+        cs_used, _ = stains.refine_vector(od, conc[..., 1], cs_vec, max_angle_deg=sc.max_counterstain_angle_deg)
+    if refined or cs_used is not cs_vec:
+        model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec)
+        conc = stains.unmix(od, model.matrix)
+    if model.condition > 30:
+        warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
+    counter = np.ascontiguousarray(conc[..., 1]) if cs_used is not None else None
+    return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]),
+                        np.ascontiguousarray(conc[..., model.channel("grey")]), counter, mode, model,
+                        lamp, refined, warnings)
+
+
+def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
+                  foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
+                  config: Config | None = None) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
+    """Measure given labels on a prepared image (stage 4); also used after a
+    person edits the labels (napari).
+
+    Returns (table without calls, background-corrected X-gal map, X-gal
+    background OD, glass mask).
+    """
+    config = config or Config()
+    cells = np.asarray(cell_labels)
+    occupied = cells > 0 if foreground is None else (foreground | (cells > 0))
+    glass = ~ndi.binary_dilation(occupied, iterations=3)
+    xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
+    xgal_c = ndi.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
+    px = pixel_size_um or config.setup.pixel_size_um
+    table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
+                                  counterstain=prep.counterstain, pixel_size_um=px)
+    return table, xgal_c, xgal_bg, glass
+
+
+def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
+                  config: Config | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Nuclei and cells (stage 3). Returns (cells uint32, nuclei uint32, foreground, diameter_px)."""
+    config = config or Config()
+    seg = config.segment
+    xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
+    od_pos = np.clip(xgal, 0, None) + np.clip(grey, 0, None)
+    if counter is not None:
+        od_pos += np.clip(counter, 0, None)
+    if mode == "fluorescence":
+        nmap = nuclear
+    elif counter is not None:
+        nmap = counter
+    else:
+        nmap = None
+    if seg.nucleus_diameter_px > 0:
+        diameter = float(seg.nucleus_diameter_px)
+    elif nmap is not None:
+        diameter = segment.estimate_nucleus_diameter(nmap)
+    else:
+        diameter = segment.estimate_nucleus_diameter(nuclear_map_brightfield(grey, xgal, sigma=1.5))
+    if nmap is None:
+        nmap = nuclear_map_brightfield(grey, xgal, sigma=max(1.0, diameter / 8))
+    nuc_area = np.pi * (diameter / 2) ** 2
+    nuclei = segment.segment_nuclei(nmap, diameter_px=diameter,
+                                    min_area_px=seg.min_nucleus_area_fraction * nuc_area)
+    sigma_fg = max(1.0, diameter / 8)
+    texture = _texture(od_pos, sigma_fg)
+    foreground = segment.cell_foreground(od_pos, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
+                                         texture=texture)
+    unseeded = "seed" if mode == "brightfield" else "drop"
+    cells, nuclei = segment.segment_cells(
+        nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * diameter,
+        min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=diameter)
+    cells = segment.relabel_sequential(cells)
+    nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
+    return cells.astype(np.uint32), nuclei, foreground, diameter
+
+
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
                   pixel_size_um: float | None = None, flat_field: np.ndarray | None = None,
                   classify_cells: bool = True) -> ImageResult:
@@ -147,101 +269,31 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     config = config or Config()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    rgb = _validate_rgb(rgb)
     if nuclear is not None:
         nuclear = np.asarray(nuclear, dtype=np.float32)
-        if nuclear.shape != rgb.shape[:2]:
-            raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {rgb.shape[:2]}")
+        if nuclear.shape != np.shape(rgb)[:2]:
+            raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {np.shape(rgb)[:2]}")
     px = pixel_size_um or config.setup.pixel_size_um
-    ill = config.illumination
+    prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field)
+    timings["illumination_stains_s"] = time.perf_counter() - t0
 
-    # 1. illumination
-    if ill.method == "flat_field":
-        if flat_field is None:
-            raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
-        lamp = illumination.lamp_from_blank(_validate_rgb(flat_field), rgb.shape)
-    elif ill.method == "none":
-        lamp = illumination.flat_lamp(rgb)
-    else:
-        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
-    od = stains.rgb_to_od(rgb, lamp.image)
-    timings["illumination_s"] = time.perf_counter() - t0
-
-    # 2. stains
     t = time.perf_counter()
-    mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
-    sc = config.stains
-    xgal_ref = stains.normalize(sc.xgal_vector)
-    model = stains.StainModel.build(xgal_ref, cs_name, cs_vec, xgal_ref=xgal_ref)
-    conc = stains.unmix(od, model.matrix)
-    xgal_vec, cs_used = xgal_ref, cs_vec
-    refined = False
-    if sc.estimate_xgal:
-        xgal_vec, refined = stains.refine_vector(od, conc[..., 0], xgal_ref, max_angle_deg=sc.max_xgal_angle_deg)
-    if cs_vec is not None and sc.estimate_counterstain:
-        cs_used, _ = stains.refine_vector(od, conc[..., 1], cs_vec, max_angle_deg=sc.max_counterstain_angle_deg)
-    if refined or cs_used is not cs_vec:
-        model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec)
-        conc = stains.unmix(od, model.matrix)
-    xgal = conc[..., 0]
-    grey = conc[..., model.channel("grey")]
-    counter = conc[..., 1] if cs_used is not None else None
-    if model.condition > 30:
-        warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
-    timings["stains_s"] = time.perf_counter() - t
-
-    # 3. segmentation
-    t = time.perf_counter()
-    seg = config.segment
-    od_pos = np.clip(xgal, 0, None) + np.clip(grey, 0, None)
-    if counter is not None:
-        od_pos += np.clip(counter, 0, None)
-    if mode == "fluorescence":
-        nmap = nuclear
-    elif counter is not None:
-        nmap = counter
-    else:
-        nmap = None
-    if seg.nucleus_diameter_px > 0:
-        diameter = float(seg.nucleus_diameter_px)
-    elif nmap is not None:
-        diameter = segment.estimate_nucleus_diameter(nmap)
-    else:
-        diameter = segment.estimate_nucleus_diameter(
-            nuclear_map_brightfield(grey, xgal, sigma=1.5))
-    if nmap is None:
-        nmap = nuclear_map_brightfield(grey, xgal, sigma=max(1.0, diameter / 8))
-    nuc_area = np.pi * (diameter / 2) ** 2
-    nuclei = segment.segment_nuclei(nmap, diameter_px=diameter,
-                                    min_area_px=seg.min_nucleus_area_fraction * nuc_area)
-    sigma_fg = max(1.0, diameter / 8)
-    texture = _texture(od_pos, sigma_fg)
-    foreground = segment.cell_foreground(od_pos, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
-                                         texture=texture)
-    unseeded = "seed" if mode == "brightfield" else "drop"
-    cells, nuclei = segment.segment_cells(
-        nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * diameter,
-        min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=diameter)
-    cells = segment.relabel_sequential(cells)
-    nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
+    cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config)
     timings["segment_s"] = time.perf_counter() - t
 
-    # 4. background-correct X-gal on glass, then measure
     t = time.perf_counter()
-    glass = ~ndi.binary_dilation(foreground | (cells > 0), iterations=3)
-    xgal_bg = float(np.median(xgal[glass])) if glass.sum() > 1000 else 0.0
-    xgal_c = ndi.gaussian_filter(xgal - np.float32(xgal_bg), 1.0)
-    table = measure.measure_cells(cells, nuclei, xgal=xgal_c, body=grey, counterstain=counter,
-                                  pixel_size_um=px)
+    table, xgal_c, xgal_bg, glass = measure_image(prep, cells, nuclei, foreground=foreground,
+                                                  pixel_size_um=px, config=config)
     timings["measure_s"] = time.perf_counter() - t
-
+    model, lamp = prep.model, prep.lamp
     info: dict[str, Any] = {
-        "setup": mode,
+        "setup": prep.mode,
         "counterstain": model.counterstain,
         "xgal_vector": [round(float(v), 4) for v in model.matrix[0]],
-        "xgal_vector_refined": bool(refined),
+        "xgal_vector_refined": bool(prep.refined),
         "xgal_angle_from_reference_deg": round(model.xgal_angle_deg, 2),
-        "counterstain_vector": ([round(float(v), 4) for v in model.matrix[1]] if counter is not None else None),
+        "counterstain_vector": ([round(float(v), 4) for v in model.matrix[1]]
+                                if prep.counterstain is not None else None),
         "stain_condition_number": round(model.condition, 2),
         "lamp_method": lamp.method,
         "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,
@@ -250,10 +302,10 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "xgal_background_od": round(xgal_bg, 4),
         "nucleus_diameter_px": round(diameter, 2),
         "pixel_size_um": px,
-        "height_px": int(rgb.shape[0]),
-        "width_px": int(rgb.shape[1]),
-        "warnings": warnings,
-        "qc": _qc_metrics(rgb, od, glass, foreground, cells, lamp),
+        "height_px": int(prep.rgb.shape[0]),
+        "width_px": int(prep.rgb.shape[1]),
+        "warnings": prep.warnings,
+        "qc": _qc_metrics(prep.rgb, prep.od, glass, foreground, cells, lamp),
     }
     if classify_cells:
         th = classify.learn_thresholds(table, config.classify)
@@ -261,8 +313,8 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         info["thresholds"] = th.to_dict()
     timings["total_s"] = time.perf_counter() - t0
     info["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    return ImageResult(table, cells.astype(np.uint32), nuclei, xgal_c.astype(np.float32),
-                       None if counter is None else counter.astype(np.float32), info)
+    return ImageResult(table, cells, nuclei, xgal_c.astype(np.float32),
+                       prep.counterstain, info)
 
 
 def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
