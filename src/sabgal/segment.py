@@ -36,7 +36,7 @@ __all__ = [
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n in order of first appearance (row-major), uint32."""
+    """Labels renumbered 1..n keeping their order, uint32."""
     ids = np.unique(labels)
     ids = ids[ids != 0]
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint32)

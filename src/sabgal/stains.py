@@ -58,8 +58,8 @@ def normalize(v) -> np.ndarray:
 XGAL = normalize([0.722, 0.557, 0.411])
 # Nuclear fast red (Kernechtrot), a red nuclear counterstain: absorbs green most.
 NUCLEAR_FAST_RED = normalize([0.214, 0.851, 0.478])
-# Eosin Y (Ruifrok & Johnston 2001; scikit-image rgb_from_hed uses (0.07, 0.99, 0.11)).
-EOSIN = normalize([0.093, 0.865, 0.493])
+# Eosin Y (Ruifrok & Johnston 2001, as in scikit-image's rgb_from_hed).
+EOSIN = normalize([0.07, 0.99, 0.11])
 # Neutral red, a red lysosomal/nuclear counterstain: close to nuclear fast red, bluer.
 NEUTRAL_RED = normalize([0.190, 0.780, 0.597])
 # Hematoxylin (Ruifrok & Johnston 2001): ~12° from X-gal, unmixing is ill-conditioned.
@@ -271,7 +271,9 @@ def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_a
         return ref, False
     sel = o[idx]
     norms = np.linalg.norm(sel, axis=1)
-    good = norms > 0
+    good = norms > 0.05
+    if good.sum() < min_pixels:
+        return ref, False
     vec = normalize((sel[good]).sum(axis=0))
     if np.any(vec < 0) or angle_deg(vec, ref) > max_angle_deg:
         return ref, False

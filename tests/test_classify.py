@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from sabgal import classify
+from sabgal.config import ClassifyConfig
+
+
+def _table(scores, areas, image="a"):
+    return pd.DataFrame({"image": image, "xgal_od_p90": scores, "xgal_od_mean": scores,
+                         "area_px": areas, "area_um2": np.nan, "touches_border": False})
+
+
+def test_learnt_threshold_separates_two_populations():
+    rng = np.random.default_rng(3)
+    neg = rng.lognormal(np.log(0.02), 0.4, 400)
+    pos = rng.lognormal(np.log(0.4), 0.5, 150)
+    t, src = classify.learn_positive_threshold(np.r_[neg, pos], floor=0.05, default=0.15)
+    assert src == "learnt"
+    assert ((neg > t).mean() < 0.02) and ((pos <= t).mean() < 0.03)
+
+
+def test_one_population_falls_back_to_default_and_floor():
+    rng = np.random.default_rng(0)
+    t, src = classify.learn_positive_threshold(rng.lognormal(np.log(0.02), 0.3, 300), floor=0.08, default=0.15)
+    assert (t, src) == (0.15, "default")
+    t, src = classify.learn_positive_threshold([0.01, 0.02], floor=0.3, default=0.15)
+    assert t == 0.3
+
+
+def test_enlarged_is_relative_to_negative_cells_of_the_same_image():
+    scores = [0.01] * 10 + [0.5, 0.5]
+    areas = [100] * 10 + [400, 120]
+    t = pd.concat([_table(scores, areas, "a"), _table(scores, [a * 4 for a in areas], "b")])
+    th = classify.learn_thresholds(t, ClassifyConfig(positive_threshold=0.2))
+    out = classify.classify_cells(t, th)
+    assert out.groupby("image")["enlarged"].sum().tolist() == [1, 1]
+    assert out["senescent"].sum() == 2  # the big positive cell in each image
+
+
+def test_senescent_rules():
+    t = _table([0.5, 0.5, 0.01], [400, 100, 400])
+    t = pd.concat([t, _table([0.01] * 10, [100] * 10)])
+    th = classify.Thresholds(0.2, "config", "xgal_od_p90", 1.8)
+    a = classify.classify_cells(t, th, rule="positive_and_enlarged")
+    o = classify.classify_cells(t, th, rule="positive_or_enlarged")
+    p = classify.classify_cells(t, th, rule="positive")
+    assert a.senescent.sum() == 1 and o.senescent.sum() == 3 and p.senescent.sum() == 2
+    with pytest.raises(ValueError, match="rule"):
+        classify.classify_cells(t, th, rule="bogus")
+
+
+def test_summary_over_zero_cells_is_nan():
+    s = classify.summarize(pd.DataFrame({"sabgal_positive": [], "enlarged": [], "senescent": [],
+                                         "touches_border": []}))
+    assert s["n_cells"] == 0 and np.isnan(s["fraction_senescent"])
+
+
+hyp = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 2), min_size=1, max_size=40), st.floats(0.01, 1), st.floats(0.01, 1))
+def test_positives_never_rise_with_the_threshold_and_fractions_are_bounded(scores, t1, t2):
+    lo, hi = sorted([t1, t2])
+    t = _table(scores, [100] * len(scores))
+    n = [classify.classify_cells(t, classify.Thresholds(x, "config", "xgal_od_p90", 1.8)).sabgal_positive.sum()
+         for x in (lo, hi)]
+    assert n[1] <= n[0]
+    s = classify.summarize(classify.classify_cells(t, classify.Thresholds(lo, "config", "xgal_od_p90", 1.8)))
+    assert 0 <= s["fraction_sabgal_positive"] <= 1

@@ -1,0 +1,73 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from sabgal import measure
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return np.hypot(yy - cy, xx - cx) < r
+
+
+def test_measures_of_a_disk_and_a_rectangle():
+    shape = (100, 160)
+    cells = np.zeros(shape, np.int32)
+    cells[_disk(shape, 50, 40, 20)] = 1
+    cells[30:70, 90:150] = 2
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[_disk(shape, 50, 40, 5)] = 1
+    xgal = np.zeros(shape, np.float32)
+    xgal[cells == 2] = 0.3
+    t = measure.measure_cells(cells, nuclei, xgal=xgal, body=np.full(shape, 0.05, np.float32),
+                              pixel_size_um=0.5)
+    d, r = t.iloc[0], t.iloc[1]
+    assert d.area_px == (cells == 1).sum()
+    assert d.area_um2 == pytest.approx(d.area_px * 0.25)
+    assert d.perimeter_px == pytest.approx(2 * np.pi * 20, rel=0.08)
+    assert d.form_factor > 0.85 and d.solidity > 0.95 and d.eccentricity < 0.2
+    assert d.centroid_y == pytest.approx(50, abs=0.1) and d.centroid_x == pytest.approx(40, abs=0.1)
+    assert d.has_nucleus and not r.has_nucleus
+    assert r.aspect_ratio == pytest.approx(1.5, rel=0.03)
+    assert r.xgal_od_mean == pytest.approx(0.3, abs=1e-6)
+    assert r.xgal_od_p90 == pytest.approx(0.3, abs=0.005)
+    assert r.xgal_od_integrated == pytest.approx(0.3 * r.area_px, rel=1e-5)
+    assert r.xgal_stained_fraction == 1.0 and d.xgal_stained_fraction == 0.0
+    assert not d.touches_border
+
+
+def test_zero_cells_give_full_schema():
+    z = np.zeros((20, 20), np.int32)
+    t = measure.measure_cells(z, z, xgal=z.astype(np.float32), body=z.astype(np.float32))
+    assert len(t) == 0 and list(t.columns) == list(measure.CELL_COLUMNS)
+
+
+def test_border_flag_and_unknown_pixel_size():
+    cells = np.zeros((30, 30), np.int32)
+    cells[0:10, 5:15] = 1
+    t = measure.measure_cells(cells, cells * 0, xgal=np.zeros((30, 30), np.float32),
+                              body=np.zeros((30, 30), np.float32))
+    assert bool(t.touches_border.iloc[0]) and np.isnan(t.area_um2.iloc[0])
+
+
+def test_label_quantile_matches_numpy():
+    rng = np.random.default_rng(0)
+    lab = rng.integers(1, 6, 5000)
+    val = rng.uniform(0, 2, 5000)
+    q = measure.label_quantile(lab, val, 0.9, 5)
+    for k in range(1, 6):
+        assert q[k] == pytest.approx(np.quantile(val[lab == k], 0.9), abs=0.01)
+
+
+def test_shuffled_label_ids_do_not_change_measures():
+    cells = np.zeros((60, 60), np.int32)
+    cells[5:25, 5:25] = 1
+    cells[30:55, 30:50] = 2
+    xg = np.linspace(0, 1, 3600, dtype=np.float32).reshape(60, 60)
+    body = np.zeros((60, 60), np.float32)
+    a = measure.measure_cells(cells, cells * 0, xgal=xg, body=body)
+    swapped = np.where(cells == 1, 7, np.where(cells == 2, 3, 0))
+    b = measure.measure_cells(swapped, swapped * 0, xgal=xg, body=body)
+    b = b.sort_values("cell_id", ascending=False).reset_index(drop=True)
+    cols = [c for c in a.columns if c != "cell_id"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])

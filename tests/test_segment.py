@@ -1,0 +1,66 @@
+import numpy as np
+
+from sabgal import segment
+from sabgal.pipeline import analyze_image
+from conftest import paint_field
+
+
+def test_two_touching_cells_give_two_labels(touching_pair):
+    rgb, lab, nlab = touching_pair
+    res = analyze_image(rgb)
+    assert len(res.cells) == 2
+    # each true cell is mostly covered by one predicted cell
+    for i in (1, 2):
+        ids, counts = np.unique(res.cell_labels[lab == i], return_counts=True)
+        assert counts[ids > 0].max() > 0.8 * (lab == i).sum()
+
+
+def test_blank_image_gives_zero_cells_without_crashing():
+    rng = np.random.default_rng(0)
+    rgb = np.clip(np.array([0.9, 0.85, 0.92]) + rng.normal(0, 0.004, (128, 160, 3)), 0, 1)
+    res = analyze_image((rgb * 255).astype(np.uint8))
+    assert len(res.cells) == 0
+    assert res.summary["n_cells"] == 0 and np.isnan(res.summary["fraction_sabgal_positive"])
+    assert list(res.cells.columns)[:3] == ["cell_id", "centroid_y", "centroid_x"]
+
+
+def test_touching_nuclei_are_split():
+    yy, xx = np.mgrid[0:80, 0:100]
+    img = ((np.hypot(yy - 40, xx - 38) < 12) | (np.hypot(yy - 40, xx - 60) < 12)).astype(np.float32)
+    lab = segment.segment_nuclei(img, diameter_px=24, min_area_px=50)
+    assert lab.max() == 2
+
+
+def test_nucleus_diameter_estimate():
+    yy, xx = np.mgrid[0:200, 0:200]
+    img = np.zeros((200, 200), np.float32)
+    for cy in range(25, 200, 50):
+        for cx in range(25, 200, 50):
+            img[np.hypot(yy - cy, xx - cx) < 8] = 1
+    assert abs(segment.estimate_nucleus_diameter(img) - 16) < 2
+
+
+def test_cells_without_nucleus_are_debris_when_a_nuclear_stain_exists():
+    nuclei = np.zeros((60, 120), np.int32)
+    nuclei[25:35, 20:30] = 1
+    fg = np.zeros((60, 120), bool)
+    fg[10:50, 5:45] = True
+    fg[10:50, 70:110] = True  # no nucleus
+    cells, _ = segment.segment_cells(nuclei, fg, max_reach_px=100, min_cell_area_px=20)
+    assert set(np.unique(cells)) == {0, 1}
+    cells2, _ = segment.segment_cells(nuclei, fg, max_reach_px=100, min_cell_area_px=20,
+                                      unseeded="seed", diameter_px=10)
+    assert len(np.unique(cells2)) == 3
+
+
+def test_relabel_sequential():
+    lab = np.array([[0, 5, 5], [9, 0, 2]])
+    assert segment.relabel_sequential(lab).tolist() == [[0, 2, 2], [3, 0, 1]]
+
+
+def test_brightfield_without_counterstain_finds_cells():
+    cells = [(60, 60, 30, 8, 0.5), (60, 180, 28, 8, 0.0), (150, 80, 30, 8, 0.0), (140, 190, 32, 9, 0.4)]
+    rgb, lab, _ = paint_field(cells=cells, counterstain=None, body_od=0.05)
+    res = analyze_image(rgb)
+    assert res.info["setup"] == "brightfield"
+    assert len(res.cells) == 4

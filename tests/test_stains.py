@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+
+from sabgal import stains
+
+
+def test_known_od_in_gives_known_concentration_out():
+    m = stains.stain_matrix(stains.XGAL, stains.NUCLEAR_FAST_RED, stains.GREY)
+    conc = np.array([0.4, 0.2, 0.05])
+    od = conc @ m
+    lamp = np.array([0.9, 0.8, 0.95])
+    rgb = lamp * 10 ** (-od)
+    back = stains.unmix(stains.rgb_to_od(rgb[None, None], lamp), m)[0, 0]
+    np.testing.assert_allclose(back, conc, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 6), (2, 3, 4)])
+def test_unmix_round_trip_any_leading_shape(shape):
+    rng = np.random.default_rng(1)
+    m = stains.stain_matrix(stains.XGAL, stains.EOSIN, stains.GREY)
+    conc = rng.uniform(0, 1, shape + (3,)).astype(np.float32)
+    np.testing.assert_allclose(stains.unmix(conc @ m, m), conc, atol=1e-4)
+
+
+def test_od_is_zero_on_the_lamp_and_finite_on_black():
+    lamp = np.array([0.5, 0.6, 0.7])
+    od = stains.rgb_to_od(np.stack([lamp, np.zeros(3)])[None], lamp)
+    np.testing.assert_allclose(od[0, 0], 0, atol=1e-6)
+    assert np.all(np.isfinite(od)) and np.all(od[0, 1] > 2)
+
+
+def test_grey_debris_does_not_read_as_xgal():
+    m = stains.stain_matrix(stains.XGAL, stains.NUCLEAR_FAST_RED, stains.GREY)
+    c = stains.unmix(0.8 * stains.GREY, m)
+    assert abs(c[0]) < 1e-5 and c[2] == pytest.approx(0.8, abs=1e-5)
+
+
+def test_two_vector_matrix_is_completed_orthogonally():
+    m = stains.stain_matrix(stains.XGAL, stains.GREY)
+    assert m.shape == (3, 3)
+    assert abs(m[2] @ m[0]) < 1e-9 and abs(m[2] @ m[1]) < 1e-9
+
+
+def test_dependent_vectors_are_rejected():
+    with pytest.raises(ValueError, match="dependent"):
+        stains.stain_matrix([1, 0, 0], [2, 0, 0], [0, 1, 0])
+
+
+def test_hematoxylin_is_close_to_xgal():
+    assert stains.angle_deg(stains.HEMATOXYLIN, stains.XGAL) < 15
+
+
+def test_counterstain_detected_and_absent():
+    rng = np.random.default_rng(0)
+    od = np.zeros((100, 100, 3), np.float32)
+    od[20:40, 20:40] = 0.5 * stains.NUCLEAR_FAST_RED
+    od += rng.normal(0, 0.005, od.shape).astype(np.float32)
+    name, vec, frac = stains.detect_counterstain(od)
+    assert name == "nuclear_fast_red" and frac > 0.02
+    assert stains.angle_deg(vec, stains.NUCLEAR_FAST_RED) < 3
+    od2 = np.zeros((100, 100, 3), np.float32)
+    od2[20:40, 20:40] = 0.5 * stains.XGAL
+    assert stains.detect_counterstain(od2)[0] == "none"
+
+
+def test_refine_vector_recovers_a_teal_xgal():
+    teal = stains.normalize([0.85, 0.40, 0.36])
+    od = np.zeros((120, 120, 3), np.float32)
+    od[30:90, 30:90] = 0.6 * teal
+    m = stains.stain_matrix(stains.XGAL, stains.GREY)
+    conc = stains.unmix(od, m)
+    vec, ok = stains.refine_vector(od, conc[..., 0], stains.XGAL, max_angle_deg=25)
+    assert ok and stains.angle_deg(vec, teal) < 1
+
+
+def test_refine_vector_rejects_far_colours():
+    red = stains.normalize([0.1, 0.9, 0.4])
+    od = np.zeros((120, 120, 3), np.float32)
+    od[30:90, 30:90] = 0.6 * red
+    conc = np.ones(od.shape[:2], np.float32)
+    vec, ok = stains.refine_vector(od, conc, stains.XGAL, max_angle_deg=20)
+    assert not ok and np.allclose(vec, stains.XGAL)
+
+
+hyp = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3))
+def test_od_non_negative_when_darker_than_lamp(t):
+    lamp = np.array([0.8, 0.9, 1.0], np.float32)
+    rgb = lamp * np.asarray(t, np.float32)
+    assert np.all(stains.rgb_to_od(rgb[None, None], lamp) >= -1e-6)
