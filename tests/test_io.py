@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import tifffile
+import imageio.v3 as iio
+
+from sabgal import io as sio
+
+
+@pytest.fixture
+def rgb8():
+    rng = np.random.default_rng(0)
+    return rng.integers(100, 255, (64, 80, 3), dtype=np.uint8)
+
+
+def test_reads_png_jpeg_and_tiff_8_and_16_bit(tmp_path, rgb8):
+    iio.imwrite(tmp_path / "a.png", rgb8)
+    iio.imwrite(tmp_path / "a.jpg", rgb8)
+    tifffile.imwrite(tmp_path / "a.tif", rgb8)
+    tifffile.imwrite(tmp_path / "b.tif", rgb8.astype(np.uint16) * 257)
+    for name in ("a.png", "a.jpg", "a.tif", "b.tif"):
+        d = sio.read_rgb(tmp_path / name)
+        assert d.pixels.shape == (64, 80, 3) and d.pixels.dtype == np.float32
+        assert 0 <= d.pixels.min() and d.pixels.max() <= 1
+    assert sio.read_rgb(tmp_path / "b.tif").bit_depth == 16
+    assert sio.read_rgb(tmp_path / "a.jpg").lossy
+
+
+def test_rgba_drops_alpha(tmp_path, rgb8):
+    rgba = np.concatenate([rgb8, np.full((64, 80, 1), 255, np.uint8)], axis=-1)
+    iio.imwrite(tmp_path / "a.png", rgba)
+    assert sio.read_rgb(tmp_path / "a.png").pixels.shape == (64, 80, 3)
+
+
+def test_12_bit_data_in_16_bit_words_is_scaled_to_its_range(tmp_path):
+    arr = np.full((40, 40, 3), 4000, np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", arr)
+    assert sio.read_rgb(tmp_path / "a.tif").pixels.max() == pytest.approx(4000 / 4095)
+
+
+def test_pixel_size_from_tiff_and_ome(tmp_path, rgb8):
+    tifffile.imwrite(tmp_path / "ij.tif", rgb8, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"unit": "um"})
+    assert sio.read_rgb(tmp_path / "ij.tif").pixel_size_um == pytest.approx(0.65, rel=1e-3)
+    tifffile.imwrite(tmp_path / "o.ome.tif", rgb8, photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.325, "PhysicalSizeXUnit": "µm"})
+    assert sio.read_rgb(tmp_path / "o.ome.tif").pixel_size_um == pytest.approx(0.325)
+    iio.imwrite(tmp_path / "p.png", rgb8)
+    assert sio.read_rgb(tmp_path / "p.png").pixel_size_um is None
+
+
+@pytest.mark.parametrize("case, match", [
+    ("empty", "empty"),
+    ("truncated", "cannot decode"),
+    ("tiny", "need at least"),
+    ("grey", "greyscale"),
+    ("float_nan", "NaN"),
+    ("float_range", "floating-point"),
+    ("missing", "not found"),
+    ("channels", "expected"),
+])
+def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path, rgb8, case, match):
+    p = tmp_path / f"{case}.tif"
+    if case == "empty":
+        p.write_bytes(b"")
+    elif case == "truncated":
+        iio.imwrite(tmp_path / "x.png", rgb8)
+        p = tmp_path / f"{case}.png"
+        p.write_bytes((tmp_path / "x.png").read_bytes()[:200])
+    elif case == "tiny":
+        tifffile.imwrite(p, np.zeros((1, 1, 3), np.uint8))
+    elif case == "grey":
+        tifffile.imwrite(p, rgb8[..., 0])
+    elif case == "float_nan":
+        a = rgb8.astype(np.float32) / 255
+        a[0, 0, 0] = np.nan
+        tifffile.imwrite(p, a, photometric="rgb")
+    elif case == "float_range":
+        tifffile.imwrite(p, rgb8.astype(np.float32), photometric="rgb")
+    elif case == "channels":
+        tifffile.imwrite(p, np.zeros((64, 80, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(sio.ImageReadError, match=match) as err:
+        sio.read_rgb(p)
+    msg = str(err.value)
+    assert str(p) in msg and "\n" not in msg
+
+
+def test_float_in_unit_range_is_accepted(tmp_path, rgb8):
+    tifffile.imwrite(tmp_path / "f.tif", rgb8.astype(np.float32) / 255, photometric="rgb")
+    assert sio.read_rgb(tmp_path / "f.tif").bit_depth == 32
+
+
+def test_nuclear_image_reads_single_channel(tmp_path):
+    tifffile.imwrite(tmp_path / "d.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    assert sio.read_nuclear(tmp_path / "d.tif").pixels.shape == (64, 64)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with sio.atomic_path(tmp_path / "out.csv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_labels_round_trip(tmp_path):
+    lab = np.arange(100, dtype=np.uint32).reshape(10, 10)
+    sio.write_labels(tmp_path / "l.tif", lab)
+    assert np.array_equal(sio.read_labels(tmp_path / "l.tif"), lab)
