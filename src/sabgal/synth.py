@@ -156,6 +156,7 @@ TRUTH_COLUMNS: tuple[str, ...] = (
 # Class gaps that make the truth unambiguous.
 _POSITIVE_MIN_PEAK = 0.15  # X-gal OD: positive cells peak at least here
 _NEGATIVE_MAX_PEAK = 0.03  # negative cells peak at most here
+_POSITIVE_MIN_P90 = 0.08  # positive cells: 90th percentile of the cell at least here
 _ENLARGED_MIN_RATIO = 2.0  # enlarged cells: area / median normal area ≥ this
 _NORMAL_MAX_RATIO = 1.5  # normal cells: area / median normal area ≤ this
 
@@ -219,6 +220,7 @@ class FieldParams:
     xgal_nuclear_haze: float  # haze over the nucleus, fraction
     xgal_granule_sigma_px: float
     xgal_granule_density: float  # granules per cell pixel
+    xgal_granules_per_cluster: float  # granules clump into clusters of about this many
     xgal_perinuclear_length: float  # granule distance from nucleus, fraction of R
     xgal_polarity: float  # 0 all round the nucleus .. 1 a one-sided cap
     negative_haze_od: float  # max peak of the faint haze in negative cells
@@ -448,7 +450,8 @@ def random_params(
 
     # --- X-gal ---
     # navy (G high) to teal (G low); R stays the dominant absorption
-    xg = (rng.uniform(0.66, 0.80), rng.uniform(0.30, 0.68), rng.uniform(0.28, 0.55))
+    xg_g = rng.uniform(0.30, 0.68)
+    xg = (rng.uniform(0.66, 0.80), xg_g, rng.uniform(0.28, min(0.55, xg_g + 0.08)))
     brown = rng.uniform()
     debris_vec = np.asarray(_DEBRIS_GREY) * (1 - brown) + np.asarray(_DEBRIS_BROWN) * brown
     peak_lo = _loguniform(rng, _POSITIVE_MIN_PEAK + 0.01, 0.45)
@@ -485,7 +488,7 @@ def random_params(
         n_cells=n_cells,
         packing=packing,
         reach=float(reach),
-        shape_irregularity=float(rng.uniform(0.03, 0.16)),
+        shape_irregularity=float(rng.uniform(0.05, 0.25)),
         elongated_fraction=float(elongated_fraction),
         elongation_max=float(rng.uniform(1.8, 3.0)),
         alignment=float(rng.uniform(0.0, 1.0)),
@@ -502,11 +505,12 @@ def random_params(
         scatter_vector=_perturb(_SCATTER_REFERENCE, rng, 3.0),
         debris_vector=_unit(debris_vec),
         xgal_peak_od=(float(peak_lo), float(peak_hi)),
-        xgal_haze_weight=float(rng.uniform(0.2, 0.5)),
-        xgal_haze_length=float(rng.uniform(0.25, 0.7)),
+        xgal_haze_weight=float(rng.uniform(0.25, 0.55)),
+        xgal_haze_length=float(rng.uniform(0.35, 0.8)),
         xgal_nuclear_haze=float(rng.uniform(0.1, 0.35)),
         xgal_granule_sigma_px=float(np.clip(d_nuc * rng.uniform(0.05, 0.1), 0.6, 2.0)),
         xgal_granule_density=float(rng.uniform(0.02, 0.08)),
+        xgal_granules_per_cluster=float(rng.uniform(2.0, 10.0)),
         xgal_perinuclear_length=float(rng.uniform(0.12, 0.35)),
         xgal_polarity=float(rng.uniform(0.0, 0.8)),
         negative_haze_od=float(rng.uniform(0.0, _NEGATIVE_MAX_PEAK)),
@@ -520,8 +524,8 @@ def random_params(
         nucleolus_od=float(rng.uniform(0.02, 0.08)),
         n_debris=int(rng.integers(0, max(2, round(40 * area_factor)) + 1)),
         debris_large_fraction=float(rng.uniform(0.0, 0.15)),
-        n_crystals=int(0 if rng.random() < 0.4 else rng.integers(1, max(2, round(25 * area_factor)) + 1)),
-        crystal_over_cells_fraction=float(rng.uniform(0.0, 0.1)),
+        n_crystals=int(0 if rng.random() < 0.4 else rng.integers(1, max(2, round(20 * area_factor)) + 1)),
+        crystal_over_cells_fraction=float(rng.uniform(0.0, 0.05)),
         n_dust=int(rng.integers(0, 6)),
         blur_sigma_px=float(rng.uniform(0.5, 2.0)),
         lamp_tint=tint,
@@ -546,21 +550,28 @@ def random_params(
 # Geometry
 # =============================================================================
 
-_N_HARM = 4  # harmonics k = 2..5
+_N_HARM = 4  # shape harmonics k = 2..5
+_K_ANG = 1024  # angular resolution of the r(θ) tables (power of two)
+_ANG = (np.arange(_K_ANG) * (2 * np.pi / _K_ANG) - np.pi).astype(np.float64)
+
+
+def _angle_index(theta: np.ndarray) -> np.ndarray:
+    """Index into the r(θ) tables of absolute angles θ in [-π, π] (as from arctan2)."""
+    return ((theta + np.pi) * (_K_ANG / (2 * np.pi)) + 0.5).astype(np.intp) & (_K_ANG - 1)
 
 
 @dataclass
 class _Cells:
     """Per-cell arrays (length n), mutable while a field is being built."""
 
-    cy: np.ndarray  # star centre (row, col), float
+    cy: np.ndarray  # star centre (row, col)
     cx: np.ndarray
     R: np.ndarray  # area-equivalent radius of the nominal shape
     aspect: np.ndarray
     psi: np.ndarray  # long-axis orientation (radians, from +col towards +row)
     amp: np.ndarray  # (n, 4) harmonic amplitudes
     phase: np.ndarray  # (n, 4)
-    ny: np.ndarray  # nucleus centre
+    ny: np.ndarray  # nucleus centre (relative to the cell centre until placed)
     nx: np.ndarray
     na: np.ndarray  # nucleus semi-axes
     nb: np.ndarray
@@ -573,56 +584,72 @@ class _Cells:
         return _Cells(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
 
 
-def _modulation(c1: np.ndarray, s1: np.ndarray, amp: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """1 + Σ_k a_k cos(kθ + φ_k) for k = 2..5, from cos θ and sin θ (Chebyshev recurrence)."""
-    ck, sk = c1, s1
-    m = np.ones_like(c1)
-    for j in range(_N_HARM):  # k = j + 2
-        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
-        m = m + amp[..., j] * (ck * np.cos(phase[..., j]) - sk * np.sin(phase[..., j]))
-    return m
-
-
-def _radius(cells: _Cells, theta: np.ndarray) -> np.ndarray:
-    """r(θ) of every cell at angles ``theta`` (absolute), shape (n, len(theta))."""
-    t = theta[None, :] - cells.psi[:, None]
+def _radius_table(cells: _Cells) -> np.ndarray:
+    """r(θ) of every cell at the absolute angles ``_ANG``, shape (n, _K_ANG)."""
+    t = _ANG[None, :] - cells.psi[:, None]
     c1, s1 = np.cos(t), np.sin(t)
     A = cells.aspect[:, None]
-    m = _modulation(c1, s1, cells.amp[:, None, :], cells.phase[:, None, :])
+    m = np.ones_like(t)
+    for j in range(_N_HARM):  # k = j + 2
+        k = j + 2
+        m += cells.amp[:, j:j + 1] * np.cos(k * t + cells.phase[:, j:j + 1])
     return cells.R[:, None] * m / np.sqrt(c1 * c1 / A + s1 * s1 * A)
 
 
-def _q_box(cells: _Cells, i: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-    """Normalised distance d / r(θ) of offsets (dy, dx) from cell i's centre."""
-    cp, sp = math.cos(cells.psi[i]), math.sin(cells.psi[i])
-    u = dx * cp + dy * sp
-    v = dy * cp - dx * sp
-    A = float(cells.aspect[i])
-    d = np.sqrt(u * u + v * v) + np.float32(1e-6)
-    c1, s1 = u / d, v / d
-    m = _modulation(c1, s1, cells.amp[i].astype(np.float32), cells.phase[i].astype(np.float32))
-    return (np.sqrt(u * u / A + v * v * A) / (np.float32(cells.R[i]) * m)).astype(np.float32)
+def _box(cy: float, cx: float, ext: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    y0 = max(0, int(math.floor(cy - ext)))
+    y1 = min(shape[0], int(math.ceil(cy + ext)) + 1)
+    x0 = max(0, int(math.floor(cx - ext)))
+    x1 = min(shape[1], int(math.ceil(cx + ext)) + 1)
+    return y0, y1, x0, x1
 
 
-def _nucleus_rho(cells: _Cells, i: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-    """Elliptical radius of offsets from nucleus i's centre (1 on its outline)."""
-    cp, sp = math.cos(cells.npsi[i]), math.sin(cells.npsi[i])
+def _q_in_box(cy: float, cx: float, inv_r: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Normalised distance d / r(θ) from a cell centre over a box (float32)."""
+    y0, y1, x0, x1 = box
+    dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy))[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx))[None, :]
+    d = np.sqrt(dy * dy + dx * dx)
+    return d * inv_r[_angle_index(np.arctan2(dy, dx))]
+
+
+def _ellipse_rho(cy: float, cx: float, a: float, b: float, psi: float,
+                 box: tuple[int, int, int, int]) -> np.ndarray:
+    """Elliptical radius (1 on the outline) over a box (float32)."""
+    y0, y1, x0, x1 = box
+    dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy))[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx))[None, :]
+    cp, sp = np.float32(math.cos(psi) / a), np.float32(math.sin(psi) / a)
+    cq, sq = np.float32(math.cos(psi) / b), np.float32(math.sin(psi) / b)
     u = dx * cp + dy * sp
-    v = dy * cp - dx * sp
-    return np.sqrt((u / np.float32(cells.na[i])) ** 2 + (v / np.float32(cells.nb[i])) ** 2)
+    v = dy * cq - dx * sq
+    return np.sqrt(u * u + v * v)
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells_across: float) -> np.ndarray:
-    """Smooth random field in [0, 1] varying over ~shape/cells_across (bicubic upsampled)."""
-    gy = max(2, int(math.ceil(shape[0] / max(shape) * cells_across)) + 2)
-    gx = max(2, int(math.ceil(shape[1] / max(shape) * cells_across)) + 2)
-    coarse = rng.random((gy, gx))
-    f = ndi.zoom(coarse, (shape[0] / gy, shape[1] / gx), order=3, mode="nearest", grid_mode=True)
-    f = f[: shape[0], : shape[1]]
-    if f.shape != tuple(shape):
-        f = np.pad(f, ((0, shape[0] - f.shape[0]), (0, shape[1] - f.shape[1])), mode="edge")
+    """Smooth random field in [0, 1] with ~``cells_across`` undulations over the long side."""
+    rows, cols = shape
+    step = max(rows, cols) / max(cells_across, 1.0)
+    ky = np.arange(-1, int(math.ceil(rows / step)) + 2) * step
+    kx = np.arange(-1, int(math.ceil(cols / step)) + 2) * step
+    wy = np.exp(-0.5 * ((np.arange(rows)[:, None] - ky[None, :]) / (0.6 * step)) ** 2)
+    wx = np.exp(-0.5 * ((np.arange(cols)[:, None] - kx[None, :]) / (0.6 * step)) ** 2)
+    wy /= wy.sum(axis=1, keepdims=True)
+    wx /= wx.sum(axis=1, keepdims=True)
+    f = wy @ rng.random((len(ky), len(kx))) @ wx.T
     lo, hi = float(f.min()), float(f.max())
     return ((f - lo) / (hi - lo + 1e-12)).astype(np.float32)
+
+
+def _lowpass_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise with unit standard deviation (float32)."""
+    f = max(1, int(sigma // 3))
+    small = (-(-shape[0] // f), -(-shape[1] // f))
+    noise = ndi.gaussian_filter(rng.standard_normal(small, dtype=np.float32), sigma / f)
+    if f > 1:
+        noise = ndi.zoom(noise, f, order=1, grid_mode=True, mode="nearest")[: shape[0], : shape[1]]
+    noise /= np.float32(max(float(noise.std()), 1e-6))
+    return noise
 
 
 def _draw_cells(p: FieldParams, rng: np.random.Generator) -> _Cells:
@@ -651,9 +678,9 @@ def _draw_cells(p: FieldParams, rng: np.random.Generator) -> _Cells:
     aspect = np.where(elong, rng.uniform(1.6, max(1.61, p.elongation_max), n), rng.uniform(1.0, 1.35, n))
     aspect = np.where(enlarged, rng.uniform(1.0, 1.8, n), aspect)  # "fried-egg" senescent shapes
     amp = rng.uniform(0.0, 1.0, (n, _N_HARM)) * p.shape_irregularity / np.sqrt(np.arange(1, _N_HARM + 1))
-    amp = amp * np.where(enlarged, 1.4, 1.0)[:, None]
+    amp = amp * np.where(enlarged, 1.3, 1.0)[:, None]
     total = amp.sum(axis=1, keepdims=True)
-    amp = np.where(total > 0.4, amp * 0.4 / np.maximum(total, 1e-9), amp)
+    amp = np.where(total > 0.45, amp * 0.45 / np.maximum(total, 1e-9), amp)
     phase = rng.uniform(0, 2 * np.pi, (n, _N_HARM))
 
     # Nuclei: size spread, larger in most enlarged cells; aligned with elongated cells.
@@ -670,211 +697,165 @@ def _draw_cells(p: FieldParams, rng: np.random.Generator) -> _Cells:
     base_t = rng.uniform(0.75, 1.25, n)
     thickness = np.where(enlarged, base_t * rng.uniform(*p.enlarged_thickness_factor, n), base_t)
     z = np.zeros(n)
-    return _Cells(cy=z.copy(), cx=z.copy(), R=R, aspect=aspect, psi=z.copy(), amp=amp, phase=phase,
-                  ny=z.copy(), nx=z.copy(), na=na, nb=nb, npsi=z.copy(), positive=positive,
-                  enlarged=enlarged, thickness=thickness)
+    return _Cells(cy=z.copy(), cx=z.copy(), R=R, aspect=aspect, psi=rng.uniform(0, np.pi, n),
+                  amp=amp, phase=phase, ny=z.copy(), nx=z.copy(), na=na, nb=nb,
+                  npsi=z.copy(), positive=positive, enlarged=enlarged, thickness=thickness)
 
 
-_THETA = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+def _fit_nuclei(cells: _Cells, p: FieldParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Orient and offset nuclei; simplify shapes until each nucleus sits well inside.
 
-
-def _fit_nuclei(cells: _Cells, p: FieldParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Orient nuclei, draw their offsets; shrink shapes until each nucleus fits.
-
-    Returns (qn, en, rmax): the nucleus's largest normalised distance in its own
-    cell, its largest distance from the cell centre, and the cell's max radius.
+    Sets the nucleus offsets (relative to the cell centre) and returns
+    ``(qn, en)``: the largest normalised distance d / r(θ) of the nucleus outline
+    in its own cell (≤ 0.7) and its largest distance from the cell centre.
     """
     n = len(cells.R)
     cells.npsi = cells.psi + rng.normal(0.0, 0.25, n)
     off_dir = rng.uniform(0, 2 * np.pi, n)
     off_frac = rng.uniform(0.0, 1.0, n) * p.nucleus_offset
-    ct, st = np.cos(_THETA), np.sin(_THETA)
-    for it in range(12):
-        r = _radius(cells, _THETA)
-        rmin = r.min(axis=1)
-        free = np.maximum(rmin - cells.na, 0.0)
-        oy = off_frac * free * np.sin(off_dir)
-        ox = off_frac * free * np.cos(off_dir)
-        # nucleus outline points relative to the cell centre
-        cp, sp = np.cos(cells.npsi)[:, None], np.sin(cells.npsi)[:, None]
-        px = ox[:, None] + cells.na[:, None] * ct * cp - cells.nb[:, None] * st * sp
-        py = oy[:, None] + cells.na[:, None] * ct * sp + cells.nb[:, None] * st * cp
-        ang = np.arctan2(py, px)
+    tt = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    ct, st = np.cos(tt), np.sin(tt)
+    todo = np.arange(n)
+    qn = np.zeros(n)
+    en = np.zeros(n)
+    for it in range(16):
+        sub = cells.take(todo)
+        r = _radius_table(sub)
+        free = np.maximum(r.min(axis=1) - sub.na, 0.0)
+        oy = off_frac[todo] * free * np.sin(off_dir[todo])
+        ox = off_frac[todo] * free * np.cos(off_dir[todo])
+        cp, sp = np.cos(sub.npsi)[:, None], np.sin(sub.npsi)[:, None]
+        px = ox[:, None] + sub.na[:, None] * ct * cp - sub.nb[:, None] * st * sp
+        py = oy[:, None] + sub.na[:, None] * ct * sp + sub.nb[:, None] * st * cp
         dist = np.hypot(py, px)
-        # r(θ) at the outline angles, by interpolation on the θ grid
-        idx = (np.mod(ang, 2 * np.pi) / (2 * np.pi) * len(_THETA)).astype(int) % len(_THETA)
-        r_at = np.take_along_axis(r, idx, axis=1)
-        qn = (dist / r_at).max(axis=1)
-        bad = qn > 0.7
+        r_at = np.take_along_axis(r, _angle_index(np.arctan2(py, px)), axis=1)
+        q = (dist / r_at).max(axis=1)
+        cells.ny[todo], cells.nx[todo] = oy, ox
+        qn[todo], en[todo] = q, dist.max(axis=1)
+        bad = q > 0.7
         if not bad.any():
             break
-        cells.aspect = np.where(bad, 1.0 + 0.75 * (cells.aspect - 1.0), cells.aspect)
-        cells.amp = np.where(bad[:, None], cells.amp * 0.75, cells.amp)
-        off_frac = np.where(bad, off_frac * 0.6, off_frac)
-        if it > 5:
-            shrink = np.where(bad, 0.93, 1.0)
-            cells.na, cells.nb = cells.na * shrink, cells.nb * shrink
-    cells.ny, cells.nx = oy, ox  # offsets for now; absolute after placement
-    rmax = _radius(cells, _THETA).max(axis=1) * 1.02
-    return qn * 1.05, dist.max(axis=1), rmax
+        todo = todo[bad]
+        cells.aspect[todo] = 1.0 + 0.75 * (cells.aspect[todo] - 1.0)
+        cells.amp[todo] *= 0.75
+        off_frac[todo] *= 0.6
+        if it >= 6:
+            cells.na[todo] *= 0.93
+            cells.nb[todo] *= 0.93
+    return qn * 1.03 + 0.01, en + 0.5
 
 
 def _place(cells: _Cells, p: FieldParams, rng: np.random.Generator) -> _Cells:
-    """Random sequential adsorption of cell centres with a minimum spacing.
+    """Random sequential adsorption of cells, biggest first, with a minimum spacing.
 
-    Spacing between cells i, j is at least ``packing * (R_i + R_j)`` and large
-    enough that neither cell's partition can take pixels of the other's nucleus.
-    Cells that do not fit after a few hundred tries are dropped.
+    Centres of cells i, j are at least ``packing * (R_i + R_j)`` apart, and far
+    enough that the partition cannot give pixels of one's nucleus to the other
+    (``D > e_i + q_i * rmax_j`` both ways, with e the nucleus reach from the
+    centre and q its normalised extent). Nucleus centres lie inside the frame.
+    Cells that do not fit after a few hundred tries are left out.
     """
     rows, cols = p.shape
     n = len(cells.R)
-    # orientations: a blend of a smooth director field and random angles
-    director = _smooth_field(rng, (64, 64), 3.0) * np.pi * 2
-    qn, en, rmax = None, None, None
-    order = np.argsort(-cells.R, kind="stable")  # big cells first
-    placed: list[int] = []
-    py = np.empty(n)
-    px = np.empty(n)
-    rand_psi = rng.uniform(0, np.pi, n)
-    # positions first (psi needs the position); draw candidates per cell
-    cand_all = rng.random((n, 4, 64, 2))
-    cells_psi = np.zeros(n)
-    # first pass: psi from candidate independent of position would ignore alignment,
-    # so the orientation is set from the candidate's location below.
-    ok_mask = np.zeros(n, dtype=bool)
-    # nucleus fit depends on psi; fit with psi = random first, then re-orient
-    # aligned cells (fit is rotation-invariant apart from the nucleus offset).
-    cells.psi = rand_psi
-    qn, en, rmax = _fit_nuclei(cells, p, rng)
+    qn, en = _fit_nuclei(cells, p, rng)
+    rmax = _radius_table(cells).max(axis=1) * 1.01
+    need = np.maximum(
+        p.packing * (cells.R[:, None] + cells.R[None, :]),
+        np.maximum(en[:, None] + qn[:, None] * rmax[None, :], en[None, :] + qn[None, :] * rmax[:, None]),
+    )
+    need2 = need * need
+    director = _smooth_field(rng, (64, 64), 3.0) * (2 * np.pi)
+    psi0 = cells.psi.copy()
     oy, ox = cells.ny.copy(), cells.nx.copy()
+    order = np.argsort(-cells.R, kind="stable")
+    placed = np.zeros(n, dtype=bool)
+    py = np.zeros(n)
+    px = np.zeros(n)
+    n_cand, n_tries = 24, 12
+    cand = rng.random((n, n_tries, n_cand, 2))
     for i in order:
-        best = None
-        for attempt in range(4):
-            c = cand_all[i, attempt]
-            ny = c[:, 0] * (rows - 1)
-            nx = c[:, 1] * (cols - 1)
+        idx = np.flatnonzero(placed)
+        for attempt in range(n_tries):
+            ny = cand[i, attempt, :, 0] * (rows - 1)
+            nx = cand[i, attempt, :, 1] * (cols - 1)
             if p.alignment > 0:
-                d = director[(ny / rows * 63).astype(int), (nx / cols * 63).astype(int)]
-                psi_c = (p.alignment * d + (1 - p.alignment) * rand_psi[i]) % np.pi
+                d = director[(ny * (64 / rows)).astype(int), (nx * (64 / cols)).astype(int)]
+                psi = np.mod(psi0[i] + p.alignment * (d - psi0[i]), np.pi)
             else:
-                psi_c = np.full(64, rand_psi[i])
-            rot = psi_c - rand_psi[i]  # rotating the whole cell rotates the nucleus offset too
-            cy = ny - (oy[i] * np.cos(rot) + ox[i] * np.sin(rot))
-            cx = nx - (ox[i] * np.cos(rot) - oy[i] * np.sin(rot))
-            if placed:
-                j = np.asarray(placed)
-                D = np.hypot(cy[:, None] - py[j][None, :], cx[:, None] - px[j][None, :])
-                need = np.maximum(
-                    p.packing * (cells.R[i] + cells.R[j]),
-                    np.maximum(en[i] + qn[i] * rmax[j], en[j] + qn[j] * rmax[i]),
-                )[None, :]
-                good = np.flatnonzero((D > need).all(axis=1))
-            else:
-                good = np.array([0])
-            if good.size:
+                psi = np.full(n_cand, psi0[i])
+            rot = psi - psi0[i]  # turning the cell turns its nucleus offset too
+            cr, sr = np.cos(rot), np.sin(rot)
+            cy = ny - (oy[i] * cr + ox[i] * sr)
+            cx = nx - (ox[i] * cr - oy[i] * sr)
+            if idx.size:
+                d2 = (cy[:, None] - py[idx]) ** 2 + (cx[:, None] - px[idx]) ** 2
+                good = np.flatnonzero((d2 > need2[i, idx]).all(axis=1))
+                if not good.size:
+                    continue
                 k = int(good[0])
-                best = (cy[k], cx[k], ny[k], nx[k], psi_c[k])
-                break
-        if best is None:
-            continue
-        py[i], px[i], ny_i, nx_i, psi_i = best
-        cells_psi[i] = psi_i
-        cells.ny[i], cells.nx[i] = ny_i, nx_i
-        ok_mask[i] = True
-        placed.append(int(i))
-    rot = cells_psi - rand_psi
-    cells.psi = cells_psi
-    cells.npsi = cells.npsi + rot
+            else:
+                k = 0
+            py[i], px[i] = cy[k], cx[k]
+            cells.ny[i], cells.nx[i] = ny[k], nx[k]
+            cells.psi[i] = psi[k]
+            cells.npsi[i] += rot[k]
+            placed[i] = True
+            break
     cells.cy, cells.cx = py, px
-    keep = np.flatnonzero(ok_mask)
+    keep = np.flatnonzero(placed)
     if len(keep) < n:
         logger.debug("placed %d of %d cells", len(keep), n)
     return cells.take(keep)
 
 
-def _partition(cells: _Cells, shape: tuple[int, int], reach: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Assign pixels to cells by smallest d / r(θ) (below ``reach``).
+@dataclass
+class _Raster:
+    """Pixel ownership while the partition is built."""
 
-    Returns (labels (1-based, int32), q of the owning cell, nucleus labels,
-    nucleus elliptical radius map).
-    """
-    rows, cols = shape
+    lab: np.ndarray  # int32, 1-based cell id, 0 background
+    q: np.ndarray  # float32 normalised distance to the owning cell (inf on background)
+    nuc: np.ndarray  # int32 label of the nucleus ellipse covering a pixel
+    rho: np.ndarray  # float32 elliptical radius in that nucleus (inf outside)
+    inv_r: np.ndarray  # (n, _K_ANG) float32 1 / r(θ)
+    boxes: np.ndarray  # (n, 4) int bounding boxes of the cells' reach
+
+
+def _rasterise(cells: _Cells, shape: tuple[int, int], reach: float) -> _Raster:
+    """Partition pixels among cells: smallest d / r(θ) wins, up to ``reach``."""
     n = len(cells.R)
+    r = _radius_table(cells)
+    inv_r = (1.0 / r).astype(np.float32)
+    ext = r.max(axis=1) * reach + 1.5
     best = np.full(shape, np.inf, dtype=np.float32)
-    second = np.full(shape, np.inf, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.int32)
-    lab2 = np.zeros(shape, dtype=np.int32)
-    rmax = _radius(cells, _THETA).max(axis=1) * 1.02 * reach + 1.5
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    lim = np.float32(reach)
     for i in range(n):
-        y0 = max(0, int(cells.cy[i] - rmax[i]))
-        y1 = min(rows, int(cells.cy[i] + rmax[i]) + 2)
-        x0 = max(0, int(cells.cx[i] - rmax[i]))
-        x1 = min(cols, int(cells.cx[i] + rmax[i]) + 2)
+        box = _box(cells.cy[i], cells.cx[i], ext[i], shape)
+        boxes[i] = box
+        y0, y1, x0, x1 = box
         if y0 >= y1 or x0 >= x1:
             continue
-        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cells.cy[i]))[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cells.cx[i]))[None, :]
-        dy, dx = np.broadcast_arrays(dy, dx)
-        q = _q_box(cells, i, dy, dx)
-        sl = (slice(y0, y1), slice(x0, x1))
-        bq, bl, sq, sl2 = best[sl], lab[sl], second[sl], lab2[sl]
-        valid = q < reach
-        win = valid & (q < bq)
-        runner = valid & ~win & (q < sq)
-        sq[win] = bq[win]
-        sl2[win] = bl[win]
-        sq[runner] = q[runner]
-        sl2[runner] = i + 1
-        bq[win] = q[win]
-        bl[win] = i + 1
-
-    # Keep only the connected piece of each cell that holds its nucleus; give
-    # stray fragments to the runner-up cell, else to the background.
-    from skimage.measure import label as cc_label
-
-    for attempt in range(2):
-        comp = cc_label(lab, connectivity=1, background=0)
-        iy = np.clip(np.round(cells.ny).astype(int), 0, rows - 1)
-        ix = np.clip(np.round(cells.nx).astype(int), 0, cols - 1)
-        main = comp[iy, ix]
-        main = main[lab[iy, ix] == np.arange(1, n + 1)]
-        is_main = np.zeros(int(comp.max()) + 1, dtype=bool)
-        is_main[main] = True
-        is_main[0] = True
-        orphan = ~is_main[comp]
-        if not orphan.any():
-            break
-        if attempt == 0:
-            lab[orphan] = lab2[orphan]
-            best[orphan] = second[orphan]
-        else:
-            lab[orphan] = 0
-            best[orphan] = np.inf
-
+        q = _q_in_box(cells.cy[i], cells.cx[i], inv_r[i], box)
+        bq = best[y0:y1, x0:x1]
+        win = q < np.minimum(bq, lim)
+        np.copyto(bq, q, where=win)
+        np.copyto(lab[y0:y1, x0:x1], i + 1, where=win)
     nuc = np.zeros(shape, dtype=np.int32)
     rho = np.full(shape, np.inf, dtype=np.float32)
     for i in range(n):
-        ext = max(cells.na[i], cells.nb[i]) + 1.5
-        y0 = max(0, int(cells.ny[i] - ext))
-        y1 = min(rows, int(cells.ny[i] + ext) + 2)
-        x0 = max(0, int(cells.nx[i] - ext))
-        x1 = min(cols, int(cells.nx[i] + ext) + 2)
+        box = _box(cells.ny[i], cells.nx[i], max(cells.na[i], cells.nb[i]) + 1.5, shape)
+        y0, y1, x0, x1 = box
         if y0 >= y1 or x0 >= x1:
             continue
-        dy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cells.ny[i]))[:, None]
-        dx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cells.nx[i]))[None, :]
-        dy, dx = np.broadcast_arrays(dy, dx)
-        r = _nucleus_rho(cells, i, dy, dx)
-        sl = (slice(y0, y1), slice(x0, x1))
-        inside = (r <= 1.0) & (lab[sl] == i + 1)
-        nuc[sl][inside] = i + 1
-        rho[sl][inside] = r[inside]
-    best[lab == 0] = np.inf
-    return lab, best, nuc, rho
+        rr = _ellipse_rho(cells.ny[i], cells.nx[i], cells.na[i], cells.nb[i], cells.npsi[i], box)
+        inside = rr <= 1.0
+        np.copyto(nuc[y0:y1, x0:x1], i + 1, where=inside)
+        np.copyto(rho[y0:y1, x0:x1], rr, where=inside)
+    return _Raster(lab=lab, q=best, nuc=nuc, rho=rho, inv_r=inv_r, boxes=boxes)
 
 
 def _areas(lab: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return np.bincount(lab.ravel(), minlength=n + 1)[1 : n + 1]
 
 
 def _border_ids(lab: np.ndarray, n: int) -> np.ndarray:
@@ -884,61 +865,135 @@ def _border_ids(lab: np.ndarray, n: int) -> np.ndarray:
     return flag[1:]
 
 
-def _build_geometry(p: FieldParams, rng: np.random.Generator) -> tuple[_Cells, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Draw, place and rasterise cells; enforce the enlarged / normal size gap."""
-    cells = _draw_cells(p, rng)
-    cells = _place(cells, p, rng)
+def _release(ras: _Raster, cells: _Cells, i: int, release: np.ndarray, box: tuple[int, int, int, int],
+             reach: float) -> None:
+    """Give pixels released by cell i (mask over ``box``) to neighbours, else background."""
+    y0, y1, x0, x1 = box
+    lab, q = ras.lab[y0:y1, x0:x1], ras.q[y0:y1, x0:x1]
+    lab[release] = 0
+    q[release] = np.inf
+    b = ras.boxes
+    near = np.flatnonzero((b[:, 0] < y1) & (b[:, 1] > y0) & (b[:, 2] < x1) & (b[:, 3] > x0))
+    for j in near:
+        if j == i:
+            continue
+        jy0, jy1 = max(y0, b[j, 0]), min(y1, b[j, 1])
+        jx0, jx1 = max(x0, b[j, 2]), min(x1, b[j, 3])
+        if jy0 >= jy1 or jx0 >= jx1:
+            continue
+        sub = (slice(jy0 - y0, jy1 - y0), slice(jx0 - x0, jx1 - x0))
+        free = release[sub]  # released pixels go to the nearest neighbour (smallest q)
+        if not free.any():
+            continue
+        qj = _q_in_box(cells.cy[j], cells.cx[j], ras.inv_r[j], (jy0, jy1, jx0, jx1))
+        win = free & (qj < np.minimum(q[sub], np.float32(reach)))
+        np.copyto(q[sub], qj, where=win)
+        np.copyto(lab[sub], j + 1, where=win)
+
+
+def _grow(ras: _Raster, cells: _Cells, i: int, factor: float, reach: float) -> None:
+    """Grow cell i by ``factor`` in radius, taking pixels from normal-size cells."""
+    shape = ras.lab.shape
+    ext = (1.0 / float(ras.inv_r[i].min())) * factor * reach + 1.5
+    box = _box(cells.cy[i], cells.cx[i], ext, shape)
+    y0, y1, x0, x1 = box
+    if y0 >= y1 or x0 >= x1:
+        return
+    ras.boxes[i] = box
+    qi = _q_in_box(cells.cy[i], cells.cx[i], ras.inv_r[i], box) / np.float32(factor)
+    lab, q, nuc = ras.lab[y0:y1, x0:x1], ras.q[y0:y1, x0:x1], ras.nuc[y0:y1, x0:x1]
+    owner_enl = np.concatenate([[False], cells.enlarged])[lab]
+    take = (qi < np.minimum(q, np.float32(reach))) & ~owner_enl & ((nuc == 0) | (nuc == i + 1))
+    take &= lab != i + 1
+    np.copyto(q, qi, where=take)
+    np.copyto(lab, i + 1, where=take)
+    own = lab == i + 1
+    q[own] = qi[own]
+
+
+def _drop_fragments(ras: _Raster, cells: _Cells) -> int:
+    """Keep only the piece of each cell that holds its nucleus centre; returns pixels dropped."""
+    from skimage.measure import label as cc_label
+
+    rows, cols = ras.lab.shape
+    n = len(cells.R)
+    comp = cc_label(ras.lab, connectivity=1, background=0)
+    iy = np.clip(np.round(cells.ny).astype(int), 0, rows - 1)
+    ix = np.clip(np.round(cells.nx).astype(int), 0, cols - 1)
+    main = comp[iy, ix][ras.lab[iy, ix] == np.arange(1, n + 1)]
+    is_main = np.zeros(int(comp.max()) + 1, dtype=bool)
+    is_main[main] = True
+    is_main[0] = True
+    orphan = ~is_main[comp]
+    k = int(orphan.sum())
+    if k:
+        ras.lab[orphan] = 0
+        ras.q[orphan] = np.inf
+    return k
+
+
+def _build_geometry(p: FieldParams, rng: np.random.Generator) -> tuple[_Cells, _Raster]:
+    """Draw, place and rasterise cells; enforce the enlarged / normal size gap.
+
+    Returns the cells (ids 1..n in reading order of their nuclei) and the final
+    raster, where ``nuc`` is the nucleus label clipped to its cell.
+    """
+    cells = _place(_draw_cells(p, rng), p, rng)
+    ras = _rasterise(cells, p.shape, p.reach)
+    n = len(cells.R)
     for it in range(4):
-        lab, q, nuc, rho = _partition(cells, p.shape, p.reach)
-        n = len(cells.R)
-        area = _areas(lab, n).astype(float)
-        interior = ~_border_ids(lab, n)
+        area = _areas(ras.lab, n).astype(float)
+        interior = ~_border_ids(ras.lab, n)
         normal = ~cells.enlarged & interior & (area > 0)
         if normal.sum() < 3:
-            normal = ~cells.enlarged & (area > 0)
-        if not normal.any():
             break
         med = float(np.median(area[normal]))
-        small_enl = cells.enlarged & interior & (area < _ENLARGED_MIN_RATIO * 1.05 * med)
-        big_norm = ~cells.enlarged & interior & (area > _NORMAL_MAX_RATIO * 0.95 * med)
-        if not (small_enl.any() or big_norm.any()) or it == 3:
+        small_enl = np.flatnonzero(cells.enlarged & interior & (area < _ENLARGED_MIN_RATIO * 1.05 * med))
+        big_norm = np.flatnonzero(~cells.enlarged & interior & (area > _NORMAL_MAX_RATIO * 0.97 * med))
+        if not (small_enl.size or big_norm.size):
             break
-        # grow squeezed enlarged cells, shrink over-spread normal cells; neighbours
-        # then yield by the same partition rule.
-        f = np.ones(n)
-        f[small_enl] = np.sqrt(_ENLARGED_MIN_RATIO * 1.15 * med / np.maximum(area[small_enl], 1.0))
-        f[big_norm] = np.sqrt(_NORMAL_MAX_RATIO * 0.85 * med / area[big_norm])
-        f = np.clip(f, 0.6, 1.8)
-        cells.R = cells.R * f
-    # Final guarantee of the gap: cells still inside the ambiguous band (rare,
-    # squeezed between neighbours) are removed with everything they own.
-    n = len(cells.R)
-    area = _areas(lab, n).astype(float)
-    interior = ~_border_ids(lab, n)
+        for i in big_norm:
+            # trim the cell's outermost pixels (largest d / r) down to the target area
+            box = tuple(int(v) for v in ras.boxes[i])
+            y0, y1, x0, x1 = box
+            own = ras.lab[y0:y1, x0:x1] == i + 1
+            qv = ras.q[y0:y1, x0:x1][own]
+            keep_n = int(_NORMAL_MAX_RATIO * 0.9 * med)
+            if qv.size <= keep_n:
+                continue
+            thr = np.partition(qv, keep_n)[keep_n]
+            _release(ras, cells, i, own & (ras.q[y0:y1, x0:x1] >= thr), box, p.reach)
+        for i in small_enl:
+            f = math.sqrt(_ENLARGED_MIN_RATIO * 1.2 * med / max(area[i], 1.0))
+            _grow(ras, cells, i, min(f, 1.8), p.reach)
+    orphans = _drop_fragments(ras, cells)
+    if orphans:
+        logger.debug("dropped %d fragment pixels", orphans)
+    # nucleus = its ellipse within its own cell
+    ras.nuc = np.where(ras.lab == ras.nuc, ras.nuc, 0).astype(np.int32)
+
+    # Final guarantee of the class gaps: a cell still in the ambiguous band
+    # (rare: squeezed between neighbours) is removed with all it owns.
+    area = _areas(ras.lab, n).astype(float)
+    interior = ~_border_ids(ras.lab, n)
     normal = ~cells.enlarged & interior & (area > 0)
-    drop = area <= 0
+    drop = (area <= 0) | (_areas(ras.nuc, n) < 4)
     if normal.any():
         med = float(np.median(area[normal]))
         drop |= interior & cells.enlarged & (area < _ENLARGED_MIN_RATIO * med)
         drop |= interior & ~cells.enlarged & (area > _NORMAL_MAX_RATIO * med)
-    nuc_area = _areas(nuc, n)
-    drop |= nuc_area < 4
+    keep = np.flatnonzero(~drop)
     if drop.any():
-        logger.debug("dropping %d cells outside the class size gap", int(drop.sum()))
-        keep = np.flatnonzero(~drop)
-        remap = np.zeros(n + 1, dtype=np.int32)
-        remap[keep + 1] = np.arange(1, len(keep) + 1)
-        lab, nuc = remap[lab], remap[nuc]
-        q = np.where(lab > 0, q, np.inf).astype(np.float32)
-        rho = np.where(nuc > 0, rho, np.inf).astype(np.float32)
-        cells = cells.take(keep)
-    # ids in reading order of the nuclei
-    order = np.lexsort((cells.nx, cells.ny))
-    remap = np.zeros(len(order) + 1, dtype=np.int32)
-    remap[order + 1] = np.arange(1, len(order) + 1)
-    lab, nuc = remap[lab], remap[nuc]
-    cells = cells.take(order)
-    return cells, lab, q, nuc, rho
+        logger.debug("dropping %d cells outside the class size gaps", int(drop.sum()))
+    # ids 1..n in reading order of the nuclei
+    keep = keep[np.lexsort((cells.nx[keep], cells.ny[keep]))]
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[keep + 1] = np.arange(1, len(keep) + 1)
+    ras.lab, ras.nuc = remap[ras.lab], remap[ras.nuc]
+    ras.q = np.where(ras.lab > 0, ras.q, np.inf).astype(np.float32)
+    ras.rho = np.where(ras.nuc > 0, ras.rho, np.inf).astype(np.float32)
+    ras.inv_r, ras.boxes = ras.inv_r[keep], ras.boxes[keep]
+    return cells.take(keep), ras
 
 
 # =============================================================================
@@ -946,101 +1001,161 @@ def _build_geometry(p: FieldParams, rng: np.random.Generator) -> tuple[_Cells, n
 # =============================================================================
 
 
-def _xgal_cells(
-    cells: _Cells, lab: np.ndarray, nuc: np.ndarray, p: FieldParams, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-cell X-gal concentration (OD along the X-gal vector).
+def _per_cell(lab: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened labels and the cells' pixel counts."""
+    flat = lab.ravel()
+    return flat, np.bincount(flat, minlength=n + 1)
 
-    Positive cells: Gaussian granules concentrated around the nucleus plus a
-    diffuse haze decaying from the nucleus, scaled so the cell's peak equals
-    its drawn strength. Negative cells: faint haze only.
-    Returns the map and per-cell (peak, mean, p90).
+
+def _xgal_cells(
+    cells: _Cells, ras: _Raster, p: FieldParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-cell X-gal concentration (OD along the X-gal vector), before blur.
+
+    Positive cells: clustered Gaussian granules concentrated around the nucleus
+    plus a patchy, diffuse haze decaying away from the nucleus; negative cells:
+    the haze alone, at most ``negative_haze_od``. Each cell is scaled so its
+    peak equals its drawn strength.
+
+    Returns the map and per-cell (peak, mean, p90) over the cell's pixels.
     """
+    lab, nuc = ras.lab, ras.nuc
+    rows, cols = lab.shape
     n = len(cells.R)
-    out = np.zeros(lab.shape, dtype=np.float32)
-    peak = np.zeros(n)
-    mean = np.zeros(n)
-    p90 = np.zeros(n)
     lo, hi = p.xgal_peak_od
     strength = np.where(
         cells.positive,
         np.exp(rng.uniform(math.log(lo), math.log(hi), n)),
         rng.uniform(0.0, 1.0, n) * p.negative_haze_od,
     )
-    sig = p.xgal_granule_sigma_px
+
+    def per_pixel(values: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0.0], values]).astype(np.float32)[lab]
+
+    # --- haze: exp(-distance from the nuclear envelope / length), patchy ---
+    inside = lab > 0
+    r_nuc = np.sqrt(cells.na * cells.nb)
+    yy = np.arange(rows, dtype=np.float32)[:, None]
+    xx = np.arange(cols, dtype=np.float32)[None, :]
+    dy = yy - per_pixel(cells.ny)
+    dx = xx - per_pixel(cells.nx)
+    c = per_pixel(np.cos(cells.npsi))
+    s = per_pixel(np.sin(cells.npsi))
+    ia = per_pixel(1.0 / cells.na)
+    ib = per_pixel(1.0 / cells.nb)
+    u = (dx * c + dy * s) * ia
+    v = (dy * c - dx * s) * ib
+    rho = np.sqrt(u * u + v * v)
+    del u, v, c, s, ia, ib, dy, dx
+    beyond = np.maximum(rho - 1.0, 0.0) * per_pixel(r_nuc)
+    length = per_pixel(np.maximum(p.xgal_haze_length * cells.R, 1.0))
+    length[~inside] = 1.0
+    haze = np.exp(-beyond / length)
+    patch = _lowpass_noise(rng, lab.shape, max(1.5, 0.12 * float(np.median(cells.R))))
+    haze *= np.clip(1.0 + 0.45 * patch, 0.2, None)
+    in_nuc = nuc > 0
+    haze[in_nuc] *= np.float32(p.xgal_nuclear_haze)
+    haze[~inside] = 0.0
+
+    # --- granules: clusters of small granules around the nucleus (Neyman-Scott) ---
+    flat, area = _per_cell(lab, n)
+    pos = np.flatnonzero(cells.positive & (area[1:] > 0))
+    g = np.zeros(lab.shape, dtype=np.float32)
+    if pos.size:
+        n_gran = rng.poisson(p.xgal_granule_density * area[pos + 1]) + 3
+        n_clu = np.maximum(1, np.round(n_gran / p.xgal_granules_per_cluster)).astype(int)
+        owner = np.repeat(pos, n_clu)
+        lam = np.maximum(p.xgal_perinuclear_length * (cells.R[owner] - r_nuc[owner]), 1.0) / r_nuc[owner]
+        rad = 1.0 + rng.gamma(1.6, lam / 1.6)
+        polar = rng.random(n) < p.xgal_polarity
+        mu = rng.uniform(-np.pi, np.pi, n)
+        kappa = rng.uniform(0.5, 3.0, n)
+        ang = np.where(polar[owner], rng.vonmises(mu[owner], kappa[owner]),
+                       rng.uniform(-np.pi, np.pi, owner.size))
+        cp, sp = np.cos(cells.npsi[owner]), np.sin(cells.npsi[owner])
+        uu = rad * cells.na[owner] * np.cos(ang)
+        vv = rad * cells.nb[owner] * np.sin(ang)
+        cy = cells.ny[owner] + uu * sp + vv * cp
+        cx = cells.nx[owner] + uu * cp - vv * sp
+        # granules around each cluster centre
+        per = rng.poisson(p.xgal_granules_per_cluster, owner.size) + 1
+        k = np.repeat(np.arange(owner.size), per)
+        spread = p.xgal_granule_sigma_px * rng.uniform(1.0, 3.5, owner.size)
+        gy = cy[k] + rng.normal(0.0, 1.0, k.size) * spread[k]
+        gx = cx[k] + rng.normal(0.0, 1.0, k.size) * spread[k]
+        gown = owner[k] + 1
+        # a few granules lie above/below the nucleus
+        over = rng.random(k.size) < 0.05
+        iy = np.clip(np.round(gy).astype(int), 0, rows - 1)
+        ix = np.clip(np.round(gx).astype(int), 0, cols - 1)
+        ok = (gy >= 0) & (gy < rows) & (gx >= 0) & (gx < cols) & (lab[iy, ix] == gown)
+        ok &= (nuc[iy, ix] != gown) | over
+        gy, gx = gy[ok], gx[ok]
+        amp = rng.lognormal(0.0, 0.5, gy.size).astype(np.float32)
+        coarse = rng.random(gy.size) < 0.25  # some larger aggregates
+        for sel, sig in ((~coarse, p.xgal_granule_sigma_px), (coarse, 2.0 * p.xgal_granule_sigma_px)):
+            if not sel.any():
+                continue
+            imp = np.zeros((rows + 1, cols + 1), dtype=np.float32)
+            fy, fx = gy[sel], gx[sel]
+            y_i, x_i = np.floor(fy).astype(int), np.floor(fx).astype(int)
+            wy, wx = (fy - y_i).astype(np.float32), (fx - x_i).astype(np.float32)
+            a = amp[sel] * (1.0 if sig == p.xgal_granule_sigma_px else 2.5)
+            for oy_, ox_, w in ((0, 0, (1 - wy) * (1 - wx)), (1, 0, wy * (1 - wx)),
+                                (0, 1, (1 - wy) * wx), (1, 1, wy * wx)):
+                np.add.at(imp, (y_i + oy_, x_i + ox_), a * w)
+            g += ndi.gaussian_filter(imp[:rows, :cols], sig, mode="constant")
+        pos_px = np.concatenate([[False], cells.positive])[lab]
+        g[~pos_px] = 0.0
+        gmax = np.zeros(n + 1, dtype=np.float32)
+        np.maximum.at(gmax, flat, g.ravel())
+        gmax[gmax <= 0] = 1.0
+        g = np.minimum(g / gmax[lab], 1.0)
+    w = np.float32(p.xgal_haze_weight)
+    pos_px = np.concatenate([[False], cells.positive])[lab]
+    conc = np.where(pos_px, w * haze + (1 - w) * g, haze).astype(np.float32)
+    cmax = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(cmax, flat, conc.ravel())
+    scale = np.where(cmax[1:] > 0, strength / np.maximum(cmax[1:], 1e-12), 0.0)
+    conc *= per_pixel(scale)
+    conc[~inside] = 0.0
     slices = ndi.find_objects(lab, max_label=n)
-    for i in range(n):
+
+    def p90_of(i: int) -> float:
         sl = slices[i]
-        if sl is None or strength[i] <= 0:
+        vals = conc[sl][lab[sl] == i + 1]
+        k = int(0.9 * (vals.size - 1))
+        return float(np.partition(vals, k)[k])
+
+    # Faint positives stay clearly apart from negatives: a positive cell's 90th
+    # percentile is at least _POSITIVE_MIN_P90 (rescaled up where needed).
+    for i in np.flatnonzero(cells.positive):
+        if slices[i] is None:
             continue
-        own = lab[sl] == i + 1
-        in_nuc = nuc[sl] == i + 1
-        y0, x0 = sl[0].start, sl[1].start
-        dy = (np.arange(sl[0].start, sl[0].stop, dtype=np.float32) - np.float32(cells.ny[i]))[:, None]
-        dx = (np.arange(sl[1].start, sl[1].stop, dtype=np.float32) - np.float32(cells.nx[i]))[None, :]
-        dy, dx = np.broadcast_arrays(dy, dx)
-        rho = _nucleus_rho(cells, i, dy, dx)
-        r_nuc = math.sqrt(cells.na[i] * cells.nb[i])
-        beyond = np.maximum(rho - 1.0, 0.0) * np.float32(r_nuc)  # ~ px from the nuclear envelope
-        haze = np.exp(-beyond / np.float32(max(p.xgal_haze_length * cells.R[i], 1.0)))
-        haze = np.where(in_nuc, haze * np.float32(p.xgal_nuclear_haze), haze)
-        if cells.positive[i]:
-            area = int(own.sum())
-            ng = max(3, int(rng.poisson(p.xgal_granule_density * area)))
-            m = 3 * ng
-            lam = max(p.xgal_perinuclear_length * (cells.R[i] - r_nuc), 1.0) / r_nuc
-            gr = 1.0 + rng.exponential(lam, m)
-            over = rng.random(m) < 0.05  # a few granules in cytoplasm above/below the nucleus
-            gr = np.where(over, rng.uniform(0.5, 1.0, m), gr)
-            if rng.random() < p.xgal_polarity:
-                gt = rng.vonmises(rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 3.0), m)
-            else:
-                gt = rng.uniform(-np.pi, np.pi, m)
-            cp, sp = math.cos(cells.npsi[i]), math.sin(cells.npsi[i])
-            u = gr * cells.na[i] * np.cos(gt)
-            v = gr * cells.nb[i] * np.sin(gt)
-            gy = cells.ny[i] + u * sp + v * cp - y0
-            gx = cells.nx[i] + u * cp - v * sp - x0
-            iy = np.round(gy).astype(int)
-            ix = np.round(gx).astype(int)
-            h, w = own.shape
-            ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-            ok[ok] = own[iy[ok], ix[ok]]
-            sel = np.flatnonzero(ok)[:ng]
-            imp = np.zeros((h + 2, w + 2), dtype=np.float32)
-            if sel.size:
-                amp = rng.lognormal(0.0, 0.5, sel.size).astype(np.float32)
-                fy, fx = gy[sel] + 1, gx[sel] + 1
-                y_i, x_i = np.floor(fy).astype(int), np.floor(fx).astype(int)
-                wy, wx = (fy - y_i).astype(np.float32), (fx - x_i).astype(np.float32)
-                for oy_, ox_, ww in ((0, 0, (1 - wy) * (1 - wx)), (1, 0, wy * (1 - wx)),
-                                     (0, 1, (1 - wy) * wx), (1, 1, wy * wx)):
-                    np.add.at(imp, (np.clip(y_i + oy_, 0, h + 1), np.clip(x_i + ox_, 0, w + 1)), amp * ww)
-            g = ndi.gaussian_filter(imp, sig, mode="constant")[1:-1, 1:-1]
-            gv = g[own]
-            norm = float(np.percentile(gv, 99.5)) if gv.size and gv.max() > 0 else 1.0
-            g = np.minimum(g / max(norm, 1e-12), 1.5)
-            c = p.xgal_haze_weight * haze + (1 - p.xgal_haze_weight) * g
-        else:
-            c = haze
-        c = np.where(own, c, 0).astype(np.float32)
-        cmax = float(c.max())
-        if cmax <= 0:
+        q90 = p90_of(i)
+        if q90 < _POSITIVE_MIN_P90:
+            sl = slices[i]
+            own = lab[sl] == i + 1
+            conc[sl][own] *= np.float32(_POSITIVE_MIN_P90 / max(q90, 1e-6))
+
+    peak = np.zeros(n)
+    sums = np.bincount(flat, weights=conc.ravel(), minlength=n + 1)
+    mean = sums[1:] / np.maximum(area[1:], 1)
+    p90 = np.zeros(n)
+    for i, sl in enumerate(slices):
+        if sl is None:
             continue
-        c *= np.float32(strength[i] / cmax)
-        out[sl][own] = c[own]
-        vals = c[own]
-        peak[i] = float(vals.max())
-        mean[i] = float(vals.mean())
-        p90[i] = float(np.percentile(vals, 90))
-    return out, peak, mean, p90
+        peak[i] = float(conc[sl][lab[sl] == i + 1].max())
+        p90[i] = p90_of(i)
+    return conc, peak, mean, p90
 
 
 def _impulses(shape: tuple[int, int], ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> np.ndarray:
     img = np.zeros(shape, dtype=np.float32)
-    iy = np.clip(np.round(ys).astype(int), 0, shape[0] - 1)
-    ix = np.clip(np.round(xs).astype(int), 0, shape[1] - 1)
-    np.add.at(img, (iy, ix), w.astype(np.float32))
+    ok = (ys >= 0) & (ys < shape[0] - 0.5) & (xs >= 0) & (xs < shape[1] - 0.5)
+    iy = np.round(ys[ok]).astype(int)
+    ix = np.round(xs[ok]).astype(int)
+    np.add.at(img, (iy, ix), np.asarray(w, dtype=np.float32)[ok])
     return img
 
 
@@ -1056,55 +1171,72 @@ def _nucleoli(cells: _Cells, nuc: np.ndarray, rng: np.random.Generator) -> np.nd
     v = r * cells.nb[owner] * np.sin(t)
     ys = cells.ny[owner] + u * sp + v * cp
     xs = cells.nx[owner] + u * cp - v * sp
-    sig = max(0.7, 0.09 * float(np.median(cells.na + cells.nb)))
+    sig = max(0.7, 0.09 * float(np.median(cells.na + cells.nb))) if n else 1.0
     amp = rng.uniform(0.6, 1.0, owner.size) * 2 * np.pi * sig**2
     m = ndi.gaussian_filter(_impulses(nuc.shape, ys, xs, amp), sig, mode="constant")
     return np.where(nuc > 0, m, 0).astype(np.float32)
 
 
-def _draw_debris(p: FieldParams, rng: np.random.Generator) -> np.ndarray:
-    """Grey-OD map of debris: many small dark specks, a few larger irregular clumps."""
-    rows, cols = p.shape
+def _free_space(lab: np.ndarray) -> tuple[np.ndarray, int]:
+    """Distance (px) to the nearest cell on a coarse grid, and the grid step."""
+    step = 4
+    return ndi.distance_transform_edt(lab[::step, ::step] == 0) * step, step
+
+
+def _spot(free: tuple[np.ndarray, int], rng: np.random.Generator, shape: tuple[int, int],
+          *, min_free: float, off_cells: bool) -> tuple[float, float, float]:
+    """A random position (row, col, free radius there): off cells where possible, or anywhere."""
+    dist, step = free
+    if off_cells:
+        ys, xs = np.nonzero(dist >= min_free)
+        if ys.size:
+            k = int(rng.integers(ys.size))
+            return (ys[k] * step + rng.uniform(0, step), xs[k] * step + rng.uniform(0, step),
+                    float(dist[ys[k], xs[k]]) - step)
+    return rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), np.inf
+
+
+def _draw_debris(p: FieldParams, free: tuple[np.ndarray, int], rng: np.random.Generator) -> np.ndarray:
+    """Grey-OD map of debris: many small dark specks anywhere, a few larger clumps mostly off cells."""
     out = np.zeros(p.shape, dtype=np.float32)
     for _ in range(p.n_debris):
         large = rng.random() < p.debris_large_fraction
-        r = rng.uniform(6, 20) if large else rng.uniform(0.8, 4.0)
-        od = rng.uniform(0.1, 0.8)
-        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
-        ext = r * 1.6 + 2
-        y0, y1 = max(0, int(cy - ext)), min(rows, int(cy + ext) + 1)
-        x0, x1 = max(0, int(cx - ext)), min(cols, int(cx + ext) + 1)
+        r = rng.uniform(5, 18) if large else rng.uniform(0.8, 3.5)
+        od = rng.uniform(0.1, 0.7)
+        cy, cx, room = _spot(free, rng, p.shape, min_free=r * 1.3, off_cells=large and rng.random() < 0.8)
+        box = _box(cy, cx, r * 1.6 + 2, p.shape)
+        y0, y1, x0, x1 = box
         if y0 >= y1 or x0 >= x1:
             continue
-        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
-        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
         th = np.arctan2(dy, dx)
-        rr = r * (1 + sum(rng.uniform(0, 0.25) * np.cos(k * th + rng.uniform(0, 6.3)) for k in (2, 3, 5)))
+        rr = r * (1 + sum(rng.uniform(0, 0.25) * np.cos(k * th + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)))
         d = np.sqrt(dy * dy + dx * dx)
         blob = 1.0 / (1.0 + np.exp((d - rr) / 0.6))
         if large:
-            blob = blob * (0.6 + 0.4 * rng.random(blob.shape).astype(np.float32))
+            blob = blob * (0.5 + 0.5 * rng.random(blob.shape).astype(np.float32))
         out[y0:y1, x0:x1] += (od * blob).astype(np.float32)
     return out
 
 
-def _draw_crystals(p: FieldParams, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """X-gal crystals: thin, dense blue needles, often in small sprays, mostly off cells."""
+def _draw_crystals(p: FieldParams, free: tuple[np.ndarray, int], rng: np.random.Generator) -> np.ndarray:
+    """X-gal crystals: thin, dense blue needles in small sprays, in free space; a few over cells."""
     rows, cols = p.shape
     out = np.zeros(p.shape, dtype=np.float32)
-    bg = np.argwhere(lab[::4, ::4] == 0) * 4
-    fg = np.argwhere(lab[::4, ::4] > 0) * 4
     placed = 0
     while placed < p.n_crystals:
         over = rng.random() < p.crystal_over_cells_fraction
-        pool = fg if (over and len(fg)) else (bg if len(bg) else fg)
-        if not len(pool):
-            break
-        cy, cx = pool[rng.integers(len(pool))] + rng.uniform(0, 4, 2)
+        cy, cx, room = _spot(free, rng, p.shape, min_free=8.0, off_cells=not over)
         spray = int(rng.integers(1, 5))
         base = rng.uniform(0, np.pi)
+        placed += spray
+        if not over and not np.isfinite(room):
+            continue  # confluent: no free space for a crystal
         for _ in range(spray):
-            length = rng.uniform(6, 45) * p.nucleus_diameter_px / 14
+            length = min(rng.uniform(6, 45) * p.nucleus_diameter_px / 14, room - 2.0)
+            if length < 3:
+                continue
             ang = base + rng.normal(0, 0.5)
             width = rng.uniform(0.5, 1.2)
             od = rng.uniform(0.4, 1.4)
@@ -1113,35 +1245,32 @@ def _draw_crystals(p: FieldParams, lab: np.ndarray, rng: np.random.Generator) ->
             x0, x1 = max(0, int(min(cx, ex) - 3)), min(cols, int(max(cx, ex) + 4))
             if y0 >= y1 or x0 >= x1:
                 continue
-            yy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
-            xx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
-            ux, uy = math.cos(ang), math.sin(ang)
+            yy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+            xx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
+            ux, uy = np.float32(math.cos(ang)), np.float32(math.sin(ang))
             t = np.clip(xx * ux + yy * uy, 0, length)
             d2 = (xx - t * ux) ** 2 + (yy - t * uy) ** 2
-            out[y0:y1, x0:x1] += (od * np.exp(-d2 / (2 * width**2))).astype(np.float32)
-        placed += spray
+            out[y0:y1, x0:x1] += (od * np.exp(-d2 / np.float32(2 * width**2))).astype(np.float32)
     return out
 
 
 def _draw_dust(p: FieldParams, rng: np.random.Generator) -> np.ndarray:
     """Out-of-focus dust on the optics: faint, soft discs and rings (grey OD)."""
-    rows, cols = p.shape
-    yy = np.arange(rows, dtype=np.float32)[:, None]
-    xx = np.arange(cols, dtype=np.float32)[None, :]
     out = np.zeros(p.shape, dtype=np.float32)
     for _ in range(p.n_dust):
         r = rng.uniform(8, 60)
-        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
-        y0, y1 = max(0, int(cy - 2 * r)), min(rows, int(cy + 2 * r) + 1)
-        x0, x1 = max(0, int(cx - 2 * r)), min(cols, int(cx + 2 * r) + 1)
+        cy, cx = rng.uniform(0, p.shape[0]), rng.uniform(0, p.shape[1])
+        y0, y1, x0, x1 = _box(cy, cx, 2 * r, p.shape)
         if y0 >= y1 or x0 >= x1:
             continue
-        d = np.sqrt((yy[y0:y1] - cy) ** 2 + (xx[:, x0:x1] - cx) ** 2)
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
+        d = np.sqrt(dy * dy + dx * dx)
         od = rng.uniform(0.005, 0.035)
         if rng.random() < 0.5:
-            prof = np.exp(-((d - r) ** 2) / (2 * (0.15 * r) ** 2))  # ring
+            prof = np.exp(-((d - r) ** 2) / np.float32(2 * (0.15 * r) ** 2))  # ring
         else:
-            prof = 1.0 / (1.0 + np.exp((d - r) / (0.2 * r)))  # soft disc
+            prof = 1.0 / (1.0 + np.exp((d - r) / np.float32(0.2 * r)))  # soft disc
         out[y0:y1, x0:x1] += (od * prof).astype(np.float32)
     return out
 
@@ -1151,65 +1280,61 @@ def _draw_dust(p: FieldParams, rng: np.random.Generator) -> np.ndarray:
 # =============================================================================
 
 
-def _vignette(p: FieldParams, rng: np.random.Generator) -> np.ndarray:
-    """(M, N, 3) relative illumination: off-centre radial fall-off, slightly per channel."""
-    rows, cols = p.shape
-    cy, cx = p.vignetting_centre[0] * rows, p.vignetting_centre[1] * cols
-    yy = (np.arange(rows, dtype=np.float32)[:, None] - cy)
-    xx = (np.arange(cols, dtype=np.float32)[None, :] - cx)
-    far = max(math.hypot(max(cy, rows - cy), max(cx, cols - cx)), 1.0)
-    r2 = (yy * yy + xx * xx) / np.float32(far * far)
-    chan = 1.0 + rng.uniform(-0.1, 0.1, 3)
-    return np.stack([1.0 - p.vignetting * c * r2 for c in chan], axis=-1).astype(np.float32)
-
-
 def _noisy(signal_e: np.ndarray, read_e: float, rng: np.random.Generator) -> np.ndarray:
-    """Shot noise (Poisson; Gaussian approximation above 100 e-) plus Gaussian read noise."""
-    out = signal_e + np.sqrt(np.maximum(signal_e, 0)) * rng.standard_normal(signal_e.shape, dtype=np.float32)
-    low = signal_e < 100
+    """Shot noise (Poisson; Gaussian approximation above 30 e-) plus Gaussian read noise."""
+    lam = np.maximum(signal_e, 0).astype(np.float32)
+    out = lam + np.sqrt(lam + np.float32(read_e**2)) * rng.standard_normal(lam.shape, dtype=np.float32)
+    low = lam < 30
     if low.any():
-        out[low] = rng.poisson(np.maximum(signal_e[low], 0)).astype(np.float32)
-    out += np.float32(read_e) * rng.standard_normal(signal_e.shape, dtype=np.float32)
+        k = int(low.sum())
+        out[low] = rng.poisson(lam[low]).astype(np.float32) + np.float32(read_e) * rng.standard_normal(k, dtype=np.float32)
     return out
 
 
 def _camera(transmitted: np.ndarray, p: FieldParams, rng: np.random.Generator) -> np.ndarray:
     """Lamp x vignetting x transmittance -> electrons -> noise -> gamma -> integers (-> JPEG)."""
-    vig = _vignette(p, rng)
-    lamp = np.asarray(p.lamp_rgb, dtype=np.float32)
-    exposure = p.background_level / (float(lamp.max()) * float(np.median(vig[..., int(np.argmax(lamp))])))
-    rel = transmitted * vig * (lamp * np.float32(exposure))
-    e = _noisy(rel * np.float32(p.full_well_e), p.read_noise_e, rng)
-    x = np.clip(e / np.float32(p.full_well_e), 0.0, 1.0)
-    if p.gamma != 1.0:
-        x = x ** np.float32(p.gamma)
+    rows, cols = p.shape
+    cy, cx = p.vignetting_centre[0] * rows, p.vignetting_centre[1] * cols
+    yy = (np.arange(rows, dtype=np.float32)[:, None] - np.float32(cy)) ** 2
+    xx = (np.arange(cols, dtype=np.float32)[None, :] - np.float32(cx)) ** 2
+    far2 = max(max(cy, rows - cy) ** 2 + max(cx, cols - cx) ** 2, 1.0)
+    r2 = (yy + xx) / np.float32(far2)
+    chan = 1.0 + rng.uniform(-0.1, 0.1, 3)  # colour shading: fall-off differs a little per channel
+    lamp = np.asarray(p.lamp_rgb, dtype=np.float64)
+    ref = int(np.argmax(lamp))
+    med_vig = 1.0 - p.vignetting * chan[ref] * float(np.median(r2))
+    exposure = p.background_level / (lamp[ref] * med_vig)
     full = 255 if p.bit_depth == 8 else 4095
-    dtype = np.uint8 if p.bit_depth == 8 else np.uint16
-    img = np.round(x * full).astype(dtype)
+    out = np.empty(transmitted.shape, dtype=np.uint8 if p.bit_depth == 8 else np.uint16)
+    for ch in range(3):
+        vig = 1.0 - np.float32(p.vignetting * chan[ch]) * r2
+        e = transmitted[..., ch] * vig * np.float32(exposure * lamp[ch] * p.full_well_e)
+        x = np.clip(_noisy(e, p.read_noise_e, rng) / np.float32(p.full_well_e), 0.0, 1.0)
+        if p.gamma != 1.0:
+            x = x ** np.float32(p.gamma)
+        out[..., ch] = np.round(x * np.float32(full))
     if p.file_format == "jpg":
         import imageio.v3 as iio
 
-        data = iio.imwrite("<bytes>", img, extension=".jpg", quality=int(p.jpeg_quality or 90))
-        img = np.asarray(iio.imread(data, extension=".jpg"), dtype=np.uint8)
-    return img
+        data = iio.imwrite("<bytes>", out, extension=".jpg", quality=int(p.jpeg_quality or 90))
+        out = np.asarray(iio.imread(data, extension=".jpg"), dtype=np.uint8)
+    return out
 
 
-def _render_dapi(
-    cells: _Cells, nuc: np.ndarray, rho: np.ndarray, lab: np.ndarray, chromatin: np.ndarray,
-    p: FieldParams, rng: np.random.Generator,
-) -> np.ndarray:
-    """DAPI/Hoechst image: fluorescence ∝ DNA, blurred, on offset + background, Poisson noise."""
+def _render_dapi(cells: _Cells, ras: _Raster, chromatin: np.ndarray, p: FieldParams,
+                 rng: np.random.Generator) -> np.ndarray:
+    """DAPI/Hoechst image: fluorescence ∝ DNA, blurred, on offset + background, with noise."""
+    nuc, rho, lab = ras.nuc, ras.rho, ras.lab
     n = len(cells.R)
     bright = rng.lognormal(0.0, 0.22, n)
     bright *= np.where(rng.random(n) < 0.15, rng.uniform(1.5, 1.9, n), 1.0)  # G2 nuclei
-    bright *= np.where(cells.enlarged, rng.uniform(0.55, 0.9, n), 1.0)  # big flat nuclei, diluted DNA
+    bright *= np.where(cells.enlarged, rng.uniform(0.55, 0.9, n), 1.0)  # big flat nuclei: DNA spread out
     b = np.concatenate([[0.0], bright]).astype(np.float32)
     inside = nuc > 0
     dome = np.where(inside, 0.55 + 0.45 * np.sqrt(np.clip(1 - np.minimum(rho, 1) ** 2, 0, 1)), 0)
     tex = np.clip(1 + 1.5 * p.chromatin_texture * chromatin, 0.3, None)
-    sig = b[nuc] * dome * tex
-    # a few bright chromocentres in some fields (mouse cells)
-    if rng.random() < 0.4:
+    sig = (b[nuc] * dome * tex).astype(np.float32)
+    if rng.random() < 0.4 and n:  # bright chromocentres (mouse cells)
         k = rng.integers(0, 6, n)
         owner = np.repeat(np.arange(n), k)
         t = rng.uniform(0, 2 * np.pi, owner.size)
@@ -1217,22 +1342,20 @@ def _render_dapi(
         ys = cells.ny[owner] + r * cells.nb[owner] * np.sin(t)
         xs = cells.nx[owner] + r * cells.na[owner] * np.cos(t)
         spots = ndi.gaussian_filter(_impulses(nuc.shape, ys, xs, np.full(owner.size, 6.0)), 0.9)
-        sig = sig + np.where(inside, spots, 0) * b[nuc]
-    # micronuclei / apoptotic fragments: small bright specks (not cells)
-    n_frag = int(rng.integers(0, 1 + max(1, n // 40)))
+        sig += np.where(inside, spots, 0) * b[nuc]
+    n_frag = int(rng.integers(0, 2 + n // 40))  # micronuclei / apoptotic fragments (not cells)
     if n_frag:
         ys = rng.uniform(0, p.shape[0], n_frag)
         xs = rng.uniform(0, p.shape[1], n_frag)
-        sig = sig + ndi.gaussian_filter(_impulses(nuc.shape, ys, xs, rng.uniform(8, 20, n_frag)), 1.2)
-    sig = ndi.gaussian_filter(sig.astype(np.float32), p.dapi_blur_sigma_px)
+        sig += ndi.gaussian_filter(_impulses(nuc.shape, ys, xs, rng.uniform(8, 20, n_frag)), 1.2)
+    sig = ndi.gaussian_filter(sig, p.dapi_blur_sigma_px)
     if p.dapi_shift_px != (0.0, 0.0):
         sig = ndi.shift(sig, p.dapi_shift_px, order=1, mode="nearest")
     cyto = (lab > 0).astype(np.float32) * 0.5  # cytoplasmic autofluorescence
-    bg = p.dapi_background * (0.7 + 0.6 * _smooth_field(rng, p.shape, 2.0) + cyto)
-    counts = p.dapi_peak * (sig + bg)
-    electrons = counts / np.float32(p.dapi_gain)
-    noisy = _noisy(electrons.astype(np.float32), 2.0, rng) * np.float32(p.dapi_gain) + np.float32(p.dapi_offset)
-    return np.clip(np.round(noisy), 0, p.dapi_full_scale).astype(np.uint16)
+    bg = np.float32(p.dapi_background) * (0.7 + 0.6 * _smooth_field(rng, p.shape, 2.0) + cyto)
+    electrons = (sig + bg) * np.float32(p.dapi_peak / p.dapi_gain)
+    counts = _noisy(electrons, 2.0, rng) * np.float32(p.dapi_gain) + np.float32(p.dapi_offset)
+    return np.clip(np.round(counts), 0, p.dapi_full_scale).astype(np.uint16)
 
 
 # =============================================================================
@@ -1261,6 +1384,11 @@ def render_field(params: FieldParams, rng: np.random.Generator) -> SynthField:
         values are concentrations in OD units along the unit X-gal vector,
         before blur and noise.
 
+    Raises
+    ------
+    TypeError
+        If ``params`` is not a :class:`FieldParams`.
+
     Examples
     --------
     >>> import numpy as np
@@ -1275,61 +1403,58 @@ def render_field(params: FieldParams, rng: np.random.Generator) -> SynthField:
         raise TypeError(f"params must be a FieldParams, got {type(params).__name__}")
     p = params
     shape = p.shape
-    cells, lab, q, nuc, rho = _build_geometry(p, rng)
+    cells, ras = _build_geometry(p, rng)
+    lab, nuc = ras.lab, ras.nuc
     n = len(cells.R)
 
-    # --- stain concentration maps ---
-    xgal_cells, peak, mean, p90 = _xgal_cells(cells, lab, nuc, p, rng)
-    xgal = xgal_cells
+    # --- stain concentration maps (OD along unit stain vectors) ---
+    xgal_cells, peak, mean, p90 = _xgal_cells(cells, ras, p, rng)
+    free = _free_space(lab)
+    xgal = xgal_cells + _draw_crystals(p, free, rng)
     if p.xgal_background_od > 0:
-        xgal = xgal + np.float32(p.xgal_background_od) * _smooth_field(rng, shape, 4.0)
-    xgal = xgal + _draw_crystals(p, lab, rng)
+        xgal += np.float32(p.xgal_background_od) * _smooth_field(rng, shape, 4.0)
 
-    chrom_sigma = max(0.6, 0.08 * p.nucleus_diameter_px)
-    chromatin = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), chrom_sigma)
-    chromatin /= np.float32(max(float(chromatin.std()), 1e-6))
+    chromatin = _lowpass_noise(rng, shape, max(0.6, 0.07 * p.nucleus_diameter_px))
     inside_nuc = nuc > 0
-    ndome = np.where(inside_nuc, 0.5 + 0.5 * np.sqrt(np.clip(1 - np.minimum(rho, 1) ** 2, 0, 1)), 0).astype(np.float32)
-    ntex = np.clip(1 + p.chromatin_texture * chromatin, 0.2, None)
+    ndome = np.where(inside_nuc, 0.5 + 0.5 * np.sqrt(np.clip(1 - np.minimum(ras.rho, 1) ** 2, 0, 1)), 0)
+    ndome = ndome.astype(np.float32) * np.clip(1 + np.float32(p.chromatin_texture) * chromatin, 0.2, None)
     nucleoli = _nucleoli(cells, nuc, rng)
 
     t = np.concatenate([[0.0], cells.thickness]).astype(np.float32)[lab]
-    qq = np.where(lab > 0, q, 10).astype(np.float32)
-    profile = np.where(lab > 0, 0.3 + 0.7 * np.exp(-((qq / 0.6) ** 2)), 0).astype(np.float32)
+    profile = np.where(lab > 0, 0.3 + 0.7 * np.exp(-np.square(np.minimum(ras.q, 10) / np.float32(0.6))), 0)
+    body = (t * profile).astype(np.float32)  # relative cytoplasm thickness
 
     from skimage.segmentation import find_boundaries
 
     rim = ndi.gaussian_filter(find_boundaries(lab, mode="inner").astype(np.float32), 0.7)
-    rim = np.where(lab > 0, rim, rim * 0.5)
 
-    grey = (np.float32(p.body_od) * t * profile
-            + np.float32(p.edge_od) * rim
-            + inside_nuc * ndome * ntex * np.float32(p.nucleus_extra_od)
-            + nucleoli * np.float32(p.nucleolus_od))
-    debris = _draw_debris(p, rng)
-    dust = _draw_dust(p, rng)
+    grey = (np.float32(p.body_od) * body + np.float32(p.edge_od) * rim
+            + np.float32(p.nucleus_extra_od) * ndome + np.float32(p.nucleolus_od) * nucleoli)
+    debris = _draw_debris(p, free, rng)
 
-    od = (xgal[..., None] * np.asarray(p.xgal_vector, dtype=np.float32)
-          + grey[..., None] * np.asarray(p.scatter_vector, dtype=np.float32)
-          + debris[..., None] * np.asarray(p.debris_vector, dtype=np.float32))
+    od = np.empty(shape + (3,), dtype=np.float32)
+    vx = np.asarray(p.xgal_vector, dtype=np.float32)
+    vs = np.asarray(p.scatter_vector, dtype=np.float32)
+    vd = np.asarray(p.debris_vector, dtype=np.float32)
     if p.counterstain_vector is not None:
         cell_cs = rng.lognormal(0.0, 0.2, n)
         cs_n = np.concatenate([[0.0], cell_cs]).astype(np.float32)[nuc]
-        cs = (np.float32(p.counterstain_nucleus_od) * cs_n * ndome * ntex
-              + np.float32(p.counterstain_cytoplasm_od) * t * profile
-              + np.float32(p.counterstain_nucleus_od * 0.5) * nucleoli)
-        od = od + cs[..., None] * np.asarray(p.counterstain_vector, dtype=np.float32)
+        cs = (np.float32(p.counterstain_nucleus_od) * (cs_n * ndome + 0.5 * nucleoli)
+              + np.float32(p.counterstain_cytoplasm_od) * body)
+        vc = np.asarray(p.counterstain_vector, dtype=np.float32)
+    for ch in range(3):
+        od[..., ch] = xgal * vx[ch] + grey * vs[ch] + debris * vd[ch]
+        if p.counterstain_vector is not None:
+            od[..., ch] += cs * vc[ch]
 
     # --- optics: defocus blurs the transmitted light; dust sits on the optics ---
-    trans = np.exp(-np.float32(math.log(10)) * od)
-    for c in range(3):
-        trans[..., c] = ndi.gaussian_filter(trans[..., c], p.blur_sigma_px)
-    trans *= np.exp(-np.float32(math.log(10)) * dust)[..., None]
+    trans = np.exp(np.float32(-math.log(10)) * od, out=od)
+    dust = np.exp(np.float32(-math.log(10)) * _draw_dust(p, rng))
+    for ch in range(3):
+        trans[..., ch] = ndi.gaussian_filter(trans[..., ch], p.blur_sigma_px) * dust
     rgb = _camera(trans, p, rng)
 
-    nuclear = None
-    if p.setup == "fluorescence":
-        nuclear = _render_dapi(cells, nuc, rho, lab, chromatin, p, rng)
+    nuclear = _render_dapi(cells, ras, chromatin, p, rng) if p.setup == "fluorescence" else None
 
     truth = _truth_table(cells, lab, nuc, peak, mean, p90)
     return SynthField(rgb=rgb, nuclear=nuclear, cell_labels=lab.astype(np.uint32),
