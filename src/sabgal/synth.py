@@ -74,6 +74,7 @@ __all__ = [
     "TRUTH_COLUMNS",
     "random_params",
     "render_field",
+    "illumination",
     "write_field",
     "generate_dataset",
     "build_synth_parser",
@@ -247,6 +248,7 @@ class FieldParams:
     background_level: float  # brightest channel's background, fraction of full scale
     vignetting: float  # fall-off at the far corner (fraction)
     vignetting_centre: tuple[float, float]  # (row, col) as fractions of the frame
+    vignetting_rgb: Vec3  # relative fall-off per channel (colour shading)
     full_well_e: float
     read_noise_e: float
     gamma: float  # 1 = linear camera
@@ -533,6 +535,7 @@ def random_params(
         background_level=float(level),
         vignetting=float(rng.uniform(0.0, 0.35)),
         vignetting_centre=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))),
+        vignetting_rgb=tuple(float(v) for v in rng.uniform(0.9, 1.1, 3)),
         full_well_e=float(_loguniform(rng, 5000.0, 40000.0)),
         read_noise_e=float(rng.uniform(2.0, 20.0)),
         gamma=float(1.0 if rng.random() < 0.75 else rng.uniform(0.75, 1.0)),
@@ -551,7 +554,7 @@ def random_params(
 # =============================================================================
 
 _N_HARM = 4  # shape harmonics k = 2..5
-_K_ANG = 1024  # angular resolution of the r(θ) tables (power of two)
+_K_ANG = 512  # angular resolution of the r(θ) tables (power of two)
 _ANG = (np.arange(_K_ANG) * (2 * np.pi / _K_ANG) - np.pi).astype(np.float64)
 
 
@@ -585,15 +588,18 @@ class _Cells:
 
 
 def _radius_table(cells: _Cells) -> np.ndarray:
-    """r(θ) of every cell at the absolute angles ``_ANG``, shape (n, _K_ANG)."""
-    t = _ANG[None, :] - cells.psi[:, None]
+    """r(θ) of every cell at the absolute angles ``_ANG``, shape (n, _K_ANG), float32."""
+    t = (_ANG[None, :] - cells.psi[:, None]).astype(np.float32)
     c1, s1 = np.cos(t), np.sin(t)
-    A = cells.aspect[:, None]
+    A = cells.aspect[:, None].astype(np.float32)
     m = np.ones_like(t)
-    for j in range(_N_HARM):  # k = j + 2
-        k = j + 2
-        m += cells.amp[:, j:j + 1] * np.cos(k * t + cells.phase[:, j:j + 1])
-    return cells.R[:, None] * m / np.sqrt(c1 * c1 / A + s1 * s1 * A)
+    ck, sk = c1, s1
+    for j in range(_N_HARM):  # cos(kt + φ) = cos kt cos φ - sin kt sin φ, k = j + 2
+        ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+        ph = cells.phase[:, j:j + 1]
+        m += cells.amp[:, j:j + 1].astype(np.float32) * (
+            ck * np.cos(ph).astype(np.float32) - sk * np.sin(ph).astype(np.float32))
+    return cells.R[:, None].astype(np.float32) * m / np.sqrt(c1 * c1 / A + s1 * s1 * A)
 
 
 def _box(cy: float, cx: float, ext: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -1051,7 +1057,8 @@ def _xgal_cells(
     length = per_pixel(np.maximum(p.xgal_haze_length * cells.R, 1.0))
     length[~inside] = 1.0
     haze = np.exp(-beyond / length)
-    patch = _lowpass_noise(rng, lab.shape, max(1.5, 0.12 * float(np.median(cells.R))))
+    r_cell = p.cell_to_nucleus_radius * p.nucleus_diameter_px / 2
+    patch = _lowpass_noise(rng, lab.shape, max(1.5, 0.12 * r_cell))
     haze *= np.clip(1.0 + 0.45 * patch, 0.2, None)
     in_nuc = nuc > 0
     haze[in_nuc] *= np.float32(p.xgal_nuclear_haze)
@@ -1104,7 +1111,7 @@ def _xgal_cells(
             for oy_, ox_, w in ((0, 0, (1 - wy) * (1 - wx)), (1, 0, wy * (1 - wx)),
                                 (0, 1, (1 - wy) * wx), (1, 1, wy * wx)):
                 np.add.at(imp, (y_i + oy_, x_i + ox_), a * w)
-            g += ndi.gaussian_filter(imp[:rows, :cols], sig, mode="constant")
+            g += ndi.gaussian_filter(imp[:rows, :cols], sig, mode="constant", truncate=3.0)
         pos_px = np.concatenate([[False], cells.positive])[lab]
         g[~pos_px] = 0.0
         gmax = np.zeros(n + 1, dtype=np.float32)
@@ -1291,24 +1298,53 @@ def _noisy(signal_e: np.ndarray, read_e: float, rng: np.random.Generator) -> np.
     return out
 
 
-def _camera(transmitted: np.ndarray, p: FieldParams, rng: np.random.Generator) -> np.ndarray:
-    """Lamp x vignetting x transmittance -> electrons -> noise -> gamma -> integers (-> JPEG)."""
-    rows, cols = p.shape
-    cy, cx = p.vignetting_centre[0] * rows, p.vignetting_centre[1] * cols
+def illumination(params: FieldParams) -> np.ndarray:
+    """The lamp as the camera sees it: the noise-free blank field of ``params``.
+
+    Parameters
+    ----------
+    params : FieldParams
+
+    Returns
+    -------
+    (M, N, 3) float32 ndarray
+        Linear signal as a fraction of full scale (before gamma and
+        quantisation) that a clear, dust-free field would give: lamp tint x
+        exposure x vignetting. ``rgb / full_scale`` (after undoing gamma) over it
+        is the transmittance, so ``-log10`` of that ratio is the optical density.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = random_params(np.random.default_rng(0), shape=(64, 80))
+    >>> lamp = illumination(p)
+    >>> lamp.shape, bool(abs(float(np.median(lamp.max(axis=-1))) - p.background_level) < 0.05)
+    ((64, 80, 3), True)
+    """
+    rows, cols = params.shape
+    cy, cx = params.vignetting_centre[0] * rows, params.vignetting_centre[1] * cols
     yy = (np.arange(rows, dtype=np.float32)[:, None] - np.float32(cy)) ** 2
     xx = (np.arange(cols, dtype=np.float32)[None, :] - np.float32(cx)) ** 2
     far2 = max(max(cy, rows - cy) ** 2 + max(cx, cols - cx) ** 2, 1.0)
     r2 = (yy + xx) / np.float32(far2)
-    chan = 1.0 + rng.uniform(-0.1, 0.1, 3)  # colour shading: fall-off differs a little per channel
-    lamp = np.asarray(p.lamp_rgb, dtype=np.float64)
+    lamp = np.asarray(params.lamp_rgb, dtype=np.float64)
+    chan = np.asarray(params.vignetting_rgb, dtype=np.float64)
     ref = int(np.argmax(lamp))
-    med_vig = 1.0 - p.vignetting * chan[ref] * float(np.median(r2))
-    exposure = p.background_level / (lamp[ref] * med_vig)
+    med_vig = 1.0 - params.vignetting * chan[ref] * float(np.median(r2))
+    exposure = params.background_level / (lamp[ref] * med_vig)
+    out = np.empty((rows, cols, 3), dtype=np.float32)
+    for ch in range(3):
+        out[..., ch] = (1.0 - np.float32(params.vignetting * chan[ch]) * r2) * np.float32(exposure * lamp[ch])
+    return out
+
+
+def _camera(transmitted: np.ndarray, p: FieldParams, rng: np.random.Generator) -> np.ndarray:
+    """Lamp x vignetting x transmittance -> electrons -> noise -> gamma -> integers (-> JPEG)."""
+    lamp = illumination(p)
     full = 255 if p.bit_depth == 8 else 4095
     out = np.empty(transmitted.shape, dtype=np.uint8 if p.bit_depth == 8 else np.uint16)
     for ch in range(3):
-        vig = 1.0 - np.float32(p.vignetting * chan[ch]) * r2
-        e = transmitted[..., ch] * vig * np.float32(exposure * lamp[ch] * p.full_well_e)
+        e = transmitted[..., ch] * lamp[..., ch] * np.float32(p.full_well_e)
         x = np.clip(_noisy(e, p.read_noise_e, rng) / np.float32(p.full_well_e), 0.0, 1.0)
         if p.gamma != 1.0:
             x = x ** np.float32(p.gamma)
@@ -1348,7 +1384,7 @@ def _render_dapi(cells: _Cells, ras: _Raster, chromatin: np.ndarray, p: FieldPar
         ys = rng.uniform(0, p.shape[0], n_frag)
         xs = rng.uniform(0, p.shape[1], n_frag)
         sig += ndi.gaussian_filter(_impulses(nuc.shape, ys, xs, rng.uniform(8, 20, n_frag)), 1.2)
-    sig = ndi.gaussian_filter(sig, p.dapi_blur_sigma_px)
+    sig = ndi.gaussian_filter(sig, p.dapi_blur_sigma_px, truncate=3.0)
     if p.dapi_shift_px != (0.0, 0.0):
         sig = ndi.shift(sig, p.dapi_shift_px, order=1, mode="nearest")
     cyto = (lab > 0).astype(np.float32) * 0.5  # cytoplasmic autofluorescence
@@ -1451,7 +1487,7 @@ def render_field(params: FieldParams, rng: np.random.Generator) -> SynthField:
     trans = np.exp(np.float32(-math.log(10)) * od, out=od)
     dust = np.exp(np.float32(-math.log(10)) * _draw_dust(p, rng))
     for ch in range(3):
-        trans[..., ch] = ndi.gaussian_filter(trans[..., ch], p.blur_sigma_px) * dust
+        trans[..., ch] = ndi.gaussian_filter(trans[..., ch], p.blur_sigma_px, truncate=3.0) * dust
     rgb = _camera(trans, p, rng)
 
     nuclear = _render_dapi(cells, ras, chromatin, p, rng) if p.setup == "fluorescence" else None

@@ -1,0 +1,353 @@
+"""Tests for the synthetic field renderer (sabgal.synth)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from sabgal import synth
+from sabgal.synth import (
+    FORMATS,
+    SETUPS,
+    TRUTH_COLUMNS,
+    FieldParams,
+    SynthField,
+    generate_dataset,
+    random_params,
+    render_field,
+    synth_main,
+    write_field,
+)
+
+SHAPE = (256, 320)
+
+
+def _render(seed: int, **kwargs) -> SynthField:
+    params = random_params(np.random.default_rng(seed), shape=kwargs.pop("shape", SHAPE), **kwargs)
+    return render_field(params, np.random.default_rng(params.seed))
+
+
+@pytest.fixture(scope="module", params=SETUPS)
+def field(request) -> SynthField:
+    return _render(3, setup=request.param, senescent_fraction=0.4)
+
+
+# --- parameters -------------------------------------------------------------
+
+
+def test_params_are_json_serialisable_and_round_trip():
+    p = random_params(np.random.default_rng(0), shape=SHAPE)
+    d = p.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert FieldParams.from_dict(json.loads(json.dumps(d))) == p
+
+
+def test_params_respect_requests():
+    rng = np.random.default_rng(1)
+    p = random_params(rng, setup="brightfield", shape=SHAPE, senescent_fraction=0.25, jpeg=True)
+    assert (p.setup, p.counterstain, p.counterstain_vector) == ("brightfield", "none", None)
+    assert p.senescent_fraction == 0.25
+    assert (p.file_format, p.bit_depth) == ("jpg", 8)
+    assert 70 <= p.jpeg_quality <= 95
+    p = random_params(rng, setup="counterstain", shape=SHAPE, jpeg=False, counterstain="eosin")
+    assert p.counterstain == "eosin" and p.file_format in ("tif", "png")
+    p = random_params(rng, shape=SHAPE, formats=("png",))
+    assert (p.file_format, p.bit_depth) == ("png", 8)
+
+
+def test_params_vary_widely_within_physical_ranges():
+    ps = [random_params(np.random.default_rng(s)) for s in range(60)]
+    d = np.array([p.nucleus_diameter_px for p in ps])
+    assert 8 <= d.min() and d.max() <= 22 and d.max() - d.min() > 8
+    n = np.array([p.n_cells for p in ps])
+    assert n.min() < 80 and n.max() > 300
+    assert {p.setup for p in ps} == set(SETUPS)
+    assert {p.lamp_tint for p in ps} >= {"white", "lilac", "pink", "yellow"}
+    assert {p.file_format for p in ps} == set(FORMATS) and {p.bit_depth for p in ps} == {8, 16}
+    level = np.array([p.background_level for p in ps])
+    assert 0.55 <= level.min() and level.max() <= 0.97
+    for p in ps:
+        x = np.asarray(p.xgal_vector)
+        assert np.isclose(np.linalg.norm(x), 1) and x[2] < x[0]  # blue: absorbs red more than blue
+        assert 0.5 <= p.blur_sigma_px <= 2.0 and 0 <= p.vignetting <= 0.35
+        assert 5000 <= p.full_well_e <= 40000
+        assert p.counterstain_vector is None or p.setup != "brightfield"
+    sen = np.array([p.senescent_fraction for p in ps])
+    assert 0 <= sen.min() < 0.1 and 0.6 < sen.max() <= 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"setup": "phase"}, "setup must be one of"),
+        ({"shape": (16, 320)}, "shape"),
+        ({"senescent_fraction": 1.5}, "senescent_fraction"),
+        ({"formats": ("bmp",)}, "formats"),
+        ({"jpeg": True, "formats": ("tif",)}, "jpeg=True"),
+        ({"counterstain": "dab"}, "counterstain"),
+    ],
+)
+def test_random_params_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        random_params(np.random.default_rng(0), **kwargs)
+
+
+def test_field_params_validates():
+    p = random_params(np.random.default_rng(0), shape=SHAPE, jpeg=False)
+    with pytest.raises(ValueError, match="16-bit"):
+        dataclasses.replace(p, file_format="png", bit_depth=16)
+    with pytest.raises(ValueError, match="counterstain_vector"):
+        dataclasses.replace(p, counterstain="eosin", counterstain_vector=None)
+
+
+# --- rendering ----------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_fields():
+    a = _render(11, setup="fluorescence")
+    b = _render(11, setup="fluorescence")
+    for name in ("rgb", "nuclear", "cell_labels", "nucleus_labels"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    pd.testing.assert_frame_equal(a.truth, b.truth)
+
+
+def test_different_seeds_give_different_fields():
+    a, b = _render(11), _render(12)
+    assert a.params != b.params
+    assert a.rgb.shape != b.rgb.shape or not np.array_equal(a.rgb, b.rgb)
+
+
+def test_rendering_does_not_touch_global_random_state():
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    _render(5)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_outputs_have_documented_types_and_shapes(field):
+    p = field.params
+    assert field.rgb.shape == (*SHAPE, 3)
+    assert field.rgb.dtype == (np.uint8 if p.bit_depth == 8 else np.uint16)
+    if p.bit_depth == 16:
+        assert field.rgb.max() <= 4095  # 12-bit data in 16-bit words
+    for lab in (field.cell_labels, field.nucleus_labels):
+        assert lab.shape == SHAPE and lab.dtype == np.uint32
+    if p.setup == "fluorescence":
+        assert field.nuclear is not None
+        assert field.nuclear.shape == SHAPE and field.nuclear.dtype == np.uint16
+    else:
+        assert field.nuclear is None
+    assert list(field.truth.columns) == list(TRUTH_COLUMNS)
+
+
+def test_counterstain_only_where_the_setup_uses_one(field):
+    p = field.params
+    if p.setup == "counterstain":
+        assert p.counterstain in synth.COUNTERSTAIN_VECTORS
+    elif p.setup == "brightfield":
+        assert p.counterstain == "none"
+
+
+def test_truth_rows_match_labels(field):
+    t, lab, nuc = field.truth, field.cell_labels, field.nucleus_labels
+    n = len(t)
+    assert n > 0
+    np.testing.assert_array_equal(t["cell_id"], np.arange(1, n + 1))
+    ids = np.unique(lab)
+    np.testing.assert_array_equal(ids[ids > 0], np.arange(1, n + 1))
+    nids = np.unique(nuc)
+    np.testing.assert_array_equal(nids[nids > 0], np.arange(1, n + 1))  # one nucleus per cell
+    np.testing.assert_array_equal(t["area_px"], np.bincount(lab.ravel(), minlength=n + 1)[1:])
+    np.testing.assert_array_equal(t["nucleus_area_px"], np.bincount(nuc.ravel(), minlength=n + 1)[1:])
+    cy, cx = np.array(ndi.center_of_mass(np.ones(lab.shape), lab, np.arange(1, n + 1))).T
+    np.testing.assert_allclose(t["centroid_y"], cy)
+    np.testing.assert_allclose(t["centroid_x"], cx)
+
+
+def test_each_nucleus_lies_inside_its_own_cell(field):
+    nuc, lab = field.nucleus_labels, field.cell_labels
+    inside = nuc > 0
+    np.testing.assert_array_equal(nuc[inside], lab[inside])
+    assert (field.truth["nucleus_area_px"] < field.truth["area_px"]).all()
+
+
+def test_cells_and_nuclei_are_connected(field):
+    for lab in (field.cell_labels, field.nucleus_labels):
+        for i, sl in enumerate(ndi.find_objects(lab)):
+            _, k = ndi.label(lab[sl] == i + 1)
+            assert k == 1, f"label {i + 1} has {k} pieces"
+
+
+def test_border_flags_match_labels(field):
+    lab = field.cell_labels
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    expected = np.isin(field.truth["cell_id"], edge[edge > 0])
+    np.testing.assert_array_equal(field.truth["touches_border"], expected)
+
+
+def test_class_flags_are_consistent_and_separated(field):
+    t = field.truth
+    np.testing.assert_array_equal(t["senescent"], t["sabgal_positive"] & t["enlarged"])
+    pos = t["sabgal_positive"]
+    assert (t.loc[pos, "xgal_od_peak"] >= 0.15).all()
+    assert (t.loc[pos, "xgal_od_p90_true"] >= 0.08 - 1e-6).all()
+    assert (t.loc[~pos, "xgal_od_peak"] <= 0.03 + 1e-9).all()
+    assert (t["xgal_od_mean_true"] <= t["xgal_od_peak"] + 1e-9).all()
+    interior = ~t["touches_border"]
+    med = t.loc[interior & ~t["enlarged"], "area_px"].median()
+    assert (t.loc[interior & t["enlarged"], "area_px"] >= 2.0 * med).all()
+    assert (t.loc[interior & ~t["enlarged"], "area_px"] <= 1.5 * med).all()
+    assert (t.loc[t["enlarged"], "thickness"].mean() < t.loc[~t["enlarged"], "thickness"].mean())
+
+
+def test_senescent_fraction_is_honoured():
+    f = _render(21, shape=(512, 640), senescent_fraction=0.5)
+    assert abs(f.truth["senescent"].mean() - 0.5) < 0.12
+    f = _render(21, shape=(512, 640), senescent_fraction=0.0)
+    assert not f.truth["senescent"].any()
+
+
+def _xgal_od(field: SynthField) -> np.ndarray:
+    """X-gal OD by Beer–Lambert against the known lamp, unmixed with the field's vectors."""
+    p = field.params
+    img = field.rgb.astype(np.float64) / (255.0 if p.bit_depth == 8 else 4095.0)
+    if p.gamma != 1.0:
+        img = img ** (1.0 / p.gamma)
+    od = -np.log10(np.clip(img, 1e-3, None) / synth.illumination(p))
+    v1 = np.asarray(p.xgal_vector)
+    v2 = np.asarray(p.counterstain_vector if p.counterstain_vector else p.scatter_vector)
+    v3 = np.cross(v1, v2)
+    m = np.linalg.inv(np.stack([v1, v2, v3 / np.linalg.norm(v3)], axis=1))
+    return (od @ m.T)[..., 0]
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_positive_cells_carry_more_xgal_than_negatives(setup):
+    f = _render(8, setup=setup, shape=(384, 480), senescent_fraction=0.45)
+    t, lab = f.truth, f.cell_labels
+    assert t["sabgal_positive"].any() and (~t["sabgal_positive"]).any()
+    x = _xgal_od(f)
+    p90 = np.array([np.percentile(x[sl][lab[sl] == i + 1], 90) for i, sl in enumerate(ndi.find_objects(lab))])
+    pos = t["sabgal_positive"].to_numpy()
+    assert np.median(p90[pos]) > np.median(p90[~pos]) + 0.05
+    assert np.percentile(p90[pos], 10) > np.percentile(p90[~pos], 90)
+
+
+def test_background_sits_in_the_drawn_exposure_range(field):
+    p = field.params
+    full = 255.0 if p.bit_depth == 8 else 4095.0
+    bg = ndi.binary_erosion(field.cell_labels == 0, iterations=3)
+    if bg.sum() < 100:
+        pytest.skip("confluent field: too little background")
+    level = np.median(field.rgb[bg].max(axis=-1)) / full
+    if p.gamma != 1.0:
+        level = level ** (1 / p.gamma)
+    assert abs(level - p.background_level) < 0.1
+
+
+def test_fluorescence_nuclei_are_brighter_than_background():
+    f = _render(4, setup="fluorescence")
+    dapi, nuc = f.nuclear.astype(float), f.nucleus_labels
+    inner = ndi.binary_erosion(nuc > 0, iterations=2)
+    outer = ~ndi.binary_dilation(nuc > 0, iterations=6)
+    assert np.median(dapi[inner]) > np.median(dapi[outer]) + 5 * dapi[outer].std() ** 0.5
+    assert dapi.min() >= 0 and dapi.max() <= f.params.dapi_full_scale
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_empty_field_has_full_truth_schema(setup):
+    p = dataclasses.replace(random_params(np.random.default_rng(0), setup=setup, shape=(96, 128)), n_cells=0)
+    f = render_field(p, np.random.default_rng(0))
+    assert f.truth.empty and list(f.truth.columns) == list(TRUTH_COLUMNS)
+    assert f.truth["sabgal_positive"].dtype == bool and f.truth["area_px"].dtype == np.int64
+    assert not f.cell_labels.any() and not f.nucleus_labels.any()
+
+
+def test_blank_field_matches_the_known_lamp():
+    p = dataclasses.replace(random_params(np.random.default_rng(6), setup="brightfield", shape=(128, 160), jpeg=False),
+                            n_cells=0, n_debris=0, n_crystals=0, n_dust=0, xgal_background_od=0.0, gamma=1.0)
+    f = render_field(p, np.random.default_rng(0))
+    full = 255.0 if p.bit_depth == 8 else 4095.0
+    ratio = f.rgb / full / synth.illumination(p)
+    assert abs(np.median(ratio) - 1.0) < 0.01
+
+
+def test_render_rejects_non_params():
+    with pytest.raises(TypeError, match="FieldParams"):
+        render_field({"seed": 1}, np.random.default_rng(0))
+
+
+# --- files --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bits", "setup"),
+    [("tif", 8, "fluorescence"), ("tif", 16, "brightfield"), ("png", 8, "counterstain"), ("jpg", 8, "counterstain")],
+)
+def test_write_field_round_trips(tmp_path, fmt, bits, setup):
+    from sabgal.io import read_labels, read_nuclear, read_rgb
+
+    p = random_params(np.random.default_rng(2), setup=setup, shape=SHAPE, jpeg=fmt == "jpg")
+    p = dataclasses.replace(p, file_format=fmt, bit_depth=bits,
+                            jpeg_quality=p.jpeg_quality if fmt == "jpg" else None)
+    f = render_field(p, np.random.default_rng(p.seed))
+    paths = write_field(f, tmp_path / "img", "field", truth_dir=tmp_path / "truth")
+    assert paths["image"].endswith(f"field.{fmt}")
+    img = read_rgb(paths["image"])
+    if fmt == "jpg":
+        assert np.abs(img.pixels * 255 - f.rgb).mean() < 2.0  # same quality: near-idempotent
+    else:
+        np.testing.assert_allclose(img.pixels * (255.0 if bits == 8 else 4095.0), f.rgb, atol=1e-3)
+    np.testing.assert_array_equal(read_labels(paths["cells_true"]), f.cell_labels)
+    np.testing.assert_array_equal(read_labels(paths["nuclei_true"]), f.nucleus_labels)
+    t = pd.read_csv(paths["truth"])
+    assert list(t.columns) == list(TRUTH_COLUMNS) and len(t) == len(f.truth)
+    np.testing.assert_allclose(t["xgal_od_peak"], f.truth["xgal_od_peak"])
+    if setup == "fluorescence":
+        assert paths["dapi"].endswith("field_dapi.tif")
+        assert read_nuclear(paths["dapi"]).pixels.shape == SHAPE
+    else:
+        assert "dapi" not in paths
+    # image and companion in out_dir, truth apart
+    assert {p.name for p in (tmp_path / "img").iterdir()} == {
+        f"field.{fmt}", *(["field_dapi.tif"] if setup == "fluorescence" else [])}
+
+
+def test_write_field_rejects_bad_stem(tmp_path):
+    f = _render(1)
+    with pytest.raises(ValueError, match="stem"):
+        write_field(f, tmp_path, "a/b")
+
+
+def test_generate_dataset_writes_manifest_and_cycles_setups(tmp_path):
+    m = generate_dataset(tmp_path, n=4, seed=3, shape=(128, 160))
+    assert list(m["setup"]) == ["counterstain", "brightfield", "fluorescence", "counterstain"]
+    on_disk = pd.read_csv(tmp_path / "manifest.csv", keep_default_na=False)
+    assert list(on_disk.columns) == list(synth.MANIFEST_COLUMNS) and len(on_disk) == 4
+    for _, row in m.iterrows():
+        assert (tmp_path / row["image"]).exists()
+        assert (tmp_path / row["truth"]).exists()
+        assert row["truth"].startswith("truth")
+        assert (row["dapi"] != "") == (row["setup"] == "fluorescence")
+        t = pd.read_csv(tmp_path / row["truth"])
+        assert row["n_cells"] == len(t)
+        assert row["fraction_positive"] == pytest.approx(t["sabgal_positive"].mean())
+        p = FieldParams.from_dict(json.loads(row["params"]))
+        assert p.setup == row["setup"]
+    # image i does not depend on n
+    m2 = generate_dataset(tmp_path / "again", n=2, seed=3, shape=(128, 160))
+    assert list(m2["params"]) == list(m["params"][:2])
+
+
+def test_synth_main_cli(tmp_path):
+    rc = synth_main([str(tmp_path), "--n", "2", "--seed", "1", "--shape", "96", "128", "--setup", "brightfield",
+                     "--formats", "png"])
+    assert rc == 0
+    m = pd.read_csv(tmp_path / "manifest.csv")
+    assert set(m["setup"]) == {"brightfield"} and set(m["file_format"]) == {"png"}
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(m["image"])
