@@ -453,7 +453,7 @@ def random_params(
     # --- X-gal ---
     # navy (G high) to teal (G low); R stays the dominant absorption
     xg_g = rng.uniform(0.30, 0.68)
-    xg = (rng.uniform(0.66, 0.80), xg_g, rng.uniform(0.28, min(0.55, xg_g + 0.08)))
+    xg = (rng.uniform(0.66, 0.80), xg_g, rng.uniform(0.28, max(0.29, min(0.55, xg_g))))
     brown = rng.uniform()
     debris_vec = np.asarray(_DEBRIS_GREY) * (1 - brown) + np.asarray(_DEBRIS_BROWN) * brown
     peak_lo = _loguniform(rng, _POSITIVE_MIN_PEAK + 0.01, 0.45)
@@ -1058,8 +1058,8 @@ def _xgal_cells(
     length[~inside] = 1.0
     haze = np.exp(-beyond / length)
     r_cell = p.cell_to_nucleus_radius * p.nucleus_diameter_px / 2
-    patch = _lowpass_noise(rng, lab.shape, max(1.5, 0.12 * r_cell))
-    haze *= np.clip(1.0 + 0.45 * patch, 0.2, None)
+    patch = _lowpass_noise(rng, lab.shape, max(1.5, 0.15 * r_cell))
+    haze *= np.clip(1.0 + 0.35 * patch, 0.3, None)
     in_nuc = nuc > 0
     haze[in_nuc] *= np.float32(p.xgal_nuclear_haze)
     haze[~inside] = 0.0
@@ -1592,7 +1592,7 @@ def write_field(
         if fmt == "tif":
             import tifffile
 
-            tifffile.imwrite(tmp, field.rgb, photometric="rgb", compression="zlib")
+            tifffile.imwrite(tmp, field.rgb, photometric="rgb", compression="zlib", predictor=True)
         else:
             import imageio.v3 as iio
 
@@ -1604,7 +1604,7 @@ def write_field(
 
         dapi_path = out / f"{stem}_dapi.tif"
         with atomic_path(dapi_path) as tmp:
-            tifffile.imwrite(tmp, field.nuclear, photometric="minisblack", compression="zlib")
+            tifffile.imwrite(tmp, field.nuclear, photometric="minisblack", compression="zlib", predictor=True)
         paths["dapi"] = str(dapi_path)
     paths["cells_true"] = str(tdir / f"{stem}_cells_true.tif")
     write_labels(paths["cells_true"], field.cell_labels)
