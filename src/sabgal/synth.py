@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage as ndi
 
@@ -968,7 +967,8 @@ def _build_geometry(p: FieldParams, rng: np.random.Generator) -> tuple[_Cells, _
             if qv.size <= keep_n:
                 continue
             thr = np.partition(qv, keep_n)[keep_n]
-            _release(ras, cells, i, own & (ras.q[y0:y1, x0:x1] >= thr), box, p.reach)
+            outer = own & (ras.q[y0:y1, x0:x1] >= thr) & (ras.nuc[y0:y1, x0:x1] != i + 1)
+            _release(ras, cells, i, outer, box, p.reach)
         for i in small_enl:
             f = math.sqrt(_ENLARGED_MIN_RATIO * 1.2 * med / max(area[i], 1.0))
             _grow(ras, cells, i, min(f, 1.8), p.reach)
@@ -1294,7 +1294,8 @@ def _noisy(signal_e: np.ndarray, read_e: float, rng: np.random.Generator) -> np.
     low = lam < 30
     if low.any():
         k = int(low.sum())
-        out[low] = rng.poisson(lam[low]).astype(np.float32) + np.float32(read_e) * rng.standard_normal(k, dtype=np.float32)
+        read = np.float32(read_e) * rng.standard_normal(k, dtype=np.float32)
+        out[low] = rng.poisson(lam[low]).astype(np.float32) + read
     return out
 
 
