@@ -31,9 +31,12 @@ the true cell and nucleus labels and a per-cell truth table. Rendering is
 deterministic given the generator; no global random state is touched.
 
 Ground truth is unambiguous by construction: SA-β-gal positive cells have a true
-X-gal peak OD ≥ 0.15 while negative cells stay ≤ 0.03, and enlarged cells are at
-least ~2x the median area of normal cells while normal cells stay below ~1.5x
-(cells cut by the image border excepted, and flagged).
+X-gal peak OD ≥ 0.15 and 90th percentile ≥ 0.08 while negative cells peak at
+≤ 0.03; enlarged cells are at least 2x the median area of normal cells while
+normal cells stay at or below 1.5x (cells cut by the image border excepted, and
+flagged). X-gal crystals and debris are artefacts, not cell stain: they are kept
+mostly off cells and never enter the truth. :func:`illumination` gives the exact
+lamp of a field, so tests can measure optical density by Beer–Lambert.
 
 References
 ----------
