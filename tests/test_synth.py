@@ -351,3 +351,31 @@ def test_synth_main_cli(tmp_path):
     m = pd.read_csv(tmp_path / "manifest.csv")
     assert set(m["setup"]) == {"brightfield"} and set(m["file_format"]) == {"png"}
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(m["image"])
+
+
+def test_committed_sample_data_matches_the_renderer():
+    """sample_data/ is what make_sample_data.py renders with the current code."""
+    import importlib.util
+    from pathlib import Path
+
+    from sabgal.io import read_labels
+
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    script = root / "make_sample_data.py"
+    if not script.exists():
+        pytest.skip("no sample_data in this checkout")
+    spec = importlib.util.spec_from_file_location("make_sample_data", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    manifest = pd.read_csv(root / "truth" / "manifest.csv", keep_default_na=False)
+    assert list(manifest["stem"]) == [s[0] for s in mod.SAMPLES]
+    for name in manifest["image"]:
+        assert (root / name).exists() and "/" not in name  # inputs at the top level only
+    i = 2  # one sample is enough (rendering ~0.2 s)
+    params = mod.sample_params(i)
+    assert params.to_dict() == json.loads(manifest.loc[i, "params"])
+    f = render_field(params, np.random.default_rng(params.seed))
+    committed = read_labels(root / manifest.loc[i, "cells_true"])
+    assert committed.shape == f.cell_labels.shape
+    assert np.mean(committed == f.cell_labels) > 0.995  # tolerate last-ulp float differences across CPUs
+    assert len(pd.read_csv(root / manifest.loc[i, "truth"])) == len(f.truth)

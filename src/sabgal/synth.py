@@ -1297,8 +1297,8 @@ def _noisy(signal_e: np.ndarray, read_e: float, rng: np.random.Generator) -> np.
     low = lam < 30
     if low.any():
         k = int(low.sum())
-        read = np.float32(read_e) * rng.standard_normal(k, dtype=np.float32)
-        out[low] = rng.poisson(lam[low]).astype(np.float32) + read
+        shot = rng.poisson(lam[low]).astype(np.float32)
+        out[low] = shot + np.float32(read_e) * rng.standard_normal(k, dtype=np.float32)
     return out
 
 
