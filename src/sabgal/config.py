@@ -220,11 +220,14 @@ class QCConfig:
     max_cell_count_ratio: float = 4.0  # vs plate median, either way
     max_stain_angle_deg: float = 20.0
     max_debris_fraction: float = 0.05
+    overlay_max_px: int = 1024  # long side of the DIR/qc/<key>.png overlays (bigger images shrink)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             _check(v >= 0, f"qc.{f.name} must be >= 0, got {v}")
+        _check(isinstance(self.overlay_max_px, int) and 64 <= self.overlay_max_px <= 16384,
+               f"qc.overlay_max_px must be an integer in [64, 16384], got {self.overlay_max_px!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
