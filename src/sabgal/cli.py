@@ -37,11 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", "-j", type=int, default=None, metavar="N",
                    help="parallel worker processes (default: all cores)")
     g.add_argument("--force", action="store_true", help="redo images already finished in DIR")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="run on a Dask cluster, e.g. tcp://host:8786 (workers must see INPUT and DIR "
+                        "at the same paths); default: config batch.dask_scheduler, else local processes")
+    g.add_argument("--dry-run", action="store_true",
+                   help="list the image sets found (image, companion, plate, well, field, plate map) and stop")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar, warnings only")
     g.add_argument("--verbose", "-v", action="count", default=0, help="more log output")
+    p = run.add_argument_group("plate")
+    p.add_argument("--platemap", metavar="FILE",
+                   help="plate map: long CSV (plate, well, condition, dose, replicate, role) or an "
+                        "8x12 / 16x24 grid (CSV or .xlsx); every image's well must be listed")
+    p.add_argument("--filename-pattern", metavar="PATTERN",
+                   help="how file names give plate/well/field: auto (default), imagexpress, operetta, "
+                        "cytation, incucyte, generic, or a regex with named groups (?P<well>...), "
+                        "(?P<plate>...), (?P<field>...)")
+    p.add_argument("--flat-field", metavar="PATH|blanks",
+                   help="flat-field correction from a blank image, a folder of blank images (median), "
+                        "or 'blanks': per plate, the median of the plate map's blank wells")
     o = run.add_argument_group("options")
     o.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel when files carry none")
     o.add_argument("--no-labels", action="store_true", help="do not write label images")
+    o.add_argument("--format", choices=("csv", "parquet", "both"), default="csv",
+                   help="table format (default csv; parquet needs pyarrow)")
 
     synth = sub.add_parser("synth", help="render synthetic SA-β-gal images with ground truth",
                            add_help=False)
@@ -54,6 +72,58 @@ def _setup_logging(quiet: bool, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
+def _fail(msg: object, code: int = 2) -> int:
+    print(f"sabgal: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _print_dry_run(sets, metadata, with_map: bool) -> None:
+    import pandas as pd
+
+    from sabgal.plate import plate_summary
+
+    table = pd.DataFrame({
+        "image": [s.image for s in sets],
+        "companion": [s.companion or "" for s in sets],
+        "plate": metadata["plate"].to_numpy(),
+        "well": metadata["well"].to_numpy(),
+        "field": metadata["field"].astype("object").where(metadata["field"].notna(), "").to_numpy(),
+    })
+    if with_map:
+        for col in ("condition", "dose", "role"):
+            table[col] = metadata[col].to_numpy()
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 80, "display.width", 250):
+        sys.stdout.write(table.to_string(index=False) + "\n")
+    sys.stdout.write(f"{plate_summary(metadata)}; file-name pattern: "
+                     f"{metadata.attrs.get('filename_pattern') or 'none matched'}\n")
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _LogProgress:
+    """Progress as occasional log lines (every 10 % or 60 s) when stderr is not a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+        self.last_t, self.last_pct = self.t0, 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        pct = int(100 * self.n / max(self.total, 1))
+        if self.n == self.total or pct >= self.last_pct + 10 or now - self.last_t >= 60:
+            rate = self.n / max(now - self.t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("nan")
+            log.info("%d/%d images (%d %%), %.2f img/s, ETA %s", self.n, self.total, pct, rate,
+                     _fmt_eta(eta) if eta == eta else "?")
+            self.last_t, self.last_pct = now, pct
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from sabgal import __version__, batch
     from sabgal.config import ConfigError, load_config
@@ -62,53 +132,107 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"sabgal: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     overrides: dict = {}
     if args.pixel_size is not None:
         if args.pixel_size <= 0:
-            print("sabgal: error: --pixel-size must be > 0 (µm per pixel)", file=sys.stderr)
-            return 2
+            return _fail("--pixel-size must be > 0 (µm per pixel)")
         overrides["setup"] = {"pixel_size_um": args.pixel_size}
+    batch_overrides: dict = {}
     if args.no_labels:
-        overrides["batch"] = {"write_labels": False}
-    if overrides:
-        config = config.replace(**overrides)
+        batch_overrides["write_labels"] = False
+    if args.filename_pattern:
+        batch_overrides["filename_pattern"] = args.filename_pattern
+    if args.dask_scheduler:
+        batch_overrides["dask_scheduler"] = args.dask_scheduler
+    if batch_overrides:
+        overrides["batch"] = batch_overrides
+    if args.flat_field:
+        overrides["illumination"] = {"method": "flat_field", "flat_field_path": args.flat_field}
     try:
-        sets = batch.discover_images(args.inputs, config)
+        if overrides:
+            config = config.replace(**overrides)
+    except ConfigError as exc:
+        return _fail(exc)
+    out = Path(args.out)
+    try:
+        sets = batch.discover_images(args.inputs, config, exclude=[out])
+        metadata = batch.collect_metadata(sets, config, platemap=args.platemap)
     except batch.InputError as exc:
-        print(f"sabgal: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
+    if args.dry_run:
+        _print_dry_run(sets, metadata, with_map=args.platemap is not None)
+        return 0
+    formats = ("csv", "parquet") if args.format == "both" else (args.format,)
+    if "parquet" in formats:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            return _fail("--format parquet needs pyarrow (pip install 'sabgal[parquet]')")
+    scheduler = config.batch.dask_scheduler
     workers = args.workers if args.workers is not None else (config.batch.workers or os.cpu_count() or 1)
     workers = max(1, min(workers, len(sets)))
-    out = Path(args.out)
-    log.info("sabgal %s: %d image(s) -> %s (%d worker%s)", __version__, len(sets), out, workers,
-             "s" if workers > 1 else "")
+    try:
+        flats = batch.prepare_flat_fields(sets, config, out, metadata=metadata)
+    except batch.InputError as exc:
+        return _fail(exc)
+    done, todo = batch.pending_images(sets, config, out, force=args.force, flat_fields=flats)
+    where = f"Dask cluster {scheduler}" if scheduler else f"{workers} worker{'s' if workers > 1 else ''}"
+    log.info("sabgal %s: %d image(s) -> %s (%s)", __version__, len(sets), out, where)
+    if done:
+        log.info("%d image(s) finished by an earlier run are kept (--force redoes them)", len(done))
     t0 = time.perf_counter()
-    n_err = n_skip = 0
+    n_err = 0
+    peak_rss: list[float] = []
     from tqdm import tqdm
 
-    show = not args.quiet and sys.stderr.isatty()
-    with tqdm(total=len(sets), unit="img", disable=not show, file=sys.stderr) as bar:
-        for rec in batch.run_batch(sets, config, out, workers=workers, force=args.force):
+    tqdm.monitor_interval = 0  # no monitor thread: worker processes can then be forked safely
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=len(todo), unit="img", disable=args.quiet or not tty, file=sys.stderr, smoothing=0.1)
+    progress = bar if (tty or args.quiet) else _LogProgress(len(todo))
+    try:
+        for rec in batch.run_batch(sets, config, out, workers=workers, force=args.force, metadata=metadata,
+                                   flat_fields=flats):
             if rec.get("skipped"):
-                n_skip += 1
-            elif rec.get("status") != "ok":
+                continue
+            if rec.get("status") != "ok":
                 n_err += 1
                 log.warning("%s", rec.get("error"))
-            bar.update(1)
+            if rec.get("peak_rss_mb"):
+                peak_rss.append(float(rec["peak_rss_mb"]))
+            progress.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"sabgal: interrupted; finished images are kept in {out}. Rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    except batch.InputError as exc:
+        bar.close()
+        return _fail(exc)
+    bar.close()
     elapsed = time.perf_counter() - t0
-    images, cells = batch.rebuild_tables(sets, config, out, run_info={
-        "command": ["sabgal"] + sys.argv[1:] if sys.argv else [],
-        "timings": {"wall_s": round(elapsed, 3), "workers": workers,
-                    "images_processed": len(sets) - n_skip, "images_skipped": n_skip},
-    })
-    failed = int((images["status"] != "ok").sum()) if len(images) else 0
+    try:
+        images, cells = batch.rebuild_tables(sets, config, out, metadata=metadata, formats=formats, run_info={
+            "command": ["sabgal"] + sys.argv[1:] if sys.argv else [],
+            "timings": {"wall_s": round(elapsed, 3), "workers": None if scheduler else workers,
+                        "dask_scheduler": scheduler, "images_processed": len(todo),
+                        "images_skipped": len(done),
+                        "images_per_s": round(len(todo) / elapsed, 4) if todo and elapsed > 0 else None,
+                        "worker_peak_rss_mb": max(peak_rss) if peak_rss else None},
+        })
+    except (batch.InputError, ValueError) as exc:
+        return _fail(exc)
+    failed_rows = images[images["status"] != "ok"] if len(images) else images
+    failed = len(failed_rows)
     ok = len(images) - failed
     log.info("%d image(s) ok, %d failed, %d cells; %.1f s. Results in %s", ok, failed, len(cells), elapsed, out)
     if failed:
-        print(f"sabgal: {failed} of {len(images)} image(s) failed; see {out / 'images.csv'} (status, error)",
-              file=sys.stderr)
+        lines = [f"sabgal: {failed} of {len(images)} image(s) failed:"]
+        lines += [f"  {e}" for e in failed_rows["error"].head(10)]
+        if failed > 10:
+            lines.append(f"  ... and {failed - 10} more")
+        lines.append(f"see {out / 'images.csv'} (columns status, error)")
+        print("\n".join(lines), file=sys.stderr)
         return 1
     return 0
 
