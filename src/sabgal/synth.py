@@ -74,6 +74,7 @@ __all__ = [
     "XGAL_REFERENCE",
     "LAMP_TINTS",
     "TRUTH_COLUMNS",
+    "MANIFEST_COLUMNS",
     "random_params",
     "render_field",
     "illumination",
@@ -337,7 +338,7 @@ def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def random_params(
     rng: np.random.Generator,
     *,
-    setup: str | None = None,
+    setup: Setup | None = None,
     shape: tuple[int, int] = REFERENCE_SHAPE,
     senescent_fraction: float | None = None,
     jpeg: bool | None = None,
