@@ -29,6 +29,8 @@ __all__ = [
     "Thresholds",
     "learn_positive_threshold",
     "learn_thresholds",
+    "negative_anchored_threshold",
+    "image_thresholds",
     "classify_cells",
     "summarize",
     "SUMMARY_COLUMNS",
@@ -97,15 +99,39 @@ def _gmm2(x: np.ndarray, iterations: int = 200) -> tuple[np.ndarray, np.ndarray,
     return mu[order], sd[order], w[order]
 
 
+def _log_scores(s: np.ndarray) -> np.ndarray:
+    # log10 with a soft floor: noise around 0 OD collapses onto one mode
+    return np.log10(np.clip(s, 0, None) + 0.02)
+
+
+def _valley_ok(x: np.ndarray, cut: float, max_ratio: float = 0.6) -> bool:
+    """True when the density at ``cut`` is a real valley between two peaks."""
+    sd = float(np.std(x))
+    if sd <= 0:
+        return False
+    bw = 0.9 * min(sd, float(np.subtract(*np.percentile(x, [75, 25]))) / 1.34 or sd) * x.size ** -0.2
+    grid = np.linspace(x.min(), x.max(), 256)
+    dens = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
+    at = np.interp(cut, grid, dens)
+    left, right = dens[grid < cut], dens[grid > cut]
+    if left.size == 0 or right.size == 0:
+        return False
+    return at < max_ratio * min(left.max(), right.max())
+
+
 def learn_positive_threshold(scores, *, floor: float, default: float,
                              min_cells: int = 12) -> tuple[float, str]:
     """Learn the SA-β-gal positivity threshold from per-cell X-gal scores.
 
-    Scores are taken in log10 (OD is multiplicative across staining
-    strengths). A two-component Gaussian mixture is fitted; if the components
-    are well separated (Ashman's D >= 2, each holding >= 2 % of cells) the
-    threshold is where their weighted densities cross. Otherwise there is one
-    population, and ``default`` is used. The result is never below ``floor``.
+    Scores are taken as log10(score + 0.02 OD) (staining strength is
+    multiplicative; the offset merges the noise around zero into one mode).
+    A two-component Gaussian mixture is fitted; the split is accepted only
+    if the components are well separated (Ashman's D >= 2, each holding
+    >= 2 % of the cells) *and* the score density has a real valley there
+    (below 60 % of the lower of the two peaks), so a single broad
+    population is never cut in two. The threshold is where the weighted
+    component densities cross, never below ``floor``. Without two
+    populations ``default`` is returned.
 
     Returns
     -------
@@ -113,27 +139,97 @@ def learn_positive_threshold(scores, *, floor: float, default: float,
     source : {"learnt", "default"}
 
     >>> rng = np.random.default_rng(0)
-    >>> s = np.r_[rng.lognormal(np.log(0.03), 0.3, 300), rng.lognormal(np.log(0.5), 0.4, 100)]
+    >>> s = np.r_[rng.lognormal(np.log(0.01), 0.3, 300), rng.lognormal(np.log(0.5), 0.4, 100)]
     >>> t, src = learn_positive_threshold(s, floor=0.05, default=0.15)
-    >>> src, 0.06 < t < 0.3
+    >>> src, 0.05 <= t < 0.3
     ('learnt', True)
     """
     s = np.asarray(scores, dtype=np.float64)
     s = s[np.isfinite(s)]
     if s.size < min_cells:
         return max(default, floor), "default"
-    x = np.log10(np.clip(s, 0.005, None))
+    x = _log_scores(s)
     mu, sd, w = _gmm2(x)
     ashman = np.sqrt(2) * abs(mu[1] - mu[0]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2)
     if ashman < 2.0 or w.min() < 0.02:
-        # One population: is it the stained or the unstained one? The default
-        # threshold decides; either way the default is the honest split.
         return max(default, floor), "default"
     grid = np.linspace(mu[0], mu[1], 2001)
     d0 = w[0] * np.exp(-0.5 * ((grid - mu[0]) / sd[0]) ** 2) / sd[0]
     d1 = w[1] * np.exp(-0.5 * ((grid - mu[1]) / sd[1]) ** 2) / sd[1]
     cross = grid[np.argmax(d1 >= d0)] if np.any(d1 >= d0) else (mu[0] + mu[1]) / 2
-    return max(float(10 ** cross), floor), "learnt"
+    if not _valley_ok(x, cross):
+        return max(default, floor), "default"
+    return max(float(10 ** cross - 0.02), floor), "learnt"
+
+
+def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k: float = 4.0,
+                                min_cells: int = 15) -> tuple[float, str]:
+    """Threshold just above the image's own unstained cells.
+
+    Unstained cells form the lowest, tightest mode of the log-score
+    distribution (their score is the X-gal noise floor plus any faint
+    haze). The mode is found by a kernel density estimate, its spread from
+    the cells *below* it (which positives cannot contaminate), and the
+    threshold is ``mode + k`` spreads (at least 0.1 decade). If that lowest
+    mode already looks stained (its score is above ``positive_like``) the
+    image has no unstained population to anchor on and ``nan`` is returned
+    with source ``"none"``.
+
+    >>> rng = np.random.default_rng(1)
+    >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
+    >>> t, src = negative_anchored_threshold(s, floor=0.03, positive_like=0.15)
+    >>> src, 0.03 <= t < 0.1
+    ('anchored', True)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < min_cells:
+        return float("nan"), "none"
+    x = _log_scores(s)
+    sd = float(np.std(x))
+    iqr = float(np.subtract(*np.percentile(x, [75, 25])))
+    bw = max(0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * x.size ** -0.2, 0.02)
+    grid = np.linspace(x.min() - 3 * bw, x.max() + 3 * bw, 512)
+    dens = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
+    peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
+    peaks = peaks[dens[peaks] >= 0.15 * dens.max()]
+    if peaks.size == 0:
+        return float("nan"), "none"
+    mode = float(grid[peaks[0]])
+    if 10 ** mode - 0.02 > positive_like:
+        return float("nan"), "none"
+    below = x[x <= mode]
+    spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else bw
+    spread = max(spread, bw / 2)
+    if spread > 0.25:  # not a tight unstained population
+        return float("nan"), "none"
+    cut = mode + max(k * spread, 0.1)
+    return max(float(10 ** cut - 0.02), floor), "anchored"
+
+
+def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: float, *,
+                     image_column: str = "image") -> dict[str, tuple[float, str]]:
+    """Per-image positivity thresholds: staining strength, haze and noise
+    differ between wells. An image whose cells form two clear populations is
+    split at the valley (:func:`learn_positive_threshold`); otherwise the
+    threshold is anchored on its own unstained cells
+    (:func:`negative_anchored_threshold`); an image with neither uses
+    ``fallback`` (the set's threshold)."""
+    out: dict[str, tuple[float, str]] = {}
+    if image_column not in cells or not len(cells):
+        return out
+    measure = config.positive_measure
+    for image, grp in cells.groupby(image_column, sort=False):
+        if config.exclude_border_cells:
+            grp = grp[~grp["touches_border"].astype(bool)]
+        scores = grp[measure].to_numpy()
+        t, src = learn_positive_threshold(scores, floor=config.min_positive_threshold, default=-1.0,
+                                          min_cells=15)
+        if src != "learnt":
+            t, src = negative_anchored_threshold(scores, floor=config.min_positive_threshold,
+                                                 positive_like=config.default_positive_threshold)
+        out[image] = (t, "learnt per image") if src in ("learnt", "anchored") else (fallback, "set")
+    return out
 
 
 def learn_thresholds(cells: pd.DataFrame, config: ClassifyConfig) -> Thresholds:
@@ -147,6 +243,15 @@ def learn_thresholds(cells: pd.DataFrame, config: ClassifyConfig) -> Thresholds:
         t, src = learn_positive_threshold(usable[measure].to_numpy() if len(usable) else [],
                                           floor=config.min_positive_threshold,
                                           default=config.default_positive_threshold)
+        if src == "default" and "image" in usable and len(usable):
+            # no two populations in the pooled scores: the typical threshold
+            # anchored on the images' own unstained cells is the next best
+            per = [negative_anchored_threshold(g[measure].to_numpy(), floor=config.min_positive_threshold,
+                                               positive_like=config.default_positive_threshold)[0]
+                   for _, g in usable.groupby("image", sort=False)]
+            per = [v for v in per if np.isfinite(v)]
+            if per:
+                t, src = float(np.median(per)), "learnt (median of images)"
     else:
         t, src = float(config.positive_threshold), "config"
     if config.enlarged_threshold_um2 is not None:
@@ -179,9 +284,12 @@ def _reference_area(cells: pd.DataFrame, positive: np.ndarray) -> float:
 
 
 def classify_cells(cells: pd.DataFrame, thresholds: Thresholds, *, rule: str = "positive_and_enlarged",
-                   image_column: str | None = "image") -> pd.DataFrame:
+                   image_column: str | None = "image",
+                   per_image: dict[str, tuple[float, str]] | None = None) -> pd.DataFrame:
     """Add ``sabgal_positive``, ``enlarged`` and ``senescent`` boolean columns.
 
+    ``per_image`` maps an image to its own positivity threshold (see
+    :func:`image_thresholds`); other images use ``thresholds.positive``.
     The enlarged reference is computed per image (column ``image_column``)
     unless the thresholds fix an area.
     """
@@ -189,7 +297,10 @@ def classify_cells(cells: pd.DataFrame, thresholds: Thresholds, *, rule: str = "
         raise ValueError(f"senescent rule must be one of {sorted(SENESCENT_RULES)}, got {rule!r}")
     out = cells.copy()
     score = out[thresholds.measure].to_numpy(dtype=np.float64) if len(out) else np.zeros(0)
-    pos = np.nan_to_num(score, nan=0.0) > thresholds.positive
+    cut = np.full(len(out), thresholds.positive)
+    if per_image and image_column and image_column in out:
+        cut = out[image_column].map(lambda k: per_image.get(k, (thresholds.positive,))[0]).to_numpy(dtype=np.float64)
+    pos = np.nan_to_num(score, nan=0.0) > cut
     enl = np.zeros(len(out), dtype=bool)
     if len(out):
         if thresholds.enlarged_area_um2 is not None and out["area_um2"].notna().all():

@@ -136,9 +136,12 @@ class StainConfig:
     max_xgal_angle_deg: float = 25.0
     estimate_counterstain: bool = True
     max_counterstain_angle_deg: float = 20.0
+    min_grey_angle_deg: float = 8.0  # unmix a grey channel only if X-gal is this far from neutral
 
     def __post_init__(self) -> None:
         _check_vector("stains.xgal_vector", self.xgal_vector)
+        _check(0 <= self.min_grey_angle_deg <= 30,
+               f"stains.min_grey_angle_deg must be in [0, 30], got {self.min_grey_angle_deg}")
         _check(0 < self.max_xgal_angle_deg <= 45,
                f"stains.max_xgal_angle_deg must be in (0, 45], got {self.max_xgal_angle_deg}")
         _check(0 < self.max_counterstain_angle_deg <= 45,
@@ -177,13 +180,17 @@ class ClassifyConfig:
     the image set (valley between negative and positive populations, never
     below ``min_positive_threshold``); a number fixes it (X-gal OD units of
     ``positive_measure``).
+    threshold_scope: with ``"auto"``, ``"image"`` lets an image whose own
+    cells form two clear populations use its own split (the set's otherwise);
+    ``"set"`` uses one threshold for every image.
     enlarged_threshold_px / _um2: fixed area threshold; otherwise
     ``enlarged_factor`` x the median area of SA-β-gal negative cells.
     """
 
     positive_measure: Literal["xgal_od_p90", "xgal_od_mean"] = "xgal_od_p90"
     positive_threshold: float | Literal["auto"] = "auto"
-    min_positive_threshold: float = 0.08
+    threshold_scope: Literal["image", "set"] = "image"
+    min_positive_threshold: float = 0.05
     default_positive_threshold: float = 0.15  # used when the set shows no two populations
     enlarged_factor: float = 1.8
     enlarged_threshold_px: float | None = None
@@ -197,6 +204,8 @@ class ClassifyConfig:
         _check(self.positive_threshold == "auto" or (
             isinstance(self.positive_threshold, (int, float)) and self.positive_threshold > 0),
             f"classify.positive_threshold must be 'auto' or a number > 0, got {self.positive_threshold!r}")
+        _check(self.threshold_scope in ("image", "set"),
+               f"classify.threshold_scope must be 'image' or 'set', got {self.threshold_scope!r}")
         _check(self.min_positive_threshold > 0,
                f"classify.min_positive_threshold must be > 0, got {self.min_positive_threshold}")
         _check(self.default_positive_threshold > 0,

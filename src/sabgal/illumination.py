@@ -32,6 +32,8 @@ class Lamp:
     residual_od: robust SD (OD units) of background pixels around the fit, i.e.
       how well the lamp model explains the background.
     method: which estimate was used.
+    background: (M, N) bool mask of the pixels judged to be bare glass, or
+      None when the estimate did not find any (confluent field, flat field).
     """
 
     image: np.ndarray
@@ -39,6 +41,7 @@ class Lamp:
     nonuniformity: float
     residual_od: float
     method: str
+    background: np.ndarray | None = None
 
 
 def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -166,14 +169,37 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     guess = (_poly_terms(yy, xx, deg0) @ coef0) if coef0 is not None else np.full_like(lum, np.median(tile_hi))
     guess = np.maximum(guess, 1e-6)
 
-    # 2. Background pixels: near the guess and smooth.
-    ratio = lum / guess
-    hi = ratio[ratio > np.percentile(ratio, 50)]
-    spread = float(np.median(np.abs(hi - np.median(hi)))) * 1.4826 + 1e-4
-    centre = float(np.median(hi))
+    # 2. Background = the upper envelope of brightness: iteratively refit the
+    #    smooth surface to the pixels at or above it (within the noise of a
+    #    block mean), so cells (darker) drop out and bare glass remains.
     tex_ref = float(np.percentile(texture, 20))
+    noise = max(tex_ref / f, 1e-4)  # relative noise of one block mean
+    a_full = _poly_terms(yy.ravel(), xx.ravel(), degree)
+    lum_flat = lum.ravel().astype(np.float64)
+    fit = guess.ravel()
+    step = max(1, int(np.sqrt(lum_flat.size / 40000)))
+    sub = np.zeros(lum.shape, dtype=bool)
+    sub[::step, ::step] = True
+    sub = sub.ravel()
+    for it in range(10):
+        rel = lum_flat / np.maximum(fit, 1e-6) - 1
+        keep = (rel > -3 * noise) & (rel < 4 * noise)
+        if it == 0 or keep.sum() < 0.02 * keep.size:
+            # far from the envelope yet: take the brightest half as a start
+            keep = rel >= np.percentile(rel, 50)
+            keep &= rel < np.percentile(rel, 99.5)
+        sel = keep & sub
+        if sel.sum() < a_full.shape[1] * 10:
+            break
+        coef, *_ = np.linalg.lstsq(a_full[sel], lum_flat[sel], rcond=None)
+        new_fit = a_full @ coef
+        if it > 0 and np.max(np.abs(new_fit - fit) / np.maximum(fit, 1e-6)) < noise / 4:
+            fit = new_fit
+            break
+        fit = new_fit
+    rel = (lum_flat / np.maximum(fit, 1e-6) - 1).reshape(lum.shape)
     tex_spread = float(np.median(np.abs(texture - tex_ref))) * 1.4826 + 1e-6
-    bg = (ratio > centre - 3 * spread) & (texture < tex_ref + 3 * tex_spread)
+    bg = (rel > -3 * noise) & (rel < 4 * noise) & (texture < tex_ref + 4 * tex_spread)
     bg = ndi.binary_erosion(bg, iterations=1, border_value=1)
     frac = float(bg.mean())
 
@@ -210,4 +236,9 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     image = _upsample(lamp_small, (m, n)) if f > 1 else lamp_small
     lum_fit = lamp_small.mean(axis=-1)
     nonuni = float((lum_fit.max() - lum_fit.min()) / max(lum_fit.mean(), 1e-6))
-    return Lamp(image.astype(np.float32), frac, nonuni, resid, method)
+    bg_full = None
+    if frac >= 0.02:
+        bg_full = np.zeros((m, n), dtype=bool)
+        up = np.repeat(np.repeat(bg, f, axis=0), f, axis=1)
+        bg_full[: up.shape[0], : up.shape[1]] = up
+    return Lamp(image.astype(np.float32), frac, nonuni, resid, method, bg_full)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
 
 __all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile"]
@@ -175,7 +176,15 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     xg = xgal.ravel().astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
     stained = np.bincount(flat, (xg > stained_pixel_od).astype(np.float64), n + 1)[ids]
-    p90 = label_quantile(flat, xgal.ravel(), 0.9, n)[ids]
+    # The X-gal score is read over the cytoplasm (the stain is perinuclear;
+    # a counterstained nucleus is where colour cross-talk is worst), falling
+    # back to the whole cell when the nucleus fills most of it.
+    ring = ndi.binary_dilation(nuclei > 0, iterations=2).ravel()
+    cyto_lab = np.where(ring, 0, flat)
+    p90_cyto = label_quantile(cyto_lab, xgal.ravel(), 0.9, n)[ids]
+    cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]
+    p90_all = label_quantile(flat, xgal.ravel(), 0.9, n)[ids]
+    p90 = np.where(cyto_n >= np.maximum(0.3 * a, 10), p90_cyto, p90_all)
     cyto = nflat == 0
     cyto_area = np.bincount(flat[cyto], minlength=n + 1)[ids].astype(np.float64)
     body_sum = np.bincount(flat[cyto], body.ravel()[cyto].astype(np.float64), n + 1)[ids]

@@ -166,19 +166,25 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     conc = stains.unmix(od, model.matrix)
     xgal_vec, cs_used = xgal_ref, cs_vec
     refined = False
-    if sc.estimate_xgal:
-        xgal_vec, refined = stains.refine_vector(od, conc[..., 0], xgal_ref, max_angle_deg=sc.max_xgal_angle_deg)
     if cs_vec is not None and sc.estimate_counterstain:
-        cs_used, _ = stains.refine_vector(od, conc[..., 1], cs_vec, max_angle_deg=sc.max_counterstain_angle_deg)
-    if refined or cs_used is not cs_vec:
-        model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec)
-        conc = stains.unmix(od, model.matrix)
+        cs_used, _ = stains.estimate_stain_vector(od, cs_vec, avoid=(xgal_ref,),
+                                                  max_angle_deg=sc.max_counterstain_angle_deg)
+        if cs_used is not cs_vec:
+            conc = stains.unmix(od, stains.StainModel.build(xgal_ref, cs_name, cs_used).matrix)
+    if sc.estimate_xgal:
+        xgal_vec, refined = stains.estimate_stain_vector(
+            od, xgal_ref, avoid=() if cs_used is None else (cs_used,), max_angle_deg=sc.max_xgal_angle_deg)
+    model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
+                                    min_grey_angle_deg=sc.min_grey_angle_deg)
+    conc = stains.unmix(od, model.matrix)
+    if not model.has_grey:
+        warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from neutral "
+                        "grey: no separate grey channel, so dark debris can add to X-gal")
     if model.condition > 30:
         warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
     counter = np.ascontiguousarray(conc[..., 1]) if cs_used is not None else None
-    return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]),
-                        np.ascontiguousarray(conc[..., model.channel("grey")]), counter, mode, model,
-                        lamp, refined, warnings)
+    return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]), model.neutral_density(od, conc),
+                        counter, mode, model, lamp, refined, warnings)
 
 
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
@@ -208,9 +214,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     config = config or Config()
     seg = config.segment
     xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
-    od_pos = np.clip(xgal, 0, None) + np.clip(grey, 0, None)
-    if counter is not None:
-        od_pos += np.clip(counter, 0, None)
+    od_sum = prep.od.sum(axis=-1)
     if mode == "fluorescence":
         nmap = nuclear
     elif counter is not None:
@@ -229,9 +233,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     nuclei = segment.segment_nuclei(nmap, diameter_px=diameter,
                                     min_area_px=seg.min_nucleus_area_fraction * nuc_area)
     sigma_fg = max(1.0, diameter / 8)
-    texture = _texture(od_pos, sigma_fg)
-    foreground = segment.cell_foreground(od_pos, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
-                                         texture=texture)
+    texture = _texture(od_sum, sigma_fg)
+    foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
+                                         texture=texture, background=prep.lamp.background)
     unseeded = "seed" if mode == "brightfield" else "drop"
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * diameter,

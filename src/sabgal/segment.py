@@ -101,10 +101,10 @@ def estimate_nucleus_diameter(nuclear_map: np.ndarray, *, default: float = 14.0)
 def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: float) -> np.ndarray:
     """Binary nuclei from a background-flattened nuclear map.
 
-    The threshold is Otsu's on the smoothed map, but never below the
-    background level + 4 noise SDs (so an image without nuclei stays empty)
-    and never above the point that would discard dim nuclei that stand
-    10 SDs clear of background.
+    The threshold is Otsu's on the smoothed map, lowered to 35 % of the way
+    from background to the median nucleus (so dim nuclei are kept), and
+    never below the background level + 4 noise SDs (so an image without
+    nuclei stays empty).
     """
     sm = ndi.gaussian_filter(nuclear_map.astype(np.float32), max(0.7, diameter_px / 12))
     med, sd = robust_noise(sm)
@@ -116,11 +116,12 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
         t_otsu = threshold_otsu(sm[:: 2, :: 2])
     except ValueError:
         t_otsu = floor
-    t = min(max(t_otsu, floor), med + 10 * sd)
-    # Otsu can fall between dim and bright nuclei; the midpoint between the
-    # background and the bright objects' typical level is safer there.
-    mid = med + 0.4 * (np.percentile(hi_vals, 75) - med)
-    t = min(t, max(mid, floor))
+    t_otsu = max(t_otsu, floor)
+    # Otsu can fall between dim and bright nuclei: lower the cut to 35 % of
+    # the way from background to the typical (median) nucleus above Otsu.
+    above = sm[sm > t_otsu]
+    mid = med + 0.35 * (float(np.median(above)) - med) if above.size else t_otsu
+    t = max(min(t_otsu, mid), floor)
     mask = sm > t
     mask = ndi.binary_fill_holes(mask)
     mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
@@ -169,28 +170,55 @@ def segment_nuclei(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: 
     return labels
 
 
+def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
+                      background: np.ndarray | None) -> tuple[float, float]:
+    """Level and noise SD of a smoothed map on bare glass.
+
+    With a glass mask (from the lamp estimate) both come from it. Without one
+    (a confluent field) the level is 0 (the lamp defines zero OD) and the
+    noise is measured on the unsmoothed map's pixel-to-pixel differences,
+    scaled down by the Gaussian smoothing's noise reduction.
+    """
+    if background is not None and background.sum() > 500:
+        vals = sm[background]
+        med = float(np.median(vals))
+        sd = float(np.median(np.abs(vals - med))) * 1.4826
+        return med, max(sd, 1e-5)
+    d = np.diff(raw[::2, :], axis=1)
+    pix_sd = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / np.sqrt(2)
+    return 0.0, max(pix_sd / (2 * np.sqrt(np.pi) * sigma_px), 1e-5)
+
+
 def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float = 1.0,
-                    texture: np.ndarray | None = None) -> np.ndarray:
+                    texture: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies: smoothed signal (and optional local texture) above the
-    background's own noise.
+    noise of bare glass.
 
     Parameters
     ----------
     signal : (M, N) float ndarray
-        Non-negative optical-density-like map (0 on glass).
+        Optical-density-like map, ~0 on glass (not clipped: noise must
+        average out).
     sigma_px : float
         Smoothing scale.
     sensitivity : float
-        Multiplies the detection limit's inverse: 2 finds fainter cytoplasm.
+        Divides the detection limit (5 noise SDs): 2 finds fainter cytoplasm.
     texture : (M, N) float ndarray, optional
         Local standard deviation of OD; textured pixels count as cell too.
+    background : (M, N) bool ndarray, optional
+        Pixels known to be glass (from the lamp estimate).
     """
     sm = ndi.gaussian_filter(signal.astype(np.float32), sigma_px)
-    med, sd = robust_noise(sm)
-    fg = sm > med + (5.0 / sensitivity) * sd
+    level, sd = _background_stats(sm, signal, sigma_px, background)
+    fg = sm > level + (5.0 / sensitivity) * sd
     if texture is not None:
-        tmed, tsd = robust_noise(texture)
-        fg |= texture > tmed + (6.0 / sensitivity) * tsd
+        if background is not None and background.sum() > 500:
+            tv = texture[background]
+            tmed = float(np.median(tv))
+            tsd = float(np.median(np.abs(tv - tmed))) * 1.4826 + 1e-6
+        else:
+            tmed, tsd = robust_noise(texture)
+        fg |= texture > tmed + (8.0 / sensitivity) * tsd
     fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool))
     fg = ndi.binary_closing(fg, structure=np.ones((3, 3), bool), iterations=2)
     fg = ndi.binary_fill_holes(fg)

@@ -40,6 +40,7 @@ __all__ = [
     "StainModel",
     "detect_counterstain",
     "refine_vector",
+    "estimate_stain_vector",
 ]
 
 
@@ -169,16 +170,36 @@ class StainModel:
 
     @classmethod
     def build(cls, xgal, counterstain_name: str, counterstain_vec=None, *, xgal_ref=XGAL,
-              counterstain_ref=None) -> "StainModel":
+              counterstain_ref=None, min_grey_angle_deg: float = 0.0) -> "StainModel":
+        """Stain model for X-gal (+ counterstain) (+ neutral grey).
+
+        The grey channel is left out when X-gal lies within
+        ``min_grey_angle_deg`` of neutral, or neutral lies within half that
+        angle of the plane of X-gal and the counterstain: separating them would
+        amplify noise (and JPEG colour blocks) many-fold, a worse error than
+        letting the faint neutral density of cells read as a little X-gal.
+        """
         xgal = normalize(xgal)
+        use_grey = angle_deg(xgal, GREY) >= min_grey_angle_deg
+        if use_grey and counterstain_vec is not None and counterstain_name != "none":
+            # complementary colours (teal X-gal + a red counterstain) mix to
+            # grey: then grey lies in their plane and cannot be told apart
+            normal = normalize(np.cross(xgal, normalize(counterstain_vec)))
+            off_plane = 90.0 - angle_deg(normal, GREY) if normal @ GREY >= 0 else angle_deg(normal, GREY) - 90.0
+            use_grey = off_plane >= min_grey_angle_deg / 2
         if counterstain_name == "none" or counterstain_vec is None:
-            matrix = stain_matrix(xgal, GREY)
-            names = ("xgal", "grey", "residual")
+            if use_grey:
+                matrix, names = stain_matrix(xgal, GREY), ("xgal", "grey", "residual")
+            else:
+                u = normalize(np.cross(xgal, GREY))
+                matrix, names = stain_matrix(xgal, u), ("xgal", "residual", "residual2")
             cs_angle = float("nan")
             counterstain_name = "none"
         else:
-            matrix = stain_matrix(xgal, counterstain_vec, GREY)
-            names = ("xgal", "counterstain", "grey")
+            if use_grey:
+                matrix, names = stain_matrix(xgal, counterstain_vec, GREY), ("xgal", "counterstain", "grey")
+            else:
+                matrix, names = stain_matrix(xgal, counterstain_vec), ("xgal", "counterstain", "residual")
             ref = counterstain_vec if counterstain_ref is None else counterstain_ref
             cs_angle = angle_deg(counterstain_vec, ref)
         return cls(names, matrix, counterstain_name, angle_deg(xgal, xgal_ref), cs_angle,
@@ -186,6 +207,20 @@ class StainModel:
 
     def channel(self, name: str) -> int:
         return self.names.index(name)
+
+    @property
+    def has_grey(self) -> bool:
+        return "grey" in self.names
+
+    def neutral_density(self, od: np.ndarray, conc: np.ndarray) -> np.ndarray:
+        """The cells' own neutral (grey) OD: the grey channel when unmixed,
+        else what the stains leave of the total OD, spread evenly over R, G, B."""
+        if self.has_grey:
+            return np.ascontiguousarray(conc[..., self.channel("grey")])
+        rest = od.sum(axis=-1) - conc[..., 0] * np.float32(self.matrix[0].sum())
+        if self.counterstain != "none":
+            rest = rest - conc[..., 1] * np.float32(self.matrix[1].sum())
+        return (rest / np.float32(np.sqrt(3))).astype(np.float32)
 
 
 def _directions(od: np.ndarray, min_od: float, max_pixels: int = 200_000, seed_step: int = 1):
@@ -247,9 +282,10 @@ def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_a
     """Refine a stain's direction from the pixels where it is most concentrated.
 
     The OD directions of the ``top_fraction`` pixels with the highest
-    concentration of the stain (from a first unmixing with the reference) are
-    averaged, weighted by OD. The estimate is accepted only if it lies within
-    ``max_angle_deg`` of ``reference`` and enough pixels carry the stain.
+    concentration of the stain (from a first unmixing with the reference),
+    among pixels with clear absorbance, are averaged, weighted by OD. The
+    estimate is accepted only if it lies within ``max_angle_deg`` of
+    ``reference`` and enough pixels carry the stain.
 
     Returns
     -------
@@ -266,15 +302,83 @@ def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_a
     if c.size <= k:
         return ref, False
     idx = np.argpartition(c, c.size - k)[c.size - k:]
-    idx = idx[c[idx] > 0.15]
-    if idx.size < min_pixels:
-        return ref, False
     sel = o[idx]
     norms = np.linalg.norm(sel, axis=1)
-    good = norms > 0.05
+    good = (norms > 0.08) & (c[idx] > 0.04)
     if good.sum() < min_pixels:
         return ref, False
     vec = normalize((sel[good]).sum(axis=0))
+    if np.any(vec < 0) or angle_deg(vec, ref) > max_angle_deg:
+        return ref, False
+    return vec, True
+
+
+def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg: float = 25.0,
+                          min_od: float = 0.1, min_pixels: int = 150, debug: bool = False) -> tuple[np.ndarray, bool]:
+    """Estimate a stain's colour in this image from its own stained pixels
+    (X-gal from the blue ones, the counterstain from the nuclei).
+
+    Works in the plane perpendicular to the neutral (grey) axis: a pixel's
+    colour there has an *azimuth* (hue) and a *polar angle* from grey
+    (saturation). Mixtures of X-gal with grey cell density lie on the arc
+    from grey towards pure X-gal, so the X-gal hue is the OD-weighted median
+    hue of the clearly coloured pixels near the reference hue, and its
+    saturation is the high end (95th percentile) of their polar angles:
+    the most strongly stained granules are nearly pure X-gal. Pixels closer
+    to a colour in ``avoid`` (the counterstain) than to the reference are
+    left out. The estimate is accepted within ``max_angle_deg`` of the
+    reference.
+
+    Returns
+    -------
+    vector : (3,) unit vector (the reference when not accepted)
+    accepted : bool
+    """
+    ref = normalize(reference)
+    flat = od.reshape(-1, 3)
+    step = max(1, flat.shape[0] // 1_500_000)
+    flat = flat[::step]
+    norms = np.linalg.norm(flat, axis=1)
+    sel = norms > min_od
+    if sel.sum() < min_pixels:
+        return ref, False
+    d = flat[sel] / norms[sel, None]
+    w = norms[sel]
+    # orthonormal basis of the plane perpendicular to grey, e1 along the reference hue
+    e1 = normalize(ref - (ref @ GREY) * GREY)
+    e2 = np.cross(GREY, e1)
+    polar = np.degrees(np.arccos(np.clip(d @ GREY, -1, 1)))
+    az = np.degrees(np.arctan2(d @ e2, d @ e1))
+    keep = (np.abs(az) < 75) & (polar > 3)
+    for other in avoid:
+        o = normalize(other)
+        keep &= (d @ ref) > (d @ o)
+    if keep.sum() < min_pixels:
+        return ref, False
+    az_k, pol_k, w_k = az[keep], polar[keep], w[keep]
+    chroma = w_k * np.sin(np.radians(pol_k))
+    strong = chroma >= np.percentile(chroma, 50)
+    # Hue: the OD-weighted median hue of the strongly coloured pixels. When a
+    # colour to avoid is present, pixels mixing both stains lie between the
+    # two hues, so the stain's own hue is the far edge of the distribution.
+    q = 0.5
+    if len(avoid):
+        o = normalize(avoid[0])
+        side = np.sign(o @ e2 - 0.0) if abs(o @ e2) > 1e-9 else 1.0
+        q = 0.1 if side > 0 else 0.9
+    a_s, w_s = az_k[strong], chroma[strong]
+    order = np.argsort(a_s)
+    cw = np.cumsum(w_s[order])
+    hue = float(a_s[order][min(np.searchsorted(cw, cw[-1] * q), a_s.size - 1)])
+    near = np.abs(az_k - hue) < 20
+    if near.sum() < min_pixels:
+        return ref, False
+    sat = float(np.percentile(pol_k[near], 95))
+    if debug:
+        print("hue", hue, "sat", sat, "n", int(keep.sum()), int(near.sum()), "ref polar",
+              float(np.degrees(np.arccos(ref @ GREY))))
+    hue_r, sat_r = np.radians(hue), np.radians(sat)
+    vec = normalize(np.cos(sat_r) * GREY + np.sin(sat_r) * (np.cos(hue_r) * e1 + np.sin(hue_r) * e2))
     if np.any(vec < 0) or angle_deg(vec, ref) > max_angle_deg:
         return ref, False
     return vec, True

@@ -1,0 +1,125 @@
+"""Accuracy benchmark: sabgal against ground truth on fresh synthetic images.
+
+Renders N fields (all three set-ups, 1024x1360 by default) with a seed that
+was never used in development, writes them to disk as a microscope would
+(TIFF / PNG / JPEG, 8/16-bit), runs ``sabgal run`` on the folder exactly as a
+user would (thresholds learnt from the whole set), and scores every image:
+
+* fraction SA-β-gal positive: absolute error in percentage points (mean, max)
+* cell count: mean absolute % error
+* detection F1: cells matched one-to-one at IoU >= 0.5
+* positive-call F1: true positives = matched cells positive in both
+
+Usage::
+
+    python benchmarks/accuracy.py --n 42 --seed 20261122
+    python benchmarks/accuracy.py --n 6 --shape 512 640    # quick look
+
+Writes ``benchmarks/results/accuracy.json`` and ``accuracy_per_image.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+BARS = {"fraction_positive_mae_pp": 2.0, "fraction_positive_max_pp": 6.0, "count_mape_pct": 5.0,
+        "detection_f1": 0.95, "positive_f1": 0.95}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sabgal import __version__, io as sio
+    from sabgal.cli import main as sabgal_main
+    from sabgal.evaluate import aggregate_scores, score_image
+    from sabgal.synth import generate_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=20261122)
+    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 1360))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--work", default=str(HERE / "_work" / "accuracy"))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--keep", action="store_true", help="keep rendered images and results")
+    args = ap.parse_args(argv)
+
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    images_dir, results_dir = work / "images", work / "results"
+    t0 = time.perf_counter()
+    manifest = generate_dataset(images_dir, n=args.n, seed=args.seed, shape=tuple(args.shape),
+                                truth_dir=str(work / "truth"))
+    t_render = time.perf_counter() - t0
+    cmd = ["run", str(images_dir), "--out", str(results_dir), "--workers", str(args.workers), "-q"]
+    if args.config:
+        cmd += ["--config", args.config]
+    t0 = time.perf_counter()
+    rc = sabgal_main(cmd)
+    t_run = time.perf_counter() - t0
+    images = pd.read_csv(results_dir / "images.csv")
+    cells = pd.read_csv(results_dir / "cells.csv")
+    rows = []
+    for rec in manifest.to_dict("records"):
+        stem = rec["stem"]
+        image_name = Path(rec["image"]).name if "image" in rec else None
+        img_row = images[images["image"].map(lambda s: Path(s).stem) == stem]
+        truth = pd.read_csv(work / "truth" / f"{stem}_truth.csv")
+        true_lab = sio.read_labels(work / "truth" / f"{stem}_cells_true.tif")
+        if img_row.empty or img_row.iloc[0]["status"] != "ok":
+            pred_lab = np.zeros_like(true_lab)
+            pred_cells = cells.iloc[:0]
+        else:
+            key = Path(img_row.iloc[0]["image"]).with_suffix("").as_posix().replace("/", "__")
+            pred_lab = sio.read_labels(results_dir / "labels" / f"{key}_cells.tif")
+            pred_cells = cells[cells["image"] == img_row.iloc[0]["image"]]
+        s = score_image(true_lab, truth, pred_lab, pred_cells)
+        s.update(stem=stem, image=image_name, setup=rec["setup"], counterstain=rec.get("counterstain"),
+                 detected_setup=img_row.iloc[0]["setup"] if not img_row.empty else "")
+        rows.append(s)
+    per = pd.DataFrame(rows)
+    summary = {"all": aggregate_scores(per)}
+    for setup, grp in per.groupby("setup"):
+        summary[setup] = aggregate_scores(grp)
+    passed = {}
+    for group, agg in summary.items():
+        passed[group] = all(
+            (agg[k] <= v) if k.endswith(("_pp", "_pct")) else (agg[k] >= v) for k, v in BARS.items())
+    result = {
+        "sabgal_version": __version__,
+        "seed": args.seed,
+        "n_images": args.n,
+        "shape": list(args.shape),
+        "run_exit_code": rc,
+        "render_s": round(t_render, 1),
+        "run_s": round(t_run, 1),
+        "bars": BARS,
+        "summary": summary,
+        "passed": passed,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    per.to_csv(out / "accuracy_per_image.csv", index=False)
+    cols = ["fraction_positive_mae_pp", "fraction_positive_max_pp", "count_mape_pct", "detection_f1",
+            "positive_f1"]
+    table = pd.DataFrame(summary).T[["n_images"] + cols]
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print("pass:", passed)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(passed.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
