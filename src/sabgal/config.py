@@ -158,6 +158,7 @@ class SegmentConfig:
     min_cell_area_fraction: float = 0.5  # of the typical nucleus area
     max_cell_radius_nuclei: float = 8.0  # territory reach, in nucleus diameters
     foreground_sensitivity: float = 1.0  # >1 grows cells into fainter cytoplasm
+    min_cell_extent_nuclei: float = 1.5  # a cell reaches at least this far (nucleus diameters, capped at half the gap to the next nucleus)
 
     def __post_init__(self) -> None:
         _check(self.nucleus_diameter_px >= 0,
@@ -168,6 +169,8 @@ class SegmentConfig:
                f"segment.min_cell_area_fraction must be in (0, 5], got {self.min_cell_area_fraction}")
         _check(1 <= self.max_cell_radius_nuclei <= 50,
                f"segment.max_cell_radius_nuclei must be in [1, 50], got {self.max_cell_radius_nuclei}")
+        _check(0 <= self.min_cell_extent_nuclei <= 10,
+               f"segment.min_cell_extent_nuclei must be in [0, 10], got {self.min_cell_extent_nuclei}")
         _check(0.25 <= self.foreground_sensitivity <= 4,
                f"segment.foreground_sensitivity must be in [0.25, 4], got {self.foreground_sensitivity}")
 

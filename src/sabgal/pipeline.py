@@ -112,14 +112,17 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
 
     Nuclei are denser than cytoplasm (higher neutral OD) and, in SA-β-gal
     positive cells, stand out as pale holes in the perinuclear blue. The map
-    adds the neutral density to the local deficit of X-gal below its
-    surroundings.
+    adds the neutral density to the pale spots enclosed by X-gal (a grey
+    closing at nucleus size), less half the X-gal itself (granules are
+    dense but blue).
     """
     g = ndi.gaussian_filter(grey, sigma)
     x = ndi.gaussian_filter(np.maximum(xgal, 0), sigma)
-    xs = ndi.gaussian_filter(x, 3 * sigma)
-    hole = np.clip(xs - x, 0, None)
-    return (g + hole).astype(np.float32)
+    # a hole = a pale spot *enclosed* by blue: what a closing at nucleus size fills
+    size = max(3, int(round(8 * sigma)) | 1)
+    hole = ndi.grey_closing(x, size=(size, size)) - x
+    # X-gal granules are dense too, but they are blue: what is blue is not nucleus
+    return (g + hole - 0.5 * x).astype(np.float32)
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> np.ndarray:
@@ -239,7 +242,8 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     unseeded = "seed" if mode == "brightfield" else "drop"
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * diameter,
-        min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=diameter)
+        min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=diameter,
+        min_extent_nuclei=seg.min_cell_extent_nuclei)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     return cells.astype(np.uint32), nuclei, foreground, diameter

@@ -227,7 +227,8 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
                   min_cell_area_px: float, elevation: np.ndarray | None = None,
-                  unseeded: str = "drop", diameter_px: float = 14.0) -> tuple[np.ndarray, np.ndarray]:
+                  unseeded: str = "drop", diameter_px: float = 14.0,
+                  min_extent_nuclei: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
     Parameters
@@ -242,6 +243,10 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         Foreground pieces without a nucleus smaller than this are debris.
     elevation : (M, N) float ndarray, optional
         Border evidence (e.g. rim darkness) added to the distance landscape.
+    min_extent_nuclei : float
+        Each cell covers at least min(half the distance to the nearest other
+        nucleus, this many nucleus diameters) around its nucleus, foreground
+        or not (0 = off).
     unseeded : {"drop", "seed"}
         What to do with foreground components holding no nucleus: drop them
         as debris (a nuclear stain is present) or give each a seed at its
@@ -255,8 +260,25 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         The nuclei, restricted to the nuclei that own a cell.
     """
     nuclei = nuclei.astype(np.int32, copy=False)
-    reach = ndi.distance_transform_edt(nuclei == 0)
+    reach, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
+    if min_extent_nuclei > 0 and nuclei.max() > 0:
+        # Every cell reaches at least a little way past its nucleus, even
+        # where its body is too faint to see: min(half the distance to the
+        # nearest other nucleus, min_extent_nuclei x the nucleus diameter).
+        ids = np.arange(1, int(nuclei.max()) + 1)
+        cents = np.array(ndi.center_of_mass(nuclei > 0, nuclei, ids))
+        present = np.isfinite(cents).all(axis=1)
+        radius = np.zeros(ids.size + 1)
+        if present.sum() >= 2:
+            from scipy.spatial import cKDTree
+
+            d, _ = cKDTree(cents[present]).query(cents[present], k=2)
+            radius[ids[present]] = np.minimum(d[:, 1] / 2, min_extent_nuclei * diameter_px)
+        elif present.sum() == 1:
+            radius[ids[present]] = min_extent_nuclei * diameter_px
+        owner = nuclei[iy, ix]
+        region |= reach <= radius[owner]
     markers = nuclei.copy()
     if unseeded == "seed":
         comp, ncomp = ndi.label(foreground)
