@@ -266,10 +266,11 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # Every cell reaches at least a little way past its nucleus, even
         # where its body is too faint to see: min(half the distance to the
         # nearest other nucleus, min_extent_nuclei x the nucleus diameter).
-        ids = np.arange(1, int(nuclei.max()) + 1)
-        cents = np.array(ndi.center_of_mass(nuclei > 0, nuclei, ids))
-        present = np.isfinite(cents).all(axis=1)
-        radius = np.zeros(ids.size + 1)
+        ids = np.unique(nuclei)
+        ids = ids[ids > 0]
+        cents = np.array(ndi.center_of_mass(nuclei > 0, nuclei, ids)).reshape(-1, 2)
+        present = np.ones(ids.size, dtype=bool)
+        radius = np.zeros(int(nuclei.max()) + 1)
         if present.sum() >= 2:
             from scipy.spatial import cKDTree
 
