@@ -6,8 +6,8 @@ Run from the repository root::
 
 Images and their ``_dapi`` companions go to ``sample_data/``; true labels, the
 per-cell truth tables and ``manifest.csv`` (true fractions per image) go to
-``sample_data/truth/`` so that a pipeline run on ``sample_data/`` sees only
-inputs. See ``sample_data/README.md``.
+``tests/data/sample_truth/`` so that a pipeline run on ``sample_data/`` sees
+only inputs (discovery is recursive). See ``sample_data/README.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def sample_params(index: int) -> FieldParams:
 
 
 def main() -> None:
-    truth_dir = HERE / "truth"
+    truth_dir = HERE.parent / "tests" / "data" / "sample_truth"
     rows = []
     for i, (stem, *_rest) in enumerate(SAMPLES):
         params = sample_params(i)

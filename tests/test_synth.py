@@ -367,7 +367,8 @@ def test_committed_sample_data_matches_the_renderer():
     spec = importlib.util.spec_from_file_location("make_sample_data", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    manifest = pd.read_csv(root / "truth" / "manifest.csv", keep_default_na=False)
+    manifest = pd.read_csv(root.parent / "tests" / "data" / "sample_truth" / "manifest.csv",
+                           keep_default_na=False)
     assert list(manifest["stem"]) == [s[0] for s in mod.SAMPLES]
     for name in manifest["image"]:
         assert (root / name).exists() and "/" not in name  # inputs at the top level only
