@@ -417,6 +417,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
     Runs in worker processes (local pool or Dask): takes only picklable
     arguments; a :class:`FlatFieldRef` is loaded (and cached) in the worker.
     """
+    from sabgal import overlay as _overlay, qc as _qc
     from sabgal.pipeline import analyze_image
 
     config = config_from_dict(config_dict)
@@ -447,6 +448,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
                             pixel_size_um=img.pixel_size_um, flat_field=flat, classify_cells=False)
         info = res.info
         info["qc"]["saturated_fraction"] = img.saturated_fraction
+        info["qc"].update(_qc.image_metrics(img.pixels))
         info["bit_depth"] = img.bit_depth
         info["lossy_compression"] = img.lossy
         state_json, state_cells = _state_paths(out, image_set.key)
@@ -454,6 +456,9 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
             sio.write_labels(out / "labels" / f"{image_set.key}_cells.tif", res.cell_labels)
             sio.write_labels(out / "labels" / f"{image_set.key}_nuclei.tif", res.nucleus_labels)
         sio.write_table(state_cells, res.cells)
+        if config.batch.overlays:
+            _overlay.save_overlay_base(_overlay.base_path(out / STATE_DIR, image_set.key), img.pixels,
+                                       res.cell_labels, res.nucleus_labels, max_px=config.qc.overlay_max_px)
         record.update(status="ok", error="", info=info)
     except sio.ImageReadError as exc:
         record.update(status="error", error=str(exc), info={})
@@ -830,6 +835,7 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     -------
     images, cells : DataFrame
     """
+    from sabgal import overlay as _overlay, qc as _qc
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -910,6 +916,7 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
         images = images[lead + [c for c in images.columns if c not in lead]]
     else:
         images = pd.DataFrame({c: pd.Series(dtype="object") for c in lead})
+    images = _qc.add_qc_columns(images, config.qc)
 
     wells = summaries.summarize_wells(images, cells[~cells["touches_border"].astype(bool)]
                                       if cc.exclude_border_cells else cells)
@@ -917,6 +924,9 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     cp_image, cp_cells = summaries.cellprofiler_tables(images, cells)
     _write_tables(out, {"images": images, "cells": cells, "wells": wells, "conditions": conditions,
                         "cellprofiler/Image": cp_image, "cellprofiler/Cells": cp_cells}, formats)
+    if config.batch.overlays:
+        _overlay.write_overlays(out, sets, images, cells, state_dir=STATE_DIR,
+                                workers=config.batch.workers or os.cpu_count() or 1)
 
     first = next(iter(by_plate.values()))[0]
     run: dict[str, Any] = dict(run_info or {})

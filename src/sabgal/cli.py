@@ -1,4 +1,4 @@
-"""Command-line interface: ``sabgal run``, ``sabgal synth``.
+"""Command-line interface: ``sabgal run``, ``sabgal report``, ``sabgal synth``.
 
 A thin shell: parse, load the config, call :mod:`sabgal.batch`, return an exit
 code (0 when every image succeeded, 1 when some failed, 2 on bad usage).
@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-labels", action="store_true", help="do not write label images")
     o.add_argument("--format", choices=("csv", "parquet", "both"), default="csv",
                    help="table format (default csv; parquet needs pyarrow)")
+    o.add_argument("--no-overlays", action="store_true", help="do not write QC overlays (DIR/qc/*.png)")
+    o.add_argument("--no-report", action="store_true", help="do not write DIR/report.html at the end")
+
+    rep = sub.add_parser("report", help="write the HTML report of a results folder",
+                         description="Write DIR/report.html: plate heat-maps, conditions, distributions, "
+                                     "QC, provenance and methods, in one self-contained file.")
+    rep.add_argument("dir", metavar="DIR", help="results folder of 'sabgal run'")
+    rep.add_argument("--output", "-o", metavar="FILE", help="where to write (default DIR/report.html)")
+    rep.add_argument("--plate-format", type=int, choices=(6, 12, 24, 48, 96, 384, 1536), metavar="WELLS",
+                     help="plate layout for the heat-maps (default: 96, 384 or 1536, the smallest that fits)")
+    rep.add_argument("--max-thumbnails", type=int, default=48, metavar="N",
+                     help="flagged images shown with a thumbnail (default 48)")
+    rep.add_argument("--quiet", "-q", action="store_true", help="warnings only")
 
     synth = sub.add_parser("synth", help="render synthetic SA-β-gal images with ground truth",
                            add_help=False)
@@ -141,6 +154,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     batch_overrides: dict = {}
     if args.no_labels:
         batch_overrides["write_labels"] = False
+    if args.no_overlays:
+        batch_overrides["overlays"] = False
     if args.filename_pattern:
         batch_overrides["filename_pattern"] = args.filename_pattern
     if args.dask_scheduler:
@@ -226,6 +241,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed = len(failed_rows)
     ok = len(images) - failed
     log.info("%d image(s) ok, %d failed, %d cells; %.1f s. Results in %s", ok, failed, len(cells), elapsed, out)
+    if not args.no_report:
+        from sabgal.report import report_after_run
+
+        report_after_run(out)
     if failed:
         lines = [f"sabgal: {failed} of {len(images)} image(s) failed:"]
         lines += [f"  {e}" for e in failed_rows["error"].head(10)]
@@ -234,6 +253,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lines.append(f"see {out / 'images.csv'} (columns status, error)")
         print("\n".join(lines), file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sabgal.report import write_report
+
+    _setup_logging(args.quiet, 0)
+    if args.max_thumbnails < 0:
+        return _fail("--max-thumbnails must be >= 0")
+    try:
+        path = write_report(args.dir, args.output, max_thumbnails=args.max_thumbnails,
+                            plate_wells=args.plate_format)
+    except ImportError as exc:
+        return _fail(f"the report needs matplotlib (pip install 'sabgal[report]'): {exc}")
+    except (FileNotFoundError, ValueError) as exc:
+        return _fail(exc)
+    log.info("report written to %s", path)
     return 0
 
 
@@ -248,5 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "report":
+        return _cmd_report(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
