@@ -438,7 +438,9 @@ def test_widget_analyses_an_image_into_layers_with_features(viewer_widget, qtbot
     # the widget adds nothing of its own: the same numbers as the review model
     ref = _analyse(field.rgb, nuclear=field.nuclear, image="field")
     assert review.summary() == ref.summary()
-    assert f"cells <b>{ref.summary()['n_cells']}</b>" in widget.counts_label.text()
+    s, text = ref.summary(), widget.counts_label.text()
+    assert f"<b>{s['n_cells']}</b>" in text
+    assert f"<b>{s['n_sabgal_positive']}</b> ({100 * s['fraction_sabgal_positive']:.1f} %)" in text
     assert widget.table.row_count() == len(feats)
 
 
@@ -553,12 +555,13 @@ def test_plate_review_jumps_between_images(viewer_widget, qtbot, results):
 
 
 @pytest.mark.napari
-def test_plate_review_without_wells_lists_images(viewer_widget, results):
+def test_plate_review_without_wells_lists_images(viewer_widget, qtbot, results):
     _viewer, widget = viewer_widget
     _set_wells(results, False)
     assert widget.open_results(results)
     assert widget.plate.grid.isHidden()
     assert widget.plate.list.count() == 3
+    _wait_idle(qtbot, widget)
 
 
 @pytest.mark.napari
@@ -571,7 +574,9 @@ def test_table_row_and_cell_selection_are_linked(viewer_widget, qtbot):
     widget.table.cell_selected.emit(cid)  # what a click on the row emits
     ring = viewer.layers["selected cell"]
     np.testing.assert_allclose(ring.data[0], [row["centroid_y"], row["centroid_x"]])
-    np.testing.assert_allclose(viewer.camera.center[-2:], [row["centroid_y"], row["centroid_x"]])
+    from sabgal._napari._widget import _camera
+
+    np.testing.assert_allclose(_camera(viewer).center[-2:], [row["centroid_y"], row["centroid_x"]])
     assert viewer.layers["field cells"].selected_label == cid
     widget.click_combo.setCurrentIndex(4)  # only select
     other = review.calls().iloc[5]

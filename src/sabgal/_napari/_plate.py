@@ -62,6 +62,9 @@ class PlateView(QWidget):
         self.grid.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.grid.cellClicked.connect(self._on_well)
+        # the current well gets a white frame; its heat colour stays visible
+        self.grid.setStyleSheet("QTableWidget::item:selected { border: 2px solid white; "
+                                "background-color: transparent; }")
         lay.addWidget(self.grid)
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                             QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider, QTabWidget,
                             QVBoxLayout, QWidget)
 
@@ -46,6 +46,12 @@ _OD_MIN, _OD_MAX = 0.01, 2.0  # range of the log-scaled positivity slider (OD)
 def _hex(rgba) -> str:
     r, g, b = (int(round(255 * c)) for c in rgba[:3])
     return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
 def _legend_html() -> str:
@@ -117,9 +123,11 @@ class SabgalWidget(QWidget):
         self.preset_combo.setToolTip("Configuration preset (src/sabgal/configs/*.toml)")
         self.preset_combo.currentTextChanged.connect(self._load_preset)
         self.diameter_spin = self._spin(0, 500, 1, 0, "0 = estimate from the image")
+        self.diameter_spin.setSpecialValueText("auto")
         self.reach_spin = self._spin(1, 50, 1, 8, "How far a cell may extend, in nucleus diameters")
         self.sensitivity_spin = self._spin(0.25, 4, 2, 1, ">1 grows cells into fainter cytoplasm")
         self.pixel_spin = self._spin(0, 100, 4, 0, "µm per pixel; 0 = from the file (or unknown)")
+        self.pixel_spin.setSpecialValueText("from file")
         form.addRow("Image", self.image_combo)
         form.addRow("Nuclear image", self.nuclear_combo)
         form.addRow("Preset", self.preset_combo)
@@ -244,10 +252,10 @@ class SabgalWidget(QWidget):
         self.rebuild_button.setToolTip("Rebuild the run's tables with the corrections (as `sabgal run` does)")
         self.rebuild_button.clicked.connect(self.rebuild_tables)
         lay.addWidget(self.rebuild_button)
-        self.autosave_check = QCheckBox("Save corrections as I make them (corrections.csv)")
-        self.autosave_check.setChecked(True)
-        self.autosave_check.setEnabled(False)
-        lay.addWidget(self.autosave_check)
+        note = QLabel("<small>Corrections are saved to the folder's corrections.csv as you make them; "
+                      "`sabgal run` applies them whenever it rebuilds the tables.</small>")
+        note.setWordWrap(True)
+        lay.addWidget(note)
         return w
 
     def _update_enabled(self) -> None:
@@ -415,6 +423,8 @@ class SabgalWidget(QWidget):
             self._say("Cancelled.")
 
     def _on_analysed(self, review: ImageReview, rgb_layer) -> None:
+        if rgb_layer not in self.viewer.layers:  # removed meanwhile, or the viewer closed
+            return
         self.bound_to_results = False
         if self._layers.get("rgb") is not None and self._layers.get("rgb") is not rgb_layer:
             self._layers.pop("rgb")
@@ -436,7 +446,7 @@ class SabgalWidget(QWidget):
         for data, kwargs, kind in layer_data:
             role = kwargs["metadata"]["sabgal"]["role"]
             layer = self._layers.get(role)
-            if layer is not None and layer in self.viewer.layers and layer._type_string == kind:
+            if layer is not None and layer in self.viewer.layers and layer.__class__.__name__.lower() == kind:
                 layer.metadata = kwargs["metadata"]
                 layer.data = data.copy() if role == "cells" else data
                 layer.name = kwargs["name"]
@@ -458,6 +468,7 @@ class SabgalWidget(QWidget):
         cells = self._layers["cells"]
         if self.viewer.layers.index(cells) != len(self.viewer.layers) - 1:
             self.viewer.layers.move(self.viewer.layers.index(cells), len(self.viewer.layers))
+        self.viewer.layers.selection.active = cells  # the layer under review (clicks, painting)
         self._set_threshold_widgets()
         self.refresh_calls()
         self._update_enabled()
@@ -482,29 +493,54 @@ class SabgalWidget(QWidget):
             cells.colormap = DirectLabelColormap(color_dict=_layers.call_color_dict(calls))
         self.table.set_table(features, keep=self._selected)
         self._show_counts()
+        self._mark_corrections(calls)
         if self.bound_to_results:
             self.plate.update_image(review.image, review.summary())
+
+    def _mark_corrections(self, calls) -> None:
+        """A small white cross on every corrected cell (layer created at the first correction)."""
+        fixed = calls[calls["corrected"]]
+        layer = self._layers.get("corrected")
+        if layer is None or layer not in self.viewer.layers:
+            if not len(fixed):
+                return
+            active = self.viewer.layers.selection.active
+            layer = self.viewer.add_points(np.zeros((0, 2)), name="corrected cells", symbol="cross",
+                                           face_color="white", border_color="black", border_width=0.15,
+                                           size=8, metadata={"sabgal": {"role": "corrected"}})
+            self._layers["corrected"] = layer
+            if active is not None and active in self.viewer.layers:
+                self.viewer.layers.selection.active = active
+        layer.data = fixed[["centroid_y", "centroid_x"]].to_numpy(dtype=float).reshape(-1, 2)
+        diam = float(self.review.info.get("nucleus_diameter_px") or 0)
+        layer.size = max(6.0, 0.6 * diam) if diam else 8.0
 
     def _show_counts(self) -> None:
         review = self.review
         s = review.summary()
         calls = review.calls()
         n = s["n_cells"]
-
-        def part(key, label, color):
-            k = s[f"n_{key}"]
-            frac = s[f"fraction_{key}"]
-            pct = f"{100 * frac:.1f} %" if n else "–"
-            return f'<span style="color:{_hex(color)}">&#9632;</span> {label} <b>{k}</b> ({pct})'
-
+        cols = [("cells", None, None)] + [
+            (label, key, _layers.CALL_COLORS[color]) for label, key, color in
+            (("SA-β-gal+", "sabgal_positive", "positive"), ("enlarged", "enlarged", "enlarged"),
+             ("senescent", "senescent", "senescent"))]
+        head, body = [], []
+        for label, key, color in cols:
+            swatch = f'<span style="color:{_hex(color)}">&#9632;</span> ' if color else ""
+            head.append(f'<td align="center">{swatch}{label}</td>')
+            if key is None:
+                body.append(f'<td align="center"><b>{n}</b></td>')
+            else:
+                pct = f" ({100 * s[f'fraction_{key}']:.1f} %)" if n else ""
+                body.append(f'<td align="center"><b>{s[f"n_{key}"]}</b>{pct}</td>')
         corrected = int(calls["corrected"].sum())
         deleted = int(calls["deleted"].sum())
         self.counts_label.setText(
-            f"<b>{review.image}</b><br>cells <b>{n}</b> &nbsp; "
-            + " &nbsp; ".join([part("sabgal_positive", "SA-β-gal+", _layers.CALL_COLORS["positive"]),
-                               part("enlarged", "enlarged", _layers.CALL_COLORS["enlarged"]),
-                               part("senescent", "senescent", _layers.CALL_COLORS["senescent"])])
-            + f"<br><small>{corrected} cell(s) corrected, {deleted} deleted</small>")
+            f"<b>{review.image}</b>"
+            f'<table width="100%" cellspacing="0" cellpadding="2"><tr>{"".join(head)}</tr>'
+            f'<tr>{"".join(body)}</tr></table>'
+            f"<small>{corrected} cell(s) corrected, {deleted} deleted · positive if {review.thresholds.measure} "
+            f"&gt; {review.thresholds.positive:.3f} OD ({review.thresholds.positive_source})</small>")
         where = (f"saved to {self.results.path / 'corrections.csv'}" if self.bound_to_results
                  else "kept in this session (open a `sabgal run` results folder to save them)")
         self.corrections_label.setText(f"{len(review.corrections)} correction(s), {where}.")
@@ -646,11 +682,11 @@ class SabgalWidget(QWidget):
         if row is None:
             ring.data = np.zeros((0, 2))
             return
-        size = max(float(row["major_axis_px"]) * 1.25, 12.0)
+        size = max(float(row["major_axis_px"]) * 1.15, 12.0)
         ring.data = np.array([[row["centroid_y"], row["centroid_x"]]])
         ring.size = size
         if center:
-            self.viewer.camera.center = (float(row["centroid_y"]), float(row["centroid_x"]))
+            _camera(self.viewer).center = (float(row["centroid_y"]), float(row["centroid_x"]))
         cells = self._layers.get("cells")
         if cells is not None:
             cells.selected_label = int(cell_id)
@@ -663,7 +699,7 @@ class SabgalWidget(QWidget):
             return None
         cells = self._layers.get("cells")
         layer = self.viewer.add_points(np.zeros((0, 2)), name="selected cell", face_color="transparent",
-                                       border_color="yellow", border_width=0.12, border_width_is_relative=True,
+                                       border_color="yellow", border_width=0.04, border_width_is_relative=True,
                                        size=20, opacity=1.0, metadata={"sabgal": {"role": "selection"}})
         self._layers["selection"] = layer
         if cells is not None:
@@ -846,7 +882,7 @@ class SabgalWidget(QWidget):
                                _ignore_errors=True)
 
         def done(_result=None) -> None:
-            if self.review is not review:
+            if self.review is not review or self._layers.get("cells") not in self.viewer.layers:
                 return
             self._add_xgal_layer()
             if self._pending_edit:
@@ -881,8 +917,11 @@ class SabgalWidget(QWidget):
         layer = Layer.create(data, kwargs, kind)
         rgb = self._layers.get("rgb")
         index = self.viewer.layers.index(rgb) + 1 if rgb is not None and rgb in self.viewer.layers else 0
+        active = self.viewer.layers.selection.active
         self.viewer.layers.insert(index, layer)
         self._layers["xgal"] = layer
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active  # an added layer would take the selection
 
     def step_image(self, step: int) -> bool:
         """Show the next (+1) or previous (-1) analysed image of the results folder."""
