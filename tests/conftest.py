@@ -54,3 +54,13 @@ def touching_pair():
     # two cells whose bodies overlap: they must come out as two labels
     cells = [(100, 95, 40, 9, 0.0), (100, 165, 40, 9, 0.4)]
     return paint_field(cells=cells)
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory):
+    """One run of the CLI on sample_data/ shared by the end-to-end tests."""
+    from pin_regression import run_sample
+
+    out = tmp_path_factory.mktemp("sample_run") / "out"
+    assert run_sample(out) == 0
+    return out

@@ -191,6 +191,10 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
         rm = m.resolve()
         rel = rm.relative_to(common).as_posix()
         comp = companions.get((rm.parent, m.stem))
+        if comp is None:
+            # a file named on the command line still finds its companion beside it
+            comp = next((c for suf in suffixes for ext in sio.IMAGE_EXTENSIONS
+                         for c in (m.with_name(f"{m.stem}{suf}{ext}"),) if c.is_file()), None)
         sets.append(ImageSet(str(m), rel, image_key(rel), str(comp) if comp else None))
     keys = [s.key for s in sets]
     if len(set(keys)) != len(keys):
@@ -879,9 +883,12 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     cc = config.classify
     by_plate = plate_thresholds(cells, config)
     parts = []
+    per_image: dict[str, tuple[float, str]] = {}
     for plate_name, idx in (cells.groupby("plate", sort=False).indices.items() if len(cells) else []):
         th = by_plate[str(plate_name)][0]
-        part = classify.classify_cells(cells.iloc[idx], th, rule=cc.senescent_rule)
+        if cc.positive_threshold == "auto" and th.positive_source != "controls" and cc.threshold_scope == "image":
+            per_image.update(classify.image_thresholds(cells.iloc[idx], cc, th.positive))
+        part = classify.classify_cells(cells.iloc[idx], th, rule=cc.senescent_rule, per_image=per_image)
         parts.append(part)
     if parts:
         cells = pd.concat(parts).sort_index()
@@ -903,8 +910,9 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
         row.update(summ)
         plate_name = str(meta.at[rec["image"], "plate"]) if rec["image"] in meta.index else ""
         th = by_plate.get(plate_name, next(iter(by_plate.values())))[0]
-        row["positive_threshold_od"] = th.positive
-        row["positive_threshold_source"] = th.positive_source
+        t_img, src_img = per_image.get(rec["image"], (th.positive, "set"))
+        row["positive_threshold_od"] = t_img
+        row["positive_threshold_source"] = th.positive_source if src_img == "set" else src_img
         row["enlarged_threshold_px"] = th.enlarged_area_px
         row["enlarged_threshold_source"] = th.enlarged_source
         rows.append(row)

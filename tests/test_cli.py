@@ -1,0 +1,117 @@
+"""The CLI end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from sabgal import __version__
+from sabgal.cli import main
+from sabgal.io import read_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_IMAGES = ["image", "n_cells", "n_sabgal_positive", "fraction_sabgal_positive", "n_enlarged",
+                   "fraction_enlarged", "n_senescent", "fraction_senescent", "status", "error"]
+CONTRACT_CELLS = ["image", "cell_id", "centroid_y", "centroid_x", "area_px", "area_um2", "perimeter_px",
+                  "form_factor", "solidity", "eccentricity", "aspect_ratio", "nucleus_area_px",
+                  "nucleus_cell_area_ratio", "xgal_od_mean", "xgal_od_integrated", "xgal_stained_fraction",
+                  "body_od_mean", "sabgal_positive", "enlarged", "senescent", "touches_border"]
+
+
+def test_run_on_sample_data_writes_the_contract(sample_run):
+    images = pd.read_csv(sample_run / "images.csv")
+    cells = pd.read_csv(sample_run / "cells.csv")
+    assert set(CONTRACT_IMAGES) <= set(images.columns)
+    assert set(CONTRACT_CELLS) <= set(cells.columns)
+    assert (images["status"] == "ok").all() and len(images) == 6
+    # one set-up of each kind decided without any option
+    assert set(images["setup"]) == {"counterstain", "brightfield", "fluorescence"}
+    for _, row in images.iterrows():
+        key = row["image"].rsplit(".", 1)[0]
+        lab = read_labels(sample_run / "labels" / f"{key}_cells.tif")
+        nuc = read_labels(sample_run / "labels" / f"{key}_nuclei.tif")
+        assert lab.dtype == np.uint32 and lab.shape == (row["height_px"], row["width_px"])
+        c = cells[cells["image"] == row["image"]]
+        assert len(c) == row["n_cells"] == len(np.unique(lab)) - 1
+        assert set(c["cell_id"]) == set(np.unique(lab)) - {0}
+        assert set(np.unique(nuc)) - {0} <= set(c["cell_id"])
+        assert row["n_sabgal_positive"] == c["sabgal_positive"].sum()
+    run = json.loads((sample_run / "run.json").read_text())
+    assert run["sabgal_version"] == __version__
+    assert run["config"]["classify"]["senescent_rule"] == "positive_and_enlarged"
+
+
+def test_sample_counts_are_close_to_the_truth(sample_run):
+    truth_dir = ROOT / "tests" / "data" / "sample_truth"
+    images = pd.read_csv(sample_run / "images.csv")
+    for _, row in images.iterrows():
+        stem = row["image"].rsplit(".", 1)[0]
+        truth = pd.read_csv(truth_dir / f"{stem}_truth.csv")
+        assert abs(row["n_cells"] - len(truth)) <= 0.35 * len(truth) + 3, stem
+
+
+def test_rerun_skips_finished_images_and_force_redoes_them(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("sample01_counterstain.jpg", "sample03_brightfield.png"):
+        (src / name).write_bytes((ROOT / "sample_data" / name).read_bytes())
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+    first = pd.read_csv(out / "images.csv")
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()}
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(out / "images.csv")[CONTRACT_IMAGES], first[CONTRACT_IMAGES])
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q", "--force"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} != stamp
+
+
+def test_same_input_same_config_same_output(tmp_path):
+    src = ROOT / "sample_data" / "sample02_counterstain.tif"
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"o{k}"
+        assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+        outs.append(pd.read_csv(out / "cells.csv"))
+    pd.testing.assert_frame_equal(outs[0], outs[1])
+
+
+def test_a_bad_image_is_an_error_row_and_the_others_go_on(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "good.jpg").write_bytes((ROOT / "sample_data" / "sample01_counterstain.jpg").read_bytes())
+    (src / "empty.tif").write_bytes(b"")
+    tifffile.imwrite(src / "grey.tif", np.zeros((64, 64), np.uint8))
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 1
+    images = pd.read_csv(out / "images.csv").set_index("image")
+    assert images.loc["good.jpg", "status"] == "ok" and images.loc["good.jpg", "n_cells"] > 0
+    assert images.loc["empty.tif", "status"] == "error" and "empty" in images.loc["empty.tif", "error"]
+    assert "greyscale" in images.loc["grey.tif", "error"]
+    assert "failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, match", [("[classify]\nbogus = 1\n", "unknown key"),
+                                         ("[setup]\nmode = 'x'\n", "setup.mode")])
+def test_bad_config_exits_2_with_the_key_named(tmp_path, capsys, text, match):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    assert main(["run", str(ROOT / "sample_data"), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_no_images_exits_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no images" in capsys.readouterr().err
+
+
+def test_presets_run(tmp_path):
+    src = ROOT / "sample_data" / "sample05_fluorescence.tif"
+    out = tmp_path / "o"
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q", "--config", "fluorescence"]) == 0
+    assert pd.read_csv(out / "images.csv")["setup"].iloc[0] == "fluorescence"
