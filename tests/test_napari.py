@@ -197,6 +197,28 @@ def test_results_folder_round_trip_of_corrections(results):
     assert row["n_sabgal_positive"] == review.summary()["n_sabgal_positive"]
 
 
+def test_edited_labels_are_saved_into_the_results_folder_and_the_rebuild_keeps_them(results):
+    from sabgal import io as sio
+    from sabgal._napari._review import prepare_for_edits
+
+    folder = ResultsFolder(results)
+    image = folder.image_names[0]
+    rgb, nuc, review = folder.load(image)
+    prepare_for_edits(review, rgb.pixels, nuclear=None if nuc is None else nuc.pixels)
+    labels = review.cell_labels.copy()
+    new_id = int(labels.max()) + 1
+    labels[0:16, 0:16] = new_id
+    review.set_labels(labels)
+    folder.save(review)
+    saved = sio.read_labels(results / "labels" / f"{folder.key(image)}_cells.tif")
+    np.testing.assert_array_equal(saved, review.cell_labels)
+    folder.rebuild()
+    cells = pd.read_csv(results / "cells.csv")
+    assert new_id in set(cells.loc[cells["image"] == image, "cell_id"])
+    _rgb, _nuc, again = ResultsFolder(results).load(image, read_pixels=False)
+    assert again.summary() == review.summary()
+
+
 def test_results_folder_errors_name_the_file(tmp_path, results):
     with pytest.raises(_review.ResultsError, match="not a sabgal results folder"):
         ResultsFolder(tmp_path)

@@ -459,8 +459,8 @@ class SabgalWidget(QWidget):
                 if role == "cells":
                     data = data.copy()  # the layer is edited by the person; the review keeps the measured copy
                 layer = Layer.create(data, kwargs, kind)
+                self._layers[role] = layer  # before adding: ours, not a reader's to adopt
                 self.viewer.add_layer(layer)
-                self._layers[role] = layer
                 if role in ("cells", "nuclei"):
                     layer.events.paint.connect(self._on_paint)
                 if role == "cells":
@@ -494,7 +494,9 @@ class SabgalWidget(QWidget):
         self.table.set_table(features, keep=self._selected)
         self._show_counts()
         self._mark_corrections(calls)
-        if self.bound_to_results:
+        if self.bound_to_results and review.thresholds == review.learnt_thresholds \
+                and review.rule == review.config.classify.senescent_rule:
+            # the plate map shows the run's thresholds only: a tuned threshold is a what-if
             self.plate.update_image(review.image, review.summary())
 
     def _mark_corrections(self, calls) -> None:
@@ -831,8 +833,8 @@ class SabgalWidget(QWidget):
                 layer.contrast_limits = kwargs["contrast_limits"]
             else:
                 layer = Layer.create(data, kwargs, kind)
-                self.viewer.layers.insert(0, layer)
                 self._layers[role] = layer
+                self.viewer.layers.insert(0, layer)
         if "nuclear" not in wanted:
             self._remove_layer("nuclear")
 
@@ -918,8 +920,8 @@ class SabgalWidget(QWidget):
         rgb = self._layers.get("rgb")
         index = self.viewer.layers.index(rgb) + 1 if rgb is not None and rgb in self.viewer.layers else 0
         active = self.viewer.layers.selection.active
-        self.viewer.layers.insert(index, layer)
         self._layers["xgal"] = layer
+        self.viewer.layers.insert(index, layer)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active  # an added layer would take the selection
 
