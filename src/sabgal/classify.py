@@ -169,8 +169,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     Unstained cells form the lowest, tightest mode of the log-score
     distribution (their score is the X-gal noise floor plus any faint
     haze). The mode is found by a kernel density estimate, its spread from
-    the cells *below* it (which positives cannot contaminate), and the
-    threshold is ``mode + k`` spreads (at least 0.1 decade). If that lowest
+    the cells *below* it (which positives cannot contaminate), measured in
+    OD (the noise of an unstained cell is additive), and the threshold is
+    ``mode + k`` spreads (at least 0.03 OD above the mode). If that lowest
     mode already looks stained (its score is above ``positive_like``) the
     image has no unstained population to anchor on and ``nan`` is returned
     with source ``"none"``.
@@ -186,35 +187,39 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     if s.size < min_cells:
         return float("nan"), "none"
     x = _log_scores(s)
-    sd = float(np.std(x))
-    iqr = float(np.subtract(*np.percentile(x, [75, 25])))
-    bw = max(0.9 * min(sd, iqr / 1.34 if iqr > 0 else sd) * x.size ** -0.2, 0.02)
+    # bandwidth from the lower half only (a mixture over-smooths Silverman's
+    # rule), kept between 0.03 and 0.08 decades
+    lower = np.sort(x)[: max(5, x.size // 2)]
+    iqr = float(np.subtract(*np.percentile(lower, [75, 25])))
+    bw = float(np.clip(0.9 * (iqr / 1.34) * lower.size ** -0.2, 0.03, 0.08))
     grid = np.linspace(x.min() - 3 * bw, x.max() + 3 * bw, 512)
     dens = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
     peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
-    peaks = peaks[dens[peaks] >= 0.15 * dens.max()]
+    # a mode counts if it holds a few cells, however small next to the stained ones
+    near = np.array([np.sum(np.abs(x - grid[k]) <= bw) for k in peaks])
+    peaks = peaks[(dens[peaks] >= 0.05 * dens.max()) & (near >= max(3, 0.03 * x.size))]
     if peaks.size == 0:
         return float("nan"), "none"
-    mode = float(grid[peaks[0]])
-    if 10 ** mode - 0.02 > positive_like:
+    mode = float(10 ** grid[peaks[0]] - 0.02)  # back to OD: unstained scores scatter additively
+    if mode > 0.6 * positive_like:
         return float("nan"), "none"
-    below = x[x <= mode]
-    spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else bw
-    spread = max(spread, bw / 2)
-    if spread > 0.25:  # not a tight unstained population
+    below = s[s <= mode]
+    spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else 0.01
+    spread = max(spread, 0.005)
+    if spread > 0.03:  # not a tight unstained population
         return float("nan"), "none"
-    cut = mode + max(k * spread, 0.1)
-    return max(float(10 ** cut - 0.02), floor), "anchored"
+    return max(mode + max(k * spread, 0.03), floor), "anchored"
 
 
 def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: float, *,
                      image_column: str = "image") -> dict[str, tuple[float, str]]:
     """Per-image positivity thresholds: staining strength, haze and noise
-    differ between wells. An image whose cells form two clear populations is
-    split at the valley (:func:`learn_positive_threshold`); otherwise the
-    threshold is anchored on its own unstained cells
-    (:func:`negative_anchored_threshold`); an image with neither uses
-    ``fallback`` (the set's threshold)."""
+    differ between wells. The threshold is anchored just above the image's
+    own unstained cells (:func:`negative_anchored_threshold`); an image with
+    no tight unstained population (almost all cells stained, or too few
+    cells) uses ``fallback``, the set's threshold. A per-image valley split
+    is deliberately not used: stained cells span a decade of intensity and
+    often look like two populations themselves."""
     out: dict[str, tuple[float, str]] = {}
     if image_column not in cells or not len(cells):
         return out
@@ -223,11 +228,8 @@ def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: floa
         if config.exclude_border_cells:
             grp = grp[~grp["touches_border"].astype(bool)]
         scores = grp[measure].to_numpy()
-        t, src = learn_positive_threshold(scores, floor=config.min_positive_threshold, default=-1.0,
-                                          min_cells=15)
-        if src != "learnt":
-            t, src = negative_anchored_threshold(scores, floor=config.min_positive_threshold,
-                                                 positive_like=config.default_positive_threshold)
+        t, src = negative_anchored_threshold(scores, floor=config.min_positive_threshold,
+                                             positive_like=config.default_positive_threshold)
         out[image] = (t, "learnt per image") if src in ("learnt", "anchored") else (fallback, "set")
     return out
 

@@ -194,7 +194,7 @@ class ClassifyConfig:
     positive_threshold: float | Literal["auto"] = "auto"
     threshold_scope: Literal["image", "set"] = "image"
     min_positive_threshold: float = 0.05
-    default_positive_threshold: float = 0.15  # used when the set shows no two populations
+    default_positive_threshold: float = 0.10  # used when the set shows no two populations
     enlarged_factor: float = 1.8
     enlarged_threshold_px: float | None = None
     enlarged_threshold_um2: float | None = None
