@@ -172,7 +172,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     the cells *below* it (which positives cannot contaminate), measured in
     OD (the noise of an unstained cell is additive), and the threshold is
     ``mode + k`` spreads (at least 0.03 OD above the mode). If that lowest
-    mode already looks stained (its score is above ``positive_like``) the
+    mode already looks stained (its score is above 0.6 x ``positive_like``) the
     image has no unstained population to anchor on and ``nan`` is returned
     with source ``"none"``.
 

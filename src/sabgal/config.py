@@ -158,7 +158,7 @@ class SegmentConfig:
     min_cell_area_fraction: float = 0.5  # of the typical nucleus area
     max_cell_radius_nuclei: float = 8.0  # territory reach, in nucleus diameters
     foreground_sensitivity: float = 1.0  # >1 grows cells into fainter cytoplasm
-    min_cell_extent_nuclei: float = 1.5  # a cell reaches at least this far (nucleus diameters, capped at half the gap to the next nucleus)
+    min_cell_extent_nuclei: float = 1.2  # a cell reaches at least this far (nucleus diameters, capped at half the gap to the next nucleus)
 
     def __post_init__(self) -> None:
         _check(self.nucleus_diameter_px >= 0,
