@@ -463,6 +463,7 @@ def test_widget_analyses_an_image_into_layers_with_features(viewer_widget, qtbot
     s, text = ref.summary(), widget.counts_label.text()
     assert f"<b>{s['n_cells']}</b>" in text
     assert f"<b>{s['n_sabgal_positive']}</b> ({100 * s['fraction_sabgal_positive']:.1f} %)" in text
+    widget.tabs.setCurrentWidget(widget.table)  # the table is filled when shown
     assert widget.table.row_count() == len(feats)
 
 

@@ -27,23 +27,51 @@ TABLE_COLUMNS = [
 ]
 
 
+def _display(values: np.ndarray, fmt: str) -> list[str]:
+    out = []
+    for v in values.tolist():
+        if isinstance(v, bool):
+            out.append("yes" if v else "")
+        elif isinstance(v, float) and not np.isfinite(v):
+            out.append("")
+        else:
+            try:
+                out.append(fmt.format(v))
+            except (ValueError, TypeError):
+                out.append(str(v))
+    return out
+
+
 class _FrameModel(QAbstractTableModel):
+    """Read-only model of a cells table; display strings are made once per
+    table so that scrolling and sorting do not touch pandas."""
+
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self._table = pd.DataFrame(columns=[c for c, _, _ in TABLE_COLUMNS])
-        self._columns = list(TABLE_COLUMNS)
+        self._columns: list[tuple[str, str, str]] = []
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._text: list[list[str]] = []
+        self._keys: list[list] = []
+        self._brushes: list[QBrush | None] = []
 
-    def set_table(self, table: pd.DataFrame) -> None:
-        self.beginResetModel()
+    def set_table(self, table: pd.DataFrame) -> bool:
+        """Show ``table``; returns whether the set of columns changed."""
         cols = [c for c in TABLE_COLUMNS if c[0] in table]
         if "area_um2" in table and table["area_um2"].isna().all():
             cols = [c for c in cols if c[0] != "area_um2"]
+        changed = [c[0] for c in cols] != [c[0] for c in self._columns]
+        self.beginResetModel()
         self._columns = cols
-        self._table = table.reset_index(drop=True)
+        self._ids = table["cell_id"].to_numpy(dtype=np.int64) if "cell_id" in table else np.zeros(0, np.int64)
+        self._text = [_display(table[c].to_numpy(), fmt) for c, _, fmt in cols]
+        self._keys = [table[c].tolist() for c, _, _ in cols]
+        brushes = {k: QBrush(QColor.fromRgbF(r, g, b)) for k, (r, g, b, _a) in CALL_COLORS.items()}
+        self._brushes = [brushes.get(str(v)) for v in table["call"]] if "call" in table else []
         self.endResetModel()
+        return changed
 
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt API)
-        return 0 if parent.isValid() else len(self._table)
+        return 0 if parent.isValid() else len(self._ids)
 
     def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
         return 0 if parent.isValid() else len(self._columns)
@@ -56,30 +84,21 @@ class _FrameModel(QAbstractTableModel):
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        col, _, fmt = self._columns[index.column()]
-        value = self._table[col].iat[index.row()]
+        r, c = index.row(), index.column()
         if role == Qt.ItemDataRole.DisplayRole:
-            if isinstance(value, (bool, np.bool_)):
-                return "yes" if value else ""
-            if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-                return ""
-            try:
-                return fmt.format(value.item() if hasattr(value, "item") else value)
-            except (ValueError, TypeError):
-                return str(value)
+            return self._text[c][r]
         if role == Qt.ItemDataRole.UserRole:  # sort key
-            return value.item() if hasattr(value, "item") else value
-        if role == Qt.ItemDataRole.ForegroundRole and col == "call":
-            r, g, b, _a = CALL_COLORS.get(str(value), (0.5, 0.5, 0.5, 1))
-            return QBrush(QColor.fromRgbF(r, g, b))
+            return self._keys[c][r]
+        if role == Qt.ItemDataRole.ForegroundRole and self._columns[c][0] == "call" and self._brushes:
+            return self._brushes[r]
         return None
 
     def row_of(self, cell_id: int) -> int | None:
-        hits = np.flatnonzero(self._table["cell_id"].to_numpy() == cell_id) if len(self._table) else []
+        hits = np.flatnonzero(self._ids == cell_id)
         return int(hits[0]) if len(hits) else None
 
     def cell_at(self, row: int) -> int:
-        return int(self._table["cell_id"].iat[row])
+        return int(self._ids[row])
 
 
 class CellTable(QTableView):
@@ -102,6 +121,7 @@ class CellTable(QTableView):
         self.verticalHeader().setVisible(False)
         self.verticalHeader().setDefaultSectionSize(20)
         self.horizontalHeader().setStretchLastSection(True)
+        self.horizontalHeader().setResizeContentsPrecision(200)
         self._quiet = False
         self.selectionModel().selectionChanged.connect(self._on_selection)
 
@@ -109,8 +129,8 @@ class CellTable(QTableView):
         """Show ``table`` (columns of :data:`TABLE_COLUMNS`); keep cell ``keep`` selected."""
         self._quiet = True
         try:
-            self._model.set_table(table)
-            self.resizeColumnsToContents()
+            if self._model.set_table(table):
+                self.resizeColumnsToContents()  # only when the columns change: it reads rows
             if keep is not None:
                 self.select_cell(keep, scroll=False)
         finally:

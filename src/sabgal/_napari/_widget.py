@@ -75,6 +75,8 @@ class SabgalWidget(QWidget):
         self._prep_worker = None
         self._pending_edit = False
         self._selected: int | None = None
+        self._features = None
+        self._table_stale = False
         self._edit_timer = QTimer(self)
         self._edit_timer.setSingleShot(True)
         self._edit_timer.setInterval(250)
@@ -104,6 +106,7 @@ class SabgalWidget(QWidget):
         self.table = CellTable()
         self.table.cell_selected.connect(lambda cid: self.select_cell(cid, center=True))
         self.tabs.addTab(self.table, "Cells")
+        self.tabs.currentChanged.connect(self._on_tab)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
@@ -173,6 +176,11 @@ class SabgalWidget(QWidget):
         self.pos_spin = self._spin(0.001, 5, 3, 0.15, "SA-β-gal positive above this X-gal optical density")
         self.pos_spin.setSingleStep(0.005)
         self.pos_slider.valueChanged.connect(self._on_slider)
+        self._drag_timer = QTimer(self)
+        self._drag_timer.setSingleShot(True)
+        self._drag_timer.setInterval(60)
+        self._drag_timer.timeout.connect(self._apply_dragged_threshold)
+        self.pos_slider.sliderReleased.connect(self._apply_dragged_threshold)
         self.pos_spin.valueChanged.connect(self._on_positive)
         prow = QHBoxLayout()
         prow.addWidget(self.pos_slider, 1)
@@ -491,13 +499,26 @@ class SabgalWidget(QWidget):
 
             cells.features = features
             cells.colormap = DirectLabelColormap(color_dict=_layers.call_color_dict(calls))
-        self.table.set_table(features, keep=self._selected)
+        self._features = features
+        if self.tabs.currentWidget() is self.table:
+            self._refresh_table()
+        else:
+            self._table_stale = True  # filled when the Cells tab is shown (or a cell selected)
         self._show_counts()
         self._mark_corrections(calls)
         if self.bound_to_results and review.thresholds == review.learnt_thresholds \
                 and review.rule == review.config.classify.senescent_rule:
             # the plate map shows the run's thresholds only: a tuned threshold is a what-if
             self.plate.update_image(review.image, review.summary())
+
+    def _refresh_table(self) -> None:
+        if self._features is not None:
+            self.table.set_table(self._features, keep=self._selected)
+        self._table_stale = False
+
+    def _on_tab(self, _index: int) -> None:
+        if self.tabs.currentWidget() is self.table and self._table_stale:
+            self._refresh_table()
 
     def _mark_corrections(self, calls) -> None:
         """A small white cross on every corrected cell (layer created at the first correction)."""
@@ -582,7 +603,13 @@ class SabgalWidget(QWidget):
         self.pos_slider.blockSignals(True)
         self.pos_slider.setValue(self._od_to_slider(value))
         self.pos_slider.blockSignals(False)
-        self.set_thresholds(positive=value)
+        if self.pos_slider.isSliderDown():
+            self._drag_timer.start()  # while dragging, re-classify at most every 60 ms
+        else:
+            self.set_thresholds(positive=value)
+
+    def _apply_dragged_threshold(self) -> None:
+        self.set_thresholds(positive=float(self.pos_spin.value()))
 
     def _on_enlarged(self, value: float) -> None:
         self.set_thresholds(enlarged_factor=value)
@@ -677,6 +704,8 @@ class SabgalWidget(QWidget):
         if cell_id is not None and calls is not None:
             hit = calls[calls["cell_id"] == cell_id]
             row = hit.iloc[0] if len(hit) else None
+        if self._table_stale:
+            self._refresh_table()
         self.table.select_cell(cell_id if row is not None else None)
         ring = self._highlight_layer(create=row is not None)
         if ring is None:
