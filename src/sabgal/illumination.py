@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["Lamp", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean"]
+__all__ = ["Lamp", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean", "upsample_bilinear"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,8 @@ class Lamp:
 def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean over non-overlapping ``factor`` x ``factor`` blocks (edges cropped).
 
-    >>> block_reduce_mean(np.arange(16.).reshape(4, 4), 2)
-    array([[ 2.5,  4.5],
-           [10.5, 12.5]])
+    >>> block_reduce_mean(np.arange(16.).reshape(4, 4), 2).tolist()
+    [[2.5, 4.5], [10.5, 12.5]]
     """
     if factor <= 1:
         return image.astype(np.float32, copy=False)
@@ -110,10 +109,36 @@ def lamp_from_blank(blank: np.ndarray, shape: tuple[int, ...]) -> Lamp:
                 float((lum.max() - lum.min()) / lum.mean()), 0.0, "flat_field")
 
 
-def _upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    zoom = (shape[0] / small.shape[0], shape[1] / small.shape[1]) + (1,) * (small.ndim - 2)
-    out = ndi.zoom(small, zoom, order=1, mode="nearest", grid_mode=True)
-    return out[: shape[0], : shape[1]]
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation weights, pixel centres aligned."""
+    pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = (pos - lo).astype(np.float32)
+    mat = np.zeros((n_out, n_in), dtype=np.float32)
+    rows = np.arange(n_out)
+    np.add.at(mat, (rows, lo), 1 - w)
+    np.add.at(mat, (rows, hi), w)
+    return mat
+
+
+def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear enlargement of a smooth (M', N'[, C]) map to ``shape`` by two
+    small matrix products (much faster than a generic zoom for smooth maps).
+
+    >>> upsample_bilinear(np.ones((2, 3), np.float32), (4, 6)).shape
+    (4, 6)
+    """
+    wy = _interp_matrix(shape[0], small.shape[0])
+    wx = _interp_matrix(shape[1], small.shape[1])
+    small = small.astype(np.float32, copy=False)
+    if small.ndim == 2:
+        return wy @ small @ wx.T
+    return np.stack([wy @ small[..., c] @ wx.T for c in range(small.shape[-1])], axis=-1)
+
+
+_upsample = upsample_bilinear
 
 
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
@@ -177,7 +202,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     a_full = _poly_terms(yy.ravel(), xx.ravel(), degree)
     lum_flat = lum.ravel().astype(np.float64)
     fit = guess.ravel()
-    step = max(1, int(np.sqrt(lum_flat.size / 40000)))
+    step = max(1, int(np.sqrt(lum_flat.size / 12000)))
     sub = np.zeros(lum.shape, dtype=bool)
     sub[::step, ::step] = True
     sub = sub.ravel()
@@ -213,7 +238,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
         resid = float("nan")
         method = "auto-percentile"
     else:
-        step = max(1, int(np.sqrt(bg.sum() / 20000)))
+        step = max(1, int(np.sqrt(bg.sum() / 8000)))
         sel = np.zeros_like(bg)
         sel[::step, ::step] = True
         sel &= bg

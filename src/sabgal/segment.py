@@ -22,6 +22,8 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from sabgal.illumination import upsample_bilinear
+
 __all__ = [
     "flatten_background",
     "robust_noise",
@@ -68,9 +70,7 @@ def flatten_background(image: np.ndarray, radius_px: float) -> np.ndarray:
     size = max(3, int(2 * radius_px / f) | 1)
     bg = ndi.median_filter(small, size=size, mode="reflect")
     bg = ndi.uniform_filter(bg, size=max(3, size // 2))
-    zoom = (image.shape[0] / bg.shape[0], image.shape[1] / bg.shape[1])
-    bg_full = ndi.zoom(bg, zoom, order=1, mode="nearest", grid_mode=True)[: image.shape[0], : image.shape[1]]
-    return (image - bg_full).astype(np.float32)
+    return (image - upsample_bilinear(bg, image.shape[:2])).astype(np.float32)
 
 
 def estimate_nucleus_diameter(nuclear_map: np.ndarray, *, default: float = 14.0) -> float:
