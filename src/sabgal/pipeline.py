@@ -268,7 +268,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     if background is not None and f > 1:
         background = _reduce(background.astype(np.float32), f) > 0.99
     nuc_area = np.pi * (d / 2) ** 2
-    nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=seg.min_nucleus_area_fraction * nuc_area)
+    # without a nuclear stain the map is noisier (gaps between X-gal granules):
+    # demand twice the size before a blob counts as a nucleus
+    min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
+    nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     sigma_fg = max(1.0, d / 8)
     texture = _texture(od_sum, sigma_fg)
     foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
