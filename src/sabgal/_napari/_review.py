@@ -198,6 +198,7 @@ class ImageReview:
         touched = {cid for cid, _ in self.corrections}
         out.loc[out.index.isin(list(touched)), "corrected"] = True
         out = out.reset_index()
+        out = out[["image", "cell_id"] + [c for c in out.columns if c not in ("image", "cell_id")]]
         for c in cols + ["deleted"]:
             out[c] = out[c].astype(bool)
         self._cache = out
