@@ -192,7 +192,8 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
                   foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
-                  config: Config | None = None) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
+                  config: Config | None = None,
+                  edge_px: int = 0) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
     """Measure given labels on a prepared image (stage 4); also used after a
     person edits the labels (napari).
 
@@ -207,7 +208,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     xgal_c = ndi.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
-                                  counterstain=prep.counterstain, pixel_size_um=px)
+                                  counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px)
     return table, xgal_c, xgal_bg, glass
 
 
@@ -330,7 +331,8 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 
     t = time.perf_counter()
     table, xgal_c, xgal_bg, glass = measure_image(prep, cells, nuclei, foreground=foreground,
-                                                  pixel_size_um=px, config=config)
+                                                  pixel_size_um=px, config=config,
+                                                  edge_px=max(1, int(round(diameter / 5))))
     timings["measure_s"] = time.perf_counter() - t
     model, lamp = prep.model, prep.lamp
     info: dict[str, Any] = {
