@@ -357,9 +357,17 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "qc": _qc_metrics(prep.rgb, prep.od, glass, foreground, cells, lamp),
     }
     if classify_cells:
-        th = classify.learn_thresholds(table, config.classify)
-        table = classify.classify_cells(table, th, rule=config.classify.senescent_rule, image_column=None)
+        # the same composition as a batch rebuild of this image alone
+        cc = config.classify
+        one = table.assign(image="")
+        th = classify.learn_thresholds(one, cc)
+        per_image = (classify.image_thresholds(one, cc, th.positive)
+                     if cc.positive_threshold == "auto" and cc.threshold_scope == "image" else {})
+        table = classify.classify_cells(one, th, rule=cc.senescent_rule, per_image=per_image).drop(columns="image")
         info["thresholds"] = th.to_dict()
+        if "" in per_image:
+            info["thresholds"]["positive"], info["thresholds"]["positive_source"] = (
+                per_image[""][0], per_image[""][1] if per_image[""][1] != "set" else th.positive_source)
     timings["total_s"] = time.perf_counter() - t0
     info["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return ImageResult(table, cells, nuclei, xgal_c.astype(np.float32),
