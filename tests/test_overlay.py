@@ -170,3 +170,14 @@ def test_write_overlay_is_a_png_with_metadata(tmp_path):
     write_overlay(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8), metadata={"k": "v"})
     with Image.open(tmp_path / "x.png") as im:
         assert im.format == "PNG" and im.info["k"] == "v"
+
+
+def test_table_values_from_csv_or_memory_give_the_same_overlay(tmp_path):
+    rgb, cells, nuclei, calls = scene()
+    save_overlay_base(tmp_path / ".sabgal" / "k.overlay.npz", rgb, cells, nuclei)
+    sets = [SimpleNamespace(key="k", image="a.png")]
+    row = {"image": "a.png", "status": "ok", "n_cells": 4, "n_sabgal_positive": 2, "n_enlarged": 2,
+           "n_senescent": 1, "qc_pass": True, "qc_reasons": "", "pixel_size_um": None}
+    assert write_overlays(tmp_path, sets, pd.DataFrame([row]), calls.assign(image="a.png")) == 1
+    from_csv = {**row, "qc_reasons": float("nan"), "pixel_size_um": float("nan"), "n_cells": 4.0}
+    assert write_overlays(tmp_path, sets, pd.DataFrame([from_csv]), calls.assign(image="a.png")) == 0

@@ -213,9 +213,9 @@ def test_methods_text_follows_the_config():
                                           illumination={"method": "none"}))
     paragraphs, refs = methods_text({"config": cfg, "sabgal_version": "9.9"}, images)
     text = " ".join(paragraphs)
-    assert "sabgal 9.9" in text and "2 images brightfield" in text
+    assert "sabgal 9.9" in text and "Of 2 images, 2 were analysed (2 in plain brightfield)." in text
     assert "exceeded 0.200 OD; the threshold was set in the configuration" in text
-    assert "SA-β-gal positive (regardless of size)" in text and "1 of 2 image(s) were flagged" in text
+    assert "SA-β-gal positive (regardless of size)" in text and "1 of 2 images was flagged" in text
     assert "Gaussian mixture" not in text  # not learnt: not described
     assert refs[0].startswith("Dimri GP") and len(refs) == len(set(refs))
 
@@ -285,3 +285,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
                            "--screenshot", str(shot)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert shot.stat().st_size > 10_000
+
+
+def test_report_from_tables_in_memory_and_from_parquet(tmp_path):
+    out = synthetic_results(tmp_path / "r", n_rows=1, n_cols=4, fields=1)
+    tables = read_run(out)
+    html = build_report(RunTables(images=tables.images), title="in memory")  # no folder: no thumbnails
+    assert "SA-β-gal report — in memory" in html and "(no overlay)" in _section(html, "qc")
+    pytest.importorskip("pyarrow")
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    for name in ("images", "cells"):
+        pd.read_csv(out / f"{name}.csv").to_parquet(pq / f"{name}.parquet")
+    (pq / "run.json").write_text((out / "run.json").read_text())
+    assert "96-well layout" in build_report(read_run(pq))

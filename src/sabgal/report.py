@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import importlib.util
 import io as _bytesio
 import json
 import logging
@@ -71,6 +72,7 @@ _ROLE_GROUPS = (("negative_control", "negative controls", "#1f77b4"),
                 ("positive_control", "positive controls", "#d62728"),
                 ("sample", "samples", "#333333"))
 
+#: key -> full reference (text of the methods' reference list)
 REFERENCES: dict[str, str] = {
     "dimri1995": "Dimri GP, Lee X, Basile G, Acosta M, Scott G, Roskelley C, Medrano EE, Linskens M, "
                  "Rubelj I, Pereira-Smith O, Peacocke M, Campisi J. A biomarker that identifies senescent "
@@ -108,6 +110,23 @@ REFERENCES: dict[str, str] = {
                 "doi:10.1007/s11357-024-01167-3",
 }
 
+#: key -> in-text citation
+CITATIONS: dict[str, str] = {
+    "dimri1995": "Dimri et al. 1995",
+    "debacq2009": "Debacq-Chainiaux et al. 2009",
+    "ruifrok2001": "Ruifrok & Johnston 2001",
+    "singh2014": "Singh et al. 2014",
+    "otsu1979": "Otsu 1979",
+    "vincent1991": "Vincent & Soille 1991",
+    "jones2005": "Jones et al. 2005",
+    "dempster1977": "Dempster et al. 1977",
+    "ashman1994": "Ashman et al. 1994",
+    "wilson1927": "Wilson 1927",
+    "brown2001": "Brown et al. 2001",
+    "vanderwalt2014": "van der Walt et al. 2014",
+    "neri2024": "Neri et al. 2024",
+}
+
 
 # --------------------------------------------------------------------------- data
 @dataclass
@@ -134,18 +153,13 @@ def _read_table(out: Path, name: str, columns: Sequence[str] | None = None) -> p
             pass
     if not csv.exists():
         return None
-    usecols = (lambda c: c in set(columns)) if columns else None
     try:
-        import pyarrow  # noqa: F401
-
-        engine = "pyarrow"
-    except ImportError:
-        engine = "c"
-    try:
-        if engine == "pyarrow" and usecols is not None:
-            header = pd.read_csv(csv, nrows=0).columns
-            return pd.read_csv(csv, usecols=[c for c in header if c in set(columns)], engine="pyarrow")
-        return pd.read_csv(csv, usecols=usecols, engine=engine if usecols is None else "c")
+        if not columns:
+            return pd.read_csv(csv)
+        # big per-cell tables: only the columns needed, with pyarrow's parser when it is there
+        header = pd.read_csv(csv, nrows=0).columns
+        engine = "pyarrow" if importlib.util.find_spec("pyarrow") else "c"
+        return pd.read_csv(csv, usecols=[c for c in header if c in set(columns)], engine=engine)
     except pd.errors.EmptyDataError:
         return None
 
@@ -481,23 +495,30 @@ def fig_conditions(wells: pd.DataFrame) -> str:
     fig.subplots_adjust(left=0.75 / width, right=0.99, top=0.92,
                         bottom=min(0.5, (0.5 + (0.055 * longest if n > 6 else 0.2)) / 4.6), wspace=0.9 / width * 2)
     rng = np.random.default_rng(0)
+    pos = w["_label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+    xw = pos + rng.uniform(-0.18, 0.18, len(w))
+    role = w["role"].astype(str) if "role" in w else pd.Series("", index=w.index)
+    palette = {"negative_control": "#1f77b4", "positive_control": "#d62728"}
+    colour_w = [palette.get(r, "#222222") for r in role]
+    first_role = dict(zip(w["_label"], role))
+    colour_c = [palette.get(first_role.get(lab, ""), "#222222") for lab in labels]
     for ax, call, title in ((axes[0], "sabgal_positive", "SA-β-gal positive"),
                             (axes[1], "senescent", "senescent")):
-        for i, lab in enumerate(labels):
-            g = w[w["_label"] == lab]
-            k, nn = int(g[f"n_{call}"].sum()), int(g["n_cells"].sum())
-            lo, hi = wilson_interval([k], [nn])
-            p = k / nn if nn else np.nan
-            role = g["role"].iloc[0] if "role" in g else ""
-            colour = {"negative_control": "#1f77b4", "positive_control": "#d62728"}.get(str(role), "#222222")
-            x = i + rng.uniform(-0.18, 0.18, len(g))
-            f = g[f"fraction_{call}"].to_numpy(dtype=float)
-            err = [np.clip(f - g[f"ci_low_{call}"].to_numpy(dtype=float), 0, None),
-                   np.clip(g[f"ci_high_{call}"].to_numpy(dtype=float) - f, 0, None)]
-            ax.errorbar(x, f, yerr=err,
-                        fmt="o", ms=3.5, color=colour, alpha=0.45, elinewidth=0.6, capsize=0, zorder=2)
-            ax.errorbar([i + 0.32], [p], yerr=[[max(p - lo[0], 0)], [max(hi[0] - p, 0)]], fmt="D", ms=6, color=colour,
-                        mfc="white", mew=1.6, elinewidth=2, capsize=4, zorder=3)
+        # wells: points with their own Wilson interval (one vectorised call each, not one per well)
+        ax.vlines(xw, w[f"ci_low_{call}"], w[f"ci_high_{call}"], colors=colour_w, alpha=0.35, linewidth=0.6,
+                  zorder=2)
+        ax.scatter(xw, w[f"fraction_{call}"], s=12, c=colour_w, alpha=0.55, linewidths=0, zorder=2)
+        # conditions: cells pooled over the wells, Wilson interval
+        pooled = w.groupby("_label")[[f"n_{call}", "n_cells"]].sum().reindex(labels)
+        k, nn = pooled[f"n_{call}"].to_numpy(), pooled["n_cells"].to_numpy()
+        lo, hi = wilson_interval(k, nn)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = np.where(nn > 0, k / np.maximum(nn, 1), np.nan)
+        xc = np.arange(n) + 0.32
+        ax.vlines(xc, lo, hi, colors=colour_c, linewidth=2, zorder=3)
+        ax.hlines(np.r_[lo, hi], np.r_[xc, xc] - 0.1, np.r_[xc, xc] + 0.1, colors=colour_c * 2, linewidth=1.5,
+                  zorder=3)
+        ax.scatter(xc, p, s=38, marker="D", facecolors="white", edgecolors=colour_c, linewidths=1.6, zorder=4)
         ax.set_xticks(np.arange(n), labels, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center",
                       fontsize=8)
         ax.set_xlim(-0.6, n - 0.3)
@@ -833,26 +854,24 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     cited: list[str] = []
 
     def cite(*keys: str) -> str:
-        names = []
         for k in keys:
             if k not in cited:
                 cited.append(k)
-            ref = REFERENCES[k]
-            first_author = ref.split(",")[0].split(" ")[0] if not ref.startswith("van der") else "van der Walt"
-            year = re.search(r"(19|20)\d\d", ref)
-            names.append(f"{first_author}{' et al.' if ref.count(',') > 2 else ''} {year.group(0) if year else ''}")
-        return "(" + "; ".join(names) + ")"
+        return "(" + "; ".join(CITATIONS[k] for k in keys) + ")"
 
     version = run.get("sabgal_version", "unknown")
     ok = images[images["status"] == "ok"] if "status" in images else images
     setups = ok["setup"].value_counts().to_dict() if "setup" in ok else {}
-    setup_txt = ", ".join(f"{v} image{'s' if v != 1 else ''} {k}" for k, v in setups.items()) or "n/a"
+    how = {"counterstain": "with a nuclear counterstain", "brightfield": "in plain brightfield",
+           "fluorescence": "with a paired nuclear fluorescence image"}
+    setup_txt = ", ".join(f"{v} {how.get(str(k), str(k))}" for k, v in setups.items() if str(k))
     counter = sorted({str(c) for c in ok.get("counterstain", pd.Series(dtype=str)).dropna()
                       if str(c) not in ("", "none", "nan")})
     p = []
     p.append(
         f"SA-β-gal staining {cite('dimri1995', 'debacq2009')} was quantified with sabgal {version}. "
-        f"Of {len(images)} image(s), {len(ok)} were analysed ({setup_txt}).")
+        f"Of {len(images)} image{'s' if len(images) != 1 else ''}, {len(ok)} "
+        f"{'were' if len(ok) != 1 else 'was'} analysed" + (f" ({setup_txt})." if setup_txt else "."))
     method = ill.get("method", "auto")
     if method == "auto":
         ill_txt = (f"the incident light was estimated from each image's own background: robust white "
@@ -886,7 +905,6 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     mtxt = ("the 90th percentile of X-gal OD inside the cell" if measure == "xgal_od_p90"
             else "the mean X-gal OD inside the cell")
     th = run.get("thresholds") or {}
-    by_plate = run.get("thresholds_by_plate") or {}
     values = pd.to_numeric(images.get("positive_threshold_od", pd.Series(dtype=float)), errors="coerce").dropna()
     sources = sorted({str(s) for s in images.get("positive_threshold_source", pd.Series(dtype=str)).dropna()})
     if len(values) and values.nunique() > 1:
@@ -900,11 +918,15 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     src_txt = []
     if "config" in sources:
         src_txt.append("set in the configuration")
-    if "learnt" in sources or any(s.startswith("learnt") or s.startswith("image") for s in sources):
+    if any(x.startswith("learnt") for x in sources):
         src_txt.append(
             "learnt from the cells as the crossing point of a two-component Gaussian mixture fitted by "
             f"expectation-maximisation to log10 scores {cite('dempster1977')}, when the components were "
-            f"well separated (Ashman's D ≥ 2 {cite('ashman1994')})")
+            f"well separated (Ashman's D ≥ 2; {CITATIONS['ashman1994']})"
+            + (", from an image's own cells when they formed two clear populations and from all cells "
+               "otherwise" if any("per image" in x for x in sources) else ""))
+        if "ashman1994" not in cited:
+            cited.append("ashman1994")
     if "default" in sources:
         src_txt.append(f"the default of {float(cl.get('default_positive_threshold', 0.15)):g} OD where the "
                        "cells showed no two populations")
@@ -917,10 +939,19 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     rule_txt = {"positive_and_enlarged": "both SA-β-gal positive and enlarged",
                 "positive": "SA-β-gal positive (regardless of size)",
                 "positive_or_enlarged": "SA-β-gal positive or enlarged"}.get(rule, rule)
-    enl = (f"larger than {float(cl['enlarged_threshold_um2']):g} µm²" if cl.get("enlarged_threshold_um2")
-           else f"larger than {float(cl['enlarged_threshold_px']):g} px" if cl.get("enlarged_threshold_px")
-           else f"larger than {float(cl.get('enlarged_factor', 1.8)):g} times the median area of the "
-                "SA-β-gal-negative cells of the same image")
+    factor = float(cl.get("enlarged_factor", 1.8))
+    enl_src = {str(x) for x in images.get("enlarged_threshold_source", pd.Series(dtype=str)) if str(x)}
+    enl_px = pd.to_numeric(images.get("enlarged_threshold_px", pd.Series(dtype=float)), errors="coerce").dropna()
+    if cl.get("enlarged_threshold_um2"):
+        enl = f"larger than {float(cl['enlarged_threshold_um2']):g} µm²"
+    elif cl.get("enlarged_threshold_px"):
+        enl = f"larger than {float(cl['enlarged_threshold_px']):g} px"
+    elif any("control" in x for x in enl_src) and len(enl_px):
+        rng_txt = (f"{enl_px.min():.0f}-{enl_px.max():.0f} px" if enl_px.nunique() > 1 else f"{enl_px.iloc[0]:.0f} px")
+        enl = (f"larger than {factor:g} times the median area of the negative-control cells of its plate "
+               f"({rng_txt})")
+    else:
+        enl = f"larger than {factor:g} times the median area of the SA-β-gal-negative cells of the same image"
     p.append(
         f"A cell was called SA-β-gal positive when {mtxt} exceeded {th_txt}"
         + (f"; the threshold was {'; '.join(src_txt)}" if src_txt else "")
@@ -944,14 +975,15 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
         f"{float(qc.get('max_cell_count_ratio', 4)):g}-fold from the plate median, when its X-gal colour "
         f"estimate was more than {float(qc.get('max_stain_angle_deg', 20)):g}° from the reference, or when "
         f"debris covered more than {100 * float(qc.get('max_debris_fraction', 0.05)):g} % of the field. "
-        f"{n_flag} of {len(images)} image(s) were flagged.")
+        f"{n_flag} of {len(images)} image{'s' if len(images) != 1 else ''} "
+        f"{'were' if n_flag != 1 else 'was'} flagged; flagged images were reported, not excluded.")
     refs = [REFERENCES[k] for k in cited]
     return p, refs
 
 
 # --------------------------------------------------------------------------- assembly
 def _summary_section(tables: RunTables) -> str:
-    images, cells, run = tables.images, tables.cells, tables.run
+    images, run = tables.images, tables.run
     ok = images["status"] == "ok" if "status" in images else pd.Series(True, index=images.index)
     n_cells = int(images.loc[ok, "n_cells"].fillna(0).sum()) if "n_cells" in images else 0
 
