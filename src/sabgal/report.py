@@ -610,6 +610,12 @@ def _reference_area(cells: pd.DataFrame) -> pd.Series:
     return cells["image"].map(med)
 
 
+def _NullLocator() -> Any:
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
+
+
 def _log_axis(ax: Any) -> None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -637,23 +643,30 @@ def fig_distributions(tables: RunTables) -> str | None:
     fig = _figure(12, 4.0)
     ax1, ax2 = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.06, right=0.99, top=0.92, bottom=0.14, wspace=0.2)
-    lo_clip = 0.005
-    allx = np.clip(cells[measure].to_numpy(dtype=float), lo_clip, None)
-    hi = max(1.0, float(np.nanpercentile(allx, 99.9)) if np.isfinite(allx).any() else 1.0)
-    bins = np.geomspace(lo_clip, hi * 1.05, 70)
+    # asinh axis: linear near 0 (where the score is quantised and may be slightly negative), log above
+    lw = 0.05
+    allx = cells[measure].to_numpy(dtype=float)
+    allx = allx[np.isfinite(allx)]
+    lo = min(0.0, float(np.percentile(allx, 0.1))) if allx.size else 0.0
+    hi = max(1.0, float(np.percentile(allx, 99.9))) if allx.size else 1.0
+    bins = lw * np.sinh(np.linspace(np.arcsinh(lo / lw), np.arcsinh(hi * 1.05 / lw), 60))
     for name, colour, g in groups:
-        x = np.clip(g[measure].to_numpy(dtype=float), lo_clip, None)
+        x = np.clip(g[measure].to_numpy(dtype=float), bins[0], bins[-1])
         x = x[np.isfinite(x)]
         ax1.hist(x, bins=bins, weights=np.full(x.size, 100.0 / max(x.size, 1)), histtype="step", lw=1.6,
                  color=colour, label=name)
-    _log_axis(ax1)
+    ax1.set_xscale("asinh", linear_width=lw)
+    ax1.set_xlim(bins[0], bins[-1])
+    ticks = [t for t in (-0.1, -0.05, 0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5) if bins[0] <= t <= bins[-1]]
+    ax1.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax1.xaxis.set_minor_locator(_NullLocator())
     for i, t in enumerate(thresholds[:6]):
         ax1.axvline(t, color="#e6550d", ls="--", lw=1.2, label="positive threshold" if i == 0 else None)
     if len(thresholds) > 1:
         ax1.text(0.99, 0.97, f"{len(thresholds)} thresholds (per plate/image): "
                  f"{min(thresholds):.3f}-{max(thresholds):.3f} OD", transform=ax1.transAxes, ha="right",
                  va="top", fontsize=7, color="#e6550d")
-    ax1.set_xlabel(f"{measure} (X-gal OD; ≤ {lo_clip} shown at {lo_clip})")
+    ax1.set_xlabel(f"{measure} (X-gal OD; linear below {lw:g}, logarithmic above)")
     ax1.set_ylabel("% of the group's cells")
     ax1.set_title("per-cell X-gal score", fontsize=10, loc="left")
     ax1.legend(fontsize=7)
