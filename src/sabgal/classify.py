@@ -171,9 +171,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     haze). The mode is found by a kernel density estimate, its spread from
     the cells *below* it (which positives cannot contaminate), measured in
     OD (the noise of an unstained cell is additive), and the threshold is
-    ``mode + k`` spreads (at least 0.03 OD above the mode), moved up into a
-    clear empty gap of the scores just above it when there is one (haze
-    gives unstained cells a longer upper tail). If that lowest
+    ``mode + k`` spreads (at least 0.03 OD above the mode), moved up into
+    the widest clear empty gap of the scores up to 3x higher when there is
+    one (haze and spill give unstained cells a longer upper tail). If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``) the
     image has no unstained population to anchor on and ``nan`` is returned
     with source ``"none"``.
@@ -211,17 +211,19 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     if spread > 0.03:  # not a tight unstained population
         return float("nan"), "none"
     t = max(mode + max(k * spread, 0.03), floor)
-    # Haze gives unstained cells a longer upper tail than lower: if the scores
-    # within 0.06 OD above the anchor show a clear empty gap (>= 0.1 decade
-    # of log-score), the boundary sits in that gap instead.
+    # Haze and spill give unstained cells a longer upper tail than lower: if
+    # the scores up to 3x the anchor show a clear empty gap (>= 0.08 decade
+    # of log-score), the boundary sits in the widest such gap instead.
     xs = np.sort(_log_scores(s))
-    lo, hi = float(_log_scores(np.array([t]))[0]), float(_log_scores(np.array([t + 0.06]))[0])
+    lo, hi = float(_log_scores(np.array([t]))[0]), float(_log_scores(np.array([3 * t]))[0])
     inside = xs[(xs >= lo) & (xs <= hi)]
-    pts = np.concatenate([[lo], inside, [hi]])
+    above = xs[xs > hi]
+    # the first cell past the window closes the last gap
+    pts = np.concatenate([[lo], inside, above[:1]])
     gaps = np.diff(pts)
-    if gaps.size and gaps.max() >= 0.1 and inside.size:
-        j = int(np.argmax(gaps))
-        if j > 0:  # a gap that starts at a cell, not at the anchor itself
+    if gaps.size > 1:
+        j = int(np.argmax(gaps[1:])) + 1  # a gap that starts at a cell, not at the anchor itself
+        if gaps[j] >= 0.08:
             t = float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02)
     return max(t, floor), "anchored"
 
