@@ -49,10 +49,12 @@ def test_run_on_sample_data_writes_the_contract(sample_run):
 def test_sample_counts_are_close_to_the_truth(sample_run):
     truth_dir = ROOT / "tests" / "data" / "sample_truth"
     images = pd.read_csv(sample_run / "images.csv")
+    # nuclear stain present: counts are tight; plain brightfield is best-effort
+    tolerance = {"counterstain": 0.05, "fluorescence": 0.05, "brightfield": 0.5}
     for _, row in images.iterrows():
         stem = row["image"].rsplit(".", 1)[0]
         truth = pd.read_csv(truth_dir / f"{stem}_truth.csv")
-        assert abs(row["n_cells"] - len(truth)) <= 0.35 * len(truth) + 3, stem
+        assert abs(row["n_cells"] - len(truth)) <= tolerance[row["setup"]] * len(truth) + 2, stem
 
 
 def test_rerun_skips_finished_images_and_force_redoes_them(tmp_path):
