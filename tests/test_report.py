@@ -299,3 +299,11 @@ def test_report_from_tables_in_memory_and_from_parquet(tmp_path):
         pd.read_csv(out / f"{name}.csv").to_parquet(pq / f"{name}.parquet")
     (pq / "run.json").write_text((out / "run.json").read_text())
     assert "96-well layout" in build_report(read_run(pq))
+
+
+@pytest.mark.parametrize("image", ["A01_f1.tif", "plate1/A01_f1.tif", "a.b/c.d.png", "noext", "x\\y.png"])
+def test_report_finds_overlays_by_the_batch_key(image):
+    from sabgal.batch import image_key
+    from sabgal.report import _overlay_key
+
+    assert _overlay_key(image) == image_key(image)

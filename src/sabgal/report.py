@@ -722,12 +722,17 @@ def _thumbnail(png: Path, width: int = 360) -> str | None:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _overlay_key(image: str) -> str:
+    """The overlay file stem of an image: :func:`sabgal.batch.image_key`'s rule, without importing
+    the batch machinery (scipy and friends), which would double ``sabgal report``'s start-up."""
+    stem = image.rsplit(".", 1)[0] if "." in image.rsplit("/", 1)[-1] else image
+    return stem.replace("/", "__").replace("\\", "__")
+
+
 def _thumbnails(out_dir: Path | None, images: Sequence[str], *, workers: int = 4) -> dict[str, str]:
     if out_dir is None or not images:
         return {}
-    from sabgal.batch import image_key
-
-    paths = {im: out_dir / "qc" / f"{image_key(im)}.png" for im in images}
+    paths = {im: out_dir / "qc" / f"{_overlay_key(im)}.png" for im in images}
     paths = {im: p for im, p in paths.items() if p.exists()}
     if not paths:
         return {}
