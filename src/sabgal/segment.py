@@ -143,19 +143,27 @@ def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray
         sm = ndi.gaussian_filter(intensity.astype(np.float32), max(1.0, diameter_px / 6))
         lo, hi = np.percentile(sm[mask], [5, 95]) if mask.sum() > 20 else (0.0, 1.0)
         score = score + 0.25 * (diameter_px / 2) * np.clip((sm - lo) / max(hi - lo, 1e-6), 0, 1)
-    comp, _ = ndi.label(mask)
+    comp, ncomp = ndi.label(mask)
     min_dist = max(2, int(round(diameter_px * 0.4)))
     peaks = peak_local_max(score, min_distance=min_dist, labels=comp, exclude_border=False)
-    markers = np.zeros(mask.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # Components without a peak (tiny or flat) keep one marker each.
-    have = np.unique(comp[markers > 0])
-    missing = np.setdiff1d(np.arange(1, comp.max() + 1), have)
-    if missing.size:
-        extra = ndi.maximum_position(dist, comp, missing)
-        for i, pos in enumerate(extra):
-            markers[pos] = len(peaks) + 1 + i
-    return watershed(-score, markers, mask=mask).astype(np.int32)
+    # Only objects with two or more peaks need splitting: flood just those,
+    # each in its own bounding box (most nuclei are single).
+    owner = comp[tuple(peaks.T)] if len(peaks) else np.zeros(0, dtype=comp.dtype)
+    counts = np.bincount(owner, minlength=ncomp + 1)
+    out = comp.astype(np.int32)
+    next_label = ncomp + 1
+    boxes = ndi.find_objects(comp)
+    for c in np.flatnonzero(counts >= 2):
+        sl = boxes[c - 1]
+        sub = comp[sl] == c
+        local = peaks[owner == c] - np.array([sl[0].start, sl[1].start])
+        markers = np.zeros(sub.shape, dtype=np.int32)
+        markers[tuple(local.T)] = np.arange(1, len(local) + 1)
+        ws = watershed(-score[sl], markers, mask=sub)
+        piece = np.where(ws > 1, ws - 2 + next_label, c).astype(np.int32)
+        out[sl][sub] = piece[sub]
+        next_label += len(local) - 1
+    return out
 
 
 def segment_nuclei(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: float) -> np.ndarray:
@@ -306,12 +314,17 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                     window[(window == 0) & (extra_lab[y0:y1, x0:x1] == lab_here)] = lab_here
                 region |= fmask
     if elevation is None:
-        land = reach
+        # Flooding the distance-to-nearest-seed landscape is the Voronoi
+        # partition of the region: read it straight off the distance
+        # transform's nearest-seed indices (same result, no flooding cost).
+        if markers is not nuclei and (markers != nuclei).any():
+            _, (iy, ix) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+        cells = np.where(region, markers[iy, ix], 0).astype(np.int32)
     else:
         e = elevation.astype(np.float32)
         scale = np.percentile(e[region], 95) if region.any() else 1.0
         land = reach + (max_reach_px / 4) * np.clip(e / max(scale, 1e-6), 0, 2)
-    cells = watershed(land, markers, mask=region).astype(np.int32)
+        cells = watershed(land, markers, mask=region).astype(np.int32)
     # Drop cells smaller than the minimum (fragments) and debris without seeds.
     areas = np.bincount(cells.ravel(), minlength=int(markers.max()) + 1)
     tiny = np.flatnonzero((areas > 0) & (areas < min_cell_area_px))
