@@ -4,9 +4,11 @@
   the 90th percentile of X-gal OD inside the cell, robust to the granular,
   perinuclear pattern of the stain and to stray crystals) is above a
   threshold. The threshold is fixed in the config, learnt from negative
-  control wells (batch), or learnt from the cells themselves
-  (:func:`learn_positive_threshold`): a two-population split in log-OD, never
-  below a floor.
+  control wells (batch), or learnt from the cells themselves: per image,
+  just above the image's own unstained cells
+  (:func:`negative_anchored_threshold`); for the set, a clear two-population
+  split in log-OD (:func:`learn_positive_threshold`) or the median of the
+  images' anchored thresholds. Never below a floor.
 * **Enlarged**: cell area above ``enlarged_factor`` x the median area of the
   SA-β-gal-negative cells of the same image (magnification differs between
   images), or a fixed area.

@@ -183,9 +183,9 @@ class ClassifyConfig:
     the image set (valley between negative and positive populations, never
     below ``min_positive_threshold``); a number fixes it (X-gal OD units of
     ``positive_measure``).
-    threshold_scope: with ``"auto"``, ``"image"`` lets an image whose own
-    cells form two clear populations use its own split (the set's otherwise);
-    ``"set"`` uses one threshold for every image.
+    threshold_scope: with ``"auto"``, ``"image"`` anchors each image's
+    threshold just above its own unstained cells (the set's threshold for an
+    image without any); ``"set"`` uses one threshold for every image.
     enlarged_threshold_px / _um2: fixed area threshold; otherwise
     ``enlarged_factor`` x the median area of SA-β-gal negative cells.
     """
@@ -194,7 +194,7 @@ class ClassifyConfig:
     positive_threshold: float | Literal["auto"] = "auto"
     threshold_scope: Literal["image", "set"] = "image"
     min_positive_threshold: float = 0.05
-    default_positive_threshold: float = 0.10  # used when the set shows no two populations
+    default_positive_threshold: float = 0.10  # "visibly blue"; used when nothing can be learnt
     enlarged_factor: float = 1.8
     enlarged_threshold_px: float | None = None
     enlarged_threshold_um2: float | None = None

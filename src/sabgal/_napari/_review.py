@@ -324,7 +324,7 @@ def run_thresholds(table: pd.DataFrame, config: Config, image: str) -> Threshold
     cells = table.assign(image=image, plate="")
     th = batch.plate_thresholds(cells, config)[""][0]
     cc = config.classify
-    if th.positive_source in ("learnt", "default") and cc.threshold_scope == "image":
+    if cc.positive_threshold == "auto" and th.positive_source != "controls" and cc.threshold_scope == "image":
         t, src = classify.image_thresholds(cells, cc, th.positive).get(image, (th.positive, "set"))
         if src != "set":
             th = replace(th, positive=float(t), positive_source=src)
