@@ -307,3 +307,22 @@ def test_report_finds_overlays_by_the_batch_key(image):
     from sabgal.report import _overlay_key
 
     assert _overlay_key(image) == image_key(image)
+
+
+def test_area_panel_follows_the_enlargement_rule(tmp_path, monkeypatch):
+    import sabgal.report as rep
+
+    out = synthetic_results(tmp_path / "r", n_rows=1, n_cols=3, fields=1)
+    seen = []
+    monkeypatch.setattr(rep, "_png", lambda fig: seen.append([ax.get_xlabel() for ax in fig.axes]) or "")
+    tables = read_run(out)
+    rep.fig_distributions(RunTables(images=tables.images, cells=tables.cells, run=tables.run))
+    assert "relative" not in seen[-1][1] and "image's SA-β-gal-negative" in seen[-1][1]
+    cells = tables.cells.assign(area_um2=tables.cells["area_px"] * 0.4)
+    run = json.loads(json.dumps(tables.run))
+    run["config"]["classify"]["enlarged_threshold_um2"] = 500.0
+    rep.fig_distributions(RunTables(images=tables.images, cells=cells, run=run))
+    assert seen[-1][1] == "cell area (µm²)"
+    images = tables.images.assign(enlarged_threshold_px=2000.0)
+    rep.fig_distributions(RunTables(images=images, cells=tables.cells, run=tables.run))
+    assert seen[-1][1] == "cell area (px)"

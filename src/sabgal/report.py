@@ -673,8 +673,14 @@ def fig_distributions(tables: RunTables) -> str | None:
     ax1.grid(alpha=0.3)
 
     fixed = pd.to_numeric(images.get("enlarged_threshold_px", pd.Series(dtype=float)), errors="coerce").dropna()
-    factor = float(((tables.run.get("config") or {}).get("classify") or {}).get("enlarged_factor", 1.8))
-    if len(fixed):
+    ccfg = (tables.run.get("config") or {}).get("classify") or {}
+    factor = float(ccfg.get("enlarged_factor", 1.8))
+    um2 = ccfg.get("enlarged_threshold_um2")
+    if um2 and "area_um2" in cells and cells["area_um2"].notna().all():
+        values = [g["area_um2"].to_numpy(dtype=float) for _, _, g in groups]
+        lines = [float(um2)]
+        xlabel, title = "cell area (µm²)", "per-cell area"
+    elif len(fixed):
         values = [g["area_px"].to_numpy(dtype=float) for _, _, g in groups]
         lines = sorted({round(float(v), 1) for v in fixed})
         xlabel, title = "cell area (px)", "per-cell area"
