@@ -193,9 +193,13 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
                   foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
                   config: Config | None = None,
-                  edge_px: int = 0) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
+                  diameter_px: float | None = None) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
     """Measure given labels on a prepared image (stage 4); also used after a
     person edits the labels (napari).
+
+    ``diameter_px`` is the typical nucleus diameter (from
+    :func:`segment_image`); the X-gal score leaves out a rim of a fifth of
+    it along each cell's edge. Without it, it is estimated from the nuclei.
 
     Returns (table without calls, background-corrected X-gal map, X-gal
     background OD, glass mask).
@@ -207,6 +211,11 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
     xgal_c = ndi.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um
+    if diameter_px is None:
+        areas = np.bincount(np.asarray(nucleus_labels).ravel().astype(np.int64))[1:]
+        areas = areas[areas > 0]
+        diameter_px = 2 * np.sqrt(np.median(areas) / np.pi) if areas.size else 10.0
+    edge_px = max(1, int(round(diameter_px / 5)))
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
                                   counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px)
     return table, xgal_c, xgal_bg, glass
@@ -331,8 +340,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 
     t = time.perf_counter()
     table, xgal_c, xgal_bg, glass = measure_image(prep, cells, nuclei, foreground=foreground,
-                                                  pixel_size_um=px, config=config,
-                                                  edge_px=max(1, int(round(diameter / 5))))
+                                                  pixel_size_um=px, config=config, diameter_px=diameter)
     timings["measure_s"] = time.perf_counter() - t
     model, lamp = prep.model, prep.lamp
     info: dict[str, Any] = {

@@ -363,7 +363,7 @@ def analysis_steps(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config
     cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config)
     yield 0.8, "measuring cells"
     table, xgal, xgal_bg, _glass = measure_image(prep, cells, nuclei, foreground=foreground,
-                                                 pixel_size_um=px, config=config)
+                                                 pixel_size_um=px, config=config, diameter_px=diameter)
     thresholds = run_thresholds(table, config, image)
     yield 1.0, "done"
     info = {"setup": prep.mode, "counterstain": prep.model.counterstain,
