@@ -106,6 +106,11 @@ def _log_scores(s: np.ndarray) -> np.ndarray:
     return np.log10(np.clip(s, 0, None) + 0.02)
 
 
+def _kde(x: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
+    """Unnormalised Gaussian kernel density of ``x`` on ``grid``."""
+    return np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
+
+
 def _valley_ok(x: np.ndarray, cut: float, max_ratio: float = 0.6) -> bool:
     """True when the density at ``cut`` is a real valley between two peaks."""
     sd = float(np.std(x))
@@ -113,7 +118,7 @@ def _valley_ok(x: np.ndarray, cut: float, max_ratio: float = 0.6) -> bool:
         return False
     bw = 0.9 * min(sd, float(np.subtract(*np.percentile(x, [75, 25]))) / 1.34 or sd) * x.size ** -0.2
     grid = np.linspace(x.min(), x.max(), 256)
-    dens = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
+    dens = _kde(x, grid, bw)
     at = np.interp(cut, grid, dens)
     left, right = dens[grid < cut], dens[grid > cut]
     if left.size == 0 or right.size == 0:
@@ -197,7 +202,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     iqr = float(np.subtract(*np.percentile(lower, [75, 25])))
     bw = float(np.clip(0.9 * (iqr / 1.34) * lower.size ** -0.2, 0.03, 0.08))
     grid = np.linspace(x.min() - 3 * bw, x.max() + 3 * bw, 512)
-    dens = np.exp(-0.5 * ((grid[:, None] - x[None, :]) / bw) ** 2).sum(axis=1)
+    dens = _kde(x, grid, bw)
     peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
     # a mode counts if it holds a few cells, however small next to the stained ones
     near = np.array([np.sum(np.abs(x - grid[k]) <= bw) for k in peaks])
