@@ -111,6 +111,16 @@ def test_images_without_wells_give_an_empty_table_with_schema():
     assert len(wells) == 0 and list(wells.columns) == list(summaries.well_columns())
 
 
+def test_well_threshold_is_the_median_over_its_images():
+    imgs = _images(PLATE)
+    imgs.loc[0, ["positive_threshold_od", "positive_threshold_source"]] = [0.1, "learnt"]
+    imgs.loc[1, ["positive_threshold_od", "positive_threshold_source"]] = [0.3, "image"]
+    wells = summaries.summarize_wells(imgs).set_index("well")
+    assert wells.loc["A01", "positive_threshold_od"] == pytest.approx(0.2)
+    assert wells.loc["A01", "positive_threshold_source"] == "image;learnt"
+    assert wells.loc["B01", "positive_threshold_source"] == "controls"  # the failed image does not count
+
+
 def test_well_medians_from_cells():
     cells = pd.DataFrame({"plate": ["P1"] * 3, "well": ["A01"] * 3, "xgal_od_p90": [0.1, 0.2, 0.9],
                           "area_px": [10, 20, 30]})

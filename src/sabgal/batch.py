@@ -427,6 +427,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
     config = config_from_dict(config_dict)
     out = Path(out_dir)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     record: dict[str, Any] = {
         "image": image_set.image,
         "key": image_set.key,
@@ -473,6 +474,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
         record.update(status="error",
                       error=f"{image_set.path}: internal error {type(exc).__name__}: {exc}", info={})
     record["elapsed_s"] = round(time.perf_counter() - t0, 4)
+    record["cpu_s"] = round(time.process_time() - c0, 4)  # < elapsed_s when the CPU is shared
     record["peak_rss_mb"] = _peak_rss_mb()
     state_json, _ = _state_paths(out, image_set.key)
     sio.write_json(state_json, record)

@@ -160,7 +160,9 @@ def summarize_wells(images: pd.DataFrame, cells: pd.DataFrame | None = None, *,
         pooled cells (NaN for 0 cells) with its Wilson interval;
         ``fold_change_<call>`` = the fraction over the mean fraction of the
         plate's negative-control wells (NaN without controls or when that
-        mean is 0).
+        mean is 0). ``positive_threshold_od`` is the median over the well's
+        images (thresholds can be per image), ``positive_threshold_source``
+        their distinct sources joined by ``;``.
     """
     extra = _extra_columns(images)
     schema = well_columns(extra)
@@ -202,10 +204,14 @@ def summarize_wells(images: pd.DataFrame, cells: pd.DataFrame | None = None, *,
     else:
         out["median_xgal_od_p90"] = np.nan
         out["median_area_px"] = np.nan
-    th = imgs[ok].groupby(keys, sort=False)[["positive_threshold_od", "positive_threshold_source"]].first()
+    # thresholds may be per image (learnt within each image): the well's median, and its sources
+    g_ok = imgs[ok].groupby(keys, sort=False)
     idx = pd.MultiIndex.from_frame(out[keys])
-    out["positive_threshold_od"] = th["positive_threshold_od"].reindex(idx).to_numpy(dtype=np.float64)
-    out["positive_threshold_source"] = th["positive_threshold_source"].reindex(idx).fillna("").to_numpy()
+    med_t = g_ok["positive_threshold_od"].median() if ok.any() else pd.Series(dtype=np.float64)
+    srcs = (g_ok["positive_threshold_source"].agg(lambda v: ";".join(sorted(set(map(str, v)))))
+            if ok.any() else pd.Series(dtype="str"))
+    out["positive_threshold_od"] = med_t.reindex(idx).to_numpy(dtype=np.float64)
+    out["positive_threshold_source"] = srcs.reindex(idx).fillna("").to_numpy()
     for col in schema:
         if col not in out:
             out[col] = pd.Series([None] * len(out), index=out.index)
