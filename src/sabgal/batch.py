@@ -536,16 +536,34 @@ def _default_pool(n: int) -> ProcessPoolExecutor:
     # fork is fast and needs no `if __name__ == "__main__"` guard in user
     # scripts, but forking a process that runs threads (a Dask client, a
     # notebook kernel) can deadlock: then workers come from a forkserver.
+    # Either way the workers start with the pipeline already imported.
     import threading
+
+    import sabgal.pipeline  # noqa: F401  (imported once here, inherited by forked workers)
 
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         ctx = multiprocessing.get_context("fork")
     elif "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["sabgal.pipeline"])
     else:  # Windows, macOS defaults: spawn
         ctx = multiprocessing.get_context()
-    return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_one_blas_thread)
+
+
+def _one_blas_thread() -> None:
+    """Worker initializer: one BLAS thread per worker process.
+
+    ``sabgal run`` sets ``OPENBLAS_NUM_THREADS=1`` (and friends) before numpy
+    loads; when a caller imported numpy first, threadpoolctl (if installed)
+    limits the already-loaded libraries instead.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
 
 
 def _run_pool(todo: list[ImageSet], cfg: dict[str, Any], out: Path, refs: dict[str, FlatFieldRef],

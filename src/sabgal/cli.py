@@ -137,7 +137,17 @@ class _LogProgress:
             self.last_t, self.last_pct = now, pct
 
 
+# One BLAS/OpenMP thread per process, set before numpy loads: the pipeline's small
+# matrix products gain nothing from BLAS threads, which spin and take the cores the
+# worker processes need (benchmarks/batch.py: 2 workers on 2 cores scaled 0.45 with
+# them, 0.82 without). Dask workers set the same by default. An explicit value wins.
+_BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    for var in _BLAS_THREAD_VARS:
+        os.environ.setdefault(var, "1")
     from sabgal import __version__, batch
     from sabgal.config import ConfigError, load_config
 
