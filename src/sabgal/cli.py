@@ -137,10 +137,11 @@ class _LogProgress:
             self.last_t, self.last_pct = now, pct
 
 
-# One BLAS/OpenMP thread per process, set before numpy loads: the pipeline's small
-# matrix products gain nothing from BLAS threads, which spin and take the cores the
-# worker processes need (benchmarks/batch.py: 2 workers on 2 cores scaled 0.45 with
-# them, 0.82 without). Dask workers set the same by default. An explicit value wins.
+# One BLAS/OpenMP thread per process, set before numpy loads: BLAS threads spin and
+# take the cores the worker processes need (benchmarks/batch.py, 1024x1360 images:
+# 15-20 % more CPU per image, no gain for one worker, lower throughput for two; on
+# 256x340 images 2-worker scaling fell to 0.45). Dask workers set the same by default.
+# An explicit value in the environment wins.
 _BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                      "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
