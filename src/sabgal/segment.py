@@ -301,9 +301,10 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                 extra = split_objects(fmask, diameter_px=diameter_px * 2.2)
                 extra_lab = np.where(extra > 0, extra + int(nuclei.max()), 0).astype(np.int32)
                 # Seeds are small disks at the extra objects' centres.
-                centres = ndi.center_of_mass(fmask, extra, np.arange(1, extra.max() + 1))
+                present = np.unique(extra)
+                centres = ndi.center_of_mass(fmask, extra, present[present > 0])
                 r = max(2, int(diameter_px / 4))
-                for i, (cy, cx) in enumerate(centres, start=1):
+                for cy, cx in centres:
                     cy, cx = int(round(cy)), int(round(cx))
                     lab_here = extra_lab[cy, cx] if (0 <= cy < extra.shape[0] and 0 <= cx < extra.shape[1]) else 0
                     if lab_here == 0:
