@@ -102,7 +102,7 @@ def lamp_from_blank(blank: np.ndarray, shape: tuple[int, ...]) -> Lamp:
     small = block_reduce_mean(blank, factor)
     small = ndi.median_filter(small, size=(5, 5, 1))
     small = ndi.gaussian_filter(small, sigma=(2, 2, 0))
-    image = _upsample(small, blank.shape[:2])
+    image = upsample_bilinear(small, blank.shape[:2])
     image = np.maximum(image, 1e-4)
     lum = image.mean(axis=-1)
     return Lamp(image.astype(np.float32), float("nan"),
@@ -138,7 +138,6 @@ def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([wy @ small[..., c] @ wx.T for c in range(small.shape[-1])], axis=-1)
 
 
-_upsample = upsample_bilinear
 
 
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
@@ -258,7 +257,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
         resid = float(np.mean(resids))
         method = "auto"
     lamp_small = np.maximum(lamp_small, 1e-4).astype(np.float32)
-    image = _upsample(lamp_small, (m, n)) if f > 1 else lamp_small
+    image = upsample_bilinear(lamp_small, (m, n)) if f > 1 else lamp_small
     lum_fit = lamp_small.mean(axis=-1)
     nonuni = float((lum_fit.max() - lum_fit.min()) / max(lum_fit.mean(), 1e-6))
     bg_full = None
