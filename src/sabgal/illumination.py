@@ -138,8 +138,6 @@ def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([wy @ small[..., c] @ wx.T for c in range(small.shape[-1])], axis=-1)
 
 
-
-
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
 
