@@ -138,6 +138,67 @@ def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([wy @ small[..., c] @ wx.T for c in range(small.shape[-1])], axis=-1)
 
 
+# Bare glass, as block means relative to the lamp, is flat to within this
+# (0.5 % of the lamp = 0.002 OD); used only to accept a noise level measured
+# from the glass itself when the texture-based one finds no glass (JPEG).
+GLASS_MAX_SPREAD = 0.005
+
+
+def _upper_spread(rel: np.ndarray) -> float:
+    """SD of glass brightness from the pixels above the lamp envelope.
+
+    Cells only darken, so relative to a lamp fitted at the envelope of the
+    glass, the pixels above the fit are glass: their median excess is 0.674
+    SD. Unlike local texture this sees JPEG's block-level noise and the lamp
+    model's misfit.
+    """
+    up = rel[rel > 0]
+    if up.size < 100:
+        return 0.0
+    up = up[up < np.percentile(up, 99.5)]  # dust, hot pixels
+    return float(np.median(up)) * 1.4826
+
+
+def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float, *,
+                  revise: bool = False) -> np.ndarray:
+    """Iteratively refit a smooth surface to the pixels at or above it (within
+    the noise of a block mean), so cells (darker) drop out and bare glass
+    remains. ``revise``: re-measure the noise from the upper spread each round.
+    """
+    lum_flat = lum.ravel().astype(np.float64)
+    step = max(1, int(np.sqrt(lum_flat.size / 12000)))
+    sub = np.zeros(lum.shape, dtype=bool)
+    sub[::step, ::step] = True
+    sub = sub.ravel()
+    noise0 = noise
+    for it in range(10):
+        rel = lum_flat / np.maximum(fit, 1e-6) - 1
+        if revise and it > 0:
+            noise = max(noise0, min(_upper_spread(rel), GLASS_MAX_SPREAD))
+        keep = (rel > -3 * noise) & (rel < 4 * noise)
+        if it == 0 or keep.sum() < 0.02 * keep.size:
+            # far from the envelope yet: take the brightest half as a start
+            keep = rel >= np.percentile(rel, 50)
+            keep &= rel < np.percentile(rel, 99.5)
+        sel = keep & sub
+        if sel.sum() < a_full.shape[1] * 10:
+            break
+        coef, *_ = np.linalg.lstsq(a_full[sel], lum_flat[sel], rcond=None)
+        new_fit = a_full @ coef
+        if it > 0 and np.max(np.abs(new_fit - fit) / np.maximum(fit, 1e-6)) < noise / 4:
+            fit = new_fit
+            break
+        fit = new_fit
+    return fit
+
+
+def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndarray:
+    """Block pixels within the noise of the lamp fit and smooth, eroded by one."""
+    rel = (lum.ravel() / np.maximum(fit, 1e-6) - 1).reshape(lum.shape)
+    bg = (rel > -3 * noise) & (rel < 4 * noise) & smooth
+    return ndi.binary_erosion(bg, iterations=1, border_value=1)
+
+
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
 
@@ -197,32 +258,21 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     tex_ref = float(np.percentile(texture, 20))
     noise = max(tex_ref / f, 1e-4)  # relative noise of one block mean
     a_full = _poly_terms(yy.ravel(), xx.ravel(), degree)
-    lum_flat = lum.ravel().astype(np.float64)
-    fit = guess.ravel()
-    step = max(1, int(np.sqrt(lum_flat.size / 12000)))
-    sub = np.zeros(lum.shape, dtype=bool)
-    sub[::step, ::step] = True
-    sub = sub.ravel()
-    for it in range(10):
-        rel = lum_flat / np.maximum(fit, 1e-6) - 1
-        keep = (rel > -3 * noise) & (rel < 4 * noise)
-        if it == 0 or keep.sum() < 0.02 * keep.size:
-            # far from the envelope yet: take the brightest half as a start
-            keep = rel >= np.percentile(rel, 50)
-            keep &= rel < np.percentile(rel, 99.5)
-        sel = keep & sub
-        if sel.sum() < a_full.shape[1] * 10:
-            break
-        coef, *_ = np.linalg.lstsq(a_full[sel], lum_flat[sel], rcond=None)
-        new_fit = a_full @ coef
-        if it > 0 and np.max(np.abs(new_fit - fit) / np.maximum(fit, 1e-6)) < noise / 4:
-            fit = new_fit
-            break
-        fit = new_fit
-    rel = (lum_flat / np.maximum(fit, 1e-6) - 1).reshape(lum.shape)
     tex_spread = float(np.median(np.abs(texture - tex_ref))) * 1.4826 + 1e-6
-    bg = (rel > -3 * noise) & (rel < 4 * noise) & (texture < tex_ref + 4 * tex_spread)
-    bg = ndi.binary_erosion(bg, iterations=1, border_value=1)
+    smooth = texture < tex_ref + 4 * tex_spread
+    fit = _envelope_fit(lum, a_full, guess.ravel(), noise)
+    bg = _glass(lum, fit, noise, smooth)
+    # The texture-based noise can be too low: JPEG flattens bare glass
+    # (texture ~ 0) while its block-to-block level and the lamp model's misfit
+    # remain. Measure the spread of glass directly, from the pixels above the
+    # envelope, and use it if that plateau is flat to within GLASS_MAX_SPREAD
+    # (a confluent sheet's brightest cytoplasm is not).
+    fit_up = _envelope_fit(lum, a_full, guess.ravel(), noise, revise=True)
+    spread = _upper_spread(lum.ravel() / np.maximum(fit_up, 1e-6) - 1)
+    if noise < spread <= GLASS_MAX_SPREAD:
+        bg_up = _glass(lum, fit_up, spread, smooth)
+        if bg_up.mean() > bg.mean():
+            fit, noise, bg = fit_up, spread, bg_up
     frac = float(bg.mean())
 
     if frac < 0.02:
