@@ -238,7 +238,7 @@ def _synthetic_cells(rng, plate, n_ctrl, n_sample, *, mu, sigma, area_mu, frac_p
         "image": [f"{plate}_img{i // 50}" for i in range(n_ctrl + n_sample)],
         "plate": plate,
         "role": ["negative_control"] * n_ctrl + ["sample"] * n_sample,
-        "xgal_od_p90": score, "xgal_od_mean": score / 2,
+        "xgal_od_core_p60": score, "xgal_od_p90": score * 1.5, "xgal_od_mean": score / 2,
         "area_px": np.round(area).astype(np.int64), "area_um2": np.nan,
         "touches_border": False,
     })
@@ -296,10 +296,11 @@ def test_calibrated_threshold_is_recorded_per_image_and_matches_control_cells(tm
     cells = pd.read_csv(out / "cells.csv")
     ctrl = cells[cells["role"] == "negative_control"]
     assert len(ctrl) >= batch.MIN_CONTROL_CELLS
-    expected = max(float(np.percentile(ctrl["xgal_od_p90"], 95)), Config().classify.min_positive_threshold)
+    measure = Config().classify.positive_measure
+    expected = max(float(np.percentile(ctrl[measure], 95)), Config().classify.min_positive_threshold)
     assert (images["positive_threshold_source"] == "controls").all()
     assert np.allclose(images["positive_threshold_od"], expected)
-    assert (cells["sabgal_positive"] == (cells["xgal_od_p90"] > expected)).all()
+    assert (cells["sabgal_positive"] == (cells[measure] > expected)).all()
     run = json.loads((out / "run.json").read_text())
     assert run["thresholds_by_plate"]["P1"]["positive"] == pytest.approx(expected)
 

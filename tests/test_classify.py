@@ -7,7 +7,7 @@ from sabgal.config import ClassifyConfig
 
 
 def _table(scores, areas, image="a"):
-    return pd.DataFrame({"image": image, "xgal_od_p90": scores, "xgal_od_mean": scores,
+    return pd.DataFrame({"image": image, "xgal_od_p90": scores, "xgal_od_core_p60": scores, "xgal_od_mean": scores,
                          "area_px": areas, "area_um2": np.nan, "touches_border": False})
 
 
@@ -70,3 +70,14 @@ def test_positives_never_rise_with_the_threshold_and_fractions_are_bounded(score
     assert n[1] <= n[0]
     s = classify.summarize(classify.classify_cells(t, classify.Thresholds(lo, "config", "xgal_od_p90", 1.8)))
     assert 0 <= s["fraction_sabgal_positive"] <= 1
+
+
+def test_anchored_threshold_sits_in_the_gap_above_a_hazy_negative_tail():
+    # unstained cells: tight mode with a hazy upper tail; stained cells start
+    # well above it: the threshold falls in the empty gap, not at the floor
+    rng = np.random.default_rng(5)
+    neg = np.r_[rng.normal(0.005, 0.003, 300), rng.uniform(0.01, 0.05, 30)]
+    pos = rng.uniform(0.09, 0.4, 120)
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.1)
+    assert src == "anchored"
+    assert neg.max() < t < pos.min()

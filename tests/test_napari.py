@@ -479,7 +479,7 @@ def test_threshold_change_recolours_without_resegmenting(viewer_widget, qtbot):
     if not len(pos):
         pos = review.calls().query("sabgal_positive")
     cid = int(pos["cell_id"].iloc[0])
-    score = float(pos["xgal_od_p90"].iloc[0])
+    score = float(pos[widget.review.thresholds.measure].iloc[0])
     assert _colour_of(cells, cid) in {tuple(round(float(c), 3) for c in CALL_COLORS[k]) for k in ("positive", "senescent")}
     n_before = review.summary()["n_sabgal_positive"]
     widget.pos_spin.setValue(score + 0.02)  # what moving the slider / spin box does

@@ -64,3 +64,21 @@ def test_brightfield_without_counterstain_finds_cells():
     res = analyze_image(rgb)
     assert res.info["setup"] == "brightfield"
     assert len(res.cells) == 4
+
+
+def test_fill_holes_keeps_glass_and_fills_nuclei():
+    mask = np.ones((40, 60), bool)
+    mask[5:15, 5:15] = False  # a hole of thin cytoplasm: filled
+    mask[5:15, 25:35] = False  # a hole showing glass: kept open
+    mask[20:35, 40:55] = False  # a large hole holding a nucleus: filled when asked
+    glass = np.zeros_like(mask)
+    glass[8:12, 28:32] = True
+    nuclei = np.zeros_like(mask)
+    nuclei[26:29, 46:49] = True
+    out = segment.fill_holes(mask, unless=glass)
+    assert out[10, 10] and not out[10, 30] and out[27, 47]
+    only_nuclear = segment.fill_holes(mask, max_area_px=0, keep_if=nuclei)
+    assert only_nuclear[27, 47] and not only_nuclear[10, 10] and not only_nuclear[10, 30]
+    edge = np.ones((20, 20), bool)
+    edge[:, :3] = False  # open to the image edge: never a hole
+    assert not segment.fill_holes(edge)[10, 1]

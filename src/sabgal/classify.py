@@ -1,8 +1,10 @@
 """Per-cell calls and per-image fractions.
 
-* **SA-β-gal positive**: the cell's X-gal score (by default ``xgal_od_p90``,
-  the 90th percentile of X-gal OD inside the cell, robust to the granular,
-  perinuclear pattern of the stain and to stray crystals) is above a
+* **SA-β-gal positive**: the cell's X-gal score (by default
+  ``xgal_od_core_p60``, the 60th percentile of X-gal OD over the cell's core
+  cytoplasm: robust to pixel noise, to the neighbours' stain spilling over
+  an imperfect border, and to stray crystals, yet high enough to see a
+  perinuclear stain) is above a
   threshold. The threshold is fixed in the config, learnt from negative
   control wells (batch), or learnt from the cells themselves: per image,
   just above the image's own unstained cells
@@ -178,9 +180,10 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     haze). The mode is found by a kernel density estimate, its spread from
     the cells *below* it (which positives cannot contaminate), measured in
     OD (the noise of an unstained cell is additive), and the threshold is
-    ``mode + k`` spreads (at least 0.03 OD above the mode), moved up into
-    the widest clear empty gap of the scores up to 3x higher when there is
-    one (haze and spill give unstained cells a longer upper tail). If that lowest
+    ``mode + k`` spreads (at least 0.02 OD above the mode), moved into the
+    widest clear empty gap of the scores between the mode's shoulder
+    (mode + 2 spreads) and 3x that threshold when there is one (haze and
+    spill give unstained cells a longer upper tail than lower). If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``) the
     image has no unstained population to anchor on and ``nan`` is returned
     with source ``"none"``.
@@ -214,24 +217,24 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         return float("nan"), "none"
     below = s[s <= mode]
     spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else 0.01
-    spread = max(spread, 0.005)
+    spread = max(spread, 0.003)
     if spread > 0.03:  # not a tight unstained population
         return float("nan"), "none"
-    t = max(mode + max(k * spread, 0.03), floor)
+    t = max(mode + max(k * spread, 0.02), floor)
     # Haze and spill give unstained cells a longer upper tail than lower: if
-    # the scores up to 3x the anchor show a clear empty gap (>= 0.08 decade
-    # of log-score), the boundary sits in the widest such gap instead.
-    xs = np.sort(_log_scores(s))
-    lo, hi = float(_log_scores(np.array([t]))[0]), float(_log_scores(np.array([3 * t]))[0])
+    # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
+    # 3x the anchor show a clear empty gap (>= 0.08 decade of log-score), the
+    # boundary sits in the widest such gap instead.
+    xs = np.sort(x)
+    lo, hi = _log_scores(np.array([mode + 2 * spread, 3 * t]))
     inside = xs[(xs >= lo) & (xs <= hi)]
-    above = xs[xs > hi]
     # the first cell past the window closes the last gap
-    pts = np.concatenate([[lo], inside, above[:1]])
-    gaps = np.diff(pts)
-    if gaps.size > 1:
-        j = int(np.argmax(gaps[1:])) + 1  # a gap that starts at a cell, not at the anchor itself
+    pts = np.concatenate([inside, xs[xs > hi][:1]])
+    if pts.size >= 2:
+        gaps = np.diff(pts)
+        j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
-            t = float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02)
+            t = max(float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02), mode + 2 * spread)
     return max(t, floor), "anchored"
 
 

@@ -175,6 +175,9 @@ class SegmentConfig:
                f"segment.foreground_sensitivity must be in [0.25, 4], got {self.foreground_sensitivity}")
 
 
+POSITIVE_MEASURES = ("xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClassifyConfig:
     """Per-cell calls.
@@ -190,10 +193,10 @@ class ClassifyConfig:
     ``enlarged_factor`` x the median area of SA-β-gal negative cells.
     """
 
-    positive_measure: Literal["xgal_od_p90", "xgal_od_mean"] = "xgal_od_p90"
+    positive_measure: Literal["xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean"] = "xgal_od_core_p60"
     positive_threshold: float | Literal["auto"] = "auto"
     threshold_scope: Literal["image", "set"] = "image"
-    min_positive_threshold: float = 0.05
+    min_positive_threshold: float = 0.03
     default_positive_threshold: float = 0.10  # "visibly blue"; used when nothing can be learnt
     enlarged_factor: float = 1.8
     enlarged_threshold_px: float | None = None
@@ -202,8 +205,9 @@ class ClassifyConfig:
     exclude_border_cells: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.positive_measure in ("xgal_od_p90", "xgal_od_mean"),
-               f"classify.positive_measure must be 'xgal_od_p90' or 'xgal_od_mean', got {self.positive_measure!r}")
+        _check(self.positive_measure in POSITIVE_MEASURES,
+               f"classify.positive_measure must be one of {', '.join(map(repr, POSITIVE_MEASURES))}, "
+               f"got {self.positive_measure!r}")
         _check(self.positive_threshold == "auto" or (
             isinstance(self.positive_threshold, (int, float)) and self.positive_threshold > 0),
             f"classify.positive_threshold must be 'auto' or a number > 0, got {self.positive_threshold!r}")

@@ -40,6 +40,7 @@ CELL_COLUMNS: dict[str, str] = {
     "nucleus_cell_area_ratio": "float64",
     "xgal_od_mean": "float64",
     "xgal_od_p90": "float64",
+    "xgal_od_core_p60": "float64",
     "xgal_od_integrated": "float64",
     "xgal_stained_fraction": "float64",
     "body_od_mean": "float64",
@@ -53,26 +54,37 @@ def empty_cells_table() -> pd.DataFrame:
     return pd.DataFrame({k: pd.Series(dtype=v) for k, v in CELL_COLUMNS.items()})
 
 
-def label_quantile(labels: np.ndarray, values: np.ndarray, q: float, n_labels: int, *,
-                   lo: float = -0.2, hi: float = 3.0, bins: int = 1024) -> np.ndarray:
-    """Per-label quantile of ``values`` by a joint histogram (resolution (hi-lo)/bins).
+def label_quantile(labels: np.ndarray, values: np.ndarray, q, n_labels: int, *,
+                   lo: float = -0.2, hi: float = 3.0, bins: int = 1024, knee: float = 0.02) -> np.ndarray:
+    """Per-label quantile of ``values`` by a joint histogram.
 
-    Returns an array of length ``n_labels + 1`` (index = label; NaN where empty).
+    Bins are uniform in asinh(value / ``knee``): finer than ``knee`` / 100
+    near zero, where thresholds between unstained and faintly stained cells
+    sit, and about 1 % of the value above ``knee``. Values outside
+    [``lo``, ``hi``] fall in the end bins.
+
+    Returns an array of length ``n_labels + 1`` (index = label; NaN where
+    empty), or one row per quantile when ``q`` is a sequence.
 
     >>> lab = np.array([1, 1, 1, 2, 2])
     >>> val = np.array([0.0, 0.5, 1.0, 2.0, 2.0])
     >>> label_quantile(lab, val, 0.5, 2, lo=0, hi=4, bins=400).round(2).tolist()[1:]
     [0.5, 2.0]
     """
-    idx = np.clip(((values - lo) / (hi - lo) * bins).astype(np.int64), 0, bins - 1)
+    a_lo, a_hi = np.arcsinh(lo / knee), np.arcsinh(hi / knee)
+    scaled = (np.arcsinh(np.asarray(values, dtype=np.float32) / np.float32(knee)) - np.float32(a_lo))
+    idx = np.clip((scaled * np.float32(bins / (a_hi - a_lo))).astype(np.int64), 0, bins - 1)
     hist = np.bincount(labels.astype(np.int64) * bins + idx, minlength=(n_labels + 1) * bins)
     hist = hist.reshape(n_labels + 1, bins)
     cum = np.cumsum(hist, axis=1)
     total = cum[:, -1]
-    target = np.ceil(q * total).clip(min=1)
-    pos = (cum < target[:, None]).sum(axis=1)
-    out = lo + (pos + 0.5) * (hi - lo) / bins
-    return np.where(total > 0, out, np.nan)
+    rows = []
+    for qi in np.atleast_1d(q):
+        target = np.ceil(qi * total).clip(min=1)
+        pos = (cum < target[:, None]).sum(axis=1)
+        out = knee * np.sinh(a_lo + (pos + 0.5) * (a_hi - a_lo) / bins)
+        rows.append(np.where(total > 0, out, np.nan))
+    return rows[0] if np.ndim(q) == 0 else np.stack(rows)
 
 
 def _perimeters(labels: np.ndarray, n: int) -> np.ndarray:
@@ -134,8 +146,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     stained_pixel_od : float
         X-gal OD above which a pixel counts as stained.
     edge_px : int
-        ``xgal_od_p90`` leaves out this many pixels along the cell's edge
-        (and the nucleus + 2 px), when at least 30 % of the cell remains.
+        The X-gal quantiles are read over the cell's *core*: the cell less
+        its nucleus + 2 px and less this many pixels along its edge, when at
+        least 30 % of the cell remains (else over the whole cell).
 
     Returns
     -------
@@ -179,9 +192,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     xg = xgal.ravel().astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
     stained = np.bincount(flat, (xg > stained_pixel_od).astype(np.float64), n + 1)[ids]
-    # The X-gal score is read over the cytoplasm (the stain is perinuclear;
-    # a counterstained nucleus is where colour cross-talk is worst), falling
-    # back to the whole cell when the nucleus fills most of it.
+    # The X-gal score is read over the cell's core cytoplasm (the stain is
+    # perinuclear; a counterstained nucleus is where colour cross-talk is
+    # worst), falling back to the whole cell when the nucleus fills most of it.
     ring = ndi.binary_dilation(nuclei > 0, iterations=2)
     if edge_px > 0:
         # and away from the cell's edge, where a neighbour's granules spill
@@ -190,10 +203,13 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
 
         ring |= ndi.binary_dilation(find_boundaries(cells, mode="inner"), iterations=int(edge_px))
     cyto_lab = np.where(ring.ravel(), 0, flat)
-    p90_cyto = label_quantile(cyto_lab, xgal.ravel(), 0.9, n)[ids]
     cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]
-    p90_all = label_quantile(flat, xgal.ravel(), 0.9, n)[ids]
-    p90 = np.where(cyto_n >= np.maximum(0.3 * a, 10), p90_cyto, p90_all)
+    use_core = cyto_n >= np.maximum(0.3 * a, 10)
+    # the core where it is big enough, else the whole cell
+    core_ok = np.zeros(n + 1, dtype=bool)
+    core_ok[ids] = use_core
+    core_lab = np.where(core_ok[flat], cyto_lab, flat)
+    p90, p60 = label_quantile(core_lab, xgal.ravel(), (0.9, 0.6), n)[:, ids]
     cyto = nflat == 0
     cyto_area = np.bincount(flat[cyto], minlength=n + 1)[ids].astype(np.float64)
     body_sum = np.bincount(flat[cyto], body.ravel()[cyto].astype(np.float64), n + 1)[ids]
@@ -229,6 +245,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         "nucleus_cell_area_ratio": nuc_area / a,
         "xgal_od_mean": xsum / a,
         "xgal_od_p90": p90,
+        "xgal_od_core_p60": p60,
         "xgal_od_integrated": xsum,
         "xgal_stained_fraction": stained / a,
         "body_od_mean": body_mean,

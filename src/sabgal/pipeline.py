@@ -198,8 +198,9 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     person edits the labels (napari).
 
     ``diameter_px`` is the typical nucleus diameter (from
-    :func:`segment_image`); the X-gal score leaves out a rim of a fifth of
-    it along each cell's edge. Without it, it is estimated from the nuclei.
+    :func:`segment_image`); the X-gal score leaves out a rim of a third of
+    it along each cell's edge (where a neighbour's stain spills over an
+    imperfect border). Without it, it is estimated from the nuclei.
 
     Returns (table without calls, background-corrected X-gal map, X-gal
     background OD, glass mask).
@@ -215,7 +216,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
         areas = np.bincount(np.asarray(nucleus_labels).ravel().astype(np.int64))[1:]
         areas = areas[areas > 0]
         diameter_px = 2 * np.sqrt(np.median(areas) / np.pi) if areas.size else 10.0
-    edge_px = max(1, int(round(diameter_px / 5)))
+    edge_px = max(1, int(round(diameter_px / 3)))
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
                                   counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px)
     return table, xgal_c, xgal_bg, glass
@@ -290,7 +291,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
-        min_extent_nuclei=seg.min_cell_extent_nuclei)
+        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=background)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)

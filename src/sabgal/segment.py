@@ -214,7 +214,8 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
     texture : (M, N) float ndarray, optional
         Local standard deviation of OD; textured pixels count as cell too.
     background : (M, N) bool ndarray, optional
-        Pixels known to be glass (from the lamp estimate).
+        Pixels known to be glass (from the lamp estimate). Holes in the
+        mask are filled (thin cytoplasm) unless they hold known glass.
     """
     sm = ndi.gaussian_filter(signal.astype(np.float32), sigma_px)
     level, sd = _background_stats(sm, signal, sigma_px, background)
@@ -229,14 +230,39 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         fg |= texture > tmed + (8.0 / sensitivity) * tsd
     fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool))
     fg = ndi.binary_closing(fg, structure=np.ones((3, 3), bool), iterations=2)
-    fg = ndi.binary_fill_holes(fg)
-    return fg
+    return fill_holes(fg, unless=background)
+
+
+def fill_holes(mask: np.ndarray, *, max_area_px: float | None = None,
+               keep_if: np.ndarray | None = None, unless: np.ndarray | None = None) -> np.ndarray:
+    """Fill the holes of a mask (background not connected to the image edge).
+
+    ``max_area_px``: fill only holes smaller than this, or touching
+    ``keep_if`` (e.g. a nucleus); ``unless``: never fill a hole touching this
+    (e.g. known glass).
+    """
+    holes, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    fill = np.ones(n + 1, dtype=bool)
+    fill[edge] = False
+    fill[0] = False
+    if max_area_px is not None:
+        small = np.bincount(holes.ravel(), minlength=n + 1) < max_area_px
+        if keep_if is not None:
+            small |= np.bincount(holes[keep_if], minlength=n + 1) > 0
+        fill &= small
+    if unless is not None:
+        fill &= np.bincount(holes[unless], minlength=n + 1) == 0
+    return mask | fill[holes]
 
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
                   min_cell_area_px: float, elevation: np.ndarray | None = None,
                   unseeded: str = "drop", diameter_px: float = 14.0,
-                  min_extent_nuclei: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                  min_extent_nuclei: float = 0.0,
+                  glass: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
     Parameters
@@ -254,7 +280,9 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     min_extent_nuclei : float
         Each cell covers at least min(half the distance to the nearest other
         nucleus, this many nucleus diameters) around its nucleus, foreground
-        or not (0 = off).
+        or not, except on known glass (0 = off).
+    glass : (M, N) bool ndarray, optional
+        Pixels known to be bare glass (from the lamp estimate).
     unseeded : {"drop", "seed"}
         What to do with foreground components holding no nucleus: drop them
         as debris (a nuclear stain is present) or give each a seed at its
@@ -269,6 +297,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     """
     nuclei = nuclei.astype(np.int32, copy=False)
     reach, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
+    # a hole in the foreground that holds a nucleus is a cell too faint to see
+    foreground = fill_holes(foreground, max_area_px=0, keep_if=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
@@ -287,7 +317,10 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         elif present.sum() == 1:
             radius[ids[present]] = min_extent_nuclei * diameter_px
         owner = nuclei[iy, ix]
-        region |= reach <= radius[owner]
+        disc = reach <= radius[owner]
+        if glass is not None:
+            disc &= ~glass
+        region |= disc
     markers = nuclei.copy()
     if unseeded == "seed":
         comp, ncomp = ndi.label(foreground)

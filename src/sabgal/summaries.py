@@ -320,6 +320,7 @@ _CP_CELL_MAP = [
     ("has_nucleus", "Children_Nuclei_Count"),
     ("xgal_od_mean", "Intensity_MeanIntensity_XGal"),
     ("xgal_od_p90", "Intensity_Percentile90Intensity_XGal"),
+    ("xgal_od_core_p60", "Intensity_CorePercentile60Intensity_XGal"),
     ("xgal_od_integrated", "Intensity_IntegratedIntensity_XGal"),
     ("xgal_stained_fraction", "Intensity_StainedAreaFraction_XGal"),
     ("body_od_mean", "Intensity_MeanIntensity_Body"),
