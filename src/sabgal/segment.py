@@ -34,6 +34,9 @@ __all__ = [
     "cell_foreground",
     "segment_cells",
     "relabel_sequential",
+    "glass_level",
+    "brightfield_foreground",
+    "suppress_close_nuclei",
 ]
 
 
@@ -256,6 +259,96 @@ def fill_holes(mask: np.ndarray, *, max_area_px: float | None = None,
     if unless is not None:
         fill &= np.bincount(holes[unless], minlength=n + 1) == 0
     return mask | fill[holes]
+
+
+def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2) -> tuple[float, float]:
+    """Level and noise SD of bare glass on a smoothed optical-density map.
+
+    Glass is the clearest thing in a brightfield field, so it is the
+    lowest-OD peak of the histogram that holds a fair share of the pixels
+    (``min_peak`` of the highest peak). Its SD is read off the peak's lower
+    half (half width at half maximum / 1.1774), which no cell contaminates.
+    Unlike statistics on a lamp-derived glass mask, this holds when the lamp
+    was fitted to faint cell bodies (confluent fields: glass then has
+    negative OD) and when JPEG compression has smoothed the pixel noise.
+    """
+    v = smoothed[:: 2, :: 2].ravel()
+    lo, hi = np.percentile(v, [0.1, 99.0])
+    if not hi > lo:
+        return float(lo), 1e-5
+    pad = 0.05 * (hi - lo)  # so a glass peak at the very bottom is still a peak
+    # no more bins than the sample fills (a small image gives a ragged histogram)
+    c, hs = _smooth_hist(v, lo - pad, hi, int(np.clip(np.sqrt(v.size) / 1.5, 24, bins)))
+    inner = hs[1:-1]
+    peaks = np.flatnonzero((inner >= hs[:-2]) & (inner > hs[2:]) & (inner >= min_peak * hs.max())) + 1
+    i = int(peaks[0]) if peaks.size else int(np.argmax(hs))
+    sd = _left_sd(c, hs, i)
+    # refine on a finer histogram around the peak (the coarse bins can be
+    # as wide as the glass noise itself)
+    half = max(4 * sd, 6 * (c[1] - c[0]))
+    near = int(np.count_nonzero(np.abs(v - c[i]) <= half))
+    c, hs = _smooth_hist(v, c[i] - half, c[i] + half, int(np.clip(np.sqrt(near) / 1.5, 16, 200)))
+    i = int(np.argmax(hs[: len(hs) * 3 // 4]))
+    return float(c[i]), max(_left_sd(c, hs, i), 1e-5)
+
+
+def _smooth_hist(v: np.ndarray, lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    h, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return (edges[:-1] + edges[1:]) / 2, ndi.gaussian_filter1d(h.astype(np.float64), 2)
+
+
+def _left_sd(c: np.ndarray, hs: np.ndarray, i: int) -> float:
+    """SD of a peak at bin ``i`` from its lower half width at half maximum."""
+    j = i
+    while j > 0 and hs[j] > 0.5 * hs[i]:
+        j -= 1
+    if hs[j] > 0.5 * hs[i] or j == i:
+        return float(c[1] - c[0])
+    # interpolate the half-maximum crossing between bins j and j + 1
+    t = (0.5 * hs[i] - hs[j]) / max(hs[j + 1] - hs[j], 1e-12)
+    return float((c[i] - (c[j] + t * (c[j + 1] - c[j]))) / 1.1774)
+
+
+def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0) -> np.ndarray:
+    """Cell bodies in an unstained brightfield field: smoothed OD more than
+    ``k`` glass noise SDs above the glass level (:func:`glass_level`)."""
+    sm = ndi.gaussian_filter(od_sum.astype(np.float32), sigma_px)
+    level, sd = glass_level(sm)
+    fg = sm > level + k * sd
+    fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool))
+    fg = ndi.binary_closing(fg, structure=np.ones((3, 3), bool), iterations=2)
+    return ndi.binary_fill_holes(fg)
+
+
+def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float) -> np.ndarray:
+    """Keep, of nuclei whose centres lie within ``radius_px`` of each other,
+    only the one with the highest total ``score`` (greedy non-maximum
+    suppression). For brightfield maps, where the gaps between X-gal
+    granules around a positive cell's nucleus look like small nuclei too:
+    a cell has one nucleus, and two real nuclei are rarely closer than
+    about a nucleus and a half apart.
+    """
+    ids = np.unique(nuclei)
+    ids = ids[ids > 0]
+    if ids.size < 2:
+        return nuclei
+    cents = np.array(ndi.center_of_mass(np.ones(nuclei.shape, np.float32), nuclei, ids)).reshape(-1, 2)
+    mass = np.asarray(ndi.sum_labels(np.maximum(score, 0), nuclei, ids), dtype=np.float64)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(cents)
+    alive = np.ones(ids.size, dtype=bool)
+    for i in np.argsort(-mass, kind="stable"):
+        if not alive[i]:
+            continue
+        for j in tree.query_ball_point(cents[i], radius_px):
+            if j != i:
+                alive[j] = False
+    if alive.all():
+        return nuclei
+    lut = np.zeros(int(nuclei.max()) + 1, dtype=nuclei.dtype)
+    lut[ids[alive]] = ids[alive]
+    return lut[nuclei]
 
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
