@@ -81,3 +81,11 @@ def test_anchored_threshold_sits_in_the_gap_above_a_hazy_negative_tail():
     t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.1)
     assert src == "anchored"
     assert neg.max() < t < pos.min()
+
+
+def test_anchored_threshold_ignores_the_gap_below_one_stray_bright_cell():
+    # mostly stained image: few unstained cells, faint stained cells, one crystal-bright cell
+    rng = np.random.default_rng(8)
+    s = np.r_[rng.normal(0.004, 0.002, 12), rng.uniform(0.035, 0.06, 90), [0.25]]
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.1)
+    assert src == "anchored" and t < 0.035

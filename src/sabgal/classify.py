@@ -232,6 +232,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     pts = np.concatenate([inside, xs[xs > hi][:1]])
     if pts.size >= 2:
         gaps = np.diff(pts)
+        # a gap needs a population above it, not one stray bright cell
+        n_above = xs.size - np.searchsorted(xs, pts[1:], side="left")
+        gaps[n_above < max(3, 0.02 * xs.size)] = 0
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
             t = max(float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02), mode + 2 * spread)
