@@ -324,10 +324,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
-        # brightfield: the foreground comes from the glass noise itself, so a
-        # cell is not pushed past its visible body (that swallowed the glass
-        # between sparse cells and merged neighbours)
-        min_extent_nuclei=0.0 if mode == "brightfield" else seg.min_cell_extent_nuclei, glass=background)
+        # faint cells still reach a little past their nucleus, but never onto
+        # glass the lamp estimate saw
+        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=background)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
