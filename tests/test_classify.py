@@ -89,3 +89,11 @@ def test_anchored_threshold_ignores_the_gap_below_one_stray_bright_cell():
     s = np.r_[rng.normal(0.004, 0.002, 12), rng.uniform(0.035, 0.06, 90), [0.25]]
     t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.1)
     assert src == "anchored" and t < 0.035
+
+
+def test_no_anchor_when_the_lowest_population_is_broad_faint_stain():
+    # every cell stained, faintly to strongly: no tight unstained mode to anchor on
+    rng = np.random.default_rng(11)
+    s = rng.lognormal(np.log(0.06), 0.45, 150)
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.1)
+    assert src == "none" and np.isnan(t)

@@ -184,9 +184,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     widest clear empty gap of the scores between the mode's shoulder
     (mode + 2 spreads) and 3x that threshold when there is one (haze and
     spill give unstained cells a longer upper tail than lower). If that lowest
-    mode already looks stained (its score is above 0.6 x ``positive_like``) the
-    image has no unstained population to anchor on and ``nan`` is returned
-    with source ``"none"``.
+    mode already looks stained (its score is above 0.6 x ``positive_like``, or
+    it is broad: spread above half the floor) the image has no unstained
+    population to anchor on and ``nan`` is returned with source ``"none"``.
 
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
@@ -218,7 +218,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     below = s[s <= mode]
     spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else 0.01
     spread = max(spread, 0.003)
-    if spread > 0.03:  # not a tight unstained population
+    if spread > 0.5 * max(floor, 0.01):
+        # not a tight unstained population: the lowest mode is faintly
+        # stained cells (unstained cells spread by noise and haze, < 0.01 OD)
         return float("nan"), "none"
     t = max(mode + max(k * spread, 0.02), floor)
     # Haze and spill give unstained cells a longer upper tail than lower: if
