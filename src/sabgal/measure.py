@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull, QhullError
+
+from sabgal import morphology as morph
 
 __all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile"]
 
@@ -182,13 +183,11 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     # The X-gal score is read over the cytoplasm (the stain is perinuclear;
     # a counterstained nucleus is where colour cross-talk is worst), falling
     # back to the whole cell when the nucleus fills most of it.
-    ring = ndi.binary_dilation(nuclei > 0, iterations=2)
+    ring = morph.dilate_cross(nuclei > 0, iterations=2)
     if edge_px > 0:
         # and away from the cell's edge, where a neighbour's granules spill
         # over an imperfect border
-        from skimage.segmentation import find_boundaries
-
-        ring |= ndi.binary_dilation(find_boundaries(cells, mode="inner"), iterations=int(edge_px))
+        ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
     cyto_lab = np.where(ring.ravel(), 0, flat)
     p90_cyto = label_quantile(cyto_lab, xgal.ravel(), 0.9, n)[ids]
     cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]

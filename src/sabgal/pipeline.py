@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from sabgal import classify, illumination, measure, segment, stains
+from sabgal import morphology as morph
 from sabgal.config import Config
 
 __all__ = [
@@ -207,7 +208,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     config = config or Config()
     cells = np.asarray(cell_labels)
     occupied = cells > 0 if foreground is None else (foreground | (cells > 0))
-    glass = ~ndi.binary_dilation(occupied, iterations=3)
+    glass = ~morph.dilate_cross(occupied, iterations=3)
     xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
     xgal_c = ndi.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um

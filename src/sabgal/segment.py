@@ -22,6 +22,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from sabgal import morphology as morph
 from sabgal.illumination import upsample_bilinear
 
 __all__ = [
@@ -85,7 +86,7 @@ def estimate_nucleus_diameter(nuclear_map: np.ndarray, *, default: float = 14.0)
         t = threshold_otsu(sm[::2, ::2])
     except ValueError:
         return default
-    mask = ndi.binary_opening(sm > t, iterations=1)
+    mask = morph.open_cross(sm > t)
     lab, n = ndi.label(mask)
     if n < 3:
         return default
@@ -123,8 +124,8 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
     mid = med + 0.35 * (float(np.median(above)) - med) if above.size else t_otsu
     t = max(min(t_otsu, mid), floor)
     mask = sm > t
-    mask = ndi.binary_fill_holes(mask)
-    mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
+    mask = morph.fill_holes(mask)
+    mask = morph.open_square(mask)
     return mask
 
 
@@ -227,9 +228,9 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         else:
             tmed, tsd = robust_noise(texture)
         fg |= texture > tmed + (8.0 / sensitivity) * tsd
-    fg = ndi.binary_opening(fg, structure=np.ones((3, 3), bool))
-    fg = ndi.binary_closing(fg, structure=np.ones((3, 3), bool), iterations=2)
-    fg = ndi.binary_fill_holes(fg)
+    fg = morph.open_square(fg)
+    fg = morph.close_square(fg, iterations=2)
+    fg = morph.fill_holes(fg)
     return fg
 
 
