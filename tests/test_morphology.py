@@ -42,3 +42,25 @@ def test_opening_fill_and_boundaries_match():
         many = (rng.integers(0, 5, m.shape) * m).astype(np.uint32)
         for labels in (lab, many):
             assert np.array_equal(mo.inner_boundaries(labels), find_boundaries(labels, mode="inner"))
+
+
+def test_label_peaks_matches_skimage():
+    from skimage.feature import peak_local_max
+
+    from sabgal.segment import label_peaks
+
+    rng = np.random.default_rng(2)
+    for trial in range(80):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+        img = ndi.gaussian_filter(rng.random(shape), rng.uniform(0, 3)).astype(np.float32)
+        if trial % 4 == 0:
+            img = np.round(img * 20) / 20  # plateaus and ties
+        if trial % 7 == 0:
+            img[:] = 0.5  # flat objects
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3)) > rng.uniform(0.3, 0.7)
+        lab, _ = ndi.label(m)
+        if trial % 5 == 0:
+            lab = rng.integers(0, 4, shape) * m  # labels that touch each other
+        md = int(rng.integers(1, 7))
+        expected = peak_local_max(img, min_distance=md, labels=lab, exclude_border=False)
+        assert np.array_equal(label_peaks(img, lab, md), expected), (trial, shape, md)
