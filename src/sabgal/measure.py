@@ -147,19 +147,22 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     if cells.max(initial=0) == 0:
         return empty_cells_table()
     n = int(cells.max())
-    flat = cells.ravel().astype(np.int64)
+    # Sums run over the labelled pixels only, in raster order: the same
+    # per-label sums as over the whole image, at a fraction of the cost.
+    pix = np.flatnonzero(cells.ravel())
+    flat = cells.ravel()[pix].astype(np.intp)
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     ids = np.flatnonzero(area[1:] > 0) + 1
     a = area[ids]
-    rows, cols = np.indices(cells.shape, dtype=np.float64)
-    ry, rx = rows.ravel(), cols.ravel()
-    del rows, cols
+    ry, rx = np.divmod(pix, cells.shape[1])
+    ry, rx = ry.astype(np.float64), rx.astype(np.float64)
     sy = np.bincount(flat, ry, n + 1)[ids]
     sx = np.bincount(flat, rx, n + 1)[ids]
     cy, cx = sy / a, sx / a
     syy = np.bincount(flat, ry * ry, n + 1)[ids] / a - cy * cy
     sxx = np.bincount(flat, rx * rx, n + 1)[ids] / a - cx * cx
     sxy = np.bincount(flat, ry * rx, n + 1)[ids] / a - cy * cx
+    del ry, rx
     # Second moments of a pixel include its own extent (1/12 per axis).
     syy += 1 / 12
     sxx += 1 / 12
@@ -174,10 +177,12 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     hull = _convex_areas(cells, ids)
     solidity = np.clip(a / np.maximum(hull, a), 0, 1)
 
-    nflat = nuclei.ravel().astype(np.int64)
-    nuc_area = np.bincount(nflat, minlength=n + 1)[: n + 1].astype(np.float64)[ids]
+    nuc_all = np.asarray(nuclei).ravel()
+    nuc_area = np.bincount(nuc_all.astype(np.intp), minlength=n + 1)[: n + 1].astype(np.float64)[ids]
+    nflat = nuc_all[pix]
 
-    xg = xgal.ravel().astype(np.float64)
+    xg32 = np.asarray(xgal).ravel()[pix]
+    xg = xg32.astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
     stained = np.bincount(flat, (xg > stained_pixel_od).astype(np.float64), n + 1)[ids]
     # The X-gal score is read over the cytoplasm (the stain is perinuclear;
@@ -188,18 +193,19 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         # and away from the cell's edge, where a neighbour's granules spill
         # over an imperfect border
         ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
-    cyto_lab = np.where(ring.ravel(), 0, flat)
-    p90_cyto = label_quantile(cyto_lab, xgal.ravel(), 0.9, n)[ids]
+    cyto_lab = np.where(ring.ravel()[pix], 0, flat)
+    p90_cyto = label_quantile(cyto_lab, xg32, 0.9, n)[ids]
     cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]
-    p90_all = label_quantile(flat, xgal.ravel(), 0.9, n)[ids]
+    p90_all = label_quantile(flat, xg32, 0.9, n)[ids]
     p90 = np.where(cyto_n >= np.maximum(0.3 * a, 10), p90_cyto, p90_all)
     cyto = nflat == 0
+    body_px = np.asarray(body).ravel()[pix]
     cyto_area = np.bincount(flat[cyto], minlength=n + 1)[ids].astype(np.float64)
-    body_sum = np.bincount(flat[cyto], body.ravel()[cyto].astype(np.float64), n + 1)[ids]
-    body_all = np.bincount(flat, body.ravel().astype(np.float64), n + 1)[ids]
+    body_sum = np.bincount(flat[cyto], body_px[cyto].astype(np.float64), n + 1)[ids]
+    body_all = np.bincount(flat, body_px.astype(np.float64), n + 1)[ids]
     body_mean = np.where(cyto_area >= 5, body_sum / np.maximum(cyto_area, 1), body_all / a)
     if counterstain is not None:
-        cs_mean = np.bincount(flat, counterstain.ravel().astype(np.float64), n + 1)[ids] / a
+        cs_mean = np.bincount(flat, np.asarray(counterstain).ravel()[pix].astype(np.float64), n + 1)[ids] / a
     else:
         cs_mean = np.full(ids.size, np.nan)
 

@@ -41,11 +41,40 @@ __all__ = [
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 1..n keeping their order, uint32."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
+    ids = _present(labels)
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
     return lut[labels]
+
+
+def _present(labels: np.ndarray) -> np.ndarray:
+    """Sorted labels > 0 present in a non-negative label image (``np.unique``
+    without 0, by counting instead of sorting)."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.intp)
+    return np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+
+
+def _lut(ids: np.ndarray, size: int) -> np.ndarray:
+    """Boolean lookup table of length ``size``, True at ``ids``: ``lut[labels]``
+    is ``np.isin(labels, ids)`` for non-negative labels below ``size``."""
+    lut = np.zeros(size, dtype=bool)
+    lut[np.asarray(ids, dtype=np.intp)] = True
+    return lut
+
+
+def _centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(len(ids), 2) pixel centroids: ``ndi.center_of_mass(labels > 0, labels,
+    ids)`` (the same sums in the same order), over the labelled pixels only."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs].astype(np.intp)
+    n = max(int(lab.max()) + 1 if lab.size else 1, int(np.max(ids, initial=0)) + 1)
+    count = np.bincount(lab, minlength=n)[ids]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(lab, ys.astype(np.float64), n)[ids] / count
+        cx = np.bincount(lab, xs.astype(np.float64), n)[ids] / count
+    return np.column_stack([cy, cx])
 
 
 def robust_noise(values: np.ndarray) -> tuple[float, float]:
@@ -262,7 +291,7 @@ def segment_nuclei(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: 
     areas = np.bincount(labels.ravel())
     small = np.flatnonzero(areas < min_area_px)
     if small.size:
-        labels[np.isin(labels, small[small > 0])] = 0
+        labels[_lut(small[small > 0], areas.size)[labels]] = 0
     return labels
 
 
@@ -362,9 +391,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # Every cell reaches at least a little way past its nucleus, even
         # where its body is too faint to see: min(half the distance to the
         # nearest other nucleus, min_extent_nuclei x the nucleus diameter).
-        ids = np.unique(nuclei)
-        ids = ids[ids > 0]
-        cents = np.array(ndi.center_of_mass(nuclei > 0, nuclei, ids)).reshape(-1, 2)
+        ids = _present(nuclei)
+        cents = _centroids(nuclei, ids)
         present = np.ones(ids.size, dtype=bool)
         radius = np.zeros(int(nuclei.max()) + 1)
         if present.sum() >= 2:
@@ -385,12 +413,11 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             free = np.setdiff1d(np.arange(1, ncomp + 1), seeded)
             free = free[sizes[free] >= min_cell_area_px]
             if free.size:
-                fmask = np.isin(comp, free)
+                fmask = _lut(free, ncomp + 1)[comp]
                 extra = split_objects(fmask, diameter_px=diameter_px * 2.2)
                 extra_lab = np.where(extra > 0, extra + int(nuclei.max()), 0).astype(np.int32)
                 # Seeds are small disks at the extra objects' centres.
-                present = np.unique(extra)
-                centres = ndi.center_of_mass(fmask, extra, present[present > 0])
+                centres = _centroids(extra, _present(extra))
                 r = max(2, int(diameter_px / 4))
                 for cy, cx in centres:
                     cy, cx = int(round(cy)), int(round(cx))
@@ -419,8 +446,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     tiny = np.flatnonzero((areas > 0) & (areas < min_cell_area_px))
     tiny = tiny[tiny > 0]
     if tiny.size:
-        kill = np.isin(cells, tiny)
+        kill = _lut(tiny, areas.size)[cells]
         cells[kill] = 0
     nuclei_kept = np.where(cells == nuclei, nuclei, 0)
-    nuclei_kept[np.isin(nuclei_kept, tiny)] = 0
+    nuclei_kept[_lut(tiny, areas.size)[nuclei_kept]] = 0
     return cells, nuclei_kept.astype(np.int32)
