@@ -64,3 +64,17 @@ def test_label_peaks_matches_skimage():
         md = int(rng.integers(1, 7))
         expected = peak_local_max(img, min_distance=md, labels=lab, exclude_border=False)
         assert np.array_equal(label_peaks(img, lab, md), expected), (trial, shape, md)
+
+
+def test_object_distance_matches_edt():
+    from sabgal.segment import _object_distance
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 4)) > rng.uniform(0.3, 0.8)
+        if trial % 10 == 0:
+            m[:] = True  # no background at all
+        comp, _ = ndi.label(m)
+        expected = ndi.distance_transform_edt(m).astype(np.float32) if m.any() else np.zeros(shape, np.float32)
+        assert np.array_equal(_object_distance(comp, ndi.find_objects(comp)), expected), trial
