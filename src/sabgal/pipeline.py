@@ -131,10 +131,11 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
     return (g + hole - 0.5 * x).astype(np.float32)
 
 
-def _texture(od_sum: np.ndarray, sigma: float) -> np.ndarray:
+def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(local mean, local SD) of the summed OD at scale ``sigma``."""
     m = ndi.gaussian_filter(od_sum, sigma)
     m2 = ndi.gaussian_filter(od_sum * od_sum, sigma)
-    return np.sqrt(np.maximum(m2 - m * m, 0)).astype(np.float32)
+    return m, np.sqrt(np.maximum(m2 - m * m, 0)).astype(np.float32)
 
 
 @dataclass
@@ -298,9 +299,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     sigma_fg = max(1.0, d / 8)
-    texture = _texture(od_sum, sigma_fg)
+    smoothed, texture = _texture(od_sum, sigma_fg)
     foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
-                                         texture=texture, background=background)
+                                         texture=texture, background=background, smoothed=smoothed)
     unseeded = "seed" if mode == "brightfield" else "drop"
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,

@@ -335,7 +335,8 @@ def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
 
 
 def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float = 1.0,
-                    texture: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
+                    texture: np.ndarray | None = None, background: np.ndarray | None = None,
+                    smoothed: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies: smoothed signal (and optional local texture) above the
     noise of bare glass.
 
@@ -352,8 +353,11 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         Local standard deviation of OD; textured pixels count as cell too.
     background : (M, N) bool ndarray, optional
         Pixels known to be glass (from the lamp estimate).
+    smoothed : (M, N) float32 ndarray, optional
+        ``ndi.gaussian_filter(signal, sigma_px)`` when the caller has it
+        already (it is the local mean of the texture).
     """
-    sm = ndi.gaussian_filter(signal.astype(np.float32), sigma_px)
+    sm = ndi.gaussian_filter(signal.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = _background_stats(sm, signal, sigma_px, background)
     fg = sm > level + (5.0 / sensitivity) * sd
     if texture is not None:
