@@ -78,3 +78,18 @@ def test_object_distance_matches_edt():
         comp, _ = ndi.label(m)
         expected = ndi.distance_transform_edt(m).astype(np.float32) if m.any() else np.zeros(shape, np.float32)
         assert np.array_equal(_object_distance(comp, ndi.find_objects(comp)), expected), trial
+
+
+def test_distance_with_indices_matches_scipy():
+    from sabgal.segment import distance_with_indices
+
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
+        m = rng.random(shape) < rng.uniform(0, 1)
+        if trial == 0:
+            m[:] = True
+        d0, (y0, x0) = ndi.distance_transform_edt(m, return_indices=True)
+        d1, (y1, x1) = distance_with_indices(m)
+        assert d1.dtype == d0.dtype and np.array_equal(d1, d0), trial
+        assert np.array_equal(y1, y0) and np.array_equal(x1, x0), trial

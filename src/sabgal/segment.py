@@ -243,6 +243,21 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     return coords[np.argsort(lab, kind="stable")]
 
 
+def distance_with_indices(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``ndi.distance_transform_edt(mask, return_indices=True)`` with the
+    same values: scipy's feature transform, then the distances from integer
+    offsets to it (scipy forms them from float64 index grids, twice the time).
+    Returns (distance float64, (rows, cols) of the nearest zero pixel)."""
+    iy, ix = ndi.distance_transform_edt(mask, return_distances=False, return_indices=True)
+    big = max(mask.shape) > 30_000  # squared offsets must fit in int32
+    dt = np.int64 if big else np.int32
+    dy = iy.astype(dt, copy=False) - np.arange(mask.shape[0], dtype=dt)[:, None]
+    dx = ix.astype(dt, copy=False) - np.arange(mask.shape[1], dtype=dt)[None, :]
+    d2 = dy * dy
+    d2 += dx * dx
+    return np.sqrt(d2, dtype=np.float64), (iy, ix)
+
+
 def _object_distance(comp: np.ndarray, boxes: list) -> np.ndarray:
     """``ndi.distance_transform_edt(comp > 0)`` as float32, one object at a
     time in its bounding box grown by a pixel.
@@ -409,7 +424,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         The nuclei, restricted to the nuclei that own a cell.
     """
     nuclei = nuclei.astype(np.int32, copy=False)
-    reach, (iy, ix) = ndi.distance_transform_edt(nuclei == 0, return_indices=True)
+    reach, (iy, ix) = distance_with_indices(nuclei == 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
@@ -458,7 +473,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # partition of the region: read it straight off the distance
         # transform's nearest-seed indices (same result, no flooding cost).
         if markers is not nuclei and (markers != nuclei).any():
-            _, (iy, ix) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+            iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
         cells = np.where(region, markers[iy, ix], 0).astype(np.int32)
     else:
         e = elevation.astype(np.float32)
