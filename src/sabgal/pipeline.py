@@ -172,15 +172,13 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
-    model = stains.StainModel.build(xgal_ref, cs_name, cs_vec, xgal_ref=xgal_ref)
-    conc = stains.unmix(od, model.matrix)
+    # (the vector estimates read the OD directly: concentrations are
+    # unmixed once, with the final model)
     xgal_vec, cs_used = xgal_ref, cs_vec
     refined = False
     if cs_vec is not None and sc.estimate_counterstain:
         cs_used, _ = stains.estimate_stain_vector(od, cs_vec, avoid=(xgal_ref,),
                                                   max_angle_deg=sc.max_counterstain_angle_deg)
-        if cs_used is not cs_vec:
-            conc = stains.unmix(od, stains.StainModel.build(xgal_ref, cs_name, cs_used).matrix)
     if sc.estimate_xgal:
         xgal_vec, refined = stains.estimate_stain_vector(
             od, xgal_ref, avoid=() if cs_used is None else (cs_used,), max_angle_deg=sc.max_xgal_angle_deg)
