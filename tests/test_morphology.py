@@ -93,3 +93,13 @@ def test_distance_with_indices_matches_scipy():
         d1, (y1, x1) = distance_with_indices(m)
         assert d1.dtype == d0.dtype and np.array_equal(d1, d0), trial
         assert np.array_equal(y1, y0) and np.array_equal(x1, x0), trial
+
+
+def test_median_filter_matches_scipy():
+    from sabgal.segment import _median_filter
+
+    rng = np.random.default_rng(5)
+    for shape, size in [((40, 57), 9), ((13, 20), 7), ((9, 12), 9), ((5, 9), 3), ((3, 4), 9), ((20, 20), 4)]:
+        x = rng.random(shape).astype(np.float32)
+        x[::3] = np.round(x[::3], 1)  # ties
+        assert np.array_equal(_median_filter(x, size), ndi.median_filter(x, size=size, mode="reflect"))

@@ -90,6 +90,21 @@ def robust_noise(values: np.ndarray) -> tuple[float, float]:
     return med, max(sd, 1e-6)
 
 
+def _median_filter(image: np.ndarray, size: int) -> np.ndarray:
+    """``ndi.median_filter(image, size=size, mode="reflect")`` (odd ``size``) by
+    one partition of all windows at once: same values, ~3x faster than
+    scipy's per-pixel selection on the small images it is used for."""
+    pad = size // 2
+    if size % 2 == 0 or min(image.shape) <= pad:
+        return ndi.median_filter(image, size=size, mode="reflect")
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    padded = np.pad(image, pad, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    windows = sliding_window_view(padded, (size, size)).reshape(image.shape + (size * size,))
+    k = size * size // 2
+    return np.partition(windows, k, axis=-1)[..., k]
+
+
 def flatten_background(image: np.ndarray, radius_px: float) -> np.ndarray:
     """Subtract a smooth local background (a large median on a reduced image).
 
@@ -99,7 +114,7 @@ def flatten_background(image: np.ndarray, radius_px: float) -> np.ndarray:
     f = max(1, int(radius_px // 4))
     small = image[::f, ::f]
     size = max(3, int(2 * radius_px / f) | 1)
-    bg = ndi.median_filter(small, size=size, mode="reflect")
+    bg = _median_filter(small, size)
     bg = ndi.uniform_filter(bg, size=max(3, size // 2))
     return (image - upsample_bilinear(bg, image.shape[:2])).astype(np.float32)
 
