@@ -194,22 +194,24 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     rows, cols = image.shape
     threshold = image.min()
     # 1. 3x3 maxima within the own label (neighbours outside the image or in
-    #    another label do not count), read on the labelled pixels only, from
-    #    copies padded with a background ring
+    #    another label do not count), read on the labelled pixels only
     py, px = np.nonzero(labels)
     lab = labels[py, px].astype(np.intp)
     n_labels = int(lab.max()) + 1 if lab.size else 1
     area = np.bincount(lab, minlength=n_labels)
-    lab_pad = np.pad(labels, 1).ravel()
-    img_pad = np.pad(image, 1).ravel()
-    at = (py + 1) * (cols + 2) + (px + 1)
     val = image[py, px]
+    lab_flat, img_flat = labels.ravel(), image.ravel()
     cand = np.ones(py.size, dtype=bool)
     for dy in (-1, 0, 1):
+        ny = py + dy
+        y_in = (ny >= 0) & (ny < rows)
+        row = np.clip(ny, 0, rows - 1) * cols
         for dx in (-1, 0, 1):
             if dy or dx:
-                nb = at + (dy * (cols + 2) + dx)
-                cand &= (lab_pad[nb] != lab) | (img_pad[nb] <= val)
+                nx = px + dx
+                inside = y_in & (nx >= 0) & (nx < cols)
+                nb = row + np.clip(nx, 0, cols - 1)
+                cand &= ~inside | (lab_flat[nb] != lab) | (img_flat[nb] <= val)
     py, px, lab = py[cand], px[cand], lab[cand]
     # 2. the full window (clipped at the image edge) within the own label
     offs = np.arange(-r, r + 1)
