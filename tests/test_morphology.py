@@ -103,3 +103,40 @@ def test_median_filter_matches_scipy():
         x = rng.random(shape).astype(np.float32)
         x[::3] = np.round(x[::3], 1)  # ties
         assert np.array_equal(_median_filter(x, size), ndi.median_filter(x, size=size, mode="reflect"))
+
+
+def test_convex_areas_match_qhull():
+    from scipy.spatial import ConvexHull, QhullError
+
+    from sabgal.measure import _convex_areas
+
+    def qhull_areas(labels, ids):
+        out = []
+        edge = np.pad(labels, 1)
+        inner = edge[1:-1, 1:-1]
+        e = ((inner != edge[:-2, 1:-1]) | (inner != edge[2:, 1:-1]) | (inner != edge[1:-1, :-2])
+             | (inner != edge[1:-1, 2:])) & (inner > 0)
+        for k in ids:
+            pts = np.argwhere(e & (labels == k)).astype(float)
+            try:
+                h = ConvexHull(pts) if len(pts) >= 3 else None
+                out.append(h.volume + h.area / 2 + 1 if h else len(pts))
+            except QhullError:  # collinear
+                out.append(len(pts))
+        return np.array(out)
+
+    rng = np.random.default_rng(6)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        labels = rng.integers(0, 6, shape) * (rng.random(shape) < rng.uniform(0.05, 1))
+        if trial % 3 == 0:  # lines, dots and diagonals (collinear pixels)
+            labels = np.zeros(shape, int)
+            for k in range(1, 6):
+                y, x, n, d = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(1, 9), rng.integers(0, 3)
+                for q in range(n):
+                    yy, xx = y + q * (d != 1), x + q * (d != 0)
+                    if yy < shape[0] and xx < shape[1]:
+                        labels[yy, xx] = k
+        ids = np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+        if ids.size:
+            np.testing.assert_allclose(_convex_areas(labels, ids), qhull_areas(labels, ids), rtol=1e-9)
