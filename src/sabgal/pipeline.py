@@ -309,7 +309,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
     foreground = _expand(foreground, f, shape)
-    return cells.astype(np.uint32), nuclei, foreground, diameter
+    return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter
 
 
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
@@ -392,7 +392,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                 per_image[""][0], per_image[""][1] if per_image[""][1] != "set" else th.positive_source)
     timings["total_s"] = time.perf_counter() - t0
     info["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    return ImageResult(table, cells, nuclei, xgal_c.astype(np.float32),
+    return ImageResult(table, cells, nuclei, xgal_c.astype(np.float32, copy=False),
                        prep.counterstain, info)
 
 
