@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from sabgal import classify, illumination, measure, segment, stains
+from sabgal import classify, filters, illumination, measure, segment, stains
 from sabgal import morphology as morph
 from sabgal.config import Config
 
@@ -133,8 +133,8 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """(local mean, local SD) of the summed OD at scale ``sigma``."""
-    m = ndi.gaussian_filter(od_sum, sigma)
-    m2 = ndi.gaussian_filter(od_sum * od_sum, sigma)
+    m = filters.gaussian_filter(od_sum, sigma)
+    m2 = filters.gaussian_filter(od_sum * od_sum, sigma)
     return m, np.sqrt(np.maximum(m2 - m * m, 0)).astype(np.float32)
 
 
@@ -214,7 +214,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     occupied = cells > 0 if foreground is None else (foreground | (cells > 0))
     glass = ~morph.dilate_cross(occupied, iterations=3)
     xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
-    xgal_c = ndi.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
+    xgal_c = filters.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um
     if diameter_px is None:
         areas = np.bincount(np.asarray(nucleus_labels).ravel().astype(np.int64))[1:]
@@ -400,7 +400,7 @@ def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
     """Image-quality numbers; flags and cut-offs are applied by ``sabgal.qc``."""
     lum = _channel_sum(rgb) / np.float32(rgb.shape[-1])
     step = 2 if lum.size > 2_000_000 else 1
-    lap = ndi.laplace(lum[::step, ::step])
+    lap = filters.laplace(lum[::step, ::step])
     focus = float(np.var(lap) / max(float(np.mean(lum)) ** 2, 1e-9))
     od_sum = _channel_sum(od)
     if glass.sum() > 1000:

@@ -22,6 +22,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from sabgal import filters
 from sabgal import morphology as morph
 from sabgal.illumination import upsample_bilinear
 
@@ -126,7 +127,7 @@ def estimate_nucleus_diameter(nuclear_map: np.ndarray, *, default: float = 14.0)
     equivalent diameter of objects of 20 px or more is returned
     (``default`` when there are too few objects).
     """
-    sm = ndi.gaussian_filter(nuclear_map.astype(np.float32), 1.0)
+    sm = filters.gaussian_filter(nuclear_map.astype(np.float32), 1.0)
     try:
         t = threshold_otsu(sm[::2, ::2])
     except ValueError:
@@ -152,7 +153,7 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
     never below the background level + 4 noise SDs (so an image without
     nuclei stays empty).
     """
-    sm = ndi.gaussian_filter(nuclear_map.astype(np.float32), max(0.7, diameter_px / 12))
+    sm = filters.gaussian_filter(nuclear_map.astype(np.float32), max(0.7, diameter_px / 12))
     med, sd = robust_noise(sm)
     floor = med + 4 * sd
     hi_vals = sm[sm > floor]
@@ -309,9 +310,9 @@ def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray
     comp, ncomp = ndi.label(mask)
     boxes = ndi.find_objects(comp)
     dist = _object_distance(comp, boxes)
-    score = ndi.gaussian_filter(dist, max(1.0, diameter_px / 10))
+    score = filters.gaussian_filter(dist, max(1.0, diameter_px / 10))
     if intensity is not None:
-        sm = ndi.gaussian_filter(intensity.astype(np.float32), max(1.0, diameter_px / 6))
+        sm = filters.gaussian_filter(intensity.astype(np.float32), max(1.0, diameter_px / 6))
         lo, hi = np.percentile(sm[mask], [5, 95]) if mask.sum() > 20 else (0.0, 1.0)
         score = score + 0.25 * (diameter_px / 2) * np.clip((sm - lo) / max(hi - lo, 1e-6), 0, 1)
     min_dist = max(2, int(round(diameter_px * 0.4)))
@@ -389,7 +390,7 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         ``ndi.gaussian_filter(signal, sigma_px)`` when the caller has it
         already (it is the local mean of the texture).
     """
-    sm = ndi.gaussian_filter(signal.astype(np.float32), sigma_px) if smoothed is None else smoothed
+    sm = filters.gaussian_filter(signal.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = _background_stats(sm, signal, sigma_px, background)
     fg = sm > level + (5.0 / sensitivity) * sd
     if texture is not None:
