@@ -132,7 +132,8 @@ def test_convex_areas_match_qhull():
         if trial % 3 == 0:  # lines, dots and diagonals (collinear pixels)
             labels = np.zeros(shape, int)
             for k in range(1, 6):
-                y, x, n, d = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(1, 9), rng.integers(0, 3)
+                y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+                n, d = rng.integers(1, 9), rng.integers(0, 3)
                 for q in range(n):
                     yy, xx = y + q * (d != 1), x + q * (d != 0)
                     if yy < shape[0] and xx < shape[1]:

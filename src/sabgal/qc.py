@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # noqa: F401  (the doctest of sharpness uses it)
 
 from sabgal import filters
 from sabgal.config import QCConfig
