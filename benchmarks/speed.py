@@ -30,6 +30,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def _time_images(images_dir: str, out_dir: str, queue) -> None:
+    import os
+
+    # As `sabgal run` does (sabgal.cli): one BLAS thread, set before numpy loads
+    # in this fresh process (an explicit value in the environment wins).
+    from sabgal.cli import _BLAS_THREAD_VARS
+
+    for var in _BLAS_THREAD_VARS:
+        os.environ.setdefault(var, "1")
     from sabgal import batch
     from sabgal.config import Config, config_to_dict
 

@@ -139,7 +139,7 @@ def _to_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int, float]:
             raise ImageReadError(
                 f"{path}: floating-point image with values in [{lo:.3g}, {hi:.3g}]; "
                 "expected 8/16-bit integers or floats in [0, 1]")
-        sat = float(np.mean(np.any(arr >= 1.0, axis=-1))) if arr.ndim == 3 else float(np.mean(arr >= 1.0))
+        sat = float(np.mean(_any_channel(arr >= 1.0))) if arr.ndim == 3 else float(np.mean(arr >= 1.0))
         return arr.astype(np.float32), 32, sat
     if arr.dtype == np.uint8:
         full, depth = 255.0, 8
@@ -160,10 +160,19 @@ def _to_float(arr: np.ndarray, path: Path) -> tuple[np.ndarray, int, float]:
         full = 16383.0  # 14-bit
     sat_level = maxv if maxv >= full * 0.999 else full
     if arr.ndim == 3:
-        sat = float(np.mean(np.any(arr >= sat_level, axis=-1)))
+        sat = float(np.mean(_any_channel(arr >= sat_level)))
     else:
         sat = float(np.mean(arr >= sat_level))
     return (arr.astype(np.float32) / np.float32(full)), depth, sat
+
+
+def _any_channel(mask: np.ndarray) -> np.ndarray:
+    """``mask.any(axis=-1)`` for a few channels, as whole-plane ORs (a reduction
+    over a short last axis is slow in numpy)."""
+    out = mask[..., 0].copy()
+    for c in range(1, mask.shape[-1]):
+        out |= mask[..., c]
+    return out
 
 
 def _squeeze_pages(arr: np.ndarray) -> np.ndarray:
@@ -252,11 +261,16 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> None:
-    """Write a uint32 label image as a compressed TIFF, atomically."""
+    """Write a uint32 label image as a compressed TIFF, atomically.
+
+    Deflate at level 1: a third of the time of the default level for label
+    images, files about 1.8x larger; any TIFF reader decodes either.
+    """
     import tifffile
 
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, np.asarray(labels, dtype=np.uint32), compression="zlib")
+        tifffile.imwrite(tmp, np.asarray(labels, dtype=np.uint32), compression="zlib",
+                         compressionargs={"level": 1})
 
 
 def write_table(path: str | os.PathLike[str], table: Any) -> None:

@@ -45,9 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
+from scipy import ndimage as ndi  # noqa: F401  (the doctest of sharpness uses it)
 
+from sabgal import filters
 from sabgal.config import QCConfig
+from sabgal.illumination import block_reduce_mean
 
 __all__ = [
     "QC_COLUMNS",
@@ -85,18 +87,21 @@ def sharpness(rgb: np.ndarray) -> float:
     """
     lum = np.asarray(rgb, dtype=np.float32)
     if lum.ndim == 3:
-        lum = lum.mean(axis=-1)
+        # lum.mean(axis=-1), as whole-plane additions (same values, faster)
+        total = lum[..., 0].copy()
+        for c in range(1, lum.shape[-1]):
+            total += lum[..., c]
+        lum = total / np.float32(lum.shape[-1])
     if lum.ndim != 2:
         raise ValueError(f"rgb must have shape (rows, cols[, channels]); got {np.shape(rgb)}")
     scale = 1.0
     if lum.size > 4_000_000:
         lum, scale = lum[::2, ::2], 0.5
-    fine = ndi.gaussian_laplace(lum, 1.5 * scale)
+    fine = filters.gaussian_laplace(lum, 1.5 * scale)
     # the coarse band on a 2x2 block mean (same band, a quarter of the work)
-    m, n = lum.shape[0] // 2, lum.shape[1] // 2
-    half = lum[: 2 * m, : 2 * n].reshape(m, 2, n, 2).mean(axis=(1, 3))
-    g4 = ndi.gaussian_filter(half, 2.0 * scale)
-    g8 = ndi.gaussian_filter(g4, np.sqrt(4.0**2 - 2.0**2) * scale)
+    half = block_reduce_mean(lum, 2)
+    g4 = filters.gaussian_filter(half, 2.0 * scale)
+    g8 = filters.gaussian_filter(g4, np.sqrt(4.0**2 - 2.0**2) * scale)
     coarse = float(np.var(g4 - g8))
     if coarse <= 0:
         return float("nan")

@@ -1,0 +1,49 @@
+"""``scipy.ndimage`` filters with the same results, faster on power-of-two widths.
+
+scipy filters a 2-D image along its columns by reading lines with the row
+stride; when that stride is a multiple of 4 KiB (1024 or 2048 float32
+columns) every element of a column falls into the same few cache sets, and
+the column pass runs 2-3x slower than on a slightly wider image. Filtering a
+copy whose rows are padded by 64 bytes (the image itself is a view of it, the
+padding never read) gives identical values at a fraction of the time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["gaussian_filter", "gaussian_laplace", "laplace"]
+
+_ALIAS_BYTES = 4096
+_PAD_BYTES = 64
+
+
+def _apply(fn: Callable[..., np.ndarray], image: np.ndarray, *args, **kwargs) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2 or image.shape[0] < 64 or (image.shape[1] * image.itemsize) % _ALIAS_BYTES:
+        return fn(image, *args, **kwargs)
+    rows, cols = image.shape
+    wide = cols + max(1, _PAD_BYTES // image.itemsize)
+    src = np.empty((rows, wide), dtype=image.dtype)[:, :cols]
+    src[...] = image
+    out = np.empty((rows, wide), dtype=image.dtype)[:, :cols]
+    fn(src, *args, output=out, **kwargs)
+    return np.ascontiguousarray(out)
+
+
+def gaussian_filter(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
+    """``ndi.gaussian_filter(image, sigma, **kwargs)`` of a 2-D image (same dtype out)."""
+    return _apply(ndi.gaussian_filter, image, sigma, **kwargs)
+
+
+def gaussian_laplace(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
+    """``ndi.gaussian_laplace(image, sigma, **kwargs)`` of a 2-D image."""
+    return _apply(ndi.gaussian_laplace, image, sigma, **kwargs)
+
+
+def laplace(image: np.ndarray, **kwargs) -> np.ndarray:
+    """``ndi.laplace(image, **kwargs)`` of a 2-D image."""
+    return _apply(ndi.laplace, image, **kwargs)

@@ -1,0 +1,157 @@
+"""The fast binary morphology equals scipy.ndimage / scikit-image exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from sabgal import morphology as mo
+
+SQ = np.ones((3, 3), bool)
+
+
+def _masks():
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40))) if trial % 3 else (90, 130)
+        if trial % 2:
+            yield ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3)) > rng.uniform(0.3, 0.7)
+        else:
+            yield rng.random(shape) < rng.uniform(0.05, 0.95)
+
+
+@pytest.mark.parametrize("it", [1, 2, 3])
+def test_iterated_ops_match_scipy(it):
+    for m in _masks():
+        assert np.array_equal(mo.erode_square(m, it), ndi.binary_erosion(m, SQ, iterations=it))
+        assert np.array_equal(mo.dilate_square(m, it), ndi.binary_dilation(m, SQ, iterations=it))
+        assert np.array_equal(mo.close_square(m, it), ndi.binary_closing(m, SQ, iterations=it))
+        assert np.array_equal(mo.erode_cross(m, it), ndi.binary_erosion(m, iterations=it))
+        assert np.array_equal(mo.dilate_cross(m, it), ndi.binary_dilation(m, iterations=it))
+
+
+def test_opening_fill_and_boundaries_match():
+    rng = np.random.default_rng(1)
+    for m in _masks():
+        assert np.array_equal(mo.open_square(m), ndi.binary_opening(m, structure=SQ))
+        assert np.array_equal(mo.open_cross(m), ndi.binary_opening(m, iterations=1))
+        assert np.array_equal(mo.fill_holes(m), ndi.binary_fill_holes(m))
+        lab, _ = ndi.label(m)
+        many = (rng.integers(0, 5, m.shape) * m).astype(np.uint32)
+        for labels in (lab, many):
+            assert np.array_equal(mo.inner_boundaries(labels), find_boundaries(labels, mode="inner"))
+
+
+def test_label_peaks_matches_skimage():
+    from skimage.feature import peak_local_max
+
+    from sabgal.segment import label_peaks
+
+    rng = np.random.default_rng(2)
+    for trial in range(80):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+        img = ndi.gaussian_filter(rng.random(shape), rng.uniform(0, 3)).astype(np.float32)
+        if trial % 4 == 0:
+            img = np.round(img * 20) / 20  # plateaus and ties
+        if trial % 7 == 0:
+            img[:] = 0.5  # flat objects
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3)) > rng.uniform(0.3, 0.7)
+        lab, _ = ndi.label(m)
+        if trial % 5 == 0:
+            lab = rng.integers(0, 4, shape) * m  # labels that touch each other
+        md = int(rng.integers(1, 7))
+        expected = peak_local_max(img, min_distance=md, labels=lab, exclude_border=False)
+        assert np.array_equal(label_peaks(img, lab, md), expected), (trial, shape, md)
+
+
+def test_object_distance_matches_edt():
+    from sabgal.segment import _object_distance
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 60)), int(rng.integers(1, 60)))
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 4)) > rng.uniform(0.3, 0.8)
+        if trial % 10 == 0:
+            m[:] = True  # no background at all
+        comp, _ = ndi.label(m)
+        expected = ndi.distance_transform_edt(m).astype(np.float32) if m.any() else np.zeros(shape, np.float32)
+        assert np.array_equal(_object_distance(comp, ndi.find_objects(comp)), expected), trial
+
+
+def test_distance_with_indices_matches_scipy():
+    from sabgal.segment import distance_with_indices
+
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        shape = (int(rng.integers(1, 50)), int(rng.integers(1, 50)))
+        m = rng.random(shape) < rng.uniform(0, 1)
+        if trial == 0:
+            m[:] = True
+        d0, (y0, x0) = ndi.distance_transform_edt(m, return_indices=True)
+        d1, (y1, x1) = distance_with_indices(m)
+        assert d1.dtype == d0.dtype and np.array_equal(d1, d0), trial
+        assert np.array_equal(y1, y0) and np.array_equal(x1, x0), trial
+
+
+def test_median_filter_matches_scipy():
+    from sabgal.segment import _median_filter
+
+    rng = np.random.default_rng(5)
+    for shape, size in [((40, 57), 9), ((13, 20), 7), ((9, 12), 9), ((5, 9), 3), ((3, 4), 9), ((20, 20), 4)]:
+        x = rng.random(shape).astype(np.float32)
+        x[::3] = np.round(x[::3], 1)  # ties
+        assert np.array_equal(_median_filter(x, size), ndi.median_filter(x, size=size, mode="reflect"))
+
+
+def test_convex_areas_match_qhull():
+    from scipy.spatial import ConvexHull, QhullError
+
+    from sabgal.measure import _convex_areas
+
+    def qhull_areas(labels, ids):
+        out = []
+        edge = np.pad(labels, 1)
+        inner = edge[1:-1, 1:-1]
+        e = ((inner != edge[:-2, 1:-1]) | (inner != edge[2:, 1:-1]) | (inner != edge[1:-1, :-2])
+             | (inner != edge[1:-1, 2:])) & (inner > 0)
+        for k in ids:
+            pts = np.argwhere(e & (labels == k)).astype(float)
+            try:
+                h = ConvexHull(pts) if len(pts) >= 3 else None
+                out.append(h.volume + h.area / 2 + 1 if h else len(pts))
+            except QhullError:  # collinear
+                out.append(len(pts))
+        return np.array(out)
+
+    rng = np.random.default_rng(6)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        labels = rng.integers(0, 6, shape) * (rng.random(shape) < rng.uniform(0.05, 1))
+        if trial % 3 == 0:  # lines, dots and diagonals (collinear pixels)
+            labels = np.zeros(shape, int)
+            for k in range(1, 6):
+                y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+                n, d = rng.integers(1, 9), rng.integers(0, 3)
+                for q in range(n):
+                    yy, xx = y + q * (d != 1), x + q * (d != 0)
+                    if yy < shape[0] and xx < shape[1]:
+                        labels[yy, xx] = k
+        ids = np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+        if ids.size:
+            np.testing.assert_allclose(_convex_areas(labels, ids), qhull_areas(labels, ids), rtol=1e-9)
+
+
+def test_padded_filters_match_scipy():
+    from sabgal import filters
+
+    rng = np.random.default_rng(7)
+    for shape in [(128, 1024), (70, 2048), (100, 512), (90, 130)]:
+        for dtype in (np.float32, np.float64):
+            x = rng.random(shape).astype(dtype)
+            out = filters.gaussian_filter(x, 1.7)
+            assert out.dtype == dtype and out.flags.c_contiguous
+            assert np.array_equal(out, ndi.gaussian_filter(x, 1.7))
+            assert np.array_equal(filters.gaussian_laplace(x, 1.5), ndi.gaussian_laplace(x, 1.5))
+            assert np.array_equal(filters.laplace(x[::2, ::2]), ndi.laplace(x[::2, ::2]))
