@@ -126,7 +126,7 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
     x = filters.gaussian_filter(np.maximum(xgal, 0), sigma)
     # a hole = a pale spot *enclosed* by blue: what a closing at nucleus size fills
     size = max(3, int(round(8 * sigma)) | 1)
-    hole = ndi.grey_closing(x, size=(size, size)) - x
+    hole = filters.grey_closing(x, size) - x
     # X-gal granules are dense too, but they are blue: what is blue is not nucleus
     return (g + hole - 0.5 * x).astype(np.float32)
 
