@@ -1,4 +1,5 @@
 import numpy as np
+from scipy import ndimage as ndi
 
 from sabgal import segment
 from sabgal.pipeline import analyze_image
@@ -82,3 +83,23 @@ def test_fill_holes_keeps_glass_and_fills_nuclei():
     edge = np.ones((20, 20), bool)
     edge[:, :3] = False  # open to the image edge: never a hole
     assert not segment.fill_holes(edge)[10, 1]
+
+
+def test_size_weighted_territories_give_a_large_nucleus_more_room():
+    # a large and a small nucleus 60 px apart on a uniform foreground: the
+    # plain midline would be at x = 50; weighted by nucleus radius (12 vs 4)
+    # the border moves towards the small one, and no piece is left detached
+    yy, xx = np.mgrid[0:60, 0:100]
+    nuclei = np.zeros((60, 100), np.int32)
+    nuclei[(yy - 30) ** 2 + (xx - 20) ** 2 <= 12 ** 2] = 1
+    nuclei[(yy - 30) ** 2 + (xx - 80) ** 2 <= 4 ** 2] = 2
+    region = np.ones_like(nuclei, bool)
+    plain, _ = segment.segment_cells(nuclei, region, max_reach_px=200, min_cell_area_px=10)
+    weighted, _ = segment.segment_cells(nuclei, region, max_reach_px=200, min_cell_area_px=10,
+                                        size_weighted=True)
+    border_plain = np.flatnonzero(plain[30] == 2)[0]
+    border_weighted = np.flatnonzero(weighted[30] == 2)[0]
+    assert 45 <= border_plain <= 55 and border_weighted > border_plain + 10
+    assert (weighted[nuclei > 0] == nuclei[nuclei > 0]).all()
+    for k in (1, 2):
+        assert ndi.label(weighted == k)[1] == 1

@@ -342,7 +342,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
         # faint cells still reach a little past their nucleus, but never onto
         # glass the lamp estimate saw
-        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=background)
+        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=background,
+        # with a nuclear stain the nucleus sizes are reliable enough to weight
+        # the territories by them; brightfield's best-effort nuclei are not
+        size_weighted=mode != "brightfield")
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
