@@ -542,7 +542,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     box reaching twice the distance to its third-nearest neighbour (scaled
     by its relative size, at most ``max_reach_px``); region pixels no box
     covers keep their plain Voronoi owner from ``voronoi``, and pieces cut
-    off from their nucleus go to the nearest other cell.
+    off from their nucleus go to the cell that borders them most.
     """
     from scipy.spatial import cKDTree
 
@@ -579,17 +579,26 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     owner = np.where(markers > 0, markers, owner)
     out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32)
     # a large nucleus can win a detached sliver beyond a small neighbour: such
-    # pieces (not connected to their nucleus) go to the nearest other cell
+    # pieces (not connected to their nucleus) go to the cell that borders
+    # them most
     from skimage.measure import label as cc_label
 
     comp = cc_label(out, connectivity=1, background=0)
     anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
     anchored[comp[markers > 0]] = True
-    orphan = (comp > 0) & ~anchored[comp]
-    if orphan.any():
-        rest = np.where(orphan, 0, out)
-        iy, ix = ndi.distance_transform_edt(rest == 0, return_distances=False, return_indices=True)
-        out = np.where(orphan, rest[iy, ix], out)
+    anchored[0] = True
+    orphans = np.flatnonzero(~anchored)
+    if orphans.size:
+        boxes = ndi.find_objects(comp)
+        for k in orphans:
+            sl = boxes[k - 1]
+            y0, y1 = max(0, sl[0].start - 1), min(m, sl[0].stop + 1)
+            x0, x1 = max(0, sl[1].start - 1), min(w, sl[1].stop + 1)
+            piece = comp[y0:y1, x0:x1] == k
+            sub = out[y0:y1, x0:x1]
+            around = sub[morph.dilate_cross(piece) & ~piece]
+            around = around[(around > 0) & (around != sub[piece][0])]
+            sub[piece] = np.bincount(around).argmax() if around.size else voronoi[y0:y1, x0:x1][piece][0]
     return out
 
 
