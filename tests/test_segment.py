@@ -1,6 +1,7 @@
 import numpy as np
 from scipy import ndimage as ndi
 
+from sabgal import morphology as morph
 from sabgal import segment
 from sabgal.pipeline import analyze_image
 from conftest import paint_field
@@ -76,13 +77,13 @@ def test_fill_holes_keeps_glass_and_fills_nuclei():
     glass[8:12, 28:32] = True
     nuclei = np.zeros_like(mask)
     nuclei[26:29, 46:49] = True
-    out = segment.fill_holes(mask, unless=glass)
+    out = morph.fill_holes(mask, unless=glass)
     assert out[10, 10] and not out[10, 30] and out[27, 47]
-    only_nuclear = segment.fill_holes(mask, max_area_px=0, keep_if=nuclei)
+    only_nuclear = morph.fill_holes(mask, touching=nuclei)
     assert only_nuclear[27, 47] and not only_nuclear[10, 10] and not only_nuclear[10, 30]
     edge = np.ones((20, 20), bool)
     edge[:, :3] = False  # open to the image edge: never a hole
-    assert not segment.fill_holes(edge)[10, 1]
+    assert not morph.fill_holes(edge)[10, 1]
 
 
 def test_size_weighted_territories_give_a_large_nucleus_more_room():

@@ -182,6 +182,11 @@ def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 GLASS_MAX_SPREAD = 0.005
 
 
+def _relative(lum: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """Brightness relative to the lamp fit, minus one (flat, float64)."""
+    return np.asarray(lum, dtype=np.float64).ravel() / np.maximum(fit, 1e-6) - 1
+
+
 def _upper_spread(rel: np.ndarray) -> float:
     """SD of glass brightness from the pixels above the lamp envelope.
 
@@ -210,7 +215,7 @@ def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: f
     sub = sub.ravel()
     noise0 = noise
     for it in range(10):
-        rel = lum_flat / np.maximum(fit, 1e-6) - 1
+        rel = _relative(lum_flat, fit)
         if revise and it > 0:
             noise = max(noise0, min(_upper_spread(rel), GLASS_MAX_SPREAD))
         keep = (rel > -3 * noise) & (rel < 4 * noise)
@@ -232,7 +237,7 @@ def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: f
 
 def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndarray:
     """Block pixels within the noise of the lamp fit and smooth, eroded by one."""
-    rel = (lum.ravel() / np.maximum(fit, 1e-6) - 1).reshape(lum.shape)
+    rel = _relative(lum, fit).reshape(lum.shape)
     bg = (rel > -3 * noise) & (rel < 4 * noise) & smooth
     return ndi.binary_erosion(bg, iterations=1, border_value=1)
 
@@ -306,7 +311,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     # envelope, and use it if that plateau is flat to within GLASS_MAX_SPREAD
     # (a confluent sheet's brightest cytoplasm is not).
     fit_up = _envelope_fit(lum, a_full, guess.ravel(), noise, revise=True)
-    spread = _upper_spread(lum.ravel() / np.maximum(fit_up, 1e-6) - 1)
+    spread = _upper_spread(_relative(lum, fit_up))
     if noise < spread <= GLASS_MAX_SPREAD:
         bg_up = _glass(lum, fit_up, spread, smooth)
         if bg_up.mean() > bg.mean():

@@ -101,9 +101,15 @@ def open_cross(mask: np.ndarray) -> np.ndarray:
     return dilate_cross(erode_cross(mask))
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray, *, touching: np.ndarray | None = None,
+               unless: np.ndarray | None = None) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background not 4-connected to the
-    image edge becomes foreground (one labelling instead of a flood fill)."""
+    image edge becomes foreground (one labelling instead of a flood fill).
+
+    ``touching``: fill only the holes that hold a pixel of this mask (e.g. a
+    nucleus); ``unless``: never fill a hole that holds a pixel of this mask
+    (e.g. known glass).
+    """
     m = np.asarray(mask, dtype=bool)
     lab, n = ndi.label(~m)
     if n == 0:
@@ -112,6 +118,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
         outside[edge] = True
     outside[0] = True  # label 0 = the mask itself
+    if touching is not None:
+        outside |= np.bincount(lab[touching], minlength=n + 1) == 0
+    if unless is not None:
+        outside |= np.bincount(lab[unless], minlength=n + 1) > 0
     holes = ~outside
     if not holes.any():
         return m.copy()

@@ -327,10 +327,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     # demand twice the size before a blob counts as a nucleus
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
-    if mode == "brightfield":
-        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)), radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
     sigma_fg = max(1.0, d / 8)
     if mode == "brightfield":
+        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
+                                               radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity)
     else:
         smoothed, texture = _texture(od_sum, sigma_fg)

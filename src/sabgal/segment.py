@@ -410,34 +410,15 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         else:
             tmed, tsd = robust_noise(texture)
         fg |= texture > tmed + (8.0 / sensitivity) * tsd
+    return _tidy_mask(fg, glass=background)
+
+
+def _tidy_mask(fg: np.ndarray, *, glass: np.ndarray | None = None) -> np.ndarray:
+    """Open away specks, close small gaps, fill holes (thin cytoplasm) except
+    those holding known ``glass``."""
     fg = morph.open_square(fg)
     fg = morph.close_square(fg, iterations=2)
-    return fill_holes(fg, unless=background)
-
-
-def fill_holes(mask: np.ndarray, *, max_area_px: float | None = None,
-               keep_if: np.ndarray | None = None, unless: np.ndarray | None = None) -> np.ndarray:
-    """Fill the holes of a mask (background not connected to the image edge).
-
-    ``max_area_px``: fill only holes smaller than this, or touching
-    ``keep_if`` (e.g. a nucleus); ``unless``: never fill a hole touching this
-    (e.g. known glass).
-    """
-    holes, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-    fill = np.ones(n + 1, dtype=bool)
-    fill[edge] = False
-    fill[0] = False
-    if max_area_px is not None:
-        small = np.bincount(holes.ravel(), minlength=n + 1) < max_area_px
-        if keep_if is not None:
-            small |= np.bincount(holes[keep_if], minlength=n + 1) > 0
-        fill &= small
-    if unless is not None:
-        fill &= np.bincount(holes[unless], minlength=n + 1) == 0
-    return mask | fill[holes]
+    return morph.fill_holes(fg, unless=glass)
 
 
 def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2) -> tuple[float, float]:
@@ -493,10 +474,7 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     ``k`` glass noise SDs above the glass level (:func:`glass_level`)."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px)
     level, sd = glass_level(sm)
-    fg = sm > level + k * sd
-    fg = morph.open_square(fg)
-    fg = morph.close_square(fg, iterations=2)
-    return morph.fill_holes(fg)
+    return _tidy_mask(sm > level + k * sd)
 
 
 def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float) -> np.ndarray:
@@ -507,11 +485,10 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
     a cell has one nucleus, and two real nuclei are rarely closer than
     about a nucleus and a half apart.
     """
-    ids = np.unique(nuclei)
-    ids = ids[ids > 0]
+    ids = _present(nuclei)
     if ids.size < 2:
         return nuclei
-    cents = np.array(ndi.center_of_mass(np.ones(nuclei.shape, np.float32), nuclei, ids)).reshape(-1, 2)
+    cents = _centroids(nuclei, ids)
     mass = np.asarray(ndi.sum_labels(np.maximum(score, 0), nuclei, ids), dtype=np.float64)
     from scipy.spatial import cKDTree
 
@@ -546,18 +523,11 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     """
     from scipy.spatial import cKDTree
 
-    n = int(markers.max())
-    if n < 2:
+    ids = _present(markers)
+    if ids.size < 2:
         return voronoi
-    flat = markers.ravel()
-    on = flat > 0
-    lab = flat[on].astype(np.int64)
-    area = np.bincount(lab, minlength=n + 1).astype(np.float64)
-    rows, cols = np.divmod(np.flatnonzero(on), markers.shape[1])
-    ids = np.flatnonzero(area > 0)
-    cy = np.bincount(lab, rows, n + 1)[ids] / area[ids]
-    cx = np.bincount(lab, cols, n + 1)[ids] / area[ids]
-    r = np.sqrt(area[ids] / np.pi)
+    cy, cx = _centroids(markers, ids).T
+    r = np.sqrt(np.bincount(markers.ravel())[ids] / np.pi)
     rel = r / np.median(r)
     k = min(4, ids.size)
     d, _ = cKDTree(np.c_[cy, cx]).query(np.c_[cy, cx], k=k)
@@ -647,7 +617,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     nuclei = nuclei.astype(np.int32, copy=False)
     reach, (iy, ix) = distance_with_indices(nuclei == 0)
     # a hole in the foreground that holds a nucleus is a cell too faint to see
-    foreground = fill_holes(foreground, max_area_px=0, keep_if=nuclei > 0)
+    foreground = morph.fill_holes(foreground, touching=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
