@@ -538,13 +538,15 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     for i in range(ids.size):
         y0, y1 = max(0, int(cy[i] - half[i])), min(m, int(cy[i] + half[i]) + 1)
         x0, x1 = max(0, int(cx[i] - half[i])), min(w, int(cx[i] + half[i]) + 1)
-        yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy[i])) ** 2
-        xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx[i])) ** 2
-        q = np.sqrt(yy[:, None] + xx[None, :]) / np.float32(r[i])
+        # squared (distance / radius): same order, no square root
+        inv = np.float32(1.0 / (r[i] * r[i]))
+        yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy[i])) ** 2 * inv
+        xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx[i])) ** 2 * inv
+        q = np.add(yy[:, None], xx[None, :])
         b = best[y0:y1, x0:x1]
-        win = q < b
-        b[win] = q[win]
-        owner[y0:y1, x0:x1][win] = ids[i]
+        win = np.less(q, b)
+        np.copyto(b, q, where=win)
+        np.copyto(owner[y0:y1, x0:x1], ids[i], where=win)
     # a nucleus always owns its own pixels
     owner = np.where(markers > 0, markers, owner)
     out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32)
