@@ -183,7 +183,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     ``mode + k`` spreads (at least 0.02 OD above the mode), moved into the
     widest clear empty gap of the scores between the mode's shoulder
     (mode + 2 spreads) and 3x that threshold when there is one (haze and
-    spill give unstained cells a longer upper tail than lower). If that lowest
+    spill give unstained cells a longer upper tail than lower), and up to the
+    bottom of a clear density dip between the threshold and the first
+    stained mode above it when the tail ends in one. If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``, or
     it is broad: spread above half the floor) the image has no unstained
     population to anchor on and ``nan`` is returned with source ``"none"``.
@@ -240,6 +242,17 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
             t = max(float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02), mode + 2 * spread)
+    # Short of an empty gap, the unstained cells' upper tail can still end in
+    # a clear dip of the density before the first stained mode above the
+    # threshold: move up to the bottom of that dip when it is well below
+    # both the density at the threshold and that stained mode.
+    lt = float(_log_scores(np.array([t]))[0])
+    above = peaks[grid[peaks] > lt]
+    i0 = int(np.searchsorted(grid, lt))
+    if above.size and i0 < above[0]:
+        v = i0 + int(np.argmin(dens[i0: above[0] + 1]))
+        if dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]:
+            t = max(float(10 ** grid[v] - 0.02), t)
     return max(t, floor), "anchored"
 
 

@@ -202,6 +202,73 @@ def _upper_spread(rel: np.ndarray) -> float:
     return float(np.median(up)) * 1.4826
 
 
+def _glass_peak(rel: np.ndarray, *, half_range: float = 0.05, bins: int = 200,
+                min_peak: float = 0.2) -> tuple[float, float]:
+    """(position, SD) of bare glass in brightness relative to a lamp fit.
+
+    Glass is the brightest population holding a fair share of the pixels
+    (a histogram peak within ``half_range`` of the fit, at least
+    ``min_peak`` of the highest); its SD comes from the peak's upper half
+    width at half maximum, which cells (they only darken) do not widen.
+    SD is inf when the peak has no upper half-maximum crossing in range.
+    """
+    h, edges = np.histogram(rel, bins=bins, range=(-half_range, half_range))
+    c = (edges[:-1] + edges[1:]) / 2
+    hs = ndi.gaussian_filter1d(h.astype(np.float64), 2)
+    if hs.max() <= 0:
+        return 0.0, float("inf")
+    inner = hs[1:-1]
+    peaks = np.flatnonzero((inner > hs[:-2]) & (inner >= hs[2:]) & (inner >= min_peak * hs.max())) + 1
+    i = int(peaks[-1]) if peaks.size else int(np.argmax(hs))
+    j = i
+    while j < bins - 1 and hs[j] > 0.5 * hs[i]:
+        j += 1
+    if hs[j] > 0.5 * hs[i] or j == i:
+        return float(c[i]), float("inf")
+    t = (hs[j - 1] - 0.5 * hs[i]) / max(hs[j - 1] - hs[j], 1e-12)
+    return float(c[i]), float((c[j - 1] + t * (c[j] - c[j - 1]) - c[i]) / 1.1774)
+
+
+# A lamp fit that leaves at least this share of the field's smooth pixels
+# more than UPPER_MIN_EXCESS (relative) above it sits on something darker
+# than glass; and glass this scarce (0.5 % of a field) still anchors a lamp.
+UPPER_MIN_FRACTION = 0.005
+UPPER_MIN_EXCESS = 0.01
+# Bare glass relative to the lamp is flat to within this SD (JPEG blocks and
+# the lamp model's misfit included); a brighter population spread wider is
+# bright cytoplasm, not glass.
+GLASS_ACCEPT_SPREAD = 0.008
+
+
+def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float,
+                 smooth: np.ndarray) -> np.ndarray | None:
+    """Refit the lamp to the smooth pixels well above it; None when there
+    are too few to matter.
+
+    Nothing in a brightfield field is brighter than bare glass, so smooth
+    pixels clearly above a lamp fit mean the fit lies on faint cytoplasm
+    (a confluent sheet whose few gaps the envelope treated as outliers, or
+    glass it never reached). The surface is refitted to that brighter
+    population (pixels level with its median), until none is left above.
+    """
+    lum_flat = lum.ravel().astype(np.float64)
+    sm = smooth.ravel()
+    moved = False
+    for _ in range(8):
+        rel = _relative(lum_flat, fit)
+        up = sm & (rel > max(4 * noise, UPPER_MIN_EXCESS))
+        if up.mean() < UPPER_MIN_FRACTION:
+            break
+        up &= rel < np.percentile(rel[up], 99)
+        # the brighter population and whatever lies level with it
+        lvl = float(np.median(rel[up]))
+        keep = sm & (np.abs(rel - lvl) < max(4 * noise, UPPER_MIN_EXCESS))
+        coef, *_ = np.linalg.lstsq(a_full[keep], lum_flat[keep], rcond=None)
+        fit = a_full @ coef
+        moved = True
+    return fit if moved else None
+
+
 def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float, *,
                   revise: bool = False) -> np.ndarray:
     """Iteratively refit a smooth surface to the pixels at or above it (within
@@ -235,9 +302,11 @@ def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: f
     return fit
 
 
-def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray) -> np.ndarray:
-    """Block pixels within the noise of the lamp fit and smooth, eroded by one."""
-    rel = _relative(lum, fit).reshape(lum.shape)
+def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray, *,
+           offset: float = 0.0) -> np.ndarray:
+    """Block pixels within the noise of the lamp fit (plus ``offset``,
+    relative) and smooth, eroded by one."""
+    rel = _relative(lum, fit).reshape(lum.shape) - offset
     bg = (rel > -3 * noise) & (rel < 4 * noise) & smooth
     return ndi.binary_erosion(bg, iterations=1, border_value=1)
 
@@ -265,9 +334,14 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
        ``block_px``, fitted by a polynomial.
     2. Background = pixels within a few noise SDs of that guess whose local
        texture (SD within a 4x4 block) is at the image's smooth-glass level.
-    3. Each channel's lamp is a robust polynomial fit to the background
+    3. If smooth pixels remain clearly above that fit (at least 0.5 % of the
+       field, 1 % brighter), the "glass" was faint cytoplasm: the surface is
+       refitted to the brighter population and kept when it forms one flat
+       peak level with the new fit (:func:`_refit_upper`).
+    4. Each channel's lamp is a robust polynomial fit to the background
        pixels (trimmed at 3 MAD). If under 2 % of the field is background
-       (a confluent sheet), the percentile guess is used, scaled per channel.
+       (0.5 % when found in step 3; a confluent sheet), the percentile guess
+       is used, scaled per channel.
     """
     rgb = np.asarray(rgb, dtype=np.float32)
     m, n = rgb.shape[:2]
@@ -316,9 +390,23 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
         bg_up = _glass(lum, fit_up, spread, smooth)
         if bg_up.mean() > bg.mean():
             fit, noise, bg = fit_up, spread, bg_up
+    # 3. Smooth pixels clearly brighter than that glass mean it was not glass
+    #    (faint cytoplasm of a confluent sheet, or glass the envelope never
+    #    reached): refit to them, and keep the result if they form one flat
+    #    population level with the new fit (a broad upper tail of cytoplasm
+    #    peaks below the fit, or spreads wider than glass).
+    fit_hi = _refit_upper(lum, a_full, fit, noise, smooth)
+    min_frac = 0.02
+    if fit_hi is not None:
+        offset, spread = _glass_peak(_relative(lum, fit_hi)[smooth.ravel()])
+        if spread <= GLASS_ACCEPT_SPREAD and offset >= -spread:
+            bg_hi = _glass(lum, fit_hi, max(noise, spread), smooth, offset=offset)
+            if bg_hi.mean() >= UPPER_MIN_FRACTION:
+                fit, noise, bg = fit_hi, max(noise, spread), bg_hi
+                min_frac = UPPER_MIN_FRACTION
     frac = float(bg.mean())
 
-    if frac < 0.02:
+    if frac < min_frac:
         # Confluent: every tile has cells; the bright percentile is the best we have.
         chans = []
         for c in range(3):
@@ -352,7 +440,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     lum_fit = lamp_small.mean(axis=-1)
     nonuni = float((lum_fit.max() - lum_fit.min()) / max(lum_fit.mean(), 1e-6))
     bg_full = None
-    if frac >= 0.02:
+    if frac >= min_frac:
         bg_full = np.zeros((m, n), dtype=bool)
         up = np.repeat(np.repeat(bg, f, axis=0), f, axis=1)
         bg_full[: up.shape[0], : up.shape[1]] = up
