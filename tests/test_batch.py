@@ -401,3 +401,19 @@ def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     sets = batch.discover_images([tmp_path / "in"], config)
     with pytest.raises(batch.InputError, match="cannot connect to the Dask scheduler tcp://127.0.0.1:9"):
         list(batch.run_batch(sets, config, tmp_path / "out"))
+
+
+def test_a_folder_of_links_to_images_elsewhere_names_them_by_the_links(tmp_path):
+    """Images linked into the input folder (a common way to assemble a set)
+    are discovered, paired with their linked companions and named relative
+    to the folder given, not to where the links point."""
+    store, folder = tmp_path / "store", tmp_path / "in"
+    store.mkdir()
+    folder.mkdir()
+    rgb = np.full((32, 32, 3), 200, dtype=np.uint8)
+    iio.imwrite(store / "A01_f1.png", rgb)
+    iio.imwrite(store / "A01_f1_dapi.png", rgb[..., 0])
+    for name in ("A01_f1.png", "A01_f1_dapi.png"):
+        os.symlink(store / name, folder / name)
+    sets = batch.discover_images([folder], Config())
+    assert [(s.image, Path(s.companion).name if s.companion else None) for s in sets] == [("A01_f1.png", "A01_f1_dapi.png")]

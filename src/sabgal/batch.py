@@ -126,6 +126,12 @@ def _companion_of(path: Path, suffixes: tuple[str, ...]) -> tuple[str, str] | No
     return None
 
 
+def _abs(path: Path) -> Path:
+    """Absolute and normalised, symbolic links kept: an input folder of links
+    to images elsewhere names its images by the links."""
+    return Path(os.path.abspath(path))
+
+
 def _inside(path: Path, folders: list[Path]) -> bool:
     rp = path.resolve()
     return any(rp == f or f in rp.parents for f in folders)
@@ -164,7 +170,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
             files.extend((m, m.parent) for m in matches if m.is_file() and not _inside(m, skip))
     if not files:
         raise InputError("no images found (looked for " + ", ".join(sio.IMAGE_EXTENSIONS) + ")")
-    roots = {r.resolve() for _, r in files}
+    roots = {_abs(r) for _, r in files}
     common = Path(os.path.commonpath([str(r) for r in roots])) if len(roots) > 1 else next(iter(roots))
 
     suffixes = tuple(config.setup.companion_suffixes)
@@ -178,17 +184,17 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
         seen.add(rf)
         comp = _companion_of(f, suffixes)
         if comp is not None:
-            companions[(rf.parent, comp[0])] = f
+            companions[(_abs(f).parent, comp[0])] = f
         else:
             mains.append(f)
-    main_index = {(m.resolve().parent, m.stem): m for m in mains}
+    main_index = {(_abs(m).parent, m.stem): m for m in mains}
     orphans = [str(c) for k, c in companions.items() if k not in main_index]
     if orphans:
         raise InputError(f"{orphans[0]}: nuclear companion image with no RGB image of the same name"
                          + (f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""))
     sets = []
     for m in mains:
-        rm = m.resolve()
+        rm = _abs(m)
         rel = rm.relative_to(common).as_posix()
         comp = companions.get((rm.parent, m.stem))
         if comp is None:
