@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 cv2.setNumThreads(1)
 
-__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing"]
+__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing", "distance_transform"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64
@@ -92,3 +92,19 @@ def grey_closing(image: np.ndarray, size: int) -> np.ndarray:
         return cv2.morphologyEx(np.ascontiguousarray(image), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8),
                                 borderType=cv2.BORDER_REFLECT)
     return ndi.grey_closing(image, size=(size, size))
+
+
+def distance_transform(mask: np.ndarray) -> np.ndarray:
+    """``ndi.distance_transform_edt(mask)`` as float32: the exact Euclidean
+    distance of each True pixel to the nearest False one (pixels outside the
+    image do not count), on OpenCV's linear-time exact algorithm
+    (``DIST_MASK_PRECISE``): scipy's values to float32 rounding (the last
+    bit of the square root can differ), 10-20x faster.
+
+    >>> distance_transform(np.array([[0, 1, 1, 1]], bool)).tolist()
+    [[0.0, 1.0, 2.0, 3.0]]
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or min(mask.shape) == 0 or mask.all():  # (no False pixel: scipy's convention)
+        return ndi.distance_transform_edt(mask).astype(np.float32)
+    return cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)

@@ -279,28 +279,6 @@ def distance_with_indices(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarra
     return np.sqrt(d2, dtype=np.float64), (iy, ix)
 
 
-def _object_distance(comp: np.ndarray, boxes: list) -> np.ndarray:
-    """``ndi.distance_transform_edt(comp > 0)`` as float32, one object at a
-    time in its bounding box grown by a pixel.
-
-    Exact: every pixel closer to an object pixel than its nearest background
-    pixel is 4-connected to it through a digital disk, so belongs to the same
-    object; the nearest background pixel therefore lies in that box, and
-    other objects there are no closer. Nuclei cover a few per cent of the
-    field, so the boxes hold a small part of it.
-    """
-    dist = np.zeros(comp.shape, dtype=np.float32)
-    rows, cols = comp.shape
-    for k, sl in enumerate(boxes, start=1):
-        if sl is None:
-            continue
-        box = (slice(max(sl[0].start - 1, 0), min(sl[0].stop + 1, rows)),
-               slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, cols)))
-        obj = comp[box] == k
-        dist[box][obj] = ndi.distance_transform_edt(obj)[obj]
-    return dist
-
-
 def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray | None = None) -> np.ndarray:
     """Label a binary mask, splitting touching round objects.
 
@@ -312,7 +290,7 @@ def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray
         return np.zeros(mask.shape, dtype=np.int32)
     comp, ncomp = ndi.label(mask)
     boxes = ndi.find_objects(comp)
-    dist = _object_distance(comp, boxes)
+    dist = filters.distance_transform(comp > 0)
     score = filters.gaussian_filter(dist, max(1.0, diameter_px / 10))
     if intensity is not None:
         sm = filters.gaussian_filter(intensity.astype(np.float32), max(1.0, diameter_px / 6))
