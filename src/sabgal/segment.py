@@ -24,7 +24,7 @@ from skimage.segmentation import watershed
 
 from sabgal import filters
 from sabgal import morphology as morph
-from sabgal.illumination import upsample_bilinear
+from sabgal.illumination import block_reduce_mean, upsample_bilinear
 
 __all__ = [
     "flatten_background",
@@ -353,11 +353,37 @@ def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
     return 0.0, max(pix_sd / (2 * np.sqrt(np.pi) * sigma_px), 1e-5)
 
 
+# The local glass level is averaged over about this many foreground smoothing
+# scales (sigma = nucleus diameter / 8, so ~4 nucleus diameters).
+LOCAL_GLASS_SCALE = 32.0
+
+
+def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px: float) -> np.ndarray:
+    """Glass level around each pixel: the mean of ``sm`` over the ``glass``
+    pixels within about ``scale_px`` (Gaussian-weighted normalised
+    convolution, on a reduced grid), drawn towards the field's ``level``
+    where glass is scarce nearby."""
+    f = max(1, int(scale_px // 6))
+    m, n = sm.shape
+    pad = ((0, (-m) % f), (0, (-n) % f))
+    g = np.pad(glass.astype(np.float32), pad)
+    num = block_reduce_mean(np.pad(np.where(glass, sm, 0).astype(np.float32), pad), f)
+    w = block_reduce_mean(g, f)
+    s = scale_px / f
+    num = ndi.gaussian_filter(num, s, mode="nearest")
+    w = ndi.gaussian_filter(w, s, mode="nearest")
+    w0 = np.float32(0.02)  # below ~2 % glass nearby, the field's level takes over
+    local = (num + w0 * np.float32(level)) / (w + w0)
+    return upsample_bilinear(local, (num.shape[0] * f, num.shape[1] * f))[:m, :n]
+
+
 def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float = 1.0,
                     texture: np.ndarray | None = None, background: np.ndarray | None = None,
                     smoothed: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies: smoothed signal (and optional local texture) above the
-    noise of bare glass.
+    noise of bare glass; with a glass mask, also faint cytoplasm above the
+    glass level measured locally (:func:`_local_glass_level`), away from
+    the blur halo of brighter cells.
 
     Parameters
     ----------
@@ -380,6 +406,20 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
     sm = filters.gaussian_filter(signal.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = _background_stats(sm, signal, sigma_px, background)
     fg = sm > level + (5.0 / sensitivity) * sd
+    if background is not None and background.sum() > 500:
+        # Faint cytoplasm: the glass level drifts across the field (what the
+        # lamp model leaves, JPEG blocks), so measured around each pixel its
+        # noise is about half the field-wide spread, and cells too faint for
+        # the field-wide limit stand out of it. Not within the blur halo of
+        # the cells already found (two smoothing scales), which the lower
+        # limit would only widen.
+        local = _local_glass_level(sm, background, level, LOCAL_GLASS_SCALE * sigma_px)
+        r = (sm - local)[background]
+        med = float(np.median(r))
+        sd_local = max(float(np.median(np.abs(r - med))) * 1.4826, 1e-5)
+        faint = sm > local + med + (5.0 / sensitivity) * sd_local
+        halo = morph.dilate_cross(fg, iterations=int(round(2 * sigma_px)) + 1)
+        fg |= faint & ~halo
     if texture is not None:
         if background is not None and background.sum() > 500:
             tv = texture[background]
