@@ -228,30 +228,36 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # Haze and spill give unstained cells a longer upper tail than lower: if
     # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
     # 3x the anchor show a clear empty gap (>= 0.08 decade of log-score), the
-    # boundary sits in the widest such gap instead.
+    # boundary sits in the widest such gap instead. Gaps are measured within
+    # that window: one that opens near its top and runs on past it is mostly
+    # a gap between stained cells.
     xs = np.sort(x)
     lo, hi = _log_scores(np.array([mode + 2 * spread, 3 * t]))
     inside = xs[(xs >= lo) & (xs <= hi)]
     # the first cell past the window closes the last gap
     pts = np.concatenate([inside, xs[xs > hi][:1]])
     if pts.size >= 2:
-        gaps = np.diff(pts)
+        gaps = np.diff(np.minimum(pts, hi))
         # a gap needs a population above it, not one stray bright cell
         n_above = xs.size - np.searchsorted(xs, pts[1:], side="left")
         gaps[n_above < max(3, 0.02 * xs.size)] = 0
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
-            t = max(float(10 ** ((pts[j] + pts[j + 1]) / 2) - 0.02), mode + 2 * spread)
+            t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), mode + 2 * spread)
     # Short of an empty gap, the unstained cells' upper tail can still end in
     # a clear dip of the density before the first stained mode above the
     # threshold: move up to the bottom of that dip when it is well below
-    # both the density at the threshold and that stained mode.
+    # both the density at the threshold and that stained mode, and what it
+    # passes over is a tail (at most half as many cells as lie below the
+    # threshold), not a population of faintly stained cells.
     lt = float(_log_scores(np.array([t]))[0])
     above = peaks[grid[peaks] > lt]
     i0 = int(np.searchsorted(grid, lt))
     if above.size and i0 < above[0]:
         v = i0 + int(np.argmin(dens[i0: above[0] + 1]))
-        if dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]:
+        passed = int(np.count_nonzero((x > lt) & (x <= grid[v])))
+        if (dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]
+                and passed <= 0.5 * np.count_nonzero(x <= lt)):
             t = max(float(10 ** grid[v] - 0.02), t)
     return max(t, floor), "anchored"
 

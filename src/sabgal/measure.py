@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sabgal import filters
 from sabgal import morphology as morph
 
 __all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile"]
@@ -170,7 +171,8 @@ def _convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
                   counterstain: np.ndarray | None = None, pixel_size_um: float | None = None,
-                  stained_pixel_od: float = 0.1, edge_px: int = 0) -> pd.DataFrame:
+                  stained_pixel_od: float = 0.1, edge_px: int = 0,
+                  perinuclear_px: float = 0.0) -> pd.DataFrame:
     """Measure every cell.
 
     Parameters
@@ -191,6 +193,11 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         The X-gal quantiles are read over the cell's *core*: the cell less
         its nucleus + 2 px and less this many pixels along its edge, when at
         least 30 % of the cell remains (else over the whole cell).
+    perinuclear_px : float
+        When > 0, the core also leaves out pixels farther than this from any
+        nucleus (the stain is perinuclear; a territory drawn too large reaches
+        into a neighbour). For nuclei from a nuclear stain, not brightfield
+        guesses.
 
     Returns
     -------
@@ -247,6 +254,11 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         # and away from the cell's edge, where a neighbour's granules spill
         # over an imperfect border
         ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
+    if perinuclear_px > 0 and nuc_area.any():
+        # and within reach of the nucleus: SA-β-gal is lysosomal and
+        # perinuclear, while a territory drawn too large reaches into a
+        # neighbour's stained body
+        ring |= filters.distance_transform(np.asarray(nuclei) == 0) > perinuclear_px
     cyto_lab = np.where(ring.ravel()[pix], 0, flat)
     cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]
     use_core = cyto_n >= np.maximum(0.3 * a, 10)

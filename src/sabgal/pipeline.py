@@ -221,6 +221,12 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                         counter, mode, model, lamp, refined, warnings)
 
 
+# The X-gal score of a cell is read within this many nucleus diameters of its
+# nucleus (with a nuclear stain): SA-β-gal is lysosomal and gathers around the
+# nucleus, and a territory drawn too large reaches into a neighbour's stain.
+PERINUCLEAR_NUCLEI = 2.0
+
+
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
                   foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
                   config: Config | None = None,
@@ -248,8 +254,12 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
         areas = areas[areas > 0]
         diameter_px = 2 * np.sqrt(np.median(areas) / np.pi) if areas.size else 10.0
     edge_px = max(1, int(round(diameter_px / 3)))
+    # with a nuclear stain the nuclei are real: the score stays within
+    # PERINUCLEAR_NUCLEI diameters of them
+    perinuclear = PERINUCLEAR_NUCLEI * diameter_px if prep.mode != "brightfield" else 0.0
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
-                                  counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px)
+                                  counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px,
+                                  perinuclear_px=perinuclear)
     return table, xgal_c, xgal_bg, glass
 
 
