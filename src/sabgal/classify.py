@@ -321,15 +321,18 @@ def learn_thresholds(cells: pd.DataFrame, config: ClassifyConfig) -> Thresholds:
 
 
 def _reference_area(cells: pd.DataFrame, positive: np.ndarray) -> float:
-    """Median area (px) of the image's SA-β-gal negative cells, falling back
-    to the smallest half of all cells when fewer than 8 are negative."""
+    """Median area (px) of the image's SA-β-gal negative cells (those not cut
+    by the border when there are 8 or more), falling back to the smallest
+    half of all cells when fewer than 3 are negative. A mostly stained field
+    keeps its few negatives as the reference: the smallest half of its cells
+    would be enlarged cells themselves."""
     area = cells["area_px"].to_numpy(dtype=np.float64)
     inner = ~cells["touches_border"].to_numpy(dtype=bool)
     neg = area[~positive & inner]
     if neg.size >= 8:
         return float(np.median(neg))
     neg = area[~positive]
-    if neg.size >= 8:
+    if neg.size >= 3:
         return float(np.median(neg))
     if area.size:
         return float(np.median(np.sort(area)[: max(1, area.size // 2)]))
