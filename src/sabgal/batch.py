@@ -427,7 +427,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
     Runs in worker processes (local pool or Dask): takes only picklable
     arguments; a :class:`FlatFieldRef` is loaded (and cached) in the worker.
     """
-    from sabgal import overlay as _overlay, qc as _qc
+    from sabgal import overlay as _overlay
     from sabgal.pipeline import analyze_image
 
     config = config_from_dict(config_dict)
@@ -459,7 +459,6 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
                             pixel_size_um=img.pixel_size_um, flat_field=flat, classify_cells=False)
         info = res.info
         info["qc"]["saturated_fraction"] = img.saturated_fraction
-        info["qc"].update(_qc.image_metrics(img.pixels))
         info["bit_depth"] = img.bit_depth
         info["lossy_compression"] = img.lossy
         state_json, state_cells = _state_paths(out, image_set.key)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from sabgal import classify, filters, illumination, measure, segment, stains
+from sabgal import classify, filters, illumination, measure, qc, segment, stains
 from sabgal import morphology as morph
 from sabgal.config import Config
 
@@ -449,10 +449,6 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 
 def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
     """Image-quality numbers; flags and cut-offs are applied by ``sabgal.qc``."""
-    lum = _channel_sum(rgb) / np.float32(rgb.shape[-1])
-    step = 2 if lum.size > 2_000_000 else 1
-    lap = filters.laplace(lum[::step, ::step])
-    focus = float(np.var(lap) / max(float(np.mean(lum)) ** 2, 1e-9))
     od_sum = _channel_sum(od)
     if glass.sum() > 1000:
         bg = od_sum[glass]
@@ -470,7 +466,7 @@ def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
         nonuni, bg_noise = float("nan"), float("nan")
     debris = foreground & (cells == 0)
     return {
-        "focus_score": focus,
+        "sharpness": round(qc.sharpness(rgb), 6),
         "background_od_nonuniformity": nonuni,
         "background_od_noise": bg_noise,
         "foreground_fraction": float(foreground.mean()),
