@@ -40,3 +40,41 @@ def test_flat_lamp_and_blank_lamp():
 def test_block_reduce_mean_crops_edges():
     out = illumination.block_reduce_mean(np.ones((9, 10, 3)), 4)
     assert out.shape == (2, 2, 3)
+
+
+def _confluent_sheet(seed=0, shape=(512, 640), cyto_od=0.02, n_gaps=40):
+    """A faint confluent sheet (cytoplasm OD ``cyto_od`` everywhere) with a
+    few scattered gaps of bare glass, under a vignetted, tinted lamp."""
+    rng = np.random.default_rng(seed)
+    lamp_true = _vignetted(shape, strength=0.2, tint=(0.9, 0.85, 0.92))
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    glass = np.zeros(shape, bool)
+    for cy, cx in zip(rng.uniform(0, shape[0], n_gaps), rng.uniform(0, shape[1], n_gaps)):
+        glass |= (yy - cy) ** 2 + (xx - cx) ** 2 < 12 ** 2
+    od = np.where(glass, 0.0, cyto_od)
+    img = lamp_true * 10 ** (-od[..., None]) + rng.normal(0, 0.003, lamp_true.shape)
+    return img.astype(np.float32), lamp_true, glass
+
+
+def test_lamp_finds_glass_past_faint_cytoplasm():
+    """Smooth pixels clearly brighter than the envelope fit are glass the fit
+    missed: the lamp is refitted to them instead of the faint sheet."""
+    img, lamp_true, glass = _confluent_sheet()
+    assert 0.05 < glass.mean() < 0.2
+    lamp = illumination.estimate_lamp(img)
+    rel = np.median((lamp.image / lamp_true)[glass], axis=0)
+    np.testing.assert_allclose(rel, 1.0, atol=0.01)  # the sheet alone would put it ~4.5 % low
+    assert lamp.background is not None and (lamp.background & glass).sum() > 0.9 * lamp.background.sum()
+
+
+def test_a_white_scale_bar_does_not_move_the_lamp():
+    """A label or scale bar burnt into the image is brighter than glass but
+    compact (and clipped): it must not become the lamp."""
+    img, lamp_true, glass = _confluent_sheet(seed=1)
+    ref = illumination.estimate_lamp(img)
+    barred = img.copy()
+    barred[470:500, 380:620] = 1.0  # ~2 % of the field, at full scale
+    lamp = illumination.estimate_lamp(barred)
+    keep = glass.copy()
+    keep[460:512, 370:640] = False
+    np.testing.assert_allclose(np.median((lamp.image / ref.image)[keep], axis=0), 1.0, atol=0.01)

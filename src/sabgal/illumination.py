@@ -234,6 +234,8 @@ def _glass_peak(rel: np.ndarray, *, half_range: float = 0.05, bins: int = 200,
 # than glass; and glass this scarce (0.5 % of a field) still anchors a lamp.
 UPPER_MIN_FRACTION = 0.005
 UPPER_MIN_EXCESS = 0.01
+# ... and the refit may raise the lamp by at most this (relative, median)
+UPPER_MAX_RISE = 0.2
 # Bare glass relative to the lamp is flat to within this SD (JPEG blocks and
 # the lamp model's misfit included); a brighter population spread wider is
 # bright cytoplasm, not glass.
@@ -253,11 +255,12 @@ def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: fl
     """
     lum_flat = lum.ravel().astype(np.float64)
     sm = smooth.ravel()
+    start = fit
     moved = False
     for _ in range(8):
         rel = _relative(lum_flat, fit)
         up = sm & (rel > max(4 * noise, UPPER_MIN_EXCESS))
-        if up.mean() < UPPER_MIN_FRACTION:
+        if up.mean() < UPPER_MIN_FRACTION or not _spread_out(up.reshape(lum.shape)):
             break
         up &= rel < np.percentile(rel[up], 99)
         # the brighter population and whatever lies level with it
@@ -266,7 +269,21 @@ def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: fl
         coef, *_ = np.linalg.lstsq(a_full[keep], lum_flat[keep], rcond=None)
         fit = a_full @ coef
         moved = True
-    return fit if moved else None
+    if not moved or np.median(fit / np.maximum(start, 1e-12)) > 1 + UPPER_MAX_RISE:
+        # (a lamp on faint cytoplasm is a few per cent below the glass; far
+        # more is something else bright: an annotation, a reflection)
+        return None
+    return fit
+
+
+def _spread_out(mask: np.ndarray) -> bool:
+    """True when ``mask`` is spread over the field (at least 3 of its 4
+    quadrants hold 5 % of it or more), not one compact bright thing such as
+    a scale bar or a text label burnt into the image."""
+    m, n = mask.shape
+    total = max(int(mask.sum()), 1)
+    quads = [mask[: m // 2, : n // 2], mask[: m // 2, n // 2:], mask[m // 2:, : n // 2], mask[m // 2:, n // 2:]]
+    return sum(int(q.sum()) >= 0.05 * total for q in quads) >= 3
 
 
 def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float, *,
@@ -395,12 +412,23 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     #    reached): refit to them, and keep the result if they form one flat
     #    population level with the new fit (a broad upper tail of cytoplasm
     #    peaks below the fit, or spreads wider than glass).
-    fit_hi = _refit_upper(lum, a_full, fit, noise, smooth)
+    #    Clipped blocks (pixels at the image's maximum, and their neighbours)
+    #    take no part: a white scale bar or label is brighter than glass but
+    #    says nothing about the lamp.
+    at_max = rgb >= rgb.max()
+    saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
+    clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
+    clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)
+    unclipped = smooth & ~clipped
+    fit_hi = _refit_upper(lum, a_full, fit, noise, unclipped)
     min_frac = 0.02
     if fit_hi is not None:
-        offset, spread = _glass_peak(_relative(lum, fit_hi)[smooth.ravel()])
+        # judged on what lies level with the new fit or above it: the sheet
+        # below (a taller peak when glass is scarce) is not in question
+        rel_hi = _relative(lum, fit_hi)
+        offset, spread = _glass_peak(rel_hi[unclipped.ravel() & (rel_hi > -UPPER_MIN_EXCESS)])
         if spread <= GLASS_ACCEPT_SPREAD and offset >= -spread:
-            bg_hi = _glass(lum, fit_hi, max(noise, spread), smooth, offset=offset)
+            bg_hi = _glass(lum, fit_hi, max(noise, spread), unclipped, offset=offset)
             if bg_hi.mean() >= UPPER_MIN_FRACTION:
                 fit, noise, bg = fit_hi, max(noise, spread), bg_hi
                 min_frac = UPPER_MIN_FRACTION
