@@ -3,7 +3,7 @@ from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
 from sabgal import segment
-from sabgal.pipeline import analyze_image
+from sabgal.pipeline import analyze_image, prepare_image
 from conftest import paint_field
 
 
@@ -104,3 +104,25 @@ def test_size_weighted_territories_give_a_large_nucleus_more_room():
     assert (weighted[nuclei > 0] == nuclei[nuclei > 0]).all()
     for k in (1, 2):
         assert ndi.label(weighted == k)[1] == 1
+
+
+def test_burnt_in_scale_bars_and_labels_change_nothing():
+    """A black or white scale bar / label burnt into an exported image carries
+    no specimen: it must neither become a cell nor (as the densest thing in
+    the field) swamp the nuclear and stain thresholds."""
+    cells = [(70, 70, 34, 9, 0.5), (80, 200, 32, 9, 0.0), (190, 90, 34, 9, 0.0), (180, 220, 34, 9, 0.4),
+             (130, 300, 30, 8, 0.0)]
+    rgb, lab, _ = paint_field((260, 360), cells)
+    ref = analyze_image(rgb)
+    assert len(ref.cells) == 5
+    for value in (0, 255):
+        barred = rgb.copy()
+        barred[236:250, 250:350] = value  # the bar
+        barred[215:230, 280:320] = value  # its "50 µm" label
+        res = analyze_image(barred)
+        assert len(res.cells) == 5, value
+        assert res.cells["sabgal_positive"].sum() == ref.cells["sabgal_positive"].sum() == 2, value
+        # read as glass: no optical density, hence no stain, where the annotation is
+        prep = prepare_image(barred)
+        assert np.abs(prep.od[236:250, 250:350]).max() == 0, value
+        assert np.abs(prep.counterstain[215:230, 280:320]).max() == 0, value

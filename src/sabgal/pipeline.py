@@ -85,6 +85,29 @@ def _validate_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+# Pixels transmitting less than this in every channel are opaque: no cell,
+# stain or debris a brightfield field holds is that dense in red, green and
+# blue at once, but burnt-in black scale bars and labels are.
+OPAQUE_TRANSMITTANCE = 0.02
+
+
+def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
+    """Mask of annotations burnt into the image (scale bars, labels), grown
+    by 2 px for their JPEG fringes, or None when there are none: pixels that
+    are opaque in every channel (below :data:`OPAQUE_TRANSMITTANCE` of the
+    lamp) or at the image's maximum in every channel (white, clipped). They
+    carry no information about the specimen; in optical density they would
+    read as the densest objects in the field and swamp every threshold.
+    """
+    top = np.float32(rgb.max())
+    dark = rgb < np.float32(OPAQUE_TRANSMITTANCE) * lamp
+    white = rgb >= top
+    mask = (dark[..., 0] & dark[..., 1] & dark[..., 2]) | (white[..., 0] & white[..., 1] & white[..., 2])
+    if not mask.any():
+        return None
+    return morph.dilate_square(mask, iterations=2)
+
+
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
     """Decide (mode, counterstain name, counterstain vector or None, warnings)."""
     warnings: list[str] = []
@@ -195,6 +218,9 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     else:
         lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
     od = stains.rgb_to_od(rgb, lamp.image)
+    burnt = burnt_in(rgb, lamp.image)
+    if burnt is not None:
+        od[burnt] = 0  # read as glass: no stain, no cell
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
