@@ -2,7 +2,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
-from sabgal import segment
+from sabgal import segment, stains
 from sabgal.pipeline import analyze_image, prepare_image
 from conftest import paint_field
 
@@ -126,3 +126,19 @@ def test_burnt_in_scale_bars_and_labels_change_nothing():
         prep = prepare_image(barred)
         assert np.abs(prep.od[236:250, 250:350]).max() == 0, value
         assert np.abs(prep.counterstain[215:230, 280:320]).max() == 0, value
+
+
+def test_a_round_field_stop_makes_no_cells_and_moves_no_threshold():
+    """Photos through an eyepiece show the round field of view with black
+    corners and a blurred rim: neither the corners nor the rim are cells."""
+    cells = [(90, 120, 30, 8, 0.5), (100, 230, 28, 8, 0.0), (190, 130, 30, 8, 0.0), (180, 240, 30, 8, 0.4)]
+    yy, xx = np.mgrid[0:280, 0:360]
+    radius = np.hypot(yy - 140, xx - 180)
+    stop = np.clip((170 - radius) / 12, 0, 1)  # black beyond 170 px, a 12-px blurred rim
+    for counterstain in (stains.NUCLEAR_FAST_RED, None):  # with and without a nuclear stain
+        rgb, lab, _ = paint_field((280, 360), cells, counterstain=counterstain, body_od=0.05)
+        ref = analyze_image(rgb)
+        assert len(ref.cells) == 4
+        res = analyze_image((rgb * stop[..., None]).astype(np.uint8))
+        assert len(res.cells) == 4, counterstain
+        assert res.cells["sabgal_positive"].sum() == ref.cells["sabgal_positive"].sum() == 2, counterstain

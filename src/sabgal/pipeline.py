@@ -85,6 +85,13 @@ def _validate_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+# A field stop: opaque regions touching the image border covering at least this
+# share of it, with the fringe within FIELD_STOP_FRINGE_PX of them that
+# transmits less than FIELD_STOP_FRINGE_TRANSMITTANCE (smoothed luminance).
+FIELD_STOP_MIN_FRACTION = 0.002
+FIELD_STOP_FRINGE_PX = 40.0
+FIELD_STOP_FRINGE_TRANSMITTANCE = 0.85
+
 # Pixels transmitting less than this in every channel are opaque: no cell,
 # stain or debris a brightfield field holds is that dense in red, green and
 # blue at once, but burnt-in black scale bars and labels are.
@@ -105,7 +112,22 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
     mask = (dark[..., 0] & dark[..., 1] & dark[..., 2]) | (white[..., 0] & white[..., 1] & white[..., 2])
     if not mask.any():
         return None
-    return morph.dilate_square(mask, iterations=2)
+    mask = morph.dilate_square(mask, iterations=2)
+    # The field stop of a camera on an eyepiece or a round field of view:
+    # large opaque regions touching the image border, and the dim fringe
+    # (its blurred edge) that joins them to the field.
+    lab, _ = ndi.label(mask)
+    sizes = np.bincount(lab.ravel())
+    edge_ids = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    edge_ids = edge_ids[(edge_ids > 0) & (sizes[edge_ids] >= FIELD_STOP_MIN_FRACTION * mask.size)]
+    if edge_ids.size:
+        stop = np.isin(lab, edge_ids)
+        lum = _channel_sum(rgb) / np.maximum(_channel_sum(lamp), np.float32(1e-6))
+        dim = filters.gaussian_filter(lum.astype(np.float32), 2.0) < np.float32(FIELD_STOP_FRINGE_TRANSMITTANCE)
+        near = filters.distance_transform(~stop) <= FIELD_STOP_FRINGE_PX
+        fringe, _ = ndi.label((dim & near) | stop)
+        mask |= np.isin(fringe, np.unique(fringe[stop]))
+    return mask
 
 
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
@@ -201,6 +223,7 @@ class StainedImage:
     lamp: illumination.Lamp
     refined: bool
     warnings: list[str]
+    excluded: np.ndarray | None = None  # burnt-in annotations and field stop (read as glass)
 
 
 def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
@@ -244,7 +267,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
     counter = np.ascontiguousarray(conc[..., 1]) if cs_used is not None else None
     return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]), model.neutral_density(od, conc),
-                        counter, mode, model, lamp, refined, warnings)
+                        counter, mode, model, lamp, refined, warnings, burnt)
 
 
 # The X-gal score of a cell is read within this many nucleus diameters of its
@@ -363,6 +386,16 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     # demand twice the size before a blob counts as a nucleus
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
+    excluded = prep.excluded
+    if excluded is not None:
+        excluded = _reduce(excluded.astype(np.float32), f) > 0.5 if f > 1 else excluded
+        # no nucleus, cell or cell body where the image shows no specimen; a
+        # "nucleus" touching that region is the dim rim of a field stop or the
+        # fringe of a label, not a cell cut by it
+        drop = np.unique(nuclei[morph.dilate_cross(excluded, iterations=2)])
+        drop = drop[drop > 0]
+        if drop.size:
+            nuclei = np.where(np.isin(nuclei, drop), 0, nuclei).astype(nuclei.dtype)
     sigma_fg = max(1.0, d / 8)
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
@@ -373,12 +406,16 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
                                              texture=texture, background=background, smoothed=smoothed)
     unseeded = "seed" if mode == "brightfield" else "drop"
+    no_cells = background
+    if excluded is not None:
+        foreground = foreground & ~excluded
+        no_cells = excluded if background is None else (background | excluded)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
         # faint cells still reach a little past their nucleus, but never onto
         # glass the lamp estimate saw
-        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=background,
+        min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
         # with a nuclear stain the nucleus sizes are reliable enough to weight
         # the territories by them; brightfield's best-effort nuclei are not
         size_weighted=mode != "brightfield")

@@ -451,6 +451,9 @@ def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2)
     negative OD) and when JPEG compression has smoothed the pixel noise.
     """
     v = smoothed[:: 2, :: 2].ravel()
+    v = v[v != 0]  # exactly 0: masked out (burnt-in annotations, field stop), not glass noise
+    if v.size == 0:
+        return 0.0, 1e-5
     lo, hi = np.percentile(v, [0.1, 99.0])
     if not hi > lo:
         return float(lo), 1e-5
