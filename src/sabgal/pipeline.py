@@ -99,23 +99,20 @@ OPAQUE_TRANSMITTANCE = 0.02
 
 
 def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
-    """Mask of annotations burnt into the image (scale bars, labels), grown
-    by 2 px for their JPEG fringes, or None when there are none: pixels that
-    are opaque in every channel (below :data:`OPAQUE_TRANSMITTANCE` of the
-    lamp) or at the image's maximum in every channel (white, clipped). They
-    carry no information about the specimen; in optical density they would
-    read as the densest objects in the field and swamp every threshold.
+    """Where the image shows no specimen, or None when nowhere: black
+    annotations burnt into it (scale bars, labels: opaque in every channel,
+    below :data:`OPAQUE_TRANSMITTANCE` of the lamp, grown by 2 px for their
+    JPEG fringes) and the field stop of a camera on an eyepiece (large
+    opaque regions touching the image border, with the dim blurred rim that
+    joins them to the field). In optical density they would read as the
+    densest objects in the field and swamp every threshold; a "nucleus"
+    against them is that rim, not a cell.
     """
-    top = np.float32(rgb.max())
     dark = rgb < np.float32(OPAQUE_TRANSMITTANCE) * lamp
-    white = rgb >= top
-    mask = (dark[..., 0] & dark[..., 1] & dark[..., 2]) | (white[..., 0] & white[..., 1] & white[..., 2])
-    if not mask.any():
+    opaque = dark[..., 0] & dark[..., 1] & dark[..., 2]
+    if not opaque.any():
         return None
-    mask = morph.dilate_square(mask, iterations=2)
-    # The field stop of a camera on an eyepiece or a round field of view:
-    # large opaque regions touching the image border, and the dim fringe
-    # (its blurred edge) that joins them to the field.
+    mask = morph.dilate_square(opaque, iterations=2)
     lab, _ = ndi.label(mask)
     sizes = np.bincount(lab.ravel())
     edge_ids = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
@@ -128,6 +125,13 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
         fringe, _ = ndi.label((dim & near) | stop)
         mask |= np.isin(fringe, np.unique(fringe[stop]))
     return mask
+
+
+def _clipped_white(rgb: np.ndarray) -> np.ndarray:
+    """Pixels at the image's maximum in every channel: a white label, or
+    overexposed glass; either way no stain."""
+    white = rgb >= rgb.max()
+    return white[..., 0] & white[..., 1] & white[..., 2]
 
 
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
@@ -244,6 +248,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     burnt = burnt_in(rgb, lamp.image)
     if burnt is not None:
         od[burnt] = 0  # read as glass: no stain, no cell
+    od[_clipped_white(rgb)] = 0  # (brighter than the lamp: negative OD otherwise)
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
@@ -388,7 +393,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     excluded = prep.excluded
     if excluded is not None:
-        excluded = _reduce(excluded.astype(np.float32), f) > 0.5 if f > 1 else excluded
+        excluded = _reduce(excluded.astype(np.float32), f) > 0.5
         # no nucleus, cell or cell body where the image shows no specimen; a
         # "nucleus" touching that region is the dim rim of a field stop or the
         # fringe of a label, not a cell cut by it
@@ -400,7 +405,8 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
-        foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity)
+        foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
+                                                    ignore=excluded)
     else:
         smoothed, texture = _texture(od_sum, sigma_fg)
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
@@ -529,7 +535,7 @@ def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
         nonuni, bg_noise = float("nan"), float("nan")
     debris = foreground & (cells == 0)
     return {
-        "sharpness": round(qc.sharpness(rgb), 6),
+        **qc.image_metrics(rgb),
         "background_od_nonuniformity": nonuni,
         "background_od_noise": bg_noise,
         "foreground_fraction": float(foreground.mean()),

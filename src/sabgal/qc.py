@@ -109,7 +109,8 @@ def sharpness(rgb: np.ndarray) -> float:
 
 
 def image_metrics(rgb: np.ndarray) -> dict[str, float]:
-    """Pixel-level QC numbers not computed by the pipeline.
+    """Pixel-level QC numbers the pipeline records beside its own (see
+    ``sabgal.pipeline``).
 
     Parameters
     ----------

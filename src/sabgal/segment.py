@@ -439,7 +439,8 @@ def _tidy_mask(fg: np.ndarray, *, glass: np.ndarray | None = None) -> np.ndarray
     return morph.fill_holes(fg, unless=glass)
 
 
-def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2) -> tuple[float, float]:
+def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2,
+                ignore: np.ndarray | None = None) -> tuple[float, float]:
     """Level and noise SD of bare glass on a smoothed optical-density map.
 
     Glass is the clearest thing in a brightfield field, so it is the
@@ -450,8 +451,8 @@ def glass_level(smoothed: np.ndarray, *, bins: int = 400, min_peak: float = 0.2)
     was fitted to faint cell bodies (confluent fields: glass then has
     negative OD) and when JPEG compression has smoothed the pixel noise.
     """
-    v = smoothed[:: 2, :: 2].ravel()
-    v = v[v != 0]  # exactly 0: masked out (burnt-in annotations, field stop), not glass noise
+    v = smoothed[:: 2, :: 2]
+    v = v.ravel() if ignore is None else v[~ignore[:: 2, :: 2]]
     if v.size == 0:
         return 0.0, 1e-5
     lo, hi = np.percentile(v, [0.1, 99.0])
@@ -490,11 +491,13 @@ def _left_sd(c: np.ndarray, hs: np.ndarray, i: int) -> float:
     return float((c[i] - (c[j] + t * (c[j + 1] - c[j]))) / 1.1774)
 
 
-def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0) -> np.ndarray:
+def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0,
+                           ignore: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies in an unstained brightfield field: smoothed OD more than
-    ``k`` glass noise SDs above the glass level (:func:`glass_level`)."""
+    ``k`` glass noise SDs above the glass level (:func:`glass_level`, which
+    leaves out the ``ignore`` pixels: no specimen there)."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px)
-    level, sd = glass_level(sm)
+    level, sd = glass_level(sm, ignore=ignore)
     return _tidy_mask(sm > level + k * sd)
 
 
