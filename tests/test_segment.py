@@ -142,3 +142,30 @@ def test_a_round_field_stop_makes_no_cells_and_moves_no_threshold():
         res = analyze_image((rgb * stop[..., None]).astype(np.uint8))
         assert len(res.cells) == 4, counterstain
         assert res.cells["sabgal_positive"].sum() == ref.cells["sabgal_positive"].sum() == 2, counterstain
+
+
+def test_blob_diameter_reads_the_nucleus_scale_through_granules_and_noise():
+    """Brightfield nuclei are dark spots (unstained cells) or pale holes in the
+    blue (stained cells), among X-gal granules and pixel noise much finer and
+    more numerous than they are, and inside cells much larger: the scale
+    selection must return the nuclei's diameter, not the granules' or the
+    cells'."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:400, 0:520]
+    for d in (8.0, 14.0, 24.0):
+        image = np.zeros(yy.shape, np.float32)
+        centres = [(y, x) for y in range(50, 400, 100) for x in range(55, 520, 100)]
+        for i, (cy, cx) in enumerate(centres):
+            r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            cell = r2 <= (1.8 * d) ** 2
+            nucleus = r2 <= (d / 2) ** 2
+            if i % 2:  # unstained: faint body, denser nucleus
+                image += 0.02 * cell + 0.05 * nucleus
+            else:  # stained: blue body (negative on this map) with a pale hole
+                image += -0.3 * (cell & ~nucleus)
+        image += ndi.gaussian_filter(rng.normal(0, 0.08, yy.shape), 0.8).astype(np.float32)  # granules
+        image += rng.normal(0, 0.01, yy.shape).astype(np.float32)
+        est = segment.blob_diameter(ndi.gaussian_filter(image, 1.0))
+        assert est is not None and abs(est / d - 1) < 0.2, (d, est)
+    assert segment.blob_diameter(np.zeros((8, 8), np.float32)) is None
+    assert segment.blob_diameter(np.zeros((100, 100), np.float32)) is None

@@ -180,30 +180,29 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
     return (g + hole - 0.5 * x).astype(np.float32)
 
 
-def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *, iterations: int = 3) -> float:
+def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
+                                 excluded: np.ndarray | None = None) -> float:
     """Typical nucleus diameter (px) without a nuclear stain.
 
-    The brightfield nuclear map is noisy at the pixel scale (granules, the
-    gaps between them, JPEG blocks), so the objects of a threshold on a
-    lightly smoothed map are fragments and a first estimate ``d0`` comes out
-    too small. The map is re-smoothed in proportion to the size found (a
-    sixth of it), flattened at 2.5 diameters and measured again, a few
-    times. Started small, this can stay stuck on the fragments; started
-    large, it can creep up as a nucleus merges with the dense cytoplasm
-    around it; the answer is the geometric mean of the runs started from
-    ``d0`` and from ``2 d0``, capped at ``1.5 d0``.
+    Nuclei are the most contrasted compact objects of a brightfield field:
+    denser than the cytoplasm around them (neutral density) in unstained
+    cells, pale holes in the blue of stained ones. Both are bright blobs of
+    neutral density less X-gal, whose size :func:`sabgal.segment.blob_diameter`
+    reads by scale selection (at half resolution: nuclei are >= 5 px).
+    Thresholding a brightfield map instead measures fragments (granule
+    gaps) or whole cells. ``excluded`` pixels (burnt-in labels, a field
+    stop: no specimen) are set to the field's median, so their edges and
+    corners are not taken for nuclei. Falls back to 14 px on a featureless
+    field.
     """
-    d0 = segment.estimate_nucleus_diameter(nuclear_map_brightfield(grey, xgal, sigma=1.5))
-    ends = []
-    for d in (d0, 2 * d0):
-        for _ in range(iterations):
-            nm = nuclear_map_brightfield(grey, xgal, sigma=max(1.0, d / 6))
-            d = segment.estimate_nucleus_diameter(segment.flatten_background(nm, 2.5 * d), default=d)
-        ends.append(d)
-    # the creep has no natural stop on small or sparse fields: the fragments make
-    # d0 short by a sixth to a third, so more than 1.5 x d0 is nuclei merging
-    # with the cytoplasm around them
-    return float(min(np.sqrt(ends[0] * ends[1]), 1.5 * d0))
+    m = _reduce(grey, 2) - _reduce(np.maximum(xgal, 0), 2)
+    if excluded is not None and excluded.any():
+        ex = _reduce(excluded.astype(np.float32), 2) > 0
+        if ex.all():
+            return 14.0
+        m[ex] = np.median(m[~ex])
+    d = segment.blob_diameter(m)
+    return 14.0 if d is None else float(2 * d)
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +347,7 @@ WORKING_NUCLEUS_PX = 10.0
 
 # Brightfield (no nuclear stain): two nucleus candidates closer than this many
 # nucleus diameters are one nucleus and the gaps between X-gal granules beside it.
-BRIGHTFIELD_NUCLEUS_SPACING = 1.5
+BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -375,7 +374,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     elif nmap is not None:
         diameter = segment.estimate_nucleus_diameter(nmap)
     else:
-        diameter = brightfield_nucleus_diameter(grey, xgal)
+        diameter = brightfield_nucleus_diameter(grey, xgal, excluded=prep.excluded)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
     if nmap is None:
@@ -416,6 +415,17 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     if excluded is not None:
         foreground = foreground & ~excluded
         no_cells = excluded if background is None else (background | excluded)
+        if unseeded == "seed":
+            # a piece of "cell body" against a label or field stop holding no
+            # nucleus is the stop's blurred rim (the lamp fit cannot follow
+            # it), not a cell whose nucleus was missed: it gets no seed
+            comp, n = ndi.label(foreground)
+            if n:
+                near = np.zeros(n + 1, dtype=bool)
+                near[comp[morph.dilate_cross(excluded, iterations=2)]] = True
+                near[comp[nuclei > 0]] = False
+                near[0] = False
+                foreground = foreground & ~near[comp]
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
