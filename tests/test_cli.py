@@ -50,10 +50,9 @@ def test_sample_counts_are_close_to_the_truth(sample_run):
     truth_dir = ROOT / "tests" / "data" / "sample_truth"
     images = pd.read_csv(sample_run / "images.csv")
     # nuclear stain present: counts are tight; plain brightfield is best-effort
-    # (a smoke test: sample04 is a confluent sheet whose unstained cells show
-    # no cytoplasm and faint nuclei, and about half of them are found;
-    # brightfield accuracy is measured by benchmarks/accuracy.py)
-    tolerance = {"counterstain": 0.05, "fluorescence": 0.05, "brightfield": 0.6}
+    # (sample04 is a confluent sheet whose unstained cells show no cytoplasm and
+    # faint nuclei; brightfield accuracy is measured by benchmarks/accuracy.py)
+    tolerance = {"counterstain": 0.05, "fluorescence": 0.05, "brightfield": 0.5}
     for _, row in images.iterrows():
         stem = row["image"].rsplit(".", 1)[0]
         truth = pd.read_csv(truth_dir / f"{stem}_truth.csv")

@@ -169,3 +169,36 @@ def test_blob_diameter_reads_the_nucleus_scale_through_granules_and_noise():
         assert est is not None and abs(est / d - 1) < 0.2, (d, est)
     assert segment.blob_diameter(np.zeros((8, 8), np.float32)) is None
     assert segment.blob_diameter(np.zeros((100, 100), np.float32)) is None
+
+
+def test_unstained_nuclei_are_added_where_there_is_no_xgal():
+    """In brightfield, the threshold that finds stained cells' pale nuclei
+    misses unstained cells' faint dense ones: those are added (one each, away
+    from the nuclei already found), but nothing in the blue and nothing on an
+    empty field."""
+    rng = np.random.default_rng(5)
+    shape, d = (240, 320), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    grey = rng.normal(0, 0.004, shape).astype(np.float32)
+    xgal = np.zeros(shape, np.float32)
+    found = np.zeros(shape, np.int32)
+    unstained = [(50, 50), (50, 150), (170, 60), (180, 170)]
+    stained = [(60, 260), (180, 270)]
+    for cy, cx in unstained:
+        grey += 0.04 * (((yy - cy) ** 2 + (xx - cx) ** 2) <= (d / 2) ** 2)
+    for k, (cy, cx) in enumerate(stained, start=1):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        xgal += 0.4 * ((r2 <= (2 * d) ** 2) & (r2 > (d / 2) ** 2))
+        grey += 0.08 * ((r2 <= (2 * d) ** 2) & (r2 > (d / 2) ** 2)) * rng.random(shape)  # granular
+        found[r2 <= (d / 2) ** 2] = k
+    grey = ndi.gaussian_filter(grey, 1.0)
+    out = segment.add_unstained_nuclei(found, grey, xgal, diameter_px=d)
+    new = np.setdiff1d(np.unique(out), [0, 1, 2])
+    assert new.size == len(unstained)
+    cents = np.array(ndi.center_of_mass(out > 2, out, new))
+    for cy, cx in unstained:
+        assert np.min(np.hypot(cents[:, 0] - cy, cents[:, 1] - cx)) < 3
+    assert (out[found > 0] == found[found > 0]).all()
+    blank = rng.normal(0, 0.004, shape).astype(np.float32)
+    assert segment.add_unstained_nuclei(np.zeros(shape, np.int32), blank, np.zeros(shape, np.float32),
+                                        diameter_px=d).max() == 0

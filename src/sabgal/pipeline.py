@@ -349,6 +349,10 @@ WORKING_NUCLEUS_PX = 10.0
 # nucleus diameters are one nucleus and the gaps between X-gal granules beside it.
 BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 
+# Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
+# no X-gal) counts when its blob response is this many robust noise SDs strong.
+BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
+
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                   config: Config | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -390,6 +394,11 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     # demand twice the size before a blob counts as a nucleus
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
+    if mode == "brightfield":
+        nuclei = segment.add_unstained_nuclei(nuclei, _reduce(grey, f), _reduce(xgal, f), diameter_px=d,
+                                              snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
+                                              max_xgal=config.classify.min_positive_threshold,
+                                              spacing=BRIGHTFIELD_NUCLEUS_SPACING)
     excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5

@@ -578,6 +578,64 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     return _tidy_mask(sm > level + k * sd)
 
 
+def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
+                         snr: float = 8.0, max_xgal: float = 0.03, spacing: float = 2.0) -> np.ndarray:
+    """Add the nuclei of unstained cells that one threshold over a brightfield
+    nuclear map misses.
+
+    Without a nuclear stain a stained cell's nucleus is a pale hole in the
+    blue, 5-10x the contrast of an unstained cell's nucleus (slightly denser
+    than its cytoplasm), so a threshold set by the former loses the latter.
+    Here the unstained nuclei are sought on their own terms: peaks of the
+    scale-normalised LoG of the neutral density ``grey`` (3x3 median first)
+    at the nucleus scale, measured in robust SDs of that response over the
+    field's X-gal-free part (smoothed ``xgal`` below ``max_xgal`` OD, where
+    alone they are looked for), at least ``snr`` SDs strong, and more than
+    ``spacing`` diameters from every nucleus already found and from each
+    other (strongest first). Each becomes a disc of 0.45 diameters.
+    """
+    import cv2
+    from scipy.spatial import cKDTree
+
+    d = float(diameter_px)
+    s = d / (2 * np.sqrt(2))
+    g = cv2.medianBlur(np.ascontiguousarray(grey, dtype=np.float32), 3)
+    resp = (-(s * s)) * filters.gaussian_laplace(g, s)
+    clear = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) < max_xgal
+    if clear.sum() < 1000:
+        return nuclei
+    med, sd = robust_noise(resp[clear])
+    z = np.where(clear, (resp - med) / sd, 0.0)
+    coords = peak_local_max(z, min_distance=max(1, int(spacing * d / 2)), threshold_abs=snr,
+                            exclude_border=False)
+    ids = _present(nuclei)
+    if len(coords) and ids.size:
+        dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
+        coords = coords[dist > spacing * d]
+    if not len(coords):
+        return nuclei
+    coords = coords[np.argsort(-z[tuple(coords.T)], kind="stable")]
+    tree = cKDTree(coords)
+    alive = np.ones(len(coords), dtype=bool)
+    for i in range(len(coords)):
+        if alive[i]:
+            for j in tree.query_ball_point(coords[i], spacing * d):
+                if j > i:
+                    alive[j] = False
+    out = nuclei.astype(np.int32, copy=True)
+    r = 0.45 * d
+    nxt = int(out.max()) + 1
+    for cy, cx in coords[alive]:
+        y0, y1 = max(0, int(cy - r)), min(out.shape[0], int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(out.shape[1], int(cx + r) + 1)
+        yy = (np.arange(y0, y1) - cy)[:, None] ** 2
+        xx = (np.arange(x0, x1) - cx)[None, :] ** 2
+        sub = out[y0:y1, x0:x1]
+        sub[((yy + xx) <= r * r) & (sub == 0)] = nxt
+        nxt += 1
+    return out
+
+
 def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float) -> np.ndarray:
     """Keep, of nuclei whose centres lie within ``radius_px`` of each other,
     only the one with the highest total ``score`` (greedy non-maximum
