@@ -202,3 +202,30 @@ def test_unstained_nuclei_are_added_where_there_is_no_xgal():
     blank = rng.normal(0, 0.004, shape).astype(np.float32)
     assert segment.add_unstained_nuclei(np.zeros(shape, np.int32), blank, np.zeros(shape, np.float32),
                                         diameter_px=d).max() == 0
+
+
+def test_blue_cytoplasm_goes_to_the_stained_cell():
+    """A senescent cell is enlarged far more than its nucleus: between it and
+    an unstained neighbour with a nucleus of the same size, the border follows
+    the edge of its X-gal, not the midline; an unstained cell keeps what is
+    not blue, and the stained cell is recognised by the X-gal around its
+    nucleus."""
+    yy, xx = np.mgrid[0:80, 0:160]
+    nuclei = np.zeros((80, 160), np.int32)
+    nuclei[(yy - 40) ** 2 + (xx - 40) ** 2 <= 7 ** 2] = 1  # stained, enlarged
+    nuclei[(yy - 40) ** 2 + (xx - 120) ** 2 <= 7 ** 2] = 2  # unstained
+    xgal = np.where((yy - 40) ** 2 + (xx - 40) ** 2 <= 65 ** 2, 0.2, 0.0).astype(np.float32)
+    xgal[nuclei == 1] = 0.0  # the nucleus itself is pale
+    xs = ndi.gaussian_filter(xgal, 2.0)
+    level = 0.03
+    stained = segment.stained_nuclei(nuclei, xs, level=level, ring_px=4)
+    assert stained.tolist() == [1]
+    region = np.ones_like(nuclei, bool)
+    plain, _ = segment.segment_cells(nuclei, region, max_reach_px=300, min_cell_area_px=10, size_weighted=True)
+    aware, _ = segment.segment_cells(nuclei, region, max_reach_px=300, min_cell_area_px=10, size_weighted=True,
+                                     stain=segment.stain_presence(xs, level=level), stained_ids=stained)
+    assert 75 <= np.flatnonzero(plain[40] == 2)[0] <= 85  # the midline
+    assert 100 <= np.flatnonzero(aware[40] == 2)[0] <= 108  # the X-gal edge (x = 105)
+    assert (aware[nuclei > 0] == nuclei[nuclei > 0]).all()
+    for k in (1, 2):
+        assert ndi.label(aware == k)[1] == 1
