@@ -223,7 +223,7 @@ def test_blue_cytoplasm_goes_to_the_stained_cell():
     region = np.ones_like(nuclei, bool)
     plain, _ = segment.segment_cells(nuclei, region, max_reach_px=300, min_cell_area_px=10, size_weighted=True)
     aware, _ = segment.segment_cells(nuclei, region, max_reach_px=300, min_cell_area_px=10, size_weighted=True,
-                                     stain=segment.stain_presence(xs, level=level), stained_ids=stained)
+                                     xgal=xs, stain_level=level, diameter_px=8)
     assert 75 <= np.flatnonzero(plain[40] == 2)[0] <= 85  # the midline
     assert 100 <= np.flatnonzero(aware[40] == 2)[0] <= 108  # the X-gal edge (x = 105)
     assert (aware[nuclei > 0] == nuclei[nuclei > 0]).all()

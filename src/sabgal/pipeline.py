@@ -435,24 +435,17 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                 near[comp[nuclei > 0]] = False
                 near[0] = False
                 foreground = foreground & ~near[comp]
-    stain_kw = {}
-    if mode != "brightfield" and nuclei.max() > 0:
-        # X-gal marks stained cells only: their blue cytoplasm is not handed
-        # to unstained neighbours (segment.size_weighted_territories)
-        level = config.classify.min_positive_threshold
-        xs = filters.gaussian_filter(np.maximum(_reduce(xgal, f), 0).astype(np.float32), max(1.0, d / 4))
-        stain_kw = dict(stain=segment.stain_presence(xs, level=level),
-                        stained_ids=segment.stained_nuclei(nuclei, xs, level=level,
-                                                           ring_px=max(1, int(round(d / 2)))))
+    # X-gal marks stained cells only: their blue cytoplasm is not handed to
+    # unstained neighbours (segment.size_weighted_territories)
+    xs = filters.gaussian_filter(np.maximum(_reduce(xgal, f), 0).astype(np.float32), max(1.0, d / 4))
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
         # faint cells still reach a little past their nucleus, but never onto
         # glass the lamp estimate saw
         min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
-        # with a nuclear stain the nucleus sizes are reliable enough to weight
-        # the territories by them; brightfield's best-effort nuclei are not
-        size_weighted=mode != "brightfield", **stain_kw)
+        # touching cells share by nucleus size, blue cytoplasm to stained cells
+        size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)

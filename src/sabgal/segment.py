@@ -776,8 +776,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                   unseeded: str = "drop", diameter_px: float = 14.0,
                   min_extent_nuclei: float = 0.0,
                   glass: np.ndarray | None = None,
-                  size_weighted: bool = False, stain: np.ndarray | None = None,
-                  stained_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  size_weighted: bool = False, xgal: np.ndarray | None = None,
+                  stain_level: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
     Parameters
@@ -802,9 +802,12 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         Divide touching cells by distance from each nucleus centre in units
         of that nucleus's radius (:func:`size_weighted_territories`) instead
         of plain distance.
-    stain, stained_ids : optional
-        X-gal presence (0-1) and the stained cells' nuclei, for the
-        size-weighted partition (:func:`stain_presence`, :func:`stained_nuclei`).
+    xgal : (M, N) float ndarray, optional
+        Smoothed X-gal OD: with ``size_weighted``, cells whose surroundings
+        are stained (:func:`stained_nuclei`, above ``stain_level``) keep
+        their blue cytoplasm (:func:`size_weighted_territories`).
+    stain_level : float
+        X-gal OD that counts as stained (the positivity floor).
     unseeded : {"drop", "seed"}
         What to do with foreground components holding no nucleus: drop them
         as debris (a nuclear stain is present) or give each a seed at its
@@ -875,8 +878,14 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
         cells = np.where(region, markers[iy, ix], 0).astype(np.int32)
         if size_weighted:
+            stain = stained = None
+            if xgal is not None:
+                # (markers, not nuclei: a brightfield seed can be a stained cell)
+                stain = stain_presence(xgal, level=stain_level)
+                stained = stained_nuclei(markers, xgal, level=stain_level,
+                                         ring_px=max(1, int(round(diameter_px / 2))))
             cells = size_weighted_territories(markers, region, cells, max_reach_px=max_reach_px, stain=stain,
-                                              stained_ids=stained_ids)
+                                              stained_ids=stained)
     else:
         e = elevation.astype(np.float32)
         scale = np.percentile(e[region], 95) if region.any() else 1.0
