@@ -673,17 +673,21 @@ def stain_presence(xgal_smoothed: np.ndarray, *, level: float) -> np.ndarray:
                    0, 1).astype(np.float32)
 
 
-def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: float, ring_px: int) -> np.ndarray:
+def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: float, ring_px: int,
+                   nearest: np.ndarray | None = None) -> np.ndarray:
     """Ids of the nuclei whose surroundings are stained: the mean of the
     (smoothed) X-gal OD over the ring ``ring_px`` wide around each nucleus
-    (pixels nearer to it than to any other nucleus) above ``level`` --
-    SA-β-gal is perinuclear."""
+    (pixels nearer to it than to any other nucleus; ``nearest``, the label
+    of the nearest nucleus per pixel, when the caller has it) above
+    ``level`` -- SA-β-gal is perinuclear."""
     ids = _present(nuclei)
     if ids.size == 0:
         return ids
     ring = morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0)
-    _, (iy, ix) = distance_with_indices(nuclei == 0)
-    owner = np.where(ring, nuclei[iy, ix], 0)
+    if nearest is None:
+        _, (iy, ix) = distance_with_indices(nuclei == 0)
+        nearest = nuclei[iy, ix]
+    owner = np.where(ring, nearest, 0)
     mean = np.asarray(ndi.mean(np.asarray(xgal_smoothed, dtype=np.float64), labels=owner, index=ids))
     return ids[np.nan_to_num(mean, nan=0.0) > level]
 
@@ -876,14 +880,15 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # transform's nearest-seed indices (same result, no flooding cost).
         if markers is not nuclei and (markers != nuclei).any():
             iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
-        cells = np.where(region, markers[iy, ix], 0).astype(np.int32)
+        nearest = markers[iy, ix]
+        cells = np.where(region, nearest, 0).astype(np.int32)
         if size_weighted:
             stain = stained = None
             if xgal is not None:
                 # (markers, not nuclei: a brightfield seed can be a stained cell)
                 stain = stain_presence(xgal, level=stain_level)
                 stained = stained_nuclei(markers, xgal, level=stain_level,
-                                         ring_px=max(1, int(round(diameter_px / 2))))
+                                         ring_px=max(1, int(round(diameter_px / 2))), nearest=nearest)
             cells = size_weighted_territories(markers, region, cells, max_reach_px=max_reach_px, stain=stain,
                                               stained_ids=stained)
     else:
