@@ -97,3 +97,23 @@ def test_no_anchor_when_the_lowest_population_is_broad_faint_stain():
     s = rng.lognormal(np.log(0.06), 0.45, 150)
     t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.1)
     assert src == "none" and np.isnan(t)
+
+
+def test_anchored_threshold_comes_down_to_faint_positives_above_a_noisy_negative_mode():
+    """Unstained cells whose scores scatter widely (JPEG, eosin cross-talk)
+    put mode + 4 spreads among the faint positives; the cells between the
+    shoulder and that threshold far outnumber a Gaussian tail, so the
+    threshold comes down, and with a clean gap it is left alone."""
+    from scipy.stats import norm
+
+    neg = 0.005 + 0.014 * norm.ppf(np.linspace(0.01, 0.99, 60))  # unstained, SD 0.014 OD
+    pos = np.linspace(0.03, 0.12, 50)  # faint to clearly stained
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "anchored"
+    called = np.mean(np.r_[neg, pos] > t)
+    assert t < 0.035 and abs(called - 50 / 110) < 0.03, (t, called)  # mode + 4 SD would be ~0.05
+    rng = np.random.default_rng(7)
+    # a tight unstained mode and well-stained cells: nothing to move
+    neg2 = rng.normal(0.005, 0.003, 200)
+    t2, _ = classify.negative_anchored_threshold(np.r_[neg2, rng.uniform(0.15, 0.6, 60)], floor=0.03, positive_like=0.10)
+    assert 0.03 <= t2 < 0.15

@@ -185,7 +185,10 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     (mode + 2 spreads) and 3x that threshold when there is one (haze and
     spill give unstained cells a longer upper tail than lower), and up to the
     bottom of a clear density dip between the threshold and the first
-    stained mode above it when the tail ends in one. If that lowest
+    stained mode above it when the tail ends in one; or, when neither
+    applies and far more cells lie between the shoulder and the threshold
+    than a Gaussian tail of the unstained cells would hold, down to where
+    that tail holds half a cell (those cells are faintly stained). If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``, or
     it is broad: spread above half the floor) the image has no unstained
     population to anchor on and ``nan`` is returned with source ``"none"``.
@@ -225,6 +228,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         # stained cells (unstained cells spread by noise and haze, < 0.01 OD)
         return float("nan"), "none"
     t = max(mode + max(k * spread, 0.02), floor)
+    t_base = t
     # Haze and spill give unstained cells a longer upper tail than lower: if
     # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
     # 3x the anchor show a clear empty gap (>= 0.08 decade of log-score), the
@@ -259,6 +263,23 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         if (dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]
                 and passed <= 0.5 * np.count_nonzero(x <= lt)):
             t = max(float(10 ** grid[v] - 0.02), t)
+    # Conversely, the k-spread margin assumes the unstained cells' upper tail
+    # is no heavier than Gaussian. When, short of any gap or dip, the cells
+    # between the shoulder and the threshold far outnumber what such a tail
+    # holds (>= 3x + 3 cells), they are a population -- faintly stained cells
+    # -- and the threshold comes down to where the unstained tail is expected
+    # to hold half a cell (a Gaussian of the unstained mode's spread, its
+    # size twice the cells below the mode).
+    if t == t_base:
+        from scipy.stats import norm
+
+        n0 = 2 * int(np.count_nonzero(s <= mode))
+        lo = mode + 2 * spread
+        between = int(np.count_nonzero((s > lo) & (s <= t)))
+        expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
+        if n0 >= 10 and between >= max(3, 3 * expected + 3):
+            z = float(norm.isf(0.5 / n0))
+            t = max(mode + z * spread, lo, floor)
     return max(t, floor), "anchored"
 
 
