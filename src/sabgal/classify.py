@@ -229,6 +229,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         return float("nan"), "none"
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
+    shoulder = mode + 2 * spread
     # Haze and spill give unstained cells a longer upper tail than lower: if
     # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
     # 3x the anchor show a clear empty gap (>= 0.08 decade of log-score), the
@@ -236,7 +237,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # that window: one that opens near its top and runs on past it is mostly
     # a gap between stained cells.
     xs = np.sort(x)
-    lo, hi = _log_scores(np.array([mode + 2 * spread, 3 * t]))
+    lo, hi = _log_scores(np.array([shoulder, 3 * t]))
     inside = xs[(xs >= lo) & (xs <= hi)]
     # the first cell past the window closes the last gap
     pts = np.concatenate([inside, xs[xs > hi][:1]])
@@ -247,7 +248,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         gaps[n_above < max(3, 0.02 * xs.size)] = 0
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
-            t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), mode + 2 * spread)
+            t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), shoulder)
     # Short of an empty gap, the unstained cells' upper tail can still end in
     # a clear dip of the density before the first stained mode above the
     # threshold: move up to the bottom of that dip when it is well below
@@ -274,12 +275,11 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         from scipy.stats import norm
 
         n0 = 2 * int(np.count_nonzero(s <= mode))
-        lo = mode + 2 * spread
-        between = int(np.count_nonzero((s > lo) & (s <= t)))
+        between = int(np.count_nonzero((s > shoulder) & (s <= t)))
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
         if n0 >= 10 and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            t = max(mode + z * spread, lo, floor)
+            t = max(mode + z * spread, shoulder, floor)
     return max(t, floor), "anchored"
 
 

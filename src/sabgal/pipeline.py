@@ -381,8 +381,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         diameter = brightfield_nucleus_diameter(grey, xgal, excluded=prep.excluded)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
+    grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)
     if nmap is None:
-        nmap = nuclear_map_brightfield(_reduce(grey, f), _reduce(xgal, f), sigma=max(1.0, d / 8))
+        nmap = nuclear_map_brightfield(grey_r, xgal_r, sigma=max(1.0, d / 8))
     else:
         nmap = _reduce(nmap, f)
     od_sum = _reduce(od_sum, f)
@@ -395,17 +396,18 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     if mode == "brightfield":
-        nuclei = segment.add_unstained_nuclei(nuclei, _reduce(grey, f), _reduce(xgal, f), diameter_px=d,
+        nuclei = segment.add_unstained_nuclei(nuclei, grey_r, xgal_r, diameter_px=d,
                                               snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
                                               max_xgal=config.classify.min_positive_threshold,
                                               spacing=BRIGHTFIELD_NUCLEUS_SPACING)
-    excluded = prep.excluded
+    excluded = against_excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5
+        against_excluded = morph.dilate_cross(excluded, iterations=2)
         # no nucleus, cell or cell body where the image shows no specimen; a
         # "nucleus" touching that region is the dim rim of a field stop or the
         # fringe of a label, not a cell cut by it
-        drop = np.unique(nuclei[morph.dilate_cross(excluded, iterations=2)])
+        drop = np.unique(nuclei[against_excluded])
         drop = drop[drop > 0]
         if drop.size:
             nuclei = np.where(np.isin(nuclei, drop), 0, nuclei).astype(nuclei.dtype)
@@ -431,13 +433,13 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
             comp, n = ndi.label(foreground)
             if n:
                 near = np.zeros(n + 1, dtype=bool)
-                near[comp[morph.dilate_cross(excluded, iterations=2)]] = True
+                near[comp[against_excluded]] = True
                 near[comp[nuclei > 0]] = False
                 near[0] = False
                 foreground = foreground & ~near[comp]
     # X-gal marks stained cells only: their blue cytoplasm is not handed to
     # unstained neighbours (segment.size_weighted_territories)
-    xs = filters.gaussian_filter(np.maximum(_reduce(xgal, f), 0).astype(np.float32), max(1.0, d / 4))
+    xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,

@@ -164,23 +164,25 @@ def _blob_profile(image: np.ndarray, *, min_px: float, max_px: float, step: floa
     if sig.size < 3:
         return None
     kernel = np.ones((3, 3), np.uint8)
-    prev = cur = None
+
+    def rung(k: int) -> tuple[np.ndarray, np.ndarray]:
+        r = (-(sig[k] ** 2)) * filters.gaussian_laplace(m, float(sig[k]))
+        return r, cv2.dilate(r, kernel)
+
     prof = np.zeros(sig.size)
-    for k in range(sig.size + 1):
-        nxt = None
-        if k < sig.size:
-            nxt = (-(sig[k] ** 2)) * filters.gaussian_laplace(m, float(sig[k]))
-            nxt_max = cv2.dilate(nxt, kernel)
-        if cur is not None and 0 < k - 1 < sig.size - 1:
-            best = np.maximum(cur_max, np.maximum(prev_max, nxt_max))
-            v = cur[(cur >= best) & (cur > 0)]
-            if v.size:
-                # a fixed divisor: a scale with fewer maxima than ``top`` is
-                # not rewarded for having only its strongest few
-                prof[k - 1] = float(np.sum(-np.partition(-v, min(top, v.size) - 1)[:top])) / top
-        prev, prev_max = cur, (cur_max if cur is not None else None)
-        if nxt is not None:
-            cur, cur_max = nxt, nxt_max
+    # three rungs at a time: a maximum in space and scale is a 3x3 maximum of
+    # its own rung no lower than the 3x3 maxima of the rungs either side
+    below, here = rung(0), rung(1)
+    for k in range(1, sig.size - 1):
+        above = rung(k + 1)
+        cur = here[0]
+        best = np.maximum(here[1], np.maximum(below[1], above[1]))
+        v = cur[(cur >= best) & (cur > 0)]
+        if v.size:
+            # a fixed divisor: a scale with fewer maxima than ``top`` is
+            # not rewarded for having only its strongest few
+            prof[k] = float(np.sum(-np.partition(-v, min(top, v.size) - 1)[:top])) / top
+        below, here = here, above
     return prof
 
 
@@ -196,9 +198,10 @@ def blob_diameter(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40.
     profile over scale, whose peak (smoothed, interpolated between rungs)
     is the answer. ``top`` defaults to one per 11,600 px of image (30 on a
     512 x 680 image), at least 5: a fixed share of the field, so a small
-    crop is judged by its few nuclei, not by its noise. A 3x3 median first removes what is smaller than any
-    nucleus (noise, JPEG blocks, the pale gaps between granules), which
-    otherwise outnumber and outshine the nuclei at the finest scales.
+    crop is judged by its few nuclei, not by its noise. A 3x3 median first
+    removes what is smaller than any nucleus (noise, JPEG blocks, the pale
+    gaps between granules), which otherwise outnumber and outshine the
+    nuclei at the finest scales.
     The ladder's end rungs are never chosen; ``None`` when no interior peak
     exists (a flat or tiny image).
 
@@ -222,7 +225,7 @@ def blob_diameter(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40.
     a, b, c = ps[k - 1], ps[k], ps[k + 1]
     den = a - 2 * b + c
     off = float(np.clip(0.5 * (a - c) / den, -1, 1)) if den < 0 else 0.0
-    return float(2 * np.sqrt(2) * (min_px / (2 * np.sqrt(2))) * step ** (k + off))
+    return float(min_px * step ** (k + off))  # (rung k has sigma = min_px step^k / (2 sqrt 2))
 
 
 def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: float) -> np.ndarray:
@@ -578,6 +581,22 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     return _tidy_mask(sm > level + k * sd)
 
 
+def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy non-maximum suppression: which ``points`` survive when, from
+    the highest ``score`` down, each survivor removes every other point
+    within ``radius`` of it."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points)
+    alive = np.ones(len(points), dtype=bool)
+    for i in np.argsort(-np.asarray(score), kind="stable"):
+        if alive[i]:
+            for j in tree.query_ball_point(points[i], radius):
+                if j != i:
+                    alive[j] = False
+    return alive
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 8.0, max_xgal: float = 0.03, spacing: float = 2.0) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
@@ -614,18 +633,11 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
         coords = coords[dist > spacing * d]
     if not len(coords):
         return nuclei
-    coords = coords[np.argsort(-z[tuple(coords.T)], kind="stable")]
-    tree = cKDTree(coords)
-    alive = np.ones(len(coords), dtype=bool)
-    for i in range(len(coords)):
-        if alive[i]:
-            for j in tree.query_ball_point(coords[i], spacing * d):
-                if j > i:
-                    alive[j] = False
+    coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
     out = nuclei.astype(np.int32, copy=True)
     r = 0.45 * d
     nxt = int(out.max()) + 1
-    for cy, cx in coords[alive]:
+    for cy, cx in coords:
         y0, y1 = max(0, int(cy - r)), min(out.shape[0], int(cy + r) + 1)
         x0, x1 = max(0, int(cx - r)), min(out.shape[1], int(cx + r) + 1)
         yy = (np.arange(y0, y1) - cy)[:, None] ** 2
@@ -649,16 +661,7 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
         return nuclei
     cents = _centroids(nuclei, ids)
     mass = np.asarray(ndi.sum_labels(np.maximum(score, 0), nuclei, ids), dtype=np.float64)
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(cents)
-    alive = np.ones(ids.size, dtype=bool)
-    for i in np.argsort(-mass, kind="stable"):
-        if not alive[i]:
-            continue
-        for j in tree.query_ball_point(cents[i], radius_px):
-            if j != i:
-                alive[j] = False
+    alive = _greedy_keep(cents, mass, radius_px)
     if alive.all():
         return nuclei
     lut = np.zeros(int(nuclei.max()) + 1, dtype=nuclei.dtype)
@@ -669,8 +672,7 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
 def stain_presence(xgal_smoothed: np.ndarray, *, level: float) -> np.ndarray:
     """X-gal presence in [0, 1] from a smoothed X-gal OD map: 0 up to half of
     ``level``, 1 from 1.5 x ``level``, a linear ramp between."""
-    return np.clip(np.asarray(xgal_smoothed, dtype=np.float32) / np.float32(level) - np.float32(0.5),
-                   0, 1).astype(np.float32)
+    return np.clip(np.asarray(xgal_smoothed, dtype=np.float32) / np.float32(level) - np.float32(0.5), 0, 1)
 
 
 def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: float, ring_px: int,
