@@ -328,8 +328,34 @@ def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray, *
     return ndi.binary_erosion(bg, iterations=1, border_value=1)
 
 
+# When a lamp model of the configured degree finds too little glass to anchor
+# on, one this much more flexible is tried: strong vignetting (a steep,
+# non-quadratic fall-off towards the corners) leaves a quadratic envelope
+# below the glass on one side and above it on the other.
+ESCALATE_DEGREE_BY = 2
+# ... and is kept when it finds at least this share of the field bare glass.
+ESCALATED_MIN_GLASS = 0.05
+
+
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
+
+    Fits the lamp with a polynomial vignetting model of ``degree``
+    (:func:`_fit_lamp`); when that finds too little bare glass (it falls
+    back to the bright-percentile guess), a model ``ESCALATE_DEGREE_BY``
+    degrees more flexible is tried and kept if it finds at least
+    ``ESCALATED_MIN_GLASS`` of the field bare glass.
+    """
+    lamp = _fit_lamp(rgb, block_px=block_px, degree=degree)
+    if lamp.method == "auto-percentile" and 0 < degree < 6:
+        flexible = _fit_lamp(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
+        if flexible.method == "auto" and flexible.background_fraction >= ESCALATED_MIN_GLASS:
+            return flexible
+    return lamp
+
+
+def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
+    """The lamp from the image itself, with a vignetting model of ``degree``.
 
     Parameters
     ----------
