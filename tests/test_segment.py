@@ -3,6 +3,7 @@ from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
 from sabgal import segment, stains
+from sabgal.config import Config
 from sabgal.pipeline import analyze_image, prepare_image
 from conftest import paint_field
 
@@ -229,3 +230,17 @@ def test_blue_cytoplasm_goes_to_the_stained_cell():
     assert (aware[nuclei > 0] == nuclei[nuclei > 0]).all()
     for k in (1, 2):
         assert ndi.label(aware == k)[1] == 1
+
+
+def test_brightfield_debris_specks_on_glass_are_not_cells():
+    # four cells and four dark specks of debris on the glass between them; a
+    # "cell" no bigger than twice a nucleus is a speck, not a cell
+    cells = [(60, 60, 30, 8, 0.5), (60, 180, 28, 8, 0.0), (150, 80, 30, 8, 0.0), (140, 190, 32, 9, 0.4)]
+    rgb, _, _ = paint_field(cells=cells, counterstain=None, body_od=0.05)
+    yy, xx = np.mgrid[0:200, 0:260]
+    for cy, cx in [(15, 120), (110, 130), (185, 140), (15, 245)]:
+        speck = np.hypot(yy - cy, xx - cx) < 4
+        rgb[speck] = (rgb[speck] * 10 ** -0.4).astype(np.uint8)
+    res = analyze_image(rgb, config=Config().replace(segment={"nucleus_diameter_px": 16}))
+    assert res.info["setup"] == "brightfield"
+    assert len(res.cells) == 4

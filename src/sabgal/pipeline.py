@@ -353,6 +353,10 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
 BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
 
+# Brightfield: a "cell" on bare glass no bigger than this many typical nucleus
+# areas is a speck of debris: a cell's body reaches well past its nucleus.
+BRIGHTFIELD_SPECK_NUCLEI = 2.0
+
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                   config: Config | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -448,6 +452,8 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold)
+    if mode == "brightfield" and no_cells is not None:
+        cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
