@@ -117,3 +117,28 @@ def test_anchored_threshold_comes_down_to_faint_positives_above_a_noisy_negative
     neg2 = rng.normal(0.005, 0.003, 200)
     t2, _ = classify.negative_anchored_threshold(np.r_[neg2, rng.uniform(0.15, 0.6, 60)], floor=0.03, positive_like=0.10)
     assert 0.03 <= t2 < 0.15
+
+
+def test_faint_stained_cells_apart_from_the_unstained_ones_are_positive_below_the_floor():
+    """A clear gap between a tight unstained mode and cells beyond its noise
+    shows faint staining as a population of its own: the threshold sits in
+    the gap even below the positivity floor (never below half of it); with
+    no such population it stays at the floor."""
+    rng = np.random.default_rng(21)
+    neg = rng.normal(0.0012, 0.0004, 45)
+    pos = rng.uniform(0.016, 0.07, 55)
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "anchored"
+    assert neg.max() < t < pos.min() and t >= 0.015, t
+    t0, _ = classify.negative_anchored_threshold(neg, floor=0.03, positive_like=0.10)
+    assert t0 >= 0.03
+
+
+def test_a_few_unstained_cells_anchor_a_mostly_stained_field():
+    # four unstained cells, fifty faintly to clearly stained: the unstained
+    # cells' spread comes from their own scores, not a generic default
+    rng = np.random.default_rng(3)
+    s = np.r_[[0.0047, 0.0065, 0.008, 0.0083], rng.uniform(0.032, 0.11, 50)]
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored"
+    assert 0.0083 < t < 0.032, t

@@ -171,6 +171,12 @@ def learn_positive_threshold(scores, *, floor: float, default: float,
     return max(float(10 ** cross - 0.02), floor), "learnt"
 
 
+# When a clear empty gap separates an image's unstained cells from cells
+# beyond their noise, the threshold may sit in the gap down to this
+# fraction of the positivity floor (faint but distinct staining).
+GAP_FLOOR_FRACTION = 0.5
+
+
 def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k: float = 4.0,
                                 min_cells: int = 15) -> tuple[float, str]:
     """Threshold just above the image's own unstained cells.
@@ -221,7 +227,13 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     if mode > 0.6 * positive_like:
         return float("nan"), "none"
     below = s[s <= mode]
-    spread = float(np.median(mode - below)) * 1.4826 if below.size >= 5 else 0.01
+    if below.size >= 5:
+        spread = float(np.median(mode - below)) * 1.4826
+    else:
+        # few unstained cells (a mostly stained field): their spread from
+        # the cells under the mode's kernel, both sides
+        members = s[np.abs(x - grid[peaks[0]]) <= 2 * bw]
+        spread = float(np.median(np.abs(members - mode))) * 1.4826 if members.size >= 3 else 0.01
     spread = max(spread, 0.003)
     if spread > 0.5 * max(floor, 0.01):
         # not a tight unstained population: the lowest mode is faintly
@@ -229,6 +241,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         return float("nan"), "none"
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
+    low_floor = floor
     shoulder = mode + 2 * spread
     # Haze and spill give unstained cells a longer upper tail than lower: if
     # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
@@ -249,6 +262,11 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
             t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), shoulder)
+            if 10 ** min(pts[j + 1], hi) - 0.02 >= mode + k * spread:
+                # the cells above the gap are clear of the unstained cells'
+                # noise: the image itself shows its faint stained cells as a
+                # population apart, and the gap may sit below the floor
+                low_floor = GAP_FLOOR_FRACTION * floor
     # Short of an empty gap, the unstained cells' upper tail can still end in
     # a clear dip of the density before the first stained mode above the
     # threshold: move up to the bottom of that dip when it is well below
@@ -279,8 +297,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
         if n0 >= 10 and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            t = max(mode + z * spread, shoulder, floor)
-    return max(t, floor), "anchored"
+            low_floor = GAP_FLOOR_FRACTION * floor
+            t = max(mode + z * spread, shoulder, low_floor)
+    return max(t, low_floor), "anchored"
 
 
 def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: float, *,
