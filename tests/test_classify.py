@@ -142,3 +142,16 @@ def test_a_few_unstained_cells_anchor_a_mostly_stained_field():
     t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
     assert src == "anchored"
     assert 0.0083 < t < 0.032, t
+
+
+def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():
+    # unstained cells end below their shoulder and stained cells begin well
+    # above it: that empty stretch is the gap (it opens at the shoulder), and
+    # a density dip among the stained cells further up does not move the
+    # threshold into them
+    rng = np.random.default_rng(4)
+    neg = rng.normal(0.0003, 0.0012, 33)
+    pos = np.r_[0.033, 0.042, 0.052, 0.053, 0.054, 0.058, 0.06, 0.06, 0.06, 0.063, rng.uniform(0.08, 0.19, 21)]
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "anchored"
+    assert neg.max() < t < pos.min(), t

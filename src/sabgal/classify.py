@@ -250,10 +250,12 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # that window: one that opens near its top and runs on past it is mostly
     # a gap between stained cells.
     xs = np.sort(x)
+    gap_found = False
     lo, hi = _log_scores(np.array([shoulder, 3 * t]))
     inside = xs[(xs >= lo) & (xs <= hi)]
-    # the first cell past the window closes the last gap
-    pts = np.concatenate([inside, xs[xs > hi][:1]])
+    # the shoulder opens the first gap (the unstained cells may end below
+    # it) and the first cell past the window closes the last
+    pts = np.concatenate([[lo], inside, xs[xs > hi][:1]])
     if pts.size >= 2:
         gaps = np.diff(np.minimum(pts, hi))
         # a gap needs a population above it, not one stray bright cell
@@ -261,6 +263,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         gaps[n_above < max(3, 0.02 * xs.size)] = 0
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
+            gap_found = True
             t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), shoulder)
             if 10 ** min(pts[j + 1], hi) - 0.02 >= mode + k * spread:
                 # the cells above the gap are clear of the unstained cells'
@@ -276,7 +279,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     lt = float(_log_scores(np.array([t]))[0])
     above = peaks[grid[peaks] > lt]
     i0 = int(np.searchsorted(grid, lt))
-    if above.size and i0 < above[0]:
+    if not gap_found and above.size and i0 < above[0]:
         v = i0 + int(np.argmin(dens[i0: above[0] + 1]))
         passed = int(np.count_nonzero((x > lt) & (x <= grid[v])))
         if (dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]
