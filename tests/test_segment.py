@@ -244,3 +244,26 @@ def test_brightfield_debris_specks_on_glass_are_not_cells():
     res = analyze_image(rgb, config=Config().replace(segment={"nucleus_diameter_px": 16}))
     assert res.info["setup"] == "brightfield"
     assert len(res.cells) == 4
+
+
+def test_a_pale_rim_candidate_of_a_stained_cell_is_not_a_second_nucleus():
+    # brightfield candidates: one deep in a cell body, one on its rim (the
+    # pale margin of the stain); a lone candidate near the edge of its own
+    # small body is a nucleus all the same
+    yy, xx = np.mgrid[0:120, 0:200]
+    fg = (np.hypot(yy - 60, xx - 60) < 40) | (np.hypot(yy - 60, xx - 160) < 12)
+    nuc = np.zeros(fg.shape, np.int32)
+    nuc[np.hypot(yy - 60, xx - 60) < 6] = 1  # the real nucleus, d = 12
+    nuc[np.hypot(yy - 60, xx - 95) < 3] = 2  # 5 px inside the rim
+    nuc[np.hypot(yy - 60, xx - 166) < 3] = 3  # near the edge of its own small body
+    out = segment.drop_rim_nuclei(nuc, fg, min_depth_px=0.6 * 12)
+    assert set(np.unique(out)) == {0, 1, 3}
+    # a sheet lined with many candidates (cells beside it whose cytoplasm is
+    # invisible) keeps them all
+    sheet = np.zeros((120, 400), bool)
+    sheet[20:100, 20:380] = True
+    many = np.zeros(sheet.shape, np.int32)
+    for k, cx in enumerate(range(30, 380, 30), start=1):
+        many[20:24, cx:cx + 4] = k
+    many[58:62, 200:204] = 99
+    assert np.array_equal(segment.drop_rim_nuclei(many, sheet, min_depth_px=7.2), many)

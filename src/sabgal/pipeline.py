@@ -353,6 +353,10 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
 BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
 
+# Brightfield: a nucleus candidate whose centre lies less than this many nucleus
+# diameters inside a cell body that holds a deeper candidate is the body's pale rim.
+BRIGHTFIELD_RIM_DEPTH_NUCLEI = 0.6
+
 # Brightfield: a "cell" on bare glass no bigger than this many typical nucleus
 # areas is a speck of debris: a cell's body reaches well past its nucleus.
 BRIGHTFIELD_SPECK_NUCLEI = 2.0
@@ -416,11 +420,15 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         if drop.size:
             nuclei = np.where(np.isin(nuclei, drop), 0, nuclei).astype(nuclei.dtype)
     sigma_fg = max(1.0, d / 8)
+    # X-gal marks stained cells only: their blue cytoplasm is not handed to
+    # unstained neighbours (segment.size_weighted_territories)
+    xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded)
+        nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d)
     else:
         smoothed, texture = _texture(od_sum, sigma_fg)
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
@@ -441,9 +449,6 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                 near[comp[nuclei > 0]] = False
                 near[0] = False
                 foreground = foreground & ~near[comp]
-    # X-gal marks stained cells only: their blue cytoplasm is not handed to
-    # unstained neighbours (segment.size_weighted_territories)
-    xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,

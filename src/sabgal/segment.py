@@ -669,6 +669,40 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
     return lut[nuclei]
 
 
+def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px: float,
+                    max_per_piece: int = 10) -> np.ndarray:
+    """Drop nucleus candidates lying on the rim of a cell body that holds a
+    deeper candidate: centre less than ``min_depth_px`` inside the (hole
+    filled) foreground while another candidate of the same foreground piece
+    lies deeper. Without a nuclear stain the pale margin of a stained cell
+    (stain thins towards the edge) passes for a nucleus; a real nucleus
+    sits inside its cell with cytoplasm around it. Only in pieces holding
+    at most ``max_per_piece`` candidates (a cell or a small clump): the rim
+    of a sheet is lined with the nuclei of cells beside it whose cytoplasm
+    is invisible. Candidates outside the foreground, or alone in their
+    piece, are kept.
+    """
+    ids = _present(nuclei)
+    if ids.size < 2:
+        return nuclei
+    body = morph.fill_holes(foreground | (nuclei > 0))
+    depth = ndi.distance_transform_edt(body)
+    comp, _ = ndi.label(body)
+    cents = np.round(_centroids(nuclei, ids)).astype(np.int64)
+    cy = np.clip(cents[:, 0], 0, nuclei.shape[0] - 1)
+    cx = np.clip(cents[:, 1], 0, nuclei.shape[1] - 1)
+    dep, piece = depth[cy, cx], comp[cy, cx]
+    deepest = np.zeros(int(piece.max()) + 1)
+    np.maximum.at(deepest, piece, dep)
+    count = np.bincount(piece, minlength=deepest.size)
+    drop = (piece > 0) & (dep < min_depth_px) & (deepest[piece] >= min_depth_px) & (count[piece] <= max_per_piece)
+    if not drop.any():
+        return nuclei
+    lut = np.arange(int(nuclei.max()) + 1, dtype=nuclei.dtype)
+    lut[ids[drop]] = 0
+    return lut[nuclei]
+
+
 def stain_presence(xgal_smoothed: np.ndarray, *, level: float) -> np.ndarray:
     """X-gal presence in [0, 1] from a smoothed X-gal OD map: 0 up to half of
     ``level``, 1 from 1.5 x ``level``, a linear ramp between."""
