@@ -55,9 +55,8 @@ def _present(labels: np.ndarray) -> np.ndarray:
     """Sorted labels > 0 present in a non-negative label image (``np.unique``
     without 0, by counting instead of sorting)."""
     labels = np.asarray(labels)
-    if labels.size == 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+    # (counting the labelled pixels alone: few, in a nucleus image)
+    return np.flatnonzero(np.bincount(labels[labels != 0])).astype(np.intp)
 
 
 def _lut(ids: np.ndarray, size: int) -> np.ndarray:
@@ -685,12 +684,19 @@ def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: floa
     ids = _present(nuclei)
     if ids.size == 0:
         return ids
-    ring = morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0)
+    ring = np.flatnonzero(morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0))
     if nearest is None:
         _, (iy, ix) = distance_with_indices(nuclei == 0)
         nearest = nuclei[iy, ix]
-    owner = np.where(ring, nearest, 0)
-    mean = np.asarray(ndi.mean(np.asarray(xgal_smoothed, dtype=np.float64), labels=owner, index=ids))
+    # ``ndi.mean(xgal, labels=owner, index=ids)`` with owner = nearest on the
+    # ring, 0 elsewhere: the same per-label sums (float64, raster order),
+    # over the ring's pixels only
+    owner = np.asarray(nearest).ravel()[ring].astype(np.intp)
+    n = max(int(owner.max(initial=0)), int(ids[-1])) + 1
+    sums = np.bincount(owner, np.asarray(xgal_smoothed).ravel()[ring].astype(np.float64), n)[ids]
+    counts = np.bincount(owner, minlength=n)[ids].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
     return ids[np.nan_to_num(mean, nan=0.0) > level]
 
 
