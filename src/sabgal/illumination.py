@@ -151,21 +151,27 @@ def _interp_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.n
 def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear enlargement of a smooth (M', N'[, C]) map to ``shape``, one
     axis at a time (two neighbours per output pixel: much faster than a
-    generic zoom).
+    generic zoom), in bands of output rows small enough to stay in cache.
 
     >>> upsample_bilinear(np.ones((2, 3), np.float32), (4, 6)).shape
     (4, 6)
     """
     small = np.asarray(small, dtype=np.float32)
     chans = small.shape[2:]
-    lo, hi, w = _interp_weights(shape[0], small.shape[0])
-    rows = _lerp(small[lo], small[hi], w.reshape((-1,) + (1,) * (small.ndim - 1)))
+    row_lo, row_hi, row_w = _interp_weights(shape[0], small.shape[0])
+    row_w = row_w.reshape((-1,) + (1,) * (small.ndim - 1))
     lo, hi, w = _interp_weights(shape[1], small.shape[1])
+    w = np.repeat(w, int(np.prod(chans)))[None, :]
+    out = np.empty(tuple(shape) + chans, dtype=np.float32)
     # (rows, cols x channels) views keep the innermost loop long
-    flat = (shape[0], -1)
-    out = _lerp(np.take(rows, lo, axis=1).reshape(flat), np.take(rows, hi, axis=1).reshape(flat),
-                np.repeat(w, int(np.prod(chans)))[None, :])
-    return out.reshape(shape + chans)
+    flat = out.reshape(shape[0], -1)
+    band = max(1, (1 << 18) // max(1, flat.shape[1]))
+    for r0 in range(0, shape[0], band):
+        r1 = min(shape[0], r0 + band)
+        rows = _lerp(small[row_lo[r0:r1]], small[row_hi[r0:r1]], row_w[r0:r1])
+        flat[r0:r1] = _lerp(np.take(rows, lo, axis=1).reshape(r1 - r0, -1),
+                            np.take(rows, hi, axis=1).reshape(r1 - r0, -1), w)
+    return out
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
