@@ -358,6 +358,16 @@ def distance_with_indices(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarra
     return np.sqrt(d2, dtype=np.float64), (iy, ix)
 
 
+def _at(image: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+    """``image[iy, ix]`` for index images of ``image``'s shape (a feature
+    transform's), as one flat take: half the time of 2-D fancy indexing."""
+    dt = np.int64 if image.size >= 2 ** 31 else iy.dtype
+    flat = iy.astype(dt, copy=True)
+    flat *= image.shape[1]
+    flat += ix
+    return np.take(np.ascontiguousarray(image).ravel(), flat)
+
+
 def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray | None = None) -> np.ndarray:
     """Label a binary mask, splitting touching round objects.
 
@@ -687,7 +697,7 @@ def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: floa
     ring = np.flatnonzero(morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0))
     if nearest is None:
         _, (iy, ix) = distance_with_indices(nuclei == 0)
-        nearest = nuclei[iy, ix]
+        nearest = _at(nuclei, iy, ix)
     # ``ndi.mean(xgal, labels=owner, index=ids)`` with owner = nearest on the
     # ring, 0 elsewhere: the same per-label sums (float64, raster order),
     # over the ring's pixels only
@@ -733,7 +743,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     if ids.size < 2:
         return voronoi
     cy, cx = _centroids(markers, ids).T
-    r = np.sqrt(np.bincount(markers.ravel())[ids] / np.pi)
+    r = np.sqrt(np.bincount(markers[markers != 0])[ids] / np.pi)
     rel = r / np.median(r)
     k = min(4, ids.size)
     d, _ = cKDTree(np.c_[cy, cx]).query(np.c_[cy, cx], k=k)
@@ -758,7 +768,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
         np.copyto(owner[y0:y1, x0:x1], ids[i], where=win)
     # a nucleus always owns its own pixels
     owner = np.where(markers > 0, markers, owner)
-    out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32)
+    out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32, copy=False)
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
     # them most
@@ -837,6 +847,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     # a hole in the foreground that holds a nucleus is a cell too faint to see
     foreground = morph.fill_holes(foreground, touching=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
+    owner = None  # the nearest nucleus per pixel, once read
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
         # where its body is too faint to see: min(half the distance to the
@@ -852,7 +863,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             radius[ids[present]] = np.minimum(d[:, 1] / 2, min_extent_nuclei * diameter_px)
         elif present.sum() == 1:
             radius[ids[present]] = min_extent_nuclei * diameter_px
-        owner = nuclei[iy, ix]
+        owner = _at(nuclei, iy, ix)
         disc = reach <= radius[owner]
         if glass is not None:
             disc &= ~glass
@@ -862,7 +873,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         comp, ncomp = ndi.label(foreground)
         if ncomp:
             seeded = np.unique(comp[nuclei > 0])
-            sizes = np.bincount(comp.ravel())
+            sizes = np.bincount(comp[comp != 0], minlength=ncomp + 1)  # (sizes[0] unused)
             free = np.setdiff1d(np.arange(1, ncomp + 1), seeded)
             free = free[sizes[free] >= min_cell_area_px]
             if free.size:
@@ -886,10 +897,12 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # Flooding the distance-to-nearest-seed landscape is the Voronoi
         # partition of the region: read it straight off the distance
         # transform's nearest-seed indices (same result, no flooding cost).
-        if markers is not nuclei and (markers != nuclei).any():
+        if (markers != nuclei).any():
             iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
-        nearest = markers[iy, ix]
-        cells = np.where(region, nearest, 0).astype(np.int32)
+            nearest = _at(markers, iy, ix)
+        else:
+            nearest = _at(nuclei, iy, ix) if owner is None else owner
+        cells = np.where(region, nearest, 0).astype(np.int32, copy=False)
         if size_weighted:
             stain = stained = None
             if xgal is not None:
