@@ -169,6 +169,46 @@ def _convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out[ids]
 
 
+def _moment_sums(labels: np.ndarray, n: int) -> tuple[np.ndarray, tuple, tuple]:
+    """Per label (index 0..n): pixel count, (sum y, sum x) and (sum y^2,
+    sum x^2, sum xy) of the pixel coordinates, as float64.
+
+    Summed over the runs of equal labels along each row (closed forms of
+    sums of consecutive integers), not pixel by pixel: every term and
+    partial sum is an integer below 2^53, so exact, and equal to pixelwise
+    ``np.bincount`` sums. (Where a label's sums could reach 2^53, pixelwise
+    float64 sums would round: those are formed pixel by pixel, as before.)
+    """
+    rows, cols = labels.shape
+    lab = labels.ravel()
+    if rows * cols * float(max(rows, cols)) ** 2 >= 2.0 ** 53:
+        pix = np.flatnonzero(lab)
+        flat = lab[pix].astype(np.intp)
+        ry, rx = np.divmod(pix, cols)
+        ry, rx = ry.astype(np.float64), rx.astype(np.float64)
+        area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+        return area, (np.bincount(flat, ry, n + 1), np.bincount(flat, rx, n + 1)), (
+            np.bincount(flat, ry * ry, n + 1), np.bincount(flat, rx * rx, n + 1), np.bincount(flat, ry * rx, n + 1))
+    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
+    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
+    starts = np.flatnonzero(start)
+    length = np.diff(np.append(starts, lab.size))
+    rl = lab[starts].astype(np.intp)
+    keep = rl > 0
+    starts, length, rl = starts[keep], length[keep].astype(np.int64), rl[keep]
+    y, x0 = np.divmod(starts.astype(np.int64), cols)
+    x1 = x0 + length - 1
+    # sum of x over x0..x1, and of x^2 (k(k+1)(2k+1)/6 at x1, less at x0 - 1)
+    sx = (x0 + x1) * length // 2
+    sxx = (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
+    f = np.float64
+
+    def total(w):
+        return np.bincount(rl, w.astype(f), n + 1)
+
+    return total(length), (total(y * length), total(sx)), (total(y * y * length), total(sxx), total(y * sx))
+
+
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
                   counterstain: np.ndarray | None = None, pixel_size_um: float | None = None,
                   stained_pixel_od: float = 0.1, edge_px: int = 0,
@@ -212,18 +252,14 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     # per-label sums as over the whole image, at a fraction of the cost.
     pix = np.flatnonzero(cells.ravel())
     flat = cells.ravel()[pix].astype(np.intp)
-    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    area, s1, s2 = _moment_sums(cells, n)
     ids = np.flatnonzero(area[1:] > 0) + 1
     a = area[ids]
-    ry, rx = np.divmod(pix, cells.shape[1])
-    ry, rx = ry.astype(np.float64), rx.astype(np.float64)
-    sy = np.bincount(flat, ry, n + 1)[ids]
-    sx = np.bincount(flat, rx, n + 1)[ids]
+    sy, sx = s1[0][ids], s1[1][ids]
     cy, cx = sy / a, sx / a
-    syy = np.bincount(flat, ry * ry, n + 1)[ids] / a - cy * cy
-    sxx = np.bincount(flat, rx * rx, n + 1)[ids] / a - cx * cx
-    sxy = np.bincount(flat, ry * rx, n + 1)[ids] / a - cy * cx
-    del ry, rx
+    syy = s2[0][ids] / a - cy * cy
+    sxx = s2[1][ids] / a - cx * cx
+    sxy = s2[2][ids] / a - cy * cx
     # Second moments of a pixel include its own extent (1/12 per axis).
     syy += 1 / 12
     sxx += 1 / 12
@@ -239,13 +275,13 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     solidity = np.clip(a / np.maximum(hull, a), 0, 1)
 
     nuc_all = np.asarray(nuclei).ravel()
-    nuc_area = np.bincount(nuc_all.astype(np.intp), minlength=n + 1)[: n + 1].astype(np.float64)[ids]
+    nuc_area = np.bincount(nuc_all[nuc_all != 0], minlength=n + 1)[: n + 1].astype(np.float64)[ids]
     nflat = nuc_all[pix]
 
     xg32 = np.asarray(xgal).ravel()[pix]
     xg = xg32.astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
-    stained = np.bincount(flat, (xg > stained_pixel_od).astype(np.float64), n + 1)[ids]
+    stained = np.bincount(flat[xg > stained_pixel_od], minlength=n + 1)[ids].astype(np.float64)
     # The X-gal score is read over the cell's core cytoplasm (the stain is
     # perinuclear; a counterstained nucleus is where colour cross-talk is
     # worst), falling back to the whole cell when the nucleus fills most of it.
