@@ -751,6 +751,12 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     best = np.full(markers.shape, np.inf, dtype=np.float32)
     owner = np.zeros(markers.shape, dtype=np.int32)
     is_st = np.isin(ids, stained_ids) if stained_ids is not None else np.zeros(ids.size, dtype=bool)
+    # squared, as the distances are: (1 + stain_penalty x presence)^2, formed once
+    penalty = None
+    if stain is not None:
+        penalty = np.asarray(stain, dtype=np.float32) * np.float32(stain_penalty)
+        penalty += 1
+        np.square(penalty, out=penalty)
     m, w = markers.shape
     for i in range(ids.size):
         y0, y1 = max(0, int(cy[i] - half[i])), min(m, int(cy[i] + half[i]) + 1)
@@ -760,15 +766,18 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
         yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy[i])) ** 2 * inv
         xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx[i])) ** 2 * inv
         q = np.add(yy[:, None], xx[None, :])
-        if stain is not None and not is_st[i]:
-            q *= np.square(1 + np.float32(stain_penalty) * stain[y0:y1, x0:x1])
+        if penalty is not None and not is_st[i]:
+            q *= penalty[y0:y1, x0:x1]
         b = best[y0:y1, x0:x1]
         win = np.less(q, b)
         np.copyto(b, q, where=win)
         np.copyto(owner[y0:y1, x0:x1], ids[i], where=win)
     # a nucleus always owns its own pixels
-    owner = np.where(markers > 0, markers, owner)
-    out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32, copy=False)
+    np.copyto(owner, markers, where=markers > 0)
+    # region pixels no box covers keep their Voronoi owner
+    np.copyto(owner, voronoi, where=owner == 0)
+    owner[~region] = 0
+    out = owner
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
     # them most
@@ -778,19 +787,45 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
     anchored[comp[markers > 0]] = True
     anchored[0] = True
-    orphans = np.flatnonzero(~anchored)
-    if orphans.size:
-        boxes = ndi.find_objects(comp)
-        for k in orphans:
-            sl = boxes[k - 1]
-            y0, y1 = max(0, sl[0].start - 1), min(m, sl[0].stop + 1)
-            x0, x1 = max(0, sl[1].start - 1), min(w, sl[1].stop + 1)
-            piece = comp[y0:y1, x0:x1] == k
-            sub = out[y0:y1, x0:x1]
-            around = sub[morph.dilate_cross(piece) & ~piece]
-            around = around[(around > 0) & (around != sub[piece][0])]
-            sub[piece] = np.bincount(around).argmax() if around.size else voronoi[y0:y1, x0:x1][piece][0]
+    if not anchored.all():
+        _absorb_orphans(out, comp, ~anchored, voronoi)
     return out
+
+
+def _absorb_orphans(out: np.ndarray, comp: np.ndarray, orphan: np.ndarray, voronoi: np.ndarray) -> None:
+    """Give each ``orphan`` component of ``comp`` (pieces of the label image
+    ``out``, C-contiguous, changed in place) the label most common among
+    the pixels 4-adjacent to it (the smallest on ties; 0 and its own label
+    do not count), or else its ``voronoi`` label at its first pixel. Pieces
+    go in component order, so a piece sees the new labels of the pieces
+    before it. Each piece's pixels and neighbours are gathered for all
+    pieces at once; only the vote runs per piece.
+    """
+    rows, cols = out.shape
+    flat, cflat = out.reshape(-1), comp.ravel()
+    pix = np.flatnonzero(orphan[cflat])  # raster order
+    pc = cflat[pix]
+    y, x = np.divmod(pix, cols)
+    pairs = []
+    for ok, step in ((y > 0, -cols), (y < rows - 1, cols), (x > 0, -1), (x < cols - 1, 1)):
+        q = pix[ok] + step
+        c = pc[ok]
+        other = cflat[q] != c
+        pairs.append(c[other].astype(np.int64) * flat.size + q[other])
+    key = np.unique(np.concatenate(pairs))  # each neighbour pixel once per piece, by piece
+    nb_piece, nb = np.divmod(key, flat.size)
+    order = np.argsort(pc, kind="stable")  # by piece, raster order within
+    pix, pc = pix[order], pc[order]
+    pieces, p_start = np.unique(pc, return_index=True)
+    p_end = np.r_[p_start[1:], pc.size]
+    n_start = np.searchsorted(nb_piece, pieces)
+    n_end = np.searchsorted(nb_piece, pieces, side="right")
+    first = pix[p_start]
+    own = flat[first]
+    for i in range(pieces.size):
+        around = flat[nb[n_start[i]:n_end[i]]]
+        around = around[(around > 0) & (around != own[i])]
+        flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[first[i]]
 
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
