@@ -781,37 +781,90 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
     # them most
-    from skimage.measure import label as cc_label
-
-    comp = cc_label(out, connectivity=1, background=0)
-    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
-    anchored[comp[markers > 0]] = True
-    anchored[0] = True
-    if not anchored.all():
-        _absorb_orphans(out, comp, ~anchored, voronoi)
+    _absorb_orphans(out, markers, voronoi)
     return out
 
 
-def _absorb_orphans(out: np.ndarray, comp: np.ndarray, orphan: np.ndarray, voronoi: np.ndarray) -> None:
-    """Give each ``orphan`` component of ``comp`` (pieces of the label image
-    ``out``, C-contiguous, changed in place) the label most common among
-    the pixels 4-adjacent to it (the smallest on ties; 0 and its own label
-    do not count), or else its ``voronoi`` label at its first pixel. Pieces
-    go in component order, so a piece sees the new labels of the pieces
-    before it. Each piece's pixels and neighbours are gathered for all
+def _label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal non-zero labels along each row of a C-contiguous
+    label image, in raster order: (flat index of the first pixel, length,
+    label)."""
+    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
+    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
+    first = np.flatnonzero(start)
+    length = np.diff(np.append(first, labels.size))
+    lab = labels.reshape(-1)[first]
+    keep = lab != 0
+    return first[keep], length[keep], lab[keep]
+
+
+def _run_components(first: np.ndarray, length: np.ndarray, lab: np.ndarray, cols: int) -> np.ndarray:
+    """4-connected component of each run (of :func:`_label_runs`): runs of
+    one label in adjacent rows that share a column are joined. Components
+    are numbered by their first run (so by their first pixel in raster
+    order, as ``skimage.measure.label`` numbers them), from 0."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = first.size
+    y, x0 = np.divmod(first.astype(np.int64), cols)
+    x1 = x0 + length - 1
+    order = np.argsort(lab, kind="stable")  # by label, then raster order
+    group = lab[order].astype(np.int64) * (int(y.max(initial=0)) + 2) + y[order]  # (label, row)
+    key0, key1 = group * cols + x0[order], group * cols + x1[order]
+    # the runs one row down with the same label that overlap run i: those
+    # in its (label, row + 1) group ending at or after x0 and starting at or before x1
+    below = (group + 1) * cols
+    lo = np.searchsorted(key1, below + x0[order], side="left")
+    hi = np.searchsorted(key0, below + x1[order], side="right")
+    cnt = np.maximum(hi - lo, 0)
+    src = np.repeat(order, cnt)
+    dst = order[np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))]
+    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # renumber by first run
+    firsts = np.full(int(comp.max(initial=-1)) + 1, n, dtype=np.int64)
+    np.minimum.at(firsts, comp, np.arange(n))
+    rank = np.empty(firsts.size, dtype=np.int64)
+    rank[np.argsort(firsts, kind="stable")] = np.arange(firsts.size)
+    return rank[comp]
+
+
+def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -> None:
+    """Give each piece of ``out`` (a 4-connected component of one label;
+    C-contiguous, changed in place) that holds none of its ``markers`` the
+    label most common among the pixels 4-adjacent to it (the smallest on
+    ties; 0 and its own label do not count), or else its ``voronoi`` label
+    at its first pixel. Pieces go in raster order of their first pixels, so
+    a piece sees the new labels of the pieces before it. Components come
+    from runs along rows, pieces' pixels and neighbours are gathered for all
     pieces at once; only the vote runs per piece.
     """
     rows, cols = out.shape
-    flat, cflat = out.reshape(-1), comp.ravel()
-    pix = np.flatnonzero(orphan[cflat])  # raster order
-    pc = cflat[pix]
+    flat = out.reshape(-1)
+    first, length, lab = _label_runs(out)
+    if first.size == 0:
+        return
+    comp = _run_components(first, length, lab, cols)
+    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
+    # the run holding each labelled marker pixel (runs cover every labelled pixel)
+    seeds = np.flatnonzero(markers)
+    seeds = seeds[flat[seeds] != 0]
+    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
+    orphan_run = np.flatnonzero(~anchored[comp])
+    if orphan_run.size == 0:
+        return
+    # orphan pixels in raster order, with their piece
+    ln = length[orphan_run]
+    pix = np.repeat(first[orphan_run] - np.cumsum(ln) + ln, ln) + np.arange(int(ln.sum()))
+    pc = np.repeat(comp[orphan_run], ln)
     y, x = np.divmod(pix, cols)
     pairs = []
     for ok, step in ((y > 0, -cols), (y < rows - 1, cols), (x > 0, -1), (x < cols - 1, 1)):
         q = pix[ok] + step
-        c = pc[ok]
-        other = cflat[q] != c
-        pairs.append(c[other].astype(np.int64) * flat.size + q[other])
+        # (a 4-neighbour with the same label is in the same piece)
+        other = flat[q] != flat[pix[ok]]
+        pairs.append(pc[ok][other] * flat.size + q[other])
     key = np.unique(np.concatenate(pairs))  # each neighbour pixel once per piece, by piece
     nb_piece, nb = np.divmod(key, flat.size)
     order = np.argsort(pc, kind="stable")  # by piece, raster order within
@@ -820,12 +873,12 @@ def _absorb_orphans(out: np.ndarray, comp: np.ndarray, orphan: np.ndarray, voron
     p_end = np.r_[p_start[1:], pc.size]
     n_start = np.searchsorted(nb_piece, pieces)
     n_end = np.searchsorted(nb_piece, pieces, side="right")
-    first = pix[p_start]
-    own = flat[first]
+    head = pix[p_start]
+    own = flat[head]
     for i in range(pieces.size):
         around = flat[nb[n_start[i]:n_end[i]]]
         around = around[(around > 0) & (around != own[i])]
-        flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[first[i]]
+        flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
 
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
