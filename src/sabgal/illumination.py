@@ -334,7 +334,8 @@ def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray, *
     return ndi.binary_erosion(bg, iterations=1, border_value=1)
 
 
-def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
+def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
+                  at_max: np.ndarray | None = None) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
 
     Parameters
@@ -345,6 +346,8 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
         Tile size used for the first, percentile-based guess.
     degree : int
         Degree of the polynomial vignetting model per channel.
+    at_max : (M, N, 3) bool ndarray, optional
+        ``rgb >= rgb.max()``, when the caller has it already.
 
     Returns
     -------
@@ -421,7 +424,8 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> La
     #    Clipped blocks (pixels at the image's maximum, and their neighbours)
     #    take no part: a white scale bar or label is brighter than glass but
     #    says nothing about the lamp.
-    at_max = rgb >= rgb.max()
+    if at_max is None:
+        at_max = rgb >= rgb.max()
     saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
     clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
     clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)

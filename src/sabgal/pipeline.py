@@ -127,11 +127,11 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
     return mask
 
 
-def _clipped_white(rgb: np.ndarray) -> np.ndarray:
-    """Pixels at the image's maximum in every channel: a white label, or
-    overexposed glass; either way no stain."""
-    white = rgb >= rgb.max()
-    return white[..., 0] & white[..., 1] & white[..., 2]
+def _clipped_white(at_max: np.ndarray) -> np.ndarray:
+    """Pixels at the image's maximum in every channel (``at_max``, per
+    channel: ``rgb >= rgb.max()``): a white label, or overexposed glass;
+    either way no stain."""
+    return at_max[..., 0] & at_max[..., 1] & at_max[..., 2]
 
 
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
@@ -235,6 +235,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     config = config or Config()
     rgb = _validate_rgb(rgb)
     ill = config.illumination
+    at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
     if ill.method == "flat_field":
         if flat_field is None:
             raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
@@ -242,12 +243,12 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     elif ill.method == "none":
         lamp = illumination.flat_lamp(rgb)
     else:
-        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
+        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree, at_max=at_max)
     od = stains.rgb_to_od(rgb, lamp.image)
     burnt = burnt_in(rgb, lamp.image)
     if burnt is not None:
         od[burnt] = 0  # read as glass: no stain, no cell
-    od[_clipped_white(rgb)] = 0  # (brighter than the lamp: negative OD otherwise)
+    od[_clipped_white(at_max)] = 0  # (brighter than the lamp: negative OD otherwise)
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
