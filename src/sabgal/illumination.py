@@ -482,4 +482,4 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
         bg_full = np.zeros((m, n), dtype=bool)
         up = np.repeat(np.repeat(bg, f, axis=0), f, axis=1)
         bg_full[: up.shape[0], : up.shape[1]] = up
-    return Lamp(image.astype(np.float32), frac, nonuni, resid, method, bg_full)
+    return Lamp(image.astype(np.float32, copy=False), frac, nonuni, resid, method, bg_full)
