@@ -55,22 +55,20 @@ def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return _block_mean(image, factor)
 
 
-def _block_mean(image: np.ndarray, factor: int, *, square: bool = False) -> np.ndarray:
-    """float32 block mean (of the squares, with ``square``) as a sum of
-    ``factor**2`` strided slices: no (M, N) temporary, and several times
-    faster than a multi-axis ``mean``, whose summation order it keeps
-    (2-D: each block row first; with channels: block pixels in raster order)."""
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """float32 block mean as a sum of ``factor**2`` strided slices: no
+    (M, N) temporary, and several times faster than a multi-axis ``mean``,
+    whose summation order it keeps (2-D: each block row first; with
+    channels: block pixels in raster order)."""
     m, n = image.shape[0] // factor, image.shape[1] // factor
     v = image[: m * factor, : n * factor].reshape((m, factor, n, factor) + image.shape[2:])
     if image.ndim == 2 and factor >= 8:  # numpy sums long block rows pairwise
-        return (v * v if square else v).mean(axis=(1, 3), dtype=np.float32)
+        return v.mean(axis=(1, 3), dtype=np.float32)
 
     def add(total, i, j):
         p = v[:, i, :, j]
         if total is None:
-            return np.multiply(p, p, dtype=np.float32) if square else p.astype(np.float32)
-        if square:
-            p = np.multiply(p, p, dtype=np.float32)
+            return p.astype(np.float32)
         return np.add(total, p, out=total, dtype=np.float32)
 
     if image.ndim == 2:
@@ -86,6 +84,27 @@ def _block_mean(image: np.ndarray, factor: int, *, square: bool = False) -> np.n
             for j in range(factor):
                 total = add(total, i, j)
     return total / np.float32(factor * factor)
+
+
+def _block_moments(image: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 block means of a (M, N, C) image and of its squares: the
+    values of :func:`_block_mean` (block pixels summed in raster order),
+    from one copy reordered so that each block position is a contiguous
+    plane (numpy's strided slices of a short channel axis are slow)."""
+    m, n = image.shape[0] // factor, image.shape[1] // factor
+    planes = image[: m * factor, : n * factor].reshape((m, factor, n, factor) + image.shape[2:])
+    planes = np.ascontiguousarray(planes.transpose((1, 3, 0, 2) + tuple(range(4, image.ndim + 2))))
+    planes = planes.reshape((factor * factor, m, n) + image.shape[2:])
+    total = planes[0].astype(np.float32)
+    squares = np.multiply(planes[0], planes[0], dtype=np.float32)
+    sq = np.empty_like(squares)
+    for k in range(1, factor * factor):
+        np.add(total, planes[k], out=total, dtype=np.float32)
+        np.multiply(planes[k], planes[k], out=sq, dtype=np.float32)
+        squares += sq
+    total /= np.float32(factor * factor)
+    squares /= np.float32(factor * factor)
+    return total, squares
 
 
 def _poly_terms(yy: np.ndarray, xx: np.ndarray, degree: int) -> np.ndarray:
@@ -372,8 +391,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     rgb = np.asarray(rgb, dtype=np.float32)
     m, n = rgb.shape[:2]
     f = 4 if min(m, n) >= 128 else 1
-    small = block_reduce_mean(rgb, f)  # (m', n', 3)
-    sq = _block_mean(rgb, f, square=True) if f > 1 else rgb * rgb
+    small, sq = _block_moments(rgb, f) if f > 1 else (rgb, rgb * rgb)  # (m', n', 3) means
     lum = small.mean(axis=-1)
     texture = np.sqrt(np.maximum(sq.mean(axis=-1) - (small * small).mean(axis=-1), 0)) / np.maximum(lum, 1e-6)
 
