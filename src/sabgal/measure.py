@@ -17,7 +17,8 @@ import pandas as pd
 from sabgal import filters
 from sabgal import morphology as morph
 
-__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile"]
+__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile", "label_runs",
+           "coordinate_sums"]
 
 # column -> dtype; the order is the order of cells.csv (calls are appended by classify)
 CELL_COLUMNS: dict[str, str] = {
@@ -169,9 +170,22 @@ def _convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out[ids]
 
 
-def _moment_sums(labels: np.ndarray, n: int) -> tuple[np.ndarray, tuple, tuple]:
-    """Per label (index 0..n): pixel count, (sum y, sum x) and (sum y^2,
-    sum x^2, sum xy) of the pixel coordinates, as float64.
+def label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal non-zero labels along each row of a 2-D label
+    image, in raster order: (flat index of the first pixel, length, label)."""
+    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
+    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
+    first = np.flatnonzero(start)
+    length = np.diff(np.append(first, labels.size))
+    lab = labels.reshape(-1)[first]
+    keep = lab != 0
+    return first[keep], length[keep], lab[keep]
+
+
+def coordinate_sums(labels: np.ndarray, n: int, *, second: bool = True) -> tuple[np.ndarray, tuple, tuple | None]:
+    """Per label (index 0..n, every label <= n): pixel count, (sum y, sum x)
+    and, with ``second``, (sum y^2, sum x^2, sum xy) of the pixel
+    coordinates, as float64.
 
     Summed over the runs of equal labels along each row (closed forms of
     sums of consecutive integers), not pixel by pixel: every term and
@@ -180,33 +194,33 @@ def _moment_sums(labels: np.ndarray, n: int) -> tuple[np.ndarray, tuple, tuple]:
     float64 sums would round: those are formed pixel by pixel, as before.)
     """
     rows, cols = labels.shape
-    lab = labels.ravel()
     if rows * cols * float(max(rows, cols)) ** 2 >= 2.0 ** 53:
+        lab = labels.ravel()
         pix = np.flatnonzero(lab)
         flat = lab[pix].astype(np.intp)
         ry, rx = np.divmod(pix, cols)
         ry, rx = ry.astype(np.float64), rx.astype(np.float64)
         area = np.bincount(flat, minlength=n + 1).astype(np.float64)
-        return area, (np.bincount(flat, ry, n + 1), np.bincount(flat, rx, n + 1)), (
-            np.bincount(flat, ry * ry, n + 1), np.bincount(flat, rx * rx, n + 1), np.bincount(flat, ry * rx, n + 1))
-    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
-    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
-    starts = np.flatnonzero(start)
-    length = np.diff(np.append(starts, lab.size))
-    rl = lab[starts].astype(np.intp)
-    keep = rl > 0
-    starts, length, rl = starts[keep], length[keep].astype(np.int64), rl[keep]
+        firsts = (np.bincount(flat, ry, n + 1), np.bincount(flat, rx, n + 1))
+        if not second:
+            return area, firsts, None
+        return area, firsts, (np.bincount(flat, ry * ry, n + 1), np.bincount(flat, rx * rx, n + 1),
+                              np.bincount(flat, ry * rx, n + 1))
+    starts, length, rl = label_runs(labels)
+    rl, length = rl.astype(np.intp), length.astype(np.int64)
     y, x0 = np.divmod(starts.astype(np.int64), cols)
     x1 = x0 + length - 1
     # sum of x over x0..x1, and of x^2 (k(k+1)(2k+1)/6 at x1, less at x0 - 1)
     sx = (x0 + x1) * length // 2
-    sxx = (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
-    f = np.float64
 
     def total(w):
-        return np.bincount(rl, w.astype(f), n + 1)
+        return np.bincount(rl, w.astype(np.float64), n + 1)
 
-    return total(length), (total(y * length), total(sx)), (total(y * y * length), total(sxx), total(y * sx))
+    firsts = (total(y * length), total(sx))
+    if not second:
+        return total(length), firsts, None
+    sxx = (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
+    return total(length), firsts, (total(y * y * length), total(sxx), total(y * sx))
 
 
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
@@ -252,7 +266,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     # per-label sums as over the whole image, at a fraction of the cost.
     pix = np.flatnonzero(cells.ravel())
     flat = cells.ravel()[pix].astype(np.intp)
-    area, s1, s2 = _moment_sums(cells, n)
+    area, s1, s2 = coordinate_sums(cells, n)
     ids = np.flatnonzero(area[1:] > 0) + 1
     a = area[ids]
     sy, sx = s1[0][ids], s1[1][ids]

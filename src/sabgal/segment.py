@@ -25,6 +25,7 @@ from skimage.segmentation import watershed
 from sabgal import filters
 from sabgal import morphology as morph
 from sabgal.illumination import block_reduce_mean, upsample_bilinear
+from sabgal.measure import coordinate_sums, label_runs
 
 __all__ = [
     "flatten_background",
@@ -69,15 +70,14 @@ def _lut(ids: np.ndarray, size: int) -> np.ndarray:
 
 def _centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(len(ids), 2) pixel centroids: ``ndi.center_of_mass(labels > 0, labels,
-    ids)`` (the same sums in the same order), over the labelled pixels only."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs].astype(np.intp)
-    n = max(int(lab.max()) + 1 if lab.size else 1, int(np.max(ids, initial=0)) + 1)
-    count = np.bincount(lab, minlength=n)[ids]
+    ids)`` (the same exact integer sums, from the runs of each label along
+    rows: :func:`sabgal.measure.coordinate_sums`); NaN for absent ids."""
+    ids = np.asarray(ids, dtype=np.intp)
+    n = max(int(labels.max(initial=0)), int(np.max(ids, initial=0)))
+    count, (sy, sx), _ = coordinate_sums(np.asarray(labels), n, second=False)
+    count = count[ids]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cy = np.bincount(lab, ys.astype(np.float64), n)[ids] / count
-        cx = np.bincount(lab, xs.astype(np.float64), n)[ids] / count
-    return np.column_stack([cy, cx])
+        return np.column_stack([sy[ids] / count, sx[ids] / count])
 
 
 def robust_noise(values: np.ndarray) -> tuple[float, float]:
@@ -785,21 +785,8 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     return out
 
 
-def _label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of equal non-zero labels along each row of a C-contiguous
-    label image, in raster order: (flat index of the first pixel, length,
-    label)."""
-    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
-    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
-    first = np.flatnonzero(start)
-    length = np.diff(np.append(first, labels.size))
-    lab = labels.reshape(-1)[first]
-    keep = lab != 0
-    return first[keep], length[keep], lab[keep]
-
-
 def _run_components(first: np.ndarray, length: np.ndarray, lab: np.ndarray, cols: int) -> np.ndarray:
-    """4-connected component of each run (of :func:`_label_runs`): runs of
+    """4-connected component of each run (of :func:`sabgal.measure.label_runs`): runs of
     one label in adjacent rows that share a column are joined. Components
     are numbered by their first run (so by their first pixel in raster
     order, as ``skimage.measure.label`` numbers them), from 0."""
@@ -842,7 +829,7 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -
     """
     rows, cols = out.shape
     flat = out.reshape(-1)
-    first, length, lab = _label_runs(out)
+    first, length, lab = label_runs(out)
     if first.size == 0:
         return
     comp = _run_components(first, length, lab, cols)
