@@ -200,7 +200,7 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
         ex = _reduce(excluded.astype(np.float32), 2) > 0
         if ex.all():
             return 14.0
-        m[ex] = np.median(m[~ex])
+        m[ex] = filters.median(m[~ex])
     d = segment.blob_diameter(m)
     return 14.0 if d is None else float(2 * d)
 
@@ -300,7 +300,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     cells = np.asarray(cell_labels)
     occupied = cells > 0 if foreground is None else (foreground | (cells > 0))
     glass = ~morph.dilate_cross(occupied, iterations=3)
-    xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
+    xgal_bg = float(filters.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
     xgal_c = filters.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um
     if diameter_px is None:
@@ -414,7 +414,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
             nuclei = np.where(np.isin(nuclei, drop), 0, nuclei).astype(nuclei.dtype)
     sigma_fg = max(1.0, d / 8)
     if mode == "brightfield":
-        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
+        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded)

@@ -87,9 +87,9 @@ def robust_noise(values: np.ndarray) -> tuple[float, float]:
     mirrored), robust to the bright objects in the upper tail.
     """
     v = values[:: max(1, values.size // 500_000)] if values.ndim == 1 else values.ravel()[:: max(1, values.size // 500_000)]
-    med = float(np.median(v))
+    med = float(filters.median(v))
     lower = v[v <= med]
-    sd = float(np.median(med - lower)) * 1.4826 if lower.size else 0.0
+    sd = float(filters.median(med - lower)) * 1.4826 if lower.size else 0.0
     return med, max(sd, 1e-6)
 
 
@@ -249,7 +249,7 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
     # Otsu can fall between dim and bright nuclei: lower the cut to 35 % of
     # the way from background to the typical (median) nucleus above Otsu.
     above = sm[sm > t_otsu]
-    mid = med + 0.35 * (float(np.median(above)) - med) if above.size else t_otsu
+    mid = med + 0.35 * (float(filters.median(above)) - med) if above.size else t_otsu
     t = max(min(t_otsu, mid), floor)
     mask = sm > t
     mask = morph.fill_holes(mask)
@@ -434,11 +434,11 @@ def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
     """
     if background is not None and background.sum() > 500:
         vals = sm[background]
-        med = float(np.median(vals))
-        sd = float(np.median(np.abs(vals - med))) * 1.4826
+        med = float(filters.median(vals))
+        sd = float(filters.median(np.abs(vals - med))) * 1.4826
         return med, max(sd, 1e-5)
     d = np.diff(raw[::2, :], axis=1)
-    pix_sd = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / np.sqrt(2)
+    pix_sd = float(filters.median(np.abs(d - filters.median(d)))) * 1.4826 / np.sqrt(2)
     return 0.0, max(pix_sd / (2 * np.sqrt(np.pi) * sigma_px), 1e-5)
 
 
@@ -504,16 +504,16 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         # limit would only widen.
         local = _local_glass_level(sm, background, level, LOCAL_GLASS_SCALE * sigma_px)
         r = (sm - local)[background]
-        med = float(np.median(r))
-        sd_local = max(float(np.median(np.abs(r - med))) * 1.4826, 1e-5)
+        med = float(filters.median(r))
+        sd_local = max(float(filters.median(np.abs(r - med))) * 1.4826, 1e-5)
         faint = sm > local + med + (5.0 / sensitivity) * sd_local
         halo = morph.dilate_cross(fg, iterations=int(round(2 * sigma_px)) + 1)
         fg |= faint & ~halo
     if texture is not None:
         if background is not None and background.sum() > 500:
             tv = texture[background]
-            tmed = float(np.median(tv))
-            tsd = float(np.median(np.abs(tv - tmed))) * 1.4826 + 1e-6
+            tmed = float(filters.median(tv))
+            tsd = float(filters.median(np.abs(tv - tmed))) * 1.4826 + 1e-6
         else:
             tmed, tsd = robust_noise(texture)
         fg |= texture > tmed + (8.0 / sensitivity) * tsd
