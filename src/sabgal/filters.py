@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 cv2.setNumThreads(1)
 
-__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing", "distance_transform"]
+__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing", "distance_transform", "median"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64
@@ -108,3 +108,26 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     if mask.ndim != 2 or min(mask.shape) == 0 or mask.all():  # (no False pixel: scipy's convention)
         return ndi.distance_transform_edt(mask).astype(np.float32)
     return cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def median(values: np.ndarray):
+    """``np.median(values)`` (all elements; the same value and scalar type)
+    of a real floating-point array, by one partition at the middle: numpy
+    selects the middle pair and the last element (its NaN check) at once,
+    about twice the time on the large arrays sabgal takes medians of. With
+    NaN, or any other dtype, ``np.median`` itself is used.
+
+    >>> float(median(np.array([3.0, 1.0, 2.0, 10.0], np.float32)))
+    2.5
+    """
+    v = np.asarray(values).ravel()
+    if v.size == 0 or v.dtype.kind != "f":
+        return np.median(v)
+    k = v.size // 2
+    part = np.partition(v, k)
+    if np.isnan(part[k:]).any():  # (NaN sorts last)
+        return np.median(v)
+    if v.size % 2:
+        return np.mean(part[k:k + 1])
+    # the middle pair's mean, as np.median forms it (in the array's dtype)
+    return np.mean(np.array([part[:k].max(), part[k]], dtype=v.dtype))

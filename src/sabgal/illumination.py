@@ -55,22 +55,20 @@ def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return _block_mean(image, factor)
 
 
-def _block_mean(image: np.ndarray, factor: int, *, square: bool = False) -> np.ndarray:
-    """float32 block mean (of the squares, with ``square``) as a sum of
-    ``factor**2`` strided slices: no (M, N) temporary, and several times
-    faster than a multi-axis ``mean``, whose summation order it keeps
-    (2-D: each block row first; with channels: block pixels in raster order)."""
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """float32 block mean as a sum of ``factor**2`` strided slices: no
+    (M, N) temporary, and several times faster than a multi-axis ``mean``,
+    whose summation order it keeps (2-D: each block row first; with
+    channels: block pixels in raster order)."""
     m, n = image.shape[0] // factor, image.shape[1] // factor
     v = image[: m * factor, : n * factor].reshape((m, factor, n, factor) + image.shape[2:])
     if image.ndim == 2 and factor >= 8:  # numpy sums long block rows pairwise
-        return (v * v if square else v).mean(axis=(1, 3), dtype=np.float32)
+        return v.mean(axis=(1, 3), dtype=np.float32)
 
     def add(total, i, j):
         p = v[:, i, :, j]
         if total is None:
-            return np.multiply(p, p, dtype=np.float32) if square else p.astype(np.float32)
-        if square:
-            p = np.multiply(p, p, dtype=np.float32)
+            return p.astype(np.float32)
         return np.add(total, p, out=total, dtype=np.float32)
 
     if image.ndim == 2:
@@ -86,6 +84,27 @@ def _block_mean(image: np.ndarray, factor: int, *, square: bool = False) -> np.n
             for j in range(factor):
                 total = add(total, i, j)
     return total / np.float32(factor * factor)
+
+
+def _block_moments(image: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 block means of a (M, N, C) image and of its squares: the
+    values of :func:`_block_mean` (block pixels summed in raster order),
+    from one copy reordered so that each block position is a contiguous
+    plane (numpy's strided slices of a short channel axis are slow)."""
+    m, n = image.shape[0] // factor, image.shape[1] // factor
+    planes = image[: m * factor, : n * factor].reshape((m, factor, n, factor) + image.shape[2:])
+    planes = np.ascontiguousarray(planes.transpose((1, 3, 0, 2) + tuple(range(4, image.ndim + 2))))
+    planes = planes.reshape((factor * factor, m, n) + image.shape[2:])
+    total = planes[0].astype(np.float32)
+    squares = np.multiply(planes[0], planes[0], dtype=np.float32)
+    sq = np.empty_like(squares)
+    for k in range(1, factor * factor):
+        np.add(total, planes[k], out=total, dtype=np.float32)
+        np.multiply(planes[k], planes[k], out=sq, dtype=np.float32)
+        squares += sq
+    total /= np.float32(factor * factor)
+    squares /= np.float32(factor * factor)
+    return total, squares
 
 
 def _poly_terms(yy: np.ndarray, xx: np.ndarray, degree: int) -> np.ndarray:
@@ -151,21 +170,27 @@ def _interp_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.n
 def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear enlargement of a smooth (M', N'[, C]) map to ``shape``, one
     axis at a time (two neighbours per output pixel: much faster than a
-    generic zoom).
+    generic zoom), in bands of output rows small enough to stay in cache.
 
     >>> upsample_bilinear(np.ones((2, 3), np.float32), (4, 6)).shape
     (4, 6)
     """
     small = np.asarray(small, dtype=np.float32)
     chans = small.shape[2:]
-    lo, hi, w = _interp_weights(shape[0], small.shape[0])
-    rows = _lerp(small[lo], small[hi], w.reshape((-1,) + (1,) * (small.ndim - 1)))
+    row_lo, row_hi, row_w = _interp_weights(shape[0], small.shape[0])
+    row_w = row_w.reshape((-1,) + (1,) * (small.ndim - 1))
     lo, hi, w = _interp_weights(shape[1], small.shape[1])
+    w = np.repeat(w, int(np.prod(chans)))[None, :]
+    out = np.empty(tuple(shape) + chans, dtype=np.float32)
     # (rows, cols x channels) views keep the innermost loop long
-    flat = (shape[0], -1)
-    out = _lerp(np.take(rows, lo, axis=1).reshape(flat), np.take(rows, hi, axis=1).reshape(flat),
-                np.repeat(w, int(np.prod(chans)))[None, :])
-    return out.reshape(shape + chans)
+    flat = out.reshape(shape[0], -1)
+    band = max(1, (1 << 18) // max(1, flat.shape[1]))
+    for r0 in range(0, shape[0], band):
+        r1 = min(shape[0], r0 + band)
+        rows = _lerp(small[row_lo[r0:r1]], small[row_hi[r0:r1]], row_w[r0:r1])
+        flat[r0:r1] = _lerp(np.take(rows, lo, axis=1).reshape(r1 - r0, -1),
+                            np.take(rows, hi, axis=1).reshape(r1 - r0, -1), w)
+    return out
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -337,24 +362,29 @@ ESCALATE_DEGREE_BY = 2
 ESCALATED_MIN_GLASS = 0.05
 
 
-def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2) -> Lamp:
+def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
+                  at_max: np.ndarray | None = None) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
 
     Fits the lamp with a polynomial vignetting model of ``degree``
     (:func:`_fit_lamp`); when that finds too little bare glass (it falls
     back to the bright-percentile guess), a model ``ESCALATE_DEGREE_BY``
     degrees more flexible is tried and kept if it finds at least
-    ``ESCALATED_MIN_GLASS`` of the field bare glass.
+    ``ESCALATED_MIN_GLASS`` of the field bare glass. ``at_max``
+    (``rgb >= rgb.max()``, (M, N, 3) bool) when the caller has it already.
     """
-    lamp = _fit_lamp(rgb, block_px=block_px, degree=degree)
+    if at_max is None:
+        rgb = np.asarray(rgb, dtype=np.float32)
+        at_max = rgb >= rgb.max()
+    lamp = _fit_lamp(rgb, block_px=block_px, degree=degree, at_max=at_max)
     if lamp.method == "auto-percentile" and 0 < degree < 6:
-        flexible = _fit_lamp(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
+        flexible = _fit_lamp(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY), at_max=at_max)
         if flexible.method == "auto" and flexible.background_fraction >= ESCALATED_MIN_GLASS:
             return flexible
     return lamp
 
 
-def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
+def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
     """The lamp from the image itself, with a vignetting model of ``degree``.
 
     Parameters
@@ -365,6 +395,8 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
         Tile size used for the first, percentile-based guess.
     degree : int
         Degree of the polynomial vignetting model per channel.
+    at_max : (M, N, 3) bool ndarray
+        ``rgb >= rgb.max()`` (clipped pixels take no part in step 3).
 
     Returns
     -------
@@ -389,8 +421,7 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
     rgb = np.asarray(rgb, dtype=np.float32)
     m, n = rgb.shape[:2]
     f = 4 if min(m, n) >= 128 else 1
-    small = block_reduce_mean(rgb, f)  # (m', n', 3)
-    sq = _block_mean(rgb, f, square=True) if f > 1 else rgb * rgb
+    small, sq = _block_moments(rgb, f) if f > 1 else (rgb, rgb * rgb)  # (m', n', 3) means
     lum = small.mean(axis=-1)
     texture = np.sqrt(np.maximum(sq.mean(axis=-1) - (small * small).mean(axis=-1), 0)) / np.maximum(lum, 1e-6)
 
@@ -441,7 +472,6 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
     #    Clipped blocks (pixels at the image's maximum, and their neighbours)
     #    take no part: a white scale bar or label is brighter than glass but
     #    says nothing about the lamp.
-    at_max = rgb >= rgb.max()
     saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
     clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
     clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)
@@ -498,4 +528,4 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int) -> Lamp:
         bg_full = np.zeros((m, n), dtype=bool)
         up = np.repeat(np.repeat(bg, f, axis=0), f, axis=1)
         bg_full[: up.shape[0], : up.shape[1]] = up
-    return Lamp(image.astype(np.float32), frac, nonuni, resid, method, bg_full)
+    return Lamp(image.astype(np.float32, copy=False), frac, nonuni, resid, method, bg_full)

@@ -17,7 +17,8 @@ import pandas as pd
 from sabgal import filters
 from sabgal import morphology as morph
 
-__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile"]
+__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile", "label_runs",
+           "coordinate_sums"]
 
 # column -> dtype; the order is the order of cells.csv (calls are appended by classify)
 CELL_COLUMNS: dict[str, str] = {
@@ -169,6 +170,59 @@ def _convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out[ids]
 
 
+def label_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal non-zero labels along each row of a 2-D label
+    image, in raster order: (flat index of the first pixel, length, label)."""
+    start = np.ones(labels.shape, dtype=bool)  # a run starts each row
+    np.not_equal(labels[:, 1:], labels[:, :-1], out=start[:, 1:])
+    first = np.flatnonzero(start)
+    length = np.diff(np.append(first, labels.size))
+    lab = labels.reshape(-1)[first]
+    keep = lab != 0
+    return first[keep], length[keep], lab[keep]
+
+
+def coordinate_sums(labels: np.ndarray, n: int, *, second: bool = True) -> tuple[np.ndarray, tuple, tuple | None]:
+    """Per label (index 0..n, every label <= n): pixel count, (sum y, sum x)
+    and, with ``second``, (sum y^2, sum x^2, sum xy) of the pixel
+    coordinates, as float64.
+
+    Summed over the runs of equal labels along each row (closed forms of
+    sums of consecutive integers), not pixel by pixel: every term and
+    partial sum is an integer below 2^53, so exact, and equal to pixelwise
+    ``np.bincount`` sums. (Where a label's sums could reach 2^53, pixelwise
+    float64 sums would round: those are formed pixel by pixel, as before.)
+    """
+    rows, cols = labels.shape
+    if rows * cols * float(max(rows, cols)) ** 2 >= 2.0 ** 53:
+        lab = labels.ravel()
+        pix = np.flatnonzero(lab)
+        flat = lab[pix].astype(np.intp)
+        ry, rx = np.divmod(pix, cols)
+        ry, rx = ry.astype(np.float64), rx.astype(np.float64)
+        area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+        firsts = (np.bincount(flat, ry, n + 1), np.bincount(flat, rx, n + 1))
+        if not second:
+            return area, firsts, None
+        return area, firsts, (np.bincount(flat, ry * ry, n + 1), np.bincount(flat, rx * rx, n + 1),
+                              np.bincount(flat, ry * rx, n + 1))
+    starts, length, rl = label_runs(labels)
+    rl, length = rl.astype(np.intp), length.astype(np.int64)
+    y, x0 = np.divmod(starts.astype(np.int64), cols)
+    x1 = x0 + length - 1
+    # sum of x over x0..x1, and of x^2 (k(k+1)(2k+1)/6 at x1, less at x0 - 1)
+    sx = (x0 + x1) * length // 2
+
+    def total(w):
+        return np.bincount(rl, w.astype(np.float64), n + 1)
+
+    firsts = (total(y * length), total(sx))
+    if not second:
+        return total(length), firsts, None
+    sxx = (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
+    return total(length), firsts, (total(y * y * length), total(sxx), total(y * sx))
+
+
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
                   counterstain: np.ndarray | None = None, pixel_size_um: float | None = None,
                   stained_pixel_od: float = 0.1, edge_px: int = 0,
@@ -212,18 +266,14 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     # per-label sums as over the whole image, at a fraction of the cost.
     pix = np.flatnonzero(cells.ravel())
     flat = cells.ravel()[pix].astype(np.intp)
-    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    area, s1, s2 = coordinate_sums(cells, n)
     ids = np.flatnonzero(area[1:] > 0) + 1
     a = area[ids]
-    ry, rx = np.divmod(pix, cells.shape[1])
-    ry, rx = ry.astype(np.float64), rx.astype(np.float64)
-    sy = np.bincount(flat, ry, n + 1)[ids]
-    sx = np.bincount(flat, rx, n + 1)[ids]
+    sy, sx = s1[0][ids], s1[1][ids]
     cy, cx = sy / a, sx / a
-    syy = np.bincount(flat, ry * ry, n + 1)[ids] / a - cy * cy
-    sxx = np.bincount(flat, rx * rx, n + 1)[ids] / a - cx * cx
-    sxy = np.bincount(flat, ry * rx, n + 1)[ids] / a - cy * cx
-    del ry, rx
+    syy = s2[0][ids] / a - cy * cy
+    sxx = s2[1][ids] / a - cx * cx
+    sxy = s2[2][ids] / a - cy * cx
     # Second moments of a pixel include its own extent (1/12 per axis).
     syy += 1 / 12
     sxx += 1 / 12
@@ -239,13 +289,13 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     solidity = np.clip(a / np.maximum(hull, a), 0, 1)
 
     nuc_all = np.asarray(nuclei).ravel()
-    nuc_area = np.bincount(nuc_all.astype(np.intp), minlength=n + 1)[: n + 1].astype(np.float64)[ids]
+    nuc_area = np.bincount(nuc_all[nuc_all != 0], minlength=n + 1)[: n + 1].astype(np.float64)[ids]
     nflat = nuc_all[pix]
 
     xg32 = np.asarray(xgal).ravel()[pix]
     xg = xg32.astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
-    stained = np.bincount(flat, (xg > stained_pixel_od).astype(np.float64), n + 1)[ids]
+    stained = np.bincount(flat[xg > stained_pixel_od], minlength=n + 1)[ids].astype(np.float64)
     # The X-gal score is read over the cell's core cytoplasm (the stain is
     # perinuclear; a counterstained nucleus is where colour cross-talk is
     # worst), falling back to the whole cell when the nucleus fills most of it.

@@ -108,6 +108,9 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
     densest objects in the field and swamp every threshold; a "nucleus"
     against them is that rim, not a cell.
     """
+    # (most fields have no pixel that dark even in red: a third of the work says so)
+    if not (rgb[..., 0] < np.float32(OPAQUE_TRANSMITTANCE) * lamp[..., 0]).any():
+        return None
     dark = rgb < np.float32(OPAQUE_TRANSMITTANCE) * lamp
     opaque = dark[..., 0] & dark[..., 1] & dark[..., 2]
     if not opaque.any():
@@ -127,11 +130,11 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
     return mask
 
 
-def _clipped_white(rgb: np.ndarray) -> np.ndarray:
-    """Pixels at the image's maximum in every channel: a white label, or
-    overexposed glass; either way no stain."""
-    white = rgb >= rgb.max()
-    return white[..., 0] & white[..., 1] & white[..., 2]
+def _clipped_white(at_max: np.ndarray) -> np.ndarray:
+    """Pixels at the image's maximum in every channel (``at_max``, per
+    channel: ``rgb >= rgb.max()``): a white label, or overexposed glass;
+    either way no stain."""
+    return at_max[..., 0] & at_max[..., 1] & at_max[..., 2]
 
 
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
@@ -200,7 +203,7 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
         ex = _reduce(excluded.astype(np.float32), 2) > 0
         if ex.all():
             return 14.0
-        m[ex] = np.median(m[~ex])
+        m[ex] = filters.median(m[~ex])
     d = segment.blob_diameter(m)
     return 14.0 if d is None else float(2 * d)
 
@@ -235,6 +238,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     config = config or Config()
     rgb = _validate_rgb(rgb)
     ill = config.illumination
+    at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
     if ill.method == "flat_field":
         if flat_field is None:
             raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
@@ -242,12 +246,12 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     elif ill.method == "none":
         lamp = illumination.flat_lamp(rgb)
     else:
-        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree)
+        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree, at_max=at_max)
     od = stains.rgb_to_od(rgb, lamp.image)
     burnt = burnt_in(rgb, lamp.image)
     if burnt is not None:
         od[burnt] = 0  # read as glass: no stain, no cell
-    od[_clipped_white(rgb)] = 0  # (brighter than the lamp: negative OD otherwise)
+    od[_clipped_white(at_max)] = 0  # (brighter than the lamp: negative OD otherwise)
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
@@ -299,7 +303,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     cells = np.asarray(cell_labels)
     occupied = cells > 0 if foreground is None else (foreground | (cells > 0))
     glass = ~morph.dilate_cross(occupied, iterations=3)
-    xgal_bg = float(np.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
+    xgal_bg = float(filters.median(prep.xgal[glass])) if glass.sum() > 1000 else 0.0
     xgal_c = filters.gaussian_filter(prep.xgal - np.float32(xgal_bg), 1.0)
     px = pixel_size_um or config.setup.pixel_size_um
     if diameter_px is None:
@@ -424,7 +428,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     # unstained neighbours (segment.size_weighted_territories)
     xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     if mode == "brightfield":
-        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(np.median(nmap)),
+        nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded)

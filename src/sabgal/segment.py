@@ -25,6 +25,7 @@ from skimage.segmentation import watershed
 from sabgal import filters
 from sabgal import morphology as morph
 from sabgal.illumination import block_reduce_mean, upsample_bilinear
+from sabgal.measure import coordinate_sums, label_runs
 
 __all__ = [
     "flatten_background",
@@ -55,9 +56,8 @@ def _present(labels: np.ndarray) -> np.ndarray:
     """Sorted labels > 0 present in a non-negative label image (``np.unique``
     without 0, by counting instead of sorting)."""
     labels = np.asarray(labels)
-    if labels.size == 0:
-        return np.zeros(0, dtype=np.intp)
-    return np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
+    # (counting the labelled pixels alone: few, in a nucleus image)
+    return np.flatnonzero(np.bincount(labels[labels != 0])).astype(np.intp)
 
 
 def _lut(ids: np.ndarray, size: int) -> np.ndarray:
@@ -70,15 +70,14 @@ def _lut(ids: np.ndarray, size: int) -> np.ndarray:
 
 def _centroids(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(len(ids), 2) pixel centroids: ``ndi.center_of_mass(labels > 0, labels,
-    ids)`` (the same sums in the same order), over the labelled pixels only."""
-    ys, xs = np.nonzero(labels)
-    lab = labels[ys, xs].astype(np.intp)
-    n = max(int(lab.max()) + 1 if lab.size else 1, int(np.max(ids, initial=0)) + 1)
-    count = np.bincount(lab, minlength=n)[ids]
+    ids)`` (the same exact integer sums, from the runs of each label along
+    rows: :func:`sabgal.measure.coordinate_sums`); NaN for absent ids."""
+    ids = np.asarray(ids, dtype=np.intp)
+    n = max(int(labels.max(initial=0)), int(np.max(ids, initial=0)))
+    count, (sy, sx), _ = coordinate_sums(np.asarray(labels), n, second=False)
+    count = count[ids]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cy = np.bincount(lab, ys.astype(np.float64), n)[ids] / count
-        cx = np.bincount(lab, xs.astype(np.float64), n)[ids] / count
-    return np.column_stack([cy, cx])
+        return np.column_stack([sy[ids] / count, sx[ids] / count])
 
 
 def robust_noise(values: np.ndarray) -> tuple[float, float]:
@@ -88,9 +87,9 @@ def robust_noise(values: np.ndarray) -> tuple[float, float]:
     mirrored), robust to the bright objects in the upper tail.
     """
     v = values[:: max(1, values.size // 500_000)] if values.ndim == 1 else values.ravel()[:: max(1, values.size // 500_000)]
-    med = float(np.median(v))
+    med = float(filters.median(v))
     lower = v[v <= med]
-    sd = float(np.median(med - lower)) * 1.4826 if lower.size else 0.0
+    sd = float(filters.median(med - lower)) * 1.4826 if lower.size else 0.0
     return med, max(sd, 1e-6)
 
 
@@ -250,7 +249,7 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
     # Otsu can fall between dim and bright nuclei: lower the cut to 35 % of
     # the way from background to the typical (median) nucleus above Otsu.
     above = sm[sm > t_otsu]
-    mid = med + 0.35 * (float(np.median(above)) - med) if above.size else t_otsu
+    mid = med + 0.35 * (float(filters.median(above)) - med) if above.size else t_otsu
     t = max(min(t_otsu, mid), floor)
     mask = sm > t
     mask = morph.fill_holes(mask)
@@ -359,6 +358,16 @@ def distance_with_indices(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarra
     return np.sqrt(d2, dtype=np.float64), (iy, ix)
 
 
+def _at(image: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+    """``image[iy, ix]`` for index images of ``image``'s shape (a feature
+    transform's), as one flat take: half the time of 2-D fancy indexing."""
+    dt = np.int64 if image.size >= 2 ** 31 else iy.dtype
+    flat = iy.astype(dt, copy=True)
+    flat *= image.shape[1]
+    flat += ix
+    return np.take(np.ascontiguousarray(image).ravel(), flat)
+
+
 def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray | None = None) -> np.ndarray:
     """Label a binary mask, splitting touching round objects.
 
@@ -425,11 +434,11 @@ def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
     """
     if background is not None and background.sum() > 500:
         vals = sm[background]
-        med = float(np.median(vals))
-        sd = float(np.median(np.abs(vals - med))) * 1.4826
+        med = float(filters.median(vals))
+        sd = float(filters.median(np.abs(vals - med))) * 1.4826
         return med, max(sd, 1e-5)
     d = np.diff(raw[::2, :], axis=1)
-    pix_sd = float(np.median(np.abs(d - np.median(d)))) * 1.4826 / np.sqrt(2)
+    pix_sd = float(filters.median(np.abs(d - filters.median(d)))) * 1.4826 / np.sqrt(2)
     return 0.0, max(pix_sd / (2 * np.sqrt(np.pi) * sigma_px), 1e-5)
 
 
@@ -495,16 +504,16 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         # limit would only widen.
         local = _local_glass_level(sm, background, level, LOCAL_GLASS_SCALE * sigma_px)
         r = (sm - local)[background]
-        med = float(np.median(r))
-        sd_local = max(float(np.median(np.abs(r - med))) * 1.4826, 1e-5)
+        med = float(filters.median(r))
+        sd_local = max(float(filters.median(np.abs(r - med))) * 1.4826, 1e-5)
         faint = sm > local + med + (5.0 / sensitivity) * sd_local
         halo = morph.dilate_cross(fg, iterations=int(round(2 * sigma_px)) + 1)
         fg |= faint & ~halo
     if texture is not None:
         if background is not None and background.sum() > 500:
             tv = texture[background]
-            tmed = float(np.median(tv))
-            tsd = float(np.median(np.abs(tv - tmed))) * 1.4826 + 1e-6
+            tmed = float(filters.median(tv))
+            tsd = float(filters.median(np.abs(tv - tmed))) * 1.4826 + 1e-6
         else:
             tmed, tsd = robust_noise(texture)
         fg |= texture > tmed + (8.0 / sensitivity) * tsd
@@ -719,12 +728,19 @@ def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: floa
     ids = _present(nuclei)
     if ids.size == 0:
         return ids
-    ring = morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0)
+    ring = np.flatnonzero(morph.dilate_cross(nuclei > 0, iterations=max(1, int(ring_px))) & (nuclei == 0))
     if nearest is None:
         _, (iy, ix) = distance_with_indices(nuclei == 0)
-        nearest = nuclei[iy, ix]
-    owner = np.where(ring, nearest, 0)
-    mean = np.asarray(ndi.mean(np.asarray(xgal_smoothed, dtype=np.float64), labels=owner, index=ids))
+        nearest = _at(nuclei, iy, ix)
+    # ``ndi.mean(xgal, labels=owner, index=ids)`` with owner = nearest on the
+    # ring, 0 elsewhere: the same per-label sums (float64, raster order),
+    # over the ring's pixels only
+    owner = np.asarray(nearest).ravel()[ring].astype(np.intp)
+    n = max(int(owner.max(initial=0)), int(ids[-1])) + 1
+    sums = np.bincount(owner, np.asarray(xgal_smoothed).ravel()[ring].astype(np.float64), n)[ids]
+    counts = np.bincount(owner, minlength=n)[ids].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
     return ids[np.nan_to_num(mean, nan=0.0) > level]
 
 
@@ -761,7 +777,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     if ids.size < 2:
         return voronoi
     cy, cx = _centroids(markers, ids).T
-    r = np.sqrt(np.bincount(markers.ravel())[ids] / np.pi)
+    r = np.sqrt(np.bincount(markers[markers != 0])[ids] / np.pi)
     rel = r / np.median(r)
     k = min(4, ids.size)
     d, _ = cKDTree(np.c_[cy, cx]).query(np.c_[cy, cx], k=k)
@@ -769,6 +785,12 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     best = np.full(markers.shape, np.inf, dtype=np.float32)
     owner = np.zeros(markers.shape, dtype=np.int32)
     is_st = np.isin(ids, stained_ids) if stained_ids is not None else np.zeros(ids.size, dtype=bool)
+    # squared, as the distances are: (1 + stain_penalty x presence)^2, formed once
+    penalty = None
+    if stain is not None:
+        penalty = np.asarray(stain, dtype=np.float32) * np.float32(stain_penalty)
+        penalty += 1
+        np.square(penalty, out=penalty)
     m, w = markers.shape
     for i in range(ids.size):
         y0, y1 = max(0, int(cy[i] - half[i])), min(m, int(cy[i] + half[i]) + 1)
@@ -778,36 +800,22 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
         yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(cy[i])) ** 2 * inv
         xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(cx[i])) ** 2 * inv
         q = np.add(yy[:, None], xx[None, :])
-        if stain is not None and not is_st[i]:
-            q *= np.square(1 + np.float32(stain_penalty) * stain[y0:y1, x0:x1])
+        if penalty is not None and not is_st[i]:
+            q *= penalty[y0:y1, x0:x1]
         b = best[y0:y1, x0:x1]
         win = np.less(q, b)
         np.copyto(b, q, where=win)
         np.copyto(owner[y0:y1, x0:x1], ids[i], where=win)
     # a nucleus always owns its own pixels
-    owner = np.where(markers > 0, markers, owner)
-    out = np.where(region, np.where(owner > 0, owner, voronoi), 0).astype(np.int32)
+    np.copyto(owner, markers, where=markers > 0)
+    # region pixels no box covers keep their Voronoi owner
+    np.copyto(owner, voronoi, where=owner == 0)
+    owner[~region] = 0
+    out = owner
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
     # them most
-    from skimage.measure import label as cc_label
-
-    comp = cc_label(out, connectivity=1, background=0)
-    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
-    anchored[comp[markers > 0]] = True
-    anchored[0] = True
-    orphans = np.flatnonzero(~anchored)
-    if orphans.size:
-        boxes = ndi.find_objects(comp)
-        for k in orphans:
-            sl = boxes[k - 1]
-            y0, y1 = max(0, sl[0].start - 1), min(m, sl[0].stop + 1)
-            x0, x1 = max(0, sl[1].start - 1), min(w, sl[1].stop + 1)
-            piece = comp[y0:y1, x0:x1] == k
-            sub = out[y0:y1, x0:x1]
-            around = sub[morph.dilate_cross(piece) & ~piece]
-            around = around[(around > 0) & (around != sub[piece][0])]
-            sub[piece] = np.bincount(around).argmax() if around.size else voronoi[y0:y1, x0:x1][piece][0]
+    _absorb_orphans(out, markers, voronoi)
     return out
 
 
@@ -835,6 +843,89 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     if not drop.any():
         return cells
     return np.where(drop[cells], 0, cells).astype(cells.dtype)
+
+
+def _run_components(first: np.ndarray, length: np.ndarray, lab: np.ndarray, cols: int) -> np.ndarray:
+    """4-connected component of each run (of :func:`sabgal.measure.label_runs`): runs of
+    one label in adjacent rows that share a column are joined. Components
+    are numbered by their first run (so by their first pixel in raster
+    order, as ``skimage.measure.label`` numbers them), from 0."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = first.size
+    y, x0 = np.divmod(first.astype(np.int64), cols)
+    x1 = x0 + length - 1
+    order = np.argsort(lab, kind="stable")  # by label, then raster order
+    group = lab[order].astype(np.int64) * (int(y.max(initial=0)) + 2) + y[order]  # (label, row)
+    key0, key1 = group * cols + x0[order], group * cols + x1[order]
+    # the runs one row down with the same label that overlap run i: those
+    # in its (label, row + 1) group ending at or after x0 and starting at or before x1
+    below = (group + 1) * cols
+    lo = np.searchsorted(key1, below + x0[order], side="left")
+    hi = np.searchsorted(key0, below + x1[order], side="right")
+    cnt = np.maximum(hi - lo, 0)
+    src = np.repeat(order, cnt)
+    dst = order[np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))]
+    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # renumber by first run
+    firsts = np.full(int(comp.max(initial=-1)) + 1, n, dtype=np.int64)
+    np.minimum.at(firsts, comp, np.arange(n))
+    rank = np.empty(firsts.size, dtype=np.int64)
+    rank[np.argsort(firsts, kind="stable")] = np.arange(firsts.size)
+    return rank[comp]
+
+
+def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -> None:
+    """Give each piece of ``out`` (a 4-connected component of one label;
+    C-contiguous, changed in place) that holds none of its ``markers`` the
+    label most common among the pixels 4-adjacent to it (the smallest on
+    ties; 0 and its own label do not count), or else its ``voronoi`` label
+    at its first pixel. Pieces go in raster order of their first pixels, so
+    a piece sees the new labels of the pieces before it. Components come
+    from runs along rows, pieces' pixels and neighbours are gathered for all
+    pieces at once; only the vote runs per piece.
+    """
+    rows, cols = out.shape
+    flat = out.reshape(-1)
+    first, length, lab = label_runs(out)
+    if first.size == 0:
+        return
+    comp = _run_components(first, length, lab, cols)
+    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
+    # the run holding each labelled marker pixel (runs cover every labelled pixel)
+    seeds = np.flatnonzero(markers)
+    seeds = seeds[flat[seeds] != 0]
+    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
+    orphan_run = np.flatnonzero(~anchored[comp])
+    if orphan_run.size == 0:
+        return
+    # orphan pixels in raster order, with their piece
+    ln = length[orphan_run]
+    pix = np.repeat(first[orphan_run] - np.cumsum(ln) + ln, ln) + np.arange(int(ln.sum()))
+    pc = np.repeat(comp[orphan_run], ln)
+    y, x = np.divmod(pix, cols)
+    pairs = []
+    for ok, step in ((y > 0, -cols), (y < rows - 1, cols), (x > 0, -1), (x < cols - 1, 1)):
+        q = pix[ok] + step
+        # (a 4-neighbour with the same label is in the same piece)
+        other = flat[q] != flat[pix[ok]]
+        pairs.append(pc[ok][other] * flat.size + q[other])
+    key = np.unique(np.concatenate(pairs))  # each neighbour pixel once per piece, by piece
+    nb_piece, nb = np.divmod(key, flat.size)
+    order = np.argsort(pc, kind="stable")  # by piece, raster order within
+    pix, pc = pix[order], pc[order]
+    pieces, p_start = np.unique(pc, return_index=True)
+    p_end = np.r_[p_start[1:], pc.size]
+    n_start = np.searchsorted(nb_piece, pieces)
+    n_end = np.searchsorted(nb_piece, pieces, side="right")
+    head = pix[p_start]
+    own = flat[head]
+    for i in range(pieces.size):
+        around = flat[nb[n_start[i]:n_end[i]]]
+        around = around[(around > 0) & (around != own[i])]
+        flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
 
 
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
@@ -891,6 +982,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     # a hole in the foreground that holds a nucleus is a cell too faint to see
     foreground = morph.fill_holes(foreground, touching=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
+    owner = None  # the nearest nucleus per pixel, once read
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
         # where its body is too faint to see: min(half the distance to the
@@ -906,7 +998,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             radius[ids[present]] = np.minimum(d[:, 1] / 2, min_extent_nuclei * diameter_px)
         elif present.sum() == 1:
             radius[ids[present]] = min_extent_nuclei * diameter_px
-        owner = nuclei[iy, ix]
+        owner = _at(nuclei, iy, ix)
         disc = reach <= radius[owner]
         if glass is not None:
             disc &= ~glass
@@ -916,7 +1008,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         comp, ncomp = ndi.label(foreground)
         if ncomp:
             seeded = np.unique(comp[nuclei > 0])
-            sizes = np.bincount(comp.ravel())
+            sizes = np.bincount(comp[comp != 0], minlength=ncomp + 1)  # (sizes[0] unused)
             free = np.setdiff1d(np.arange(1, ncomp + 1), seeded)
             free = free[sizes[free] >= min_cell_area_px]
             if free.size:
@@ -940,10 +1032,12 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # Flooding the distance-to-nearest-seed landscape is the Voronoi
         # partition of the region: read it straight off the distance
         # transform's nearest-seed indices (same result, no flooding cost).
-        if markers is not nuclei and (markers != nuclei).any():
+        if (markers != nuclei).any():
             iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
-        nearest = markers[iy, ix]
-        cells = np.where(region, nearest, 0).astype(np.int32)
+            nearest = _at(markers, iy, ix)
+        else:
+            nearest = _at(nuclei, iy, ix) if owner is None else owner
+        cells = np.where(region, nearest, 0).astype(np.int32, copy=False)
         if size_weighted:
             stain = stained = None
             if xgal is not None:
