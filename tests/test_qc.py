@@ -267,3 +267,12 @@ def test_pass_means_no_reasons_property():
         assert (loose["qc_pass"] | ~strict["qc_pass"]).all()  # a looser cut-off never adds a flag
 
     check()
+
+
+def test_a_ratio_to_a_near_zero_median_does_not_overflow():
+    # (found by the property test above: rounding a ratio of ~1e307 overflowed)
+    t = pd.DataFrame({"n_cells": [400, 400, 400], "qc_sharpness": [2.2e-308, 2.2e-308, 1.0],
+                      "qc_saturated_fraction": 0.0, "qc_debris_area_fraction": 0.0, "status": "ok"})
+    out = qc_flags(t, QCConfig())
+    assert out["qc_focus_ratio"].iloc[2] > 1e300
+    assert (out["qc_pass"] == (out["qc_reasons"] == "")).all()

@@ -286,9 +286,17 @@ def qc_flags(images: pd.DataFrame, config: QCConfig, *, group_column: str = "pla
         reasons[i] = ["analysis failed"]
     out["qc_reasons"] = ["; ".join(r) for r in reasons]
     out["qc_pass"] = [not r for r in reasons]
-    out["qc_focus_ratio"] = out["qc_focus_ratio"].round(4)
-    out["qc_cell_count_ratio"] = out["qc_cell_count_ratio"].round(4)
+    out["qc_focus_ratio"] = _round(out["qc_focus_ratio"], 4)
+    out["qc_cell_count_ratio"] = _round(out["qc_cell_count_ratio"], 4)
     return out[QC_COLUMNS]
+
+
+def _round(values: pd.Series, decimals: int) -> pd.Series:
+    """``values.round(decimals)``, leaving alone the values so large that
+    rounding would overflow (a ratio to a near-zero median)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = values.round(decimals)
+    return rounded.where(np.isfinite(rounded) | ~np.isfinite(values), values)
 
 
 def add_qc_columns(images: pd.DataFrame, config: QCConfig, *, group_column: str = "plate") -> pd.DataFrame:
