@@ -184,7 +184,8 @@ class ClassifyConfig:
 
     positive_threshold: ``"auto"`` learns the X-gal threshold from the cells of
     the image set (valley between negative and positive populations, never
-    below ``min_positive_threshold``); a number fixes it (X-gal OD units of
+    below ``min_positive_threshold``, or half of it where an image shows its
+    faint positives apart from its unstained cells); a number fixes it (X-gal OD units of
     ``positive_measure``).
     threshold_scope: with ``"auto"``, ``"image"`` anchors each image's
     threshold just above its own unstained cells (the set's threshold for an
