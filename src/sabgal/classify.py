@@ -171,9 +171,10 @@ def learn_positive_threshold(scores, *, floor: float, default: float,
     return max(float(10 ** cross - 0.02), floor), "learnt"
 
 
-# When a clear empty gap separates an image's unstained cells from cells
-# beyond their noise, the threshold may sit in the gap down to this
-# fraction of the positivity floor (faint but distinct staining).
+# When an image shows its faint stained cells as a population apart from
+# its unstained ones (a clear empty gap whose upper side is beyond the
+# unstained noise, or the excess rule), the threshold may go down to this
+# fraction of the positivity floor.
 GAP_FLOOR_FRACTION = 0.5
 
 

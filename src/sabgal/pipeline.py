@@ -424,9 +424,6 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         if drop.size:
             nuclei = np.where(np.isin(nuclei, drop), 0, nuclei).astype(nuclei.dtype)
     sigma_fg = max(1.0, d / 8)
-    # X-gal marks stained cells only: their blue cytoplasm is not handed to
-    # unstained neighbours (segment.size_weighted_territories)
-    xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
@@ -453,6 +450,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                 near[comp[nuclei > 0]] = False
                 near[0] = False
                 foreground = foreground & ~near[comp]
+    # X-gal marks stained cells only: their blue cytoplasm is not handed to
+    # unstained neighbours (segment.size_weighted_territories)
+    xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,

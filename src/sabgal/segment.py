@@ -707,9 +707,7 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     drop = (piece > 0) & (dep < min_depth_px) & (deepest[piece] >= min_depth_px) & (count[piece] <= max_per_piece)
     if not drop.any():
         return nuclei
-    lut = np.arange(int(nuclei.max()) + 1, dtype=nuclei.dtype)
-    lut[ids[drop]] = 0
-    return lut[nuclei]
+    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
 
 
 def stain_presence(xgal_smoothed: np.ndarray, *, level: float) -> np.ndarray:
