@@ -267,3 +267,24 @@ def test_a_pale_rim_candidate_of_a_stained_cell_is_not_a_second_nucleus():
         many[20:24, cx:cx + 4] = k
     many[58:62, 200:204] = 99
     assert np.array_equal(segment.drop_rim_nuclei(many, sheet, min_depth_px=7.2), many)
+
+
+def test_glass_around_nuclei_is_cytoplasm_not_glass():
+    # nuclei (d = 10) on a 60 px grid; "glass" in rings right around them is
+    # the faint cytoplasm of unstained cells, glass on the lines midway
+    # between them is the gaps between cells
+    yy, xx = np.mgrid[0:240, 0:240]
+    nuclei = np.zeros(yy.shape, np.int32)
+    dist = np.full(yy.shape, np.inf)
+    k = 0
+    for cy in range(30, 240, 60):
+        for cx in range(30, 240, 60):
+            k += 1
+            d = np.hypot(yy - cy, xx - cx)
+            nuclei[d < 5] = k
+            dist = np.minimum(dist, d)
+    rings = (dist > 8) & (dist < 14)
+    gaps = ((yy % 60) < 4) | ((xx % 60) < 4)
+    assert segment.glass_among_nuclei(rings, nuclei, diameter_px=10)
+    assert not segment.glass_among_nuclei(gaps, nuclei, diameter_px=10)
+    assert not segment.glass_among_nuclei(np.zeros_like(rings), nuclei, diameter_px=10)

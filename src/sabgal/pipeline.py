@@ -431,6 +431,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                                                     ignore=excluded)
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d)
     else:
+        # a lamp fitted to the faint cytoplasm of unstained cells calls it
+        # glass: with exact nuclei that shows, and the mask is not used
+        if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d):
+            background = None
         smoothed, texture = _texture(od_sum, sigma_fg)
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
                                              texture=texture, background=background, smoothed=smoothed)

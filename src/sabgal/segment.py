@@ -817,6 +817,26 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     return out
 
 
+# Bare glass lies beyond the cells' cytoplasm: a "glass" mask with more than
+# this share of its pixels within one nucleus diameter of a nucleus lies on
+# cells (a lamp fitted to the faint cytoplasm of unstained cells).
+GLASS_NEAR_NUCLEI_MAX = 0.25
+
+
+def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: float,
+                       max_share: float = GLASS_NEAR_NUCLEI_MAX) -> bool:
+    """True when more than ``max_share`` of the ``glass`` pixels lie within
+    one nucleus diameter of a nucleus: cells reach at least that far past
+    their nucleus (their cytoplasm is at least about a nucleus radius wide),
+    so such "glass" is the faint cytoplasm of unstained cells, not the
+    gaps between them."""
+    n = int(np.count_nonzero(glass))
+    if n == 0 or not nuclei.any():
+        return False
+    near = filters.distance_transform(nuclei == 0) <= diameter_px
+    return np.count_nonzero(glass & near) > max_share * n
+
+
 def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: float,
                          min_glass_fraction: float = 0.5) -> np.ndarray:
     """Remove small objects standing alone on bare glass: cells of at most
