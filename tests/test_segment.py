@@ -269,6 +269,35 @@ def test_a_pale_rim_candidate_of_a_stained_cell_is_not_a_second_nucleus():
     assert np.array_equal(segment.drop_rim_nuclei(many, sheet, min_depth_px=7.2), many)
 
 
+def test_blur_halo_is_trimmed_to_the_half_way_edge():
+    # a disc cell (r = 14) blurred by the optics; a foreground taken a tenth
+    # of the way up reaches ~2.5 px into the blur all round, so the cell is
+    # ~25 % too large. Trimmed at half way it comes back to its true size; its
+    # edge against a touching neighbour is not moved
+    yy, xx = np.mgrid[0:100, 0:140]
+    true = np.hypot(yy - 50, xx - 40) < 14
+    signal = ndi.gaussian_filter(true * 0.1, 2.0).astype(np.float32)
+    cells = (signal > 0.01).astype(np.int32)
+    cells[(cells == 1) & (xx >= 52)] = 0
+    # a neighbour touching it on the right
+    cells[(np.hypot(yy - 50, xx - 66) < 15) & (xx >= 52)] = 2
+    signal = np.where(cells == 2, 0.1, signal).astype(np.float32)
+    nuclei = np.zeros_like(cells)
+    nuclei[np.hypot(yy - 50, xx - 40) < 5] = 1
+    nuclei[np.hypot(yy - 50, xx - 66) < 5] = 2
+    true &= xx < 52
+    before = (cells == 1).sum()
+    out = segment.trim_blur_halo(cells, nuclei, signal, 0.0, band_px=5, min_cut=0.02)
+    after = (out == 1).sum()
+    assert before > 1.2 * true.sum()
+    assert abs(after - true.sum()) < 0.06 * true.sum()
+    # the shared edge stays: cell 1 still touches cell 2, whose flat body is untouched
+    assert np.array_equal(out == 2, cells == 2)
+    assert ((out == 1) & (np.roll(out, -1, axis=1) == 2)).any()
+    # nuclei are never trimmed
+    assert (out[nuclei > 0] == nuclei[nuclei > 0]).all()
+
+
 def test_glass_around_nuclei_is_cytoplasm_not_glass():
     # nuclei (d = 10) on a 60 px grid; "glass" in rings right around them is
     # the faint cytoplasm of unstained cells, glass on the lines midway

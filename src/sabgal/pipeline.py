@@ -465,6 +465,15 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold)
+    if mode != "brightfield":
+        # the foreground reaches out into the blur around each cell: edges
+        # go back to half way up (segment.trim_blur_halo)
+        glass_level, glass_sd = segment._background_stats(smoothed, od_sum, sigma_fg, background)
+        trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
+                                         min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd)
+        # (the halo is blur, not cell body nor debris)
+        foreground = foreground & ~((cells > 0) & (trimmed == 0))
+        cells = trimmed
     if mode == "brightfield" and no_cells is not None:
         cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area)
     cells = segment.relabel_sequential(cells)

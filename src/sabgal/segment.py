@@ -837,6 +837,48 @@ def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: fl
     return np.count_nonzero(glass & near) > max_share * n
 
 
+def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
+                   band_px: float, min_cut: float, fraction: float = 0.5) -> np.ndarray:
+    """Move each cell's outer edge to where the signal falls to ``fraction``
+    of the cell's own level above ``level`` (glass).
+
+    A foreground found a few noise SDs above glass reaches out into the
+    optical blur (and the smoothing) around each cell: for a blurred step
+    of height C the limit is crossed about 1-2 blur widths outside the true
+    edge when it is a small fraction of C, and small cells gain a ring as
+    wide as they are. The edge of a blurred step is where it is half way
+    up. Per cell, its level is the mean of ``smoothed`` over its pixels
+    between ``band_px`` and 2 ``band_px`` from its outer edge (the part of
+    the cell next to the edge, at least ``band_px`` from its nucleus), and
+    its pixels within ``band_px`` of that edge below the half-way level are
+    removed. Edges against other cells, and nuclei, are not touched; nor are
+    cells whose half-way level is below ``min_cut`` (the foreground's own
+    detection limit: such a cell is too faint to have a halo, and what lies
+    around its nucleus is its minimum extent, not blur).
+    """
+    inside = cells > 0
+    if not inside.any():
+        return cells
+    depth = filters.distance_transform(inside)
+    n = int(cells.max()) + 1
+    ref = (depth >= band_px) & (depth < 2 * band_px)
+    ref &= filters.distance_transform(nuclei == 0) >= band_px
+    cnt = np.bincount(cells[ref], minlength=n)
+    tot = np.bincount(cells[ref], weights=smoothed[ref], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        body = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    cut = level + fraction * (body - level)
+    cut[~(cut >= min_cut)] = np.nan  # too faint, or no reference pixels
+    band = inside & (depth < band_px) & (nuclei == 0)
+    lab = cells[band]
+    lim = cut[lab]
+    drop = np.zeros(cells.shape, dtype=bool)
+    drop[band] = smoothed[band] < lim  # (False where lim is NaN)
+    out = cells.copy()
+    out[drop] = 0
+    return out
+
+
 def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: float,
                          min_glass_fraction: float = 0.5) -> np.ndarray:
     """Remove small objects standing alone on bare glass: cells of at most
