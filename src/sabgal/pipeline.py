@@ -436,8 +436,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d):
             background = None
         smoothed, texture = _texture(od_sum, sigma_fg)
+        glass_stats = segment.background_stats(smoothed, od_sum, sigma_fg, background)
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
-                                             texture=texture, background=background, smoothed=smoothed)
+                                             texture=texture, background=background, smoothed=smoothed,
+                                             stats=glass_stats)
     unseeded = "seed" if mode == "brightfield" else "drop"
     no_cells = background
     if excluded is not None:
@@ -468,7 +470,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     if mode != "brightfield":
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
-        glass_level, glass_sd = segment._background_stats(smoothed, od_sum, sigma_fg, background)
+        glass_level, glass_sd = glass_stats  # (as the foreground measured them)
         trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
                                          min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd)
         # (the halo is blur, not cell body nor debris)

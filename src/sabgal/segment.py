@@ -423,7 +423,7 @@ def segment_nuclei(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: 
     return labels
 
 
-def _background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
+def background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
                       background: np.ndarray | None) -> tuple[float, float]:
     """Level and noise SD of a smoothed map on bare glass.
 
@@ -468,7 +468,8 @@ def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px
 
 def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float = 1.0,
                     texture: np.ndarray | None = None, background: np.ndarray | None = None,
-                    smoothed: np.ndarray | None = None) -> np.ndarray:
+                    smoothed: np.ndarray | None = None,
+                    stats: tuple[float, float] | None = None) -> np.ndarray:
     """Cell bodies: smoothed signal (and optional local texture) above the
     noise of bare glass; with a glass mask, also faint cytoplasm above the
     glass level measured locally (:func:`_local_glass_level`), away from
@@ -491,9 +492,11 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
     smoothed : (M, N) float32 ndarray, optional
         ``ndi.gaussian_filter(signal, sigma_px)`` when the caller has it
         already (it is the local mean of the texture).
+    stats : (float, float), optional
+        :func:`background_stats` of ``smoothed`` when the caller has them.
     """
     sm = filters.gaussian_filter(signal.astype(np.float32), sigma_px) if smoothed is None else smoothed
-    level, sd = _background_stats(sm, signal, sigma_px, background)
+    level, sd = background_stats(sm, signal, sigma_px, background) if stats is None else stats
     fg = sm > level + (5.0 / sensitivity) * sd
     if background is not None and background.sum() > 500:
         # Faint cytoplasm: the glass level drifts across the field (what the
