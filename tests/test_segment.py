@@ -317,3 +317,14 @@ def test_glass_around_nuclei_is_cytoplasm_not_glass():
     assert segment.glass_among_nuclei(rings, nuclei, diameter_px=10)
     assert not segment.glass_among_nuclei(gaps, nuclei, diameter_px=10)
     assert not segment.glass_among_nuclei(np.zeros_like(rings), nuclei, diameter_px=10)
+    # wide true gaps, far from the nuclei, plus "glass" on one side of every
+    # nucleus right next to it: few of the mask's pixels are near nuclei, but
+    # the cytoplasm band around them is not glass, so the mask is not trusted
+    wide = ((yy % 60) < 14) | ((xx % 60) < 14)
+    sides = np.zeros_like(wide)
+    for cy in range(30, 240, 60):
+        for cx in range(30, 240, 60):
+            d = np.hypot(yy - cy, xx - cx)
+            sides |= (d > 6) & (d <= 10) & (xx < cx)
+    assert not segment.glass_among_nuclei(wide, nuclei, diameter_px=10)
+    assert segment.glass_among_nuclei(wide | sides, nuclei, diameter_px=10)

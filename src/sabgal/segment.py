@@ -825,19 +825,31 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
 # cells (a lamp fitted to the faint cytoplasm of unstained cells).
 GLASS_NEAR_NUCLEI_MAX = 0.25
 
+# An adherent cell's cytoplasm surrounds its nucleus at least half a nucleus
+# diameter wide nearly all the way round: when more than this share of that
+# band around the nuclei is "glass", the mask lies on cells, however much
+# true glass the field also has.
+GLASS_IN_NUCLEUS_BAND_MAX = 0.10
+
 
 def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: float,
-                       max_share: float = GLASS_NEAR_NUCLEI_MAX) -> bool:
-    """True when more than ``max_share`` of the ``glass`` pixels lie within
-    one nucleus diameter of a nucleus: cells reach at least that far past
-    their nucleus (their cytoplasm is at least about a nucleus radius wide),
-    so such "glass" is the faint cytoplasm of unstained cells, not the
-    gaps between them."""
+                       max_share: float = GLASS_NEAR_NUCLEI_MAX,
+                       max_band_share: float = GLASS_IN_NUCLEUS_BAND_MAX) -> bool:
+    """True when the ``glass`` mask lies on the cells rather than between
+    them: more than ``max_share`` of its pixels lie within one nucleus
+    diameter of a nucleus, or it covers more than ``max_band_share`` of the
+    band half a nucleus diameter wide around the nuclei. Cells reach well
+    past their nucleus (their cytoplasm is at least about a nucleus radius
+    wide), so such "glass" is the faint cytoplasm of unstained cells, not
+    the gaps between them."""
     n = int(np.count_nonzero(glass))
     if n == 0 or not nuclei.any():
         return False
-    near = filters.distance_transform(nuclei == 0) <= diameter_px
-    return np.count_nonzero(glass & near) > max_share * n
+    dist = filters.distance_transform(nuclei == 0)
+    if np.count_nonzero(glass & (dist <= diameter_px)) > max_share * n:
+        return True
+    band = (dist > 0) & (dist <= 0.5 * diameter_px)
+    return np.count_nonzero(glass & band) > max_band_share * max(1, np.count_nonzero(band))
 
 
 def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
