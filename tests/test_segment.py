@@ -328,3 +328,22 @@ def test_glass_around_nuclei_is_cytoplasm_not_glass():
             sides |= (d > 6) & (d <= 10) & (xx < cx)
     assert not segment.glass_among_nuclei(wide, nuclei, diameter_px=10)
     assert segment.glass_among_nuclei(wide | sides, nuclei, diameter_px=10)
+
+
+def test_jpeg_block_steps_on_glass_are_not_texture():
+    # glass made of flat blocks with small steps between them (as heavy JPEG
+    # compression leaves it): most of it has no texture at all, so a limit
+    # from the robust spread alone sits below every block edge; one grainy cell
+    from sabgal.pipeline import _texture
+
+    rng = np.random.default_rng(3)
+    blocks = rng.normal(0, 0.004, (8, 8)).astype(np.float32)
+    signal = np.kron(blocks, np.ones((64, 64), np.float32))
+    yy, xx = np.mgrid[0:512, 0:512]
+    cell = (yy - 250) ** 2 + (xx - 250) ** 2 < 40 ** 2
+    signal[cell] += 0.05 + rng.normal(0, 0.03, cell.sum()).astype(np.float32)
+    glass = ~ndi.binary_dilation(cell, iterations=10)
+    sm, tex = _texture(signal, 1.5)
+    fg = segment.cell_foreground(signal, sigma_px=1.5, texture=tex, background=glass, smoothed=sm)
+    assert fg[cell].mean() > 0.95
+    assert fg[glass].mean() < 0.02
