@@ -393,6 +393,24 @@ def test_dask_cluster_gives_the_same_results_as_the_process_pool(tmp_path):
     assert run["timings"]["dask_scheduler"].startswith("tcp://")
 
 
+def test_threads_give_the_same_results_as_processes(tmp_path):
+    # `--threads`: the workers are threads of one process, sharing its memory
+    _write_plate(tmp_path / "in", {"A01": 0.0, "A02": 0.3, "B01": 0.6, "B02": 0.6}, fields=2, seed=5)
+    common = [str(tmp_path / "in"), "-q", "-j", "2"]
+    assert main(["run", *common, "--out", str(tmp_path / "pool")]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "threads"), "--threads"]) == 0
+    pool_images, pool_cells = _comparable(tmp_path / "pool")
+    thr_images, thr_cells = _comparable(tmp_path / "threads")
+    pd.testing.assert_frame_equal(pool_images, thr_images)
+    pd.testing.assert_frame_equal(pool_cells, thr_cells)
+    for name in ("wells.csv", "conditions.csv"):
+        assert (tmp_path / "pool" / name).read_text() == (tmp_path / "threads" / name).read_text()
+    run = json.loads((tmp_path / "threads" / "run.json").read_text())
+    assert run["config"]["batch"]["executor"] == "threads"
+    for lab in sorted((tmp_path / "pool" / "labels").iterdir()):
+        assert lab.read_bytes() == (tmp_path / "threads" / "labels" / lab.name).read_bytes()
+
+
 def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setattr(batch, "DASK_CONNECT_TIMEOUT", "1s")

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("execution")
     g.add_argument("--workers", "-j", type=int, default=None, metavar="N",
                    help="parallel worker processes (default: all cores)")
+    g.add_argument("--threads", action="store_true",
+                   help="run the workers as threads of this one process instead of separate processes "
+                        "(config batch.executor): less memory and no start-up, but a crash in a C "
+                        "library ends the whole run (finished images are kept)")
     g.add_argument("--force", action="store_true", help="redo images already finished in DIR")
     g.add_argument("--dask-scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster, e.g. tcp://host:8786 (workers must see INPUT and DIR "
@@ -171,6 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         batch_overrides["filename_pattern"] = args.filename_pattern
     if args.dask_scheduler:
         batch_overrides["dask_scheduler"] = args.dask_scheduler
+    if args.threads:
+        batch_overrides["executor"] = "threads"
     if batch_overrides:
         overrides["batch"] = batch_overrides
     if args.flat_field:
@@ -203,7 +209,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except batch.InputError as exc:
         return _fail(exc)
     done, todo = batch.pending_images(sets, config, out, force=args.force, flat_fields=flats)
-    where = f"Dask cluster {scheduler}" if scheduler else f"{workers} worker{'s' if workers > 1 else ''}"
+    kind = "thread" if config.batch.executor == "threads" and workers > 1 else "worker"
+    where = f"Dask cluster {scheduler}" if scheduler else f"{workers} {kind}{'s' if workers > 1 else ''}"
     log.info("sabgal %s: %d image(s) -> %s (%s)", __version__, len(sets), out, where)
     if done:
         log.info("%d image(s) finished by an earlier run are kept (--force redoes them)", len(done))
