@@ -433,7 +433,10 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     else:
         # a lamp fitted to the faint cytoplasm of unstained cells calls it
         # glass: with exact nuclei that shows, and the mask is not used
-        if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d):
+        nuclei = nuclei.astype(np.int32, copy=False)
+        near = segment.distance_with_indices(nuclei == 0)  # (used three times below)
+        if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d,
+                                                                 dist=near[0]):
             background = None
         smoothed, texture = _texture(od_sum, sigma_fg)
         glass_stats = segment.background_stats(smoothed, od_sum, sigma_fg, background)
@@ -459,6 +462,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     # X-gal marks stained cells only: their blue cytoplasm is not handed to
     # unstained neighbours (segment.size_weighted_territories)
     xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
+    seeds = nuclei
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
@@ -466,13 +470,15 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         # glass the lamp estimate saw
         min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
         # touching cells share by nucleus size, blue cytoplasm to stained cells
-        size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold)
+        size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
+        nearest=None if mode == "brightfield" else near)
     if mode != "brightfield":
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
         glass_level, glass_sd = glass_stats  # (as the foreground measured them)
         trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
-                                         min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd)
+                                         min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd,
+                                         nucleus_dist=near[0] if np.array_equal(nuclei, seeds) else None)
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed

@@ -710,7 +710,7 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     if ids.size < 2:
         return nuclei
     body = morph.fill_holes(foreground | (nuclei > 0))
-    depth = ndi.distance_transform_edt(body)
+    depth = filters.distance_transform(body)
     comp, _ = ndi.label(body)
     cents = np.round(_centroids(nuclei, ids)).astype(np.int64)
     cy = np.clip(cents[:, 0], 0, nuclei.shape[0] - 1)
@@ -846,18 +846,21 @@ GLASS_IN_NUCLEUS_BAND_MAX = 0.10
 
 def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: float,
                        max_share: float = GLASS_NEAR_NUCLEI_MAX,
-                       max_band_share: float = GLASS_IN_NUCLEUS_BAND_MAX) -> bool:
+                       max_band_share: float = GLASS_IN_NUCLEUS_BAND_MAX,
+                       dist: np.ndarray | None = None) -> bool:
     """True when the ``glass`` mask lies on the cells rather than between
     them: more than ``max_share`` of its pixels lie within one nucleus
     diameter of a nucleus, or it covers more than ``max_band_share`` of the
     band half a nucleus diameter wide around the nuclei. Cells reach well
     past their nucleus (their cytoplasm is at least about a nucleus radius
     wide), so such "glass" is the faint cytoplasm of unstained cells, not
-    the gaps between them."""
+    the gaps between them. ``dist``: the distance to the nearest nucleus
+    pixel, when the caller has it."""
     n = int(np.count_nonzero(glass))
     if n == 0 or not nuclei.any():
         return False
-    dist = filters.distance_transform(nuclei == 0)
+    if dist is None:
+        dist = filters.distance_transform(nuclei == 0)
     if np.count_nonzero(glass & (dist <= diameter_px)) > max_share * n:
         return True
     band = (dist > 0) & (dist <= 0.5 * diameter_px)
@@ -865,7 +868,8 @@ def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: fl
 
 
 def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
-                   band_px: float, min_cut: float, fraction: float = 0.5) -> np.ndarray:
+                   band_px: float, min_cut: float, fraction: float = 0.5,
+                   nucleus_dist: np.ndarray | None = None) -> np.ndarray:
     """Move each cell's outer edge to where the signal falls to ``fraction``
     of the cell's own level above ``level`` (glass).
 
@@ -881,7 +885,8 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     removed. Edges against other cells, and nuclei, are not touched; nor are
     cells whose half-way level is below ``min_cut`` (the foreground's own
     detection limit: such a cell is too faint to have a halo, and what lies
-    around its nucleus is its minimum extent, not blur).
+    around its nucleus is its minimum extent, not blur). ``nucleus_dist``:
+    the distance to the nearest pixel of ``nuclei``, when the caller has it.
     """
     inside = cells > 0
     if not inside.any():
@@ -889,7 +894,7 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     depth = filters.distance_transform(inside)
     n = int(cells.max()) + 1
     ref = (depth >= band_px) & (depth < 2 * band_px)
-    ref &= filters.distance_transform(nuclei == 0) >= band_px
+    ref &= (filters.distance_transform(nuclei == 0) if nucleus_dist is None else nucleus_dist) >= band_px
     cnt = np.bincount(cells[ref], minlength=n)
     tot = np.bincount(cells[ref], weights=smoothed[ref], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1021,7 +1026,9 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                   min_extent_nuclei: float = 0.0,
                   glass: np.ndarray | None = None,
                   size_weighted: bool = False, xgal: np.ndarray | None = None,
-                  stain_level: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+                  stain_level: float = 0.03,
+                  nearest: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
     Parameters
@@ -1056,6 +1063,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         What to do with foreground components holding no nucleus: drop them
         as debris (a nuclear stain is present) or give each a seed at its
         distance-transform maxima (no nuclear stain: the nucleus was missed).
+    nearest : tuple, optional
+        ``distance_with_indices(nuclei == 0)``, when the caller has it.
 
     Returns
     -------
@@ -1065,7 +1074,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         The nuclei, restricted to the nuclei that own a cell.
     """
     nuclei = nuclei.astype(np.int32, copy=False)
-    reach, (iy, ix) = distance_with_indices(nuclei == 0)
+    reach, (iy, ix) = distance_with_indices(nuclei == 0) if nearest is None else nearest
     # a hole in the foreground that holds a nucleus is a cell too faint to see
     foreground = morph.fill_holes(foreground, touching=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
