@@ -434,7 +434,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         # a lamp fitted to the faint cytoplasm of unstained cells calls it
         # glass: with exact nuclei that shows, and the mask is not used
         nuclei = nuclei.astype(np.int32, copy=False)
-        near = segment.distance_with_indices(nuclei == 0)  # (used three times below)
+        near = segment.nearest_nucleus(nuclei)  # (used three times below)
         if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d,
                                                                  dist=near[0]):
             background = None

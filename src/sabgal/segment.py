@@ -358,6 +358,33 @@ def distance_with_indices(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarra
     return np.sqrt(d2, dtype=np.float64), (iy, ix)
 
 
+def nearest_nucleus(nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance to the nearest nucleus pixel, label of that nucleus) per pixel.
+
+    The distance is exact (float32, :func:`sabgal.filters.distance_transform`).
+    The label is carried out from every nucleus pixel by OpenCV's 5x5
+    chamfer propagation (``distanceTransformWithLabels``), a few times
+    faster than scipy's exact feature transform on large fields: where two
+    nuclei lie within about 2 % of the same distance it can name the
+    slightly farther one, moving a Voronoi border by at most a pixel.
+    """
+    import cv2
+
+    nuclei = np.asarray(nuclei)
+    mask = nuclei == 0
+    if mask.all() or not mask.any() or nuclei.ndim != 2:
+        dist, (iy, ix) = distance_with_indices(mask)
+        return dist.astype(np.float32), _at(nuclei, iy, ix).astype(np.int32, copy=False)
+    dist = filters.distance_transform(mask)
+    _, lab = cv2.distanceTransformWithLabels(mask.view(np.uint8), cv2.DIST_L2, 5,
+                                             labelType=cv2.DIST_LABEL_PIXEL)
+    # pixel labels number the nucleus pixels 1, 2, ... in raster order
+    ids = np.ascontiguousarray(nuclei).ravel()[np.flatnonzero(~mask)].astype(np.int32, copy=False)
+    lab = lab.ravel()
+    lab -= 1
+    return dist, np.take(ids, lab).reshape(nuclei.shape)
+
+
 def _at(image: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
     """``image[iy, ix]`` for index images of ``image``'s shape (a feature
     transform's), as one flat take: half the time of 2-D fancy indexing."""
@@ -1027,7 +1054,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                   glass: np.ndarray | None = None,
                   size_weighted: bool = False, xgal: np.ndarray | None = None,
                   stain_level: float = 0.03,
-                  nearest: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None
+                  nearest: tuple[np.ndarray, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
@@ -1064,7 +1091,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         as debris (a nuclear stain is present) or give each a seed at its
         distance-transform maxima (no nuclear stain: the nucleus was missed).
     nearest : tuple, optional
-        ``distance_with_indices(nuclei == 0)``, when the caller has it.
+        ``nearest_nucleus(nuclei)``, when the caller has it.
 
     Returns
     -------
@@ -1074,11 +1101,10 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         The nuclei, restricted to the nuclei that own a cell.
     """
     nuclei = nuclei.astype(np.int32, copy=False)
-    reach, (iy, ix) = distance_with_indices(nuclei == 0) if nearest is None else nearest
+    reach, nearest_id = nearest_nucleus(nuclei) if nearest is None else nearest
     # a hole in the foreground that holds a nucleus is a cell too faint to see
     foreground = morph.fill_holes(foreground, touching=nuclei > 0)
     region = (foreground & (reach <= max_reach_px)) | (nuclei > 0)
-    owner = None  # the nearest nucleus per pixel, once read
     if min_extent_nuclei > 0 and nuclei.max() > 0:
         # Every cell reaches at least a little way past its nucleus, even
         # where its body is too faint to see: min(half the distance to the
@@ -1094,8 +1120,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             radius[ids[present]] = np.minimum(d[:, 1] / 2, min_extent_nuclei * diameter_px)
         elif present.sum() == 1:
             radius[ids[present]] = min_extent_nuclei * diameter_px
-        owner = _at(nuclei, iy, ix)
-        disc = reach <= radius[owner]
+        disc = reach <= radius[nearest_id]
         if glass is not None:
             disc &= ~glass
         region |= disc
@@ -1132,7 +1157,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
             iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
             nearest = _at(markers, iy, ix)
         else:
-            nearest = _at(nuclei, iy, ix) if owner is None else owner
+            nearest = nearest_id
         cells = np.where(region, nearest, 0).astype(np.int32, copy=False)
         if size_weighted:
             stain = stained = None
