@@ -16,7 +16,7 @@ Peak resident memory is the process's ``ru_maxrss``.
 
 Usage::
 
-    python benchmarks/speed.py                 # 1024x1360 and 2048x2048, 6 images each
+    python benchmarks/speed.py                 # 1024x1360 and 2048x2048, 12 images each
     python benchmarks/speed.py --n 3 --sizes 1024x1360 --threads 2
 
 Writes ``benchmarks/results/speed.json``.
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from sabgal.synth import generate_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=6, help="images per size")
+    ap.add_argument("--n", type=int, default=12, help="images per size")
     ap.add_argument("--sizes", nargs="+", default=["1024x1360", "2048x2048"])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="worker threads of the one process (default: all cores)")

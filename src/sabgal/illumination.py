@@ -36,7 +36,7 @@ class Lamp:
       None when the estimate did not find any (confluent field, flat field).
     """
 
-    image: np.ndarray
+    image: np.ndarray | None  # (None once sabgal.pipeline.analyze_image has read what it needs)
     background_fraction: float
     nonuniformity: float
     residual_od: float

@@ -17,6 +17,7 @@ It decides the imaging set-up per image when the config leaves it on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,8 +220,8 @@ def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
 class StainedImage:
     """An image after illumination correction and colour deconvolution."""
 
-    rgb: np.ndarray  # (M, N, 3) float32
-    od: np.ndarray  # (M, N, 3) float32 optical density
+    rgb: np.ndarray | None  # (M, N, 3) float32 (None once analyze_image has read what it needs)
+    od: np.ndarray | None  # (M, N, 3) float32 optical density (likewise)
     xgal: np.ndarray  # (M, N) float32 X-gal concentration (OD), not yet background-corrected
     grey: np.ndarray  # (M, N) float32 neutral density
     counterstain: np.ndarray | None
@@ -367,7 +368,8 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
-                  config: Config | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                  config: Config | None = None,
+                  od_sum: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Nuclei and cells (stage 3). Returns (cells uint32, nuclei uint32, foreground, diameter_px).
 
     Sizes come from the nucleus diameter estimated on the image; when nuclei
@@ -378,7 +380,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     seg = config.segment
     xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
     shape = xgal.shape
-    od_sum = _channel_sum(prep.od)
+    od_sum = _channel_sum(prep.od) if od_sum is None else od_sum  # (summed OD, when the caller has it)
     if mode == "fluorescence":
         nmap = nuclear
     elif counter is not None:
@@ -526,9 +528,17 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     px = pixel_size_um or config.setup.pixel_size_um
     prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field)
     timings["illumination_stains_s"] = time.perf_counter() - t0
+    # What is needed of the colour planes and the lamp field is read now and
+    # they are let go: ~150 MB on a 2048 x 2048 field, held through the
+    # rest of the pipeline otherwise (several images run at once in threads)
+    od_sum = _channel_sum(prep.od)
+    image_qc = qc.image_metrics(prep.rgb)
+    height, width = prep.rgb.shape[:2]
+    lamp_rgb = [round(float(v), 4) for v in np.median(prep.lamp.image[::8, ::8].reshape(-1, 3), axis=0)]
+    prep = dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None))
 
     t = time.perf_counter()
-    cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config)
+    cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config, od_sum=od_sum)
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -548,14 +558,14 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "lamp_method": lamp.method,
         "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,
         "illumination_nonuniformity": round(lamp.nonuniformity, 4),
-        "lamp_rgb": [round(float(v), 4) for v in np.median(lamp.image[::8, ::8].reshape(-1, 3), axis=0)],
+        "lamp_rgb": lamp_rgb,
         "xgal_background_od": round(xgal_bg, 4),
         "nucleus_diameter_px": round(diameter, 2),
         "pixel_size_um": px,
-        "height_px": int(prep.rgb.shape[0]),
-        "width_px": int(prep.rgb.shape[1]),
+        "height_px": int(height),
+        "width_px": int(width),
         "warnings": prep.warnings,
-        "qc": _qc_metrics(prep.rgb, prep.od, glass, foreground, cells, lamp),
+        "qc": {**image_qc, **_qc_metrics(od_sum, glass, foreground, cells, lamp)},
     }
     if classify_cells:
         # the same composition as a batch rebuild of this image alone
@@ -575,9 +585,10 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                        prep.counterstain, info)
 
 
-def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
-    """Image-quality numbers; flags and cut-offs are applied by ``sabgal.qc``."""
-    od_sum = _channel_sum(od)
+def _qc_metrics(od_sum, glass, foreground, cells, lamp) -> dict[str, float]:
+    """Image-quality numbers from the summed OD and the segmentation (the
+    pixel-level ones are :func:`sabgal.qc.image_metrics`); flags and cut-offs
+    are applied by ``sabgal.qc``."""
     if glass.sum() > 1000:
         bg = od_sum[glass]
         # background uniformity: spread of coarse-block medians of glass OD
@@ -594,7 +605,6 @@ def _qc_metrics(rgb, od, glass, foreground, cells, lamp) -> dict[str, float]:
         nonuni, bg_noise = float("nan"), float("nan")
     debris = foreground & (cells == 0)
     return {
-        **qc.image_metrics(rgb),
         "background_od_nonuniformity": nonuni,
         "background_od_noise": bg_noise,
         "foreground_fraction": float(foreground.mean()),
