@@ -372,6 +372,16 @@ def _comparable(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return images, cells
 
 
+def _assert_same_results(a: Path, b: Path) -> None:
+    """Two runs' image, cell, well and condition tables are equal (timings aside)."""
+    a_images, a_cells = _comparable(a)
+    b_images, b_cells = _comparable(b)
+    pd.testing.assert_frame_equal(a_images, b_images)
+    pd.testing.assert_frame_equal(a_cells, b_cells)
+    for name in ("wells.csv", "conditions.csv"):
+        assert (a / name).read_text() == (b / name).read_text()
+
+
 def test_dask_cluster_gives_the_same_results_as_the_process_pool(tmp_path):
     distributed = pytest.importorskip("distributed")
     _write_plate(tmp_path / "in", {"A01": 0.0, "A02": 0.3, "B01": 0.6, "B02": 0.6}, fields=2, seed=11)
@@ -383,12 +393,7 @@ def test_dask_cluster_gives_the_same_results_as_the_process_pool(tmp_path):
                                   dashboard_address=None) as cluster:
         assert main(["run", *common, "--out", str(tmp_path / "dask"),
                      "--dask-scheduler", cluster.scheduler_address]) == 0
-    pool_images, pool_cells = _comparable(tmp_path / "pool")
-    dask_images, dask_cells = _comparable(tmp_path / "dask")
-    pd.testing.assert_frame_equal(pool_images, dask_images)
-    pd.testing.assert_frame_equal(pool_cells, dask_cells)
-    for name in ("wells.csv", "conditions.csv"):
-        assert (tmp_path / "pool" / name).read_text() == (tmp_path / "dask" / name).read_text()
+    _assert_same_results(tmp_path / "pool", tmp_path / "dask")
     run = json.loads((tmp_path / "dask" / "run.json").read_text())
     assert run["timings"]["dask_scheduler"].startswith("tcp://")
 
@@ -399,12 +404,7 @@ def test_threads_give_the_same_results_as_processes(tmp_path):
     common = [str(tmp_path / "in"), "-q", "-j", "2"]
     assert main(["run", *common, "--out", str(tmp_path / "pool")]) == 0
     assert main(["run", *common, "--out", str(tmp_path / "threads"), "--threads"]) == 0
-    pool_images, pool_cells = _comparable(tmp_path / "pool")
-    thr_images, thr_cells = _comparable(tmp_path / "threads")
-    pd.testing.assert_frame_equal(pool_images, thr_images)
-    pd.testing.assert_frame_equal(pool_cells, thr_cells)
-    for name in ("wells.csv", "conditions.csv"):
-        assert (tmp_path / "pool" / name).read_text() == (tmp_path / "threads" / name).read_text()
+    _assert_same_results(tmp_path / "pool", tmp_path / "threads")
     run = json.loads((tmp_path / "threads" / "run.json").read_text())
     assert run["config"]["batch"]["executor"] == "threads"
     for lab in sorted((tmp_path / "pool" / "labels").iterdir()):
