@@ -559,7 +559,7 @@ def _default_pool(n: int) -> ProcessPoolExecutor:
 
 def _thread_pool(n: int) -> ThreadPoolExecutor:
     # The heavy work (numpy, scipy.ndimage, OpenCV, zlib) releases the GIL:
-    # two threads run 1024x1360 images 1.9x as fast as one
+    # two threads run 1024x1360 images 1.8-1.9x as fast as one
     # (benchmarks/speed.py), with one copy of the libraries in memory.
     import sabgal.pipeline  # noqa: F401  (loaded once, before the threads start)
 

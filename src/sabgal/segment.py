@@ -366,7 +366,7 @@ def nearest_nucleus(nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     chamfer propagation (``distanceTransformWithLabels``), a few times
     faster than scipy's exact feature transform on large fields: where two
     nuclei lie within about 2 % of the same distance it can name the
-    slightly farther one, moving a Voronoi border by at most a pixel.
+    slightly farther one, moving a Voronoi border by about a pixel.
     """
     import cv2
 
