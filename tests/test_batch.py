@@ -435,3 +435,33 @@ def test_a_folder_of_links_to_images_elsewhere_names_them_by_the_links(tmp_path)
         os.symlink(store / name, folder / name)
     sets = batch.discover_images([folder], Config())
     assert [(s.image, Path(s.companion).name if s.companion else None) for s in sets] == [("A01_f1.png", "A01_f1_dapi.png")]
+
+
+def test_nuclear_images_named_by_channel_token_pair_with_their_rgb_image(tmp_path):
+    # plate readers name channels inside the file name (ImageXpress: _w1 / _w2)
+    import tifffile
+
+    from sabgal.config import ConfigError
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    rgb = np.full((40, 50, 3), 200, np.uint8)
+    dapi = np.zeros((40, 50), np.uint16)
+    for well in ("A01", "A02"):
+        tifffile.imwrite(folder / f"P1_{well}_s1_w1.tif", rgb)
+        tifffile.imwrite(folder / f"P1_{well}_s1_w2.tif", dapi)
+    config = Config().replace(setup={"companion_channels": [["_w1", "_w2"]]})
+    sets = batch.discover_images([folder], config)
+    assert [(s.image, Path(s.companion).name) for s in sets] == [
+        ("P1_A01_s1_w1.tif", "P1_A01_s1_w2.tif"), ("P1_A02_s1_w1.tif", "P1_A02_s1_w2.tif")]
+    # a file named on the command line finds its companion too
+    one = batch.discover_images([folder / "P1_A02_s1_w1.tif"], config)
+    assert Path(one[0].companion).name == "P1_A02_s1_w2.tif"
+    # without the setting both channels are separate images
+    assert len(batch.discover_images([folder], Config())) == 4
+    # a nuclear channel without its RGB image is an error naming the file
+    (folder / "P1_A01_s1_w1.tif").unlink()
+    with pytest.raises(batch.InputError, match="P1_A01_s1_w2.tif: nuclear companion"):
+        batch.discover_images([folder], config)
+    with pytest.raises(ConfigError, match="companion_channels"):
+        Config().replace(setup={"companion_channels": [["_w1"]]})

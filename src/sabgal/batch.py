@@ -117,13 +117,30 @@ def image_key(rel: str) -> str:
     return stem.replace("/", "__").replace("\\", "__")
 
 
-def _companion_of(path: Path, suffixes: tuple[str, ...]) -> tuple[str, str] | None:
-    """(base stem, suffix) if ``path`` is a nuclear companion by name."""
+def _companion_of(path: Path, suffixes: tuple[str, ...],
+                  channels: tuple[tuple[str, str], ...] = ()) -> tuple[str, str] | None:
+    """(stem of its RGB image, marker) if ``path`` is a nuclear companion by name:
+    ``<stem><suffix>``, or ``<stem>`` with its last RGB channel token
+    replaced by the nuclear one (``config.setup.companion_channels``)."""
     stem = path.stem
     for suf in suffixes:
         if stem.endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)], suf
+    for rgb_token, nuc_token in channels:
+        i = stem.rfind(nuc_token)
+        if i >= 0:
+            return stem[:i] + rgb_token + stem[i + len(nuc_token):], nuc_token
     return None
+
+
+def _companion_names(stem: str, suffixes: tuple[str, ...], channels: tuple[tuple[str, str], ...]) -> list[str]:
+    """Stems a nuclear companion of the RGB image ``stem`` may have."""
+    names = [f"{stem}{suf}" for suf in suffixes]
+    for rgb_token, nuc_token in channels:
+        i = stem.rfind(rgb_token)
+        if i >= 0:
+            names.append(stem[:i] + nuc_token + stem[i + len(rgb_token):])
+    return names
 
 
 def _abs(path: Path) -> Path:
@@ -143,7 +160,9 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
 
     Files named ``<stem><suffix>.<ext>`` for a suffix in
     ``config.setup.companion_suffixes`` are nuclear companions of
-    ``<stem>.<ext2>`` in the same folder. Hidden files and folders, and
+    ``<stem>.<ext2>`` in the same folder; so are files whose name holds a
+    nuclear channel token of ``config.setup.companion_channels`` (of the
+    file named with the RGB token instead). Hidden files and folders, and
     anything under ``exclude`` (the output folder), are skipped.
 
     Raises
@@ -174,6 +193,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
     common = Path(os.path.commonpath([str(r) for r in roots])) if len(roots) > 1 else next(iter(roots))
 
     suffixes = tuple(config.setup.companion_suffixes)
+    channels = tuple(config.setup.companion_channels)
     companions: dict[tuple[Path, str], Path] = {}
     mains: list[Path] = []
     seen: set[Path] = set()
@@ -182,7 +202,7 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
         if rf in seen:
             continue
         seen.add(rf)
-        comp = _companion_of(f, suffixes)
+        comp = _companion_of(f, suffixes, channels)
         if comp is not None:
             companions[(_abs(f).parent, comp[0])] = f
         else:
@@ -199,8 +219,8 @@ def discover_images(inputs: Iterable[str | os.PathLike[str]], config: Config, *,
         comp = companions.get((rm.parent, m.stem))
         if comp is None:
             # a file named on the command line still finds its companion beside it
-            comp = next((c for suf in suffixes for ext in sio.IMAGE_EXTENSIONS
-                         for c in (m.with_name(f"{m.stem}{suf}{ext}"),) if c.is_file()), None)
+            comp = next((c for name in _companion_names(m.stem, suffixes, channels) for ext in sio.IMAGE_EXTENSIONS
+                         for c in (m.with_name(f"{name}{ext}"),) if c.is_file()), None)
         sets.append(ImageSet(str(m), rel, image_key(rel), str(comp) if comp else None))
     keys = [s.key for s in sets]
     if len(set(keys)) != len(keys):

@@ -76,12 +76,18 @@ class SetupConfig:
     mode: ``auto`` decides per image (companion present -> fluorescence; else a
     counterstain detected -> counterstain; else brightfield).
     companion_suffixes: a nuclear image pairs with ``<stem><suffix>.<any ext>``.
+    companion_channels: pairs ``[rgb_token, nuclear_token]`` for plate readers
+      that name channels inside the file name (ImageXpress ``A01_s1_w1`` /
+      ``A01_s1_w2``): a file whose name holds ``nuclear_token`` is the nuclear
+      image of the file named the same with (its last) ``nuclear_token``
+      replaced by ``rgb_token``, in the same folder.
     """
 
     mode: Mode = "auto"
     counterstain: Counterstain = "auto"
     custom_counterstain_vector: tuple[float, float, float] | None = None
     companion_suffixes: tuple[str, ...] = ("_dapi", "_hoechst", "_nuclei", "_nuc", "_DAPI", "_Hoechst")
+    companion_channels: tuple[tuple[str, str], ...] = ()  # e.g. (("_w1", "_w2"),)
     pixel_size_um: float | None = None  # µm per pixel when the file has none
 
     def __post_init__(self) -> None:
@@ -99,6 +105,12 @@ class SetupConfig:
         _check(
             all(isinstance(s, str) and s for s in self.companion_suffixes),
             "setup.companion_suffixes must be non-empty strings",
+        )
+        _check(
+            all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(t, str) and t for t in p) and p[0] != p[1]
+                for p in self.companion_channels),
+            "setup.companion_channels must be pairs [rgb_token, nuclear_token] of different non-empty strings, "
+            f"got {self.companion_channels!r}",
         )
 
 
@@ -313,9 +325,9 @@ def preset_names() -> list[str]:
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
-    # TOML arrays arrive as lists; dataclass fields hold tuples.
+    # TOML arrays arrive as lists; dataclass fields hold tuples (of tuples).
     if isinstance(value, list):
-        return tuple(value)
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
