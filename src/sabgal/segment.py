@@ -1154,8 +1154,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # partition of the region: read it straight off the distance
         # transform's nearest-seed indices (same result, no flooding cost).
         if (markers != nuclei).any():
-            iy, ix = ndi.distance_transform_edt(markers == 0, return_distances=False, return_indices=True)
-            nearest = _at(markers, iy, ix)
+            nearest = nearest_nucleus(markers)[1]
         else:
             nearest = nearest_id
         cells = np.where(region, nearest, 0).astype(np.int32, copy=False)
