@@ -117,6 +117,12 @@ def image_key(rel: str) -> str:
     return stem.replace("/", "__").replace("\\", "__")
 
 
+def _swap_last(stem: str, old: str, new: str) -> str | None:
+    """``stem`` with its last ``old`` replaced by ``new``; None without one."""
+    i = stem.rfind(old)
+    return stem[:i] + new + stem[i + len(old):] if i >= 0 else None
+
+
 def _companion_of(path: Path, suffixes: tuple[str, ...],
                   channels: tuple[tuple[str, str], ...] = ()) -> tuple[str, str] | None:
     """(stem of its RGB image, marker) if ``path`` is a nuclear companion by name:
@@ -127,20 +133,16 @@ def _companion_of(path: Path, suffixes: tuple[str, ...],
         if stem.endswith(suf) and len(stem) > len(suf):
             return stem[: -len(suf)], suf
     for rgb_token, nuc_token in channels:
-        i = stem.rfind(nuc_token)
-        if i >= 0:
-            return stem[:i] + rgb_token + stem[i + len(nuc_token):], nuc_token
+        rgb_stem = _swap_last(stem, nuc_token, rgb_token)
+        if rgb_stem is not None:
+            return rgb_stem, nuc_token
     return None
 
 
 def _companion_names(stem: str, suffixes: tuple[str, ...], channels: tuple[tuple[str, str], ...]) -> list[str]:
     """Stems a nuclear companion of the RGB image ``stem`` may have."""
-    names = [f"{stem}{suf}" for suf in suffixes]
-    for rgb_token, nuc_token in channels:
-        i = stem.rfind(rgb_token)
-        if i >= 0:
-            names.append(stem[:i] + nuc_token + stem[i + len(rgb_token):])
-    return names
+    swapped = (_swap_last(stem, rgb_token, nuc_token) for rgb_token, nuc_token in channels)
+    return [f"{stem}{suf}" for suf in suffixes] + [name for name in swapped if name is not None]
 
 
 def _abs(path: Path) -> Path:

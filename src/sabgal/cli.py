@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default, counterstain, brightfield, fluorescence); default: decide per image")
     g = run.add_argument_group("execution")
     g.add_argument("--workers", "-j", type=int, default=None, metavar="N",
-                   help="parallel worker processes (default: all cores)")
+                   help="parallel workers: processes, or threads with --threads (default: all cores)")
     g.add_argument("--threads", action="store_true",
                    help="run the workers as threads of this one process instead of separate processes "
                         "(config batch.executor): less memory and no start-up, but a crash in a C "

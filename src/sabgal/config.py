@@ -43,6 +43,7 @@ Counterstain = Literal[
     "auto", "none", "nuclear_fast_red", "eosin", "neutral_red", "hematoxylin", "custom"
 ]
 Rule = Literal["positive_and_enlarged", "positive", "positive_or_enlarged"]
+Executor = Literal["processes", "threads"]
 
 
 class ConfigError(ValueError):
@@ -264,7 +265,7 @@ class BatchConfig:
     """How a run is executed and what it writes."""
 
     workers: int = 0  # 0 = all cores
-    executor: str = "processes"  # "processes" (isolated workers) or "threads" (one process)
+    executor: Executor = "processes"  # "processes" (isolated workers) or "threads" (one process)
     filename_pattern: str = "auto"  # preset name or a regex with named groups
     write_labels: bool = True
     overlays: bool = True
@@ -274,8 +275,7 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         _check(self.workers >= 0, f"batch.workers must be >= 0 (0 = all cores), got {self.workers}")
-        _check(self.executor in ("processes", "threads"),
-               f"batch.executor must be 'processes' or 'threads', got {self.executor!r}")
+        _check_choice("batch.executor", self.executor, Executor)
         _check(0 < self.control_percentile < 100,
                f"batch.control_percentile must be in (0, 100), got {self.control_percentile}")
 

@@ -436,9 +436,9 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         # a lamp fitted to the faint cytoplasm of unstained cells calls it
         # glass: with exact nuclei that shows, and the mask is not used
         nuclei = nuclei.astype(np.int32, copy=False)
-        near = segment.nearest_nucleus(nuclei)  # (used three times below)
+        nearest = segment.nearest_nucleus(nuclei)  # (distance, label): used three times below
         if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d,
-                                                                 dist=near[0]):
+                                                                 dist=nearest[0]):
             background = None
         smoothed, texture = _texture(od_sum, sigma_fg)
         glass_stats = segment.background_stats(smoothed, od_sum, sigma_fg, background)
@@ -473,14 +473,14 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         min_extent_nuclei=seg.min_cell_extent_nuclei, glass=no_cells,
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
-        nearest=None if mode == "brightfield" else near)
+        nearest=None if mode == "brightfield" else nearest)
     if mode != "brightfield":
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
         glass_level, glass_sd = glass_stats  # (as the foreground measured them)
         trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
                                          min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd,
-                                         nucleus_dist=near[0] if np.array_equal(nuclei, seeds) else None)
+                                         nucleus_dist=nearest[0] if np.array_equal(nuclei, seeds) else None)
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed

@@ -1151,20 +1151,17 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                 region |= fmask
     if elevation is None:
         # Flooding the distance-to-nearest-seed landscape is the Voronoi
-        # partition of the region: read it straight off the distance
-        # transform's nearest-seed indices (same result, no flooding cost).
-        if (markers != nuclei).any():
-            nearest = nearest_nucleus(markers)[1]
-        else:
-            nearest = nearest_id
-        cells = np.where(region, nearest, 0).astype(np.int32, copy=False)
+        # partition of the region: read it straight off the nearest-seed
+        # labels (no flooding cost).
+        owner = nearest_nucleus(markers)[1] if (markers != nuclei).any() else nearest_id
+        cells = np.where(region, owner, 0).astype(np.int32, copy=False)
         if size_weighted:
             stain = stained = None
             if xgal is not None:
                 # (markers, not nuclei: a brightfield seed can be a stained cell)
                 stain = stain_presence(xgal, level=stain_level)
                 stained = stained_nuclei(markers, xgal, level=stain_level,
-                                         ring_px=max(1, int(round(diameter_px / 2))), nearest=nearest)
+                                         ring_px=max(1, int(round(diameter_px / 2))), nearest=owner)
             cells = size_weighted_territories(markers, region, cells, max_reach_px=max_reach_px, stain=stain,
                                               stained_ids=stained)
     else:
