@@ -411,6 +411,16 @@ def test_threads_give_the_same_results_as_processes(tmp_path):
         assert lab.read_bytes() == (tmp_path / "threads" / "labels" / lab.name).read_bytes()
 
 
+def test_thread_pool_puts_the_callers_blas_threads_back():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    with batch._thread_pool(2) as ex:
+        during = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+        assert ex.submit(lambda: 1).result() == 1
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+    assert all(n == 1 for n in during)
+
+
 def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setattr(batch, "DASK_CONNECT_TIMEOUT", "1s")

@@ -383,9 +383,14 @@ def _opengl(_qt_platform):
 
 @pytest.fixture
 def viewer_widget(_opengl, make_napari_viewer):
+    from qtpy.QtCore import QThreadPool
+
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("sabgal", WIDGET)
-    return viewer, widget
+    yield viewer, widget
+    # An analysis thread emits "finished" a moment before its runnable returns;
+    # let it return before the viewer (and the Qt objects it signals) is torn down.
+    assert QThreadPool.globalInstance().waitForDone(60_000), "an analysis thread did not finish"
 
 
 def _wait_idle(qtbot, widget, timeout=60_000):

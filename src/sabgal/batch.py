@@ -579,29 +579,47 @@ def _default_pool(n: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=single_threaded_libraries)
 
 
+class _ThreadPool(ThreadPoolExecutor):
+    """Worker threads of this process, with one BLAS thread each while the pool lives.
+
+    The heavy work (numpy, scipy.ndimage, OpenCV, zlib) releases the GIL: two
+    threads run 1024x1360 images 1.8-1.9x as fast as one (benchmarks/speed.py),
+    with one copy of the libraries in memory. The caller's BLAS thread limits
+    are put back once every worker has stopped (never while one may still be
+    inside a BLAS call).
+    """
+
+    def __init__(self, n: int):
+        import sabgal.pipeline  # noqa: F401  (loaded once, before the threads start)
+
+        super().__init__(max_workers=n, thread_name_prefix="sabgal-worker")
+        self._limits = single_threaded_libraries()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait and self._limits is not None:
+            self._limits.restore_original_limits()
+            self._limits = None
+
+
 def _thread_pool(n: int) -> ThreadPoolExecutor:
-    # The heavy work (numpy, scipy.ndimage, OpenCV, zlib) releases the GIL:
-    # two threads run 1024x1360 images 1.8-1.9x as fast as one
-    # (benchmarks/speed.py), with one copy of the libraries in memory.
-    import sabgal.pipeline  # noqa: F401  (loaded once, before the threads start)
-
-    single_threaded_libraries()
-    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="sabgal-worker")
+    return _ThreadPool(n)
 
 
-def single_threaded_libraries() -> None:
+def single_threaded_libraries() -> Any:
     """One BLAS thread in this process (each worker is one thread; OpenCV is
     set to one thread when :mod:`sabgal.filters` loads).
 
     ``sabgal run`` sets ``OPENBLAS_NUM_THREADS=1`` (and friends) before numpy
     loads; when a caller imported numpy first, threadpoolctl (if installed)
-    limits the already-loaded libraries instead.
+    limits the already-loaded libraries instead. Returns the threadpoolctl
+    limiter (its ``restore_original_limits()`` undoes the change), or None.
     """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return
-    threadpool_limits(1)
+        return None
+    return threadpool_limits(1)
 
 
 def _run_pool(todo: list[ImageSet], cfg: dict[str, Any], out: Path, refs: dict[str, FlatFieldRef],
