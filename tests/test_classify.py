@@ -144,6 +144,22 @@ def test_a_few_unstained_cells_anchor_a_mostly_stained_field():
     assert 0.0083 < t < 0.032, t
 
 
+def test_a_minority_of_unstained_cells_without_a_peak_of_its_own_still_anchors():
+    """Fifty unstained cells (noise SD 0.004 OD) under six hundred stained
+    ones: in the score density they are a shoulder of the stained mode or a
+    few small noise peaks, none holding 3 % of the cells alone. They are
+    still the population to anchor on, so the faint stained mode (0.04-0.06
+    OD) is not taken for the unstained one."""
+    rng = np.random.default_rng(0)
+    for mu in (0.04, 0.06):
+        for _ in range(4):
+            neg = rng.normal(0.004, 0.004, 50)
+            pos = rng.lognormal(np.log(mu), 0.5, 600)
+            t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.15)
+            assert src == "anchored" and t <= 0.025, (mu, t)  # the stained mode would give 0.06-0.08
+            assert np.mean(neg > t) < 0.05
+
+
 def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():
     # unstained cells end below their shoulder and stained cells begin well
     # above it: that empty stretch is the gap (it opens at the shoulder), and

@@ -128,6 +128,70 @@ def _valley_ok(x: np.ndarray, cut: float, max_ratio: float = 0.6) -> bool:
     return at < max_ratio * min(left.max(), right.max())
 
 
+def _modes_and_shoulders(dens: np.ndarray) -> np.ndarray:
+    """Grid indices of a density's populations, lowest first: its local
+    maxima, and its shoulders -- a concave stretch (a bump of its own) on
+    the slope of a bigger population, where a small population's peak is
+    swallowed by its neighbour's kernel (a few unstained cells below a
+    field of stained ones). A shoulder is placed where the density bends
+    down most."""
+    peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
+    d2 = np.zeros_like(dens)
+    d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    concave = d2 < 0
+    edges = np.flatnonzero(np.diff(concave.astype(np.int8)))
+    starts = np.r_[0, edges + 1] if concave[0] else edges[~concave[edges]] + 1
+    out = list(peaks)
+    for a in starts:
+        b = a
+        while b < dens.size and concave[b]:
+            b += 1
+        if not np.any((peaks >= a) & (peaks < b)):
+            out.append(a + int(np.argmin(d2[a:b])))
+    return np.array(sorted(out), dtype=np.intp)
+
+
+def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -> tuple[np.ndarray, np.ndarray]:
+    """The score density's populations, lowest first: (grid index of each
+    one's mode, cells it holds).
+
+    Candidates are the density's peaks and shoulders. Neighbouring peaks at
+    most 3 bandwidths apart with no real dip between them (the valley above
+    60 % of the lower peak) are one population split by sampling noise (a
+    few dozen unstained cells whose noise is wider than the kernel show as
+    two or three small peaks); its mode is its highest peak. A population
+    holds the cells of its basin: up to the density's lowest point between
+    it and the next population, or, where the density has no dip there (a
+    shoulder), up to where it bends up most (its most convex point).
+    """
+    cand = _modes_and_shoulders(dens)
+    is_peak = np.zeros(dens.size, bool)
+    is_peak[1:-1] = (dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])
+    d2 = np.zeros_like(dens)
+    d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
+    groups: list[list[int]] = []
+    for k in cand:
+        if groups:
+            j = groups[-1][-1]
+            if (is_peak[j] and is_peak[k] and (k - j) * step <= 3 * bw
+                    and dens[j:k + 1].min() >= 0.6 * min(dens[j], dens[k])):
+                groups[-1].append(int(k))
+                continue
+        groups.append([int(k)])
+    bounds = [0]
+    for g, h in zip(groups[:-1], groups[1:]):
+        j, k = g[-1], h[0]
+        seg = dens[j:k + 1]
+        m = int(np.argmin(seg))
+        bounds.append(j + m if 0 < m < seg.size - 1 else j + int(np.argmax(d2[j:k + 1])))
+    bounds.append(dens.size - 1)
+    edges = grid[bounds]
+    held = np.histogram(x, bins=edges)[0] if len(groups) else np.zeros(0, int)
+    modes = np.array([max(g, key=lambda i: dens[i]) for g in groups], dtype=np.intp)
+    return modes, held
+
+
 def learn_positive_threshold(scores, *, floor: float, default: float,
                              min_cells: int = 12) -> tuple[float, str]:
     """Learn the SA-β-gal positivity threshold from per-cell X-gal scores.
@@ -184,7 +248,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
 
     Unstained cells form the lowest, tightest mode of the log-score
     distribution (their score is the X-gal noise floor plus any faint
-    haze). The mode is found by a kernel density estimate, its spread from
+    haze). The mode is found by a kernel density estimate (a minority of
+    unstained cells that is only a shoulder of the stained mode, or a few
+    noise peaks, counts when it sits below half the floor), its spread from
     the cells *below* it (which positives cannot contaminate), measured in
     OD (the noise of an unstained cell is additive), and the threshold is
     ``mode + k`` spreads (at least 0.02 OD above the mode), moved into the
@@ -222,9 +288,18 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # a mode counts if it holds a few cells, however small next to the stained ones
     near = np.array([np.sum(np.abs(x - grid[k]) <= bw) for k in peaks])
     peaks = peaks[(dens[peaks] >= 0.05 * dens.max()) & (near >= max(3, 0.03 * x.size))]
-    if peaks.size == 0:
+    # A minority of unstained cells under a stained majority can be no peak
+    # of its own (a shoulder of the stained mode, or noise peaks too small
+    # to count alone); a population found that way below the first peak
+    # anchors instead, if it sits near zero X-gal (below half the floor)
+    # where only unstained cells lie.
+    low, held = _populations(x, grid, dens, bw)
+    low = low[(dens[low] >= 0.05 * dens.max()) & (held >= max(3, 0.03 * x.size))]
+    low = low[(10 ** grid[low] - 0.02 <= 0.5 * floor) & ((peaks.size == 0) | (low < (peaks[0] if peaks.size else 0)))]
+    first = int(low[0]) if low.size else (int(peaks[0]) if peaks.size else -1)
+    if first < 0:
         return float("nan"), "none"
-    mode = float(10 ** grid[peaks[0]] - 0.02)  # back to OD: unstained scores scatter additively
+    mode = float(10 ** grid[first] - 0.02)  # back to OD: unstained scores scatter additively
     if mode > 0.6 * positive_like:
         return float("nan"), "none"
     below = s[s <= mode]
@@ -233,7 +308,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     else:
         # few unstained cells (a mostly stained field): their spread from
         # the cells under the mode's kernel, both sides
-        members = s[np.abs(x - grid[peaks[0]]) <= 2 * bw]
+        members = s[np.abs(x - grid[first]) <= 2 * bw]
         spread = float(np.median(np.abs(members - mode))) * 1.4826 if members.size >= 3 else 0.01
     spread = max(spread, 0.003)
     if spread > 0.5 * max(floor, 0.01):
