@@ -44,6 +44,8 @@ Counterstain = Literal[
 ]
 Rule = Literal["positive_and_enlarged", "positive", "positive_or_enlarged"]
 Executor = Literal["processes", "threads"]
+PositiveMeasure = Literal["xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean"]
+ThresholdScope = Literal["image", "set"]
 
 
 class ConfigError(ValueError):
@@ -188,7 +190,7 @@ class SegmentConfig:
                f"segment.foreground_sensitivity must be in [0.25, 4], got {self.foreground_sensitivity}")
 
 
-POSITIVE_MEASURES = ("xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean")
+POSITIVE_MEASURES = get_args(PositiveMeasure)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,9 +209,9 @@ class ClassifyConfig:
     ``enlarged_factor`` x the median area of SA-β-gal negative cells.
     """
 
-    positive_measure: Literal["xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean"] = "xgal_od_core_p60"
+    positive_measure: PositiveMeasure = "xgal_od_core_p60"
     positive_threshold: float | Literal["auto"] = "auto"
-    threshold_scope: Literal["image", "set"] = "image"
+    threshold_scope: ThresholdScope = "image"
     min_positive_threshold: float = 0.03
     default_positive_threshold: float = 0.10  # "visibly blue"; used when nothing can be learnt
     enlarged_factor: float = 1.8
@@ -219,14 +221,11 @@ class ClassifyConfig:
     exclude_border_cells: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.positive_measure in POSITIVE_MEASURES,
-               f"classify.positive_measure must be one of {', '.join(map(repr, POSITIVE_MEASURES))}, "
-               f"got {self.positive_measure!r}")
+        _check_choice("classify.positive_measure", self.positive_measure, PositiveMeasure)
         _check(self.positive_threshold == "auto" or (
             isinstance(self.positive_threshold, (int, float)) and self.positive_threshold > 0),
             f"classify.positive_threshold must be 'auto' or a number > 0, got {self.positive_threshold!r}")
-        _check(self.threshold_scope in ("image", "set"),
-               f"classify.threshold_scope must be 'image' or 'set', got {self.threshold_scope!r}")
+        _check_choice("classify.threshold_scope", self.threshold_scope, ThresholdScope)
         _check(self.min_positive_threshold > 0,
                f"classify.min_positive_threshold must be > 0, got {self.min_positive_threshold}")
         _check(self.default_positive_threshold > 0,
