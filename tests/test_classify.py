@@ -160,6 +160,19 @@ def test_a_minority_of_unstained_cells_without_a_peak_of_its_own_still_anchors()
             assert np.mean(neg > t) < 0.05
 
 
+def test_unstained_cells_split_into_small_density_bumps_still_anchor():
+    """A real score set (93 % positive): its 48 unstained cells (-0.005 to
+    0.013 OD) show in the density as three small bumps, none holding 3 % of
+    the cells; they are one population, and the threshold sits above them,
+    not on the first stained mode (which gave 0.064 OD and 45 pp error)."""
+    from pathlib import Path
+
+    s = np.loadtxt(Path(__file__).parent / "data" / "scores" / "mostly_stained_field.txt")
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored" and 0.013 < t < 0.025, t
+    assert abs(np.mean(s > t) - 0.925) < 0.01
+
+
 def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():
     # unstained cells end below their shoulder and stained cells begin well
     # above it: that empty stretch is the gap (it opens at the shoulder), and

@@ -155,18 +155,17 @@ def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -
     """The score density's populations, lowest first: (grid index of each
     one's mode, cells it holds).
 
-    Candidates are the density's peaks and shoulders. Neighbouring peaks at
-    most 3 bandwidths apart with no real dip between them (the valley above
-    60 % of the lower peak) are one population split by sampling noise (a
-    few dozen unstained cells whose noise is wider than the kernel show as
-    two or three small peaks); its mode is its highest peak. A population
+    Candidates are the density's peaks and shoulders. Neighbouring
+    candidates at most 3 bandwidths apart with no real dip between them (the
+    valley above 60 % of the lower one) are one population split by
+    sampling noise (a few dozen unstained cells whose noise is wider than
+    the kernel show as two or three small peaks and shoulders); its mode is
+    its highest candidate. A population
     holds the cells of its basin: up to the density's lowest point between
     it and the next population, or, where the density has no dip there (a
     shoulder), up to where it bends up most (its most convex point).
     """
     cand = _modes_and_shoulders(dens)
-    is_peak = np.zeros(dens.size, bool)
-    is_peak[1:-1] = (dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])
     d2 = np.zeros_like(dens)
     d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
     step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
@@ -174,8 +173,7 @@ def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -
     for k in cand:
         if groups:
             j = groups[-1][-1]
-            if (is_peak[j] and is_peak[k] and (k - j) * step <= 3 * bw
-                    and dens[j:k + 1].min() >= 0.6 * min(dens[j], dens[k])):
+            if (k - j) * step <= 3 * bw and dens[j:k + 1].min() >= 0.6 * min(dens[j], dens[k]):
                 groups[-1].append(int(k))
                 continue
         groups.append([int(k)])
