@@ -173,6 +173,23 @@ def test_unstained_cells_split_into_small_density_bumps_still_anchor():
     assert abs(np.mean(s > t) - 0.925) < 0.01
 
 
+def test_unstained_cells_that_all_read_below_zero_still_anchor():
+    """A cytoplasm colour that unmixes slightly negative onto X-gal puts every
+    unstained cell near -0.02 OD. On the log scale they piled up at zero and
+    looked broad, so the image fell back to the set's threshold and faint
+    positives were lost; they anchor, and the floor counts from their level.
+    Unstained cells merely scattered around zero by noise are left as they
+    were (the floor stays absolute)."""
+    rng = np.random.default_rng(9)
+    neg = rng.normal(-0.02, 0.0015, 160)
+    pos = rng.uniform(0.012, 0.15, 60)
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "anchored" and neg.max() < t < pos.min(), t
+    noisy = rng.normal(0.0, 0.004, 160)
+    t2, src2 = classify.negative_anchored_threshold(np.r_[noisy, pos], floor=0.03, positive_like=0.10)
+    assert src2 == "anchored" and t2 >= 0.015, t2
+
+
 def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():
     # unstained cells end below their shoulder and stained cells begin well
     # above it: that empty stretch is the gap (it opens at the shoulder), and

@@ -262,7 +262,13 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     that tail holds half a cell (those cells are faintly stained). If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``, or
     it is broad: spread above half the floor) the image has no unstained
-    population to anchor on and ``nan`` is returned with source ``"none"``.
+    population to anchor on and ``nan`` is returned with source ``"none"``
+    -- unless some scores are negative: unstained cells that all read below
+    zero (a cytoplasm colour unmixing slightly negative onto X-gal) pile up
+    at zero on the log scale and look broad, so the search is repeated on a
+    log scale starting at the 2nd percentile of the scores, and the floors
+    then count from the top of their noise (mode + 2 spreads) when that is
+    below zero.
 
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
@@ -274,7 +280,30 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     s = s[np.isfinite(s)]
     if s.size < min_cells:
         return float("nan"), "none"
-    x = _log_scores(s)
+    t, src = _anchor(s, 0.0, floor=floor, positive_like=positive_like, k=k)
+    low = float(np.percentile(s, 2))
+    if src == "none" and low < 0:
+        # Unstained cells can all read below zero X-gal (a cytoplasm colour
+        # that unmixes slightly negative onto X-gal): on the log scale they
+        # pile up at zero and look broad. Looked at again with the scale
+        # starting at the lowest scores, they keep their own spread, and the
+        # floors count from the top of their noise.
+        t, src = _anchor(s, low, floor=floor, positive_like=positive_like, k=k)
+    return t, src
+
+
+def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
+            k: float) -> tuple[float, str]:
+    """:func:`negative_anchored_threshold` on a log scale starting at
+    ``shift`` (<= 0) OD."""
+
+    def fwd(v):
+        return _log_scores(np.asarray(v, dtype=np.float64) - shift)
+
+    def inv(v):
+        return 10 ** v - 0.02 + shift
+
+    x = fwd(s)
     # bandwidth from the lower half only (a mixture over-smooths Silverman's
     # rule), kept between 0.03 and 0.08 decades
     lower = np.sort(x)[: max(5, x.size // 2)]
@@ -293,11 +322,11 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # where only unstained cells lie.
     low, held = _populations(x, grid, dens, bw)
     low = low[(dens[low] >= 0.05 * dens.max()) & (held >= max(3, 0.03 * x.size))]
-    low = low[(10 ** grid[low] - 0.02 <= 0.5 * floor) & ((peaks.size == 0) | (low < (peaks[0] if peaks.size else 0)))]
+    low = low[(inv(grid[low]) <= 0.5 * floor) & ((peaks.size == 0) | (low < (peaks[0] if peaks.size else 0)))]
     first = int(low[0]) if low.size else (int(peaks[0]) if peaks.size else -1)
     if first < 0:
         return float("nan"), "none"
-    mode = float(10 ** grid[first] - 0.02)  # back to OD: unstained scores scatter additively
+    mode = float(inv(grid[first]))  # back to OD: unstained scores scatter additively
     if mode > 0.6 * positive_like:
         return float("nan"), "none"
     below = s[s <= mode]
@@ -313,6 +342,12 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         # not a tight unstained population: the lowest mode is faintly
         # stained cells (unstained cells spread by noise and haze, < 0.01 OD)
         return float("nan"), "none"
+    # The floors are X-gal above what unstained cells read: where those all
+    # read below zero (their mode more than 2 spreads under it), from the
+    # top of their noise (never raised for unstained cells that read above
+    # zero: that is haze, not a new zero).
+    base = min(mode + 2 * spread, 0.0) if shift < 0 else 0.0
+    floor = floor + base
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
     low_floor = floor
@@ -325,7 +360,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     # a gap between stained cells.
     xs = np.sort(x)
     gap_found = False
-    lo, hi = _log_scores(np.array([shoulder, 3 * t]))
+    lo, hi = fwd([shoulder, 3 * t if base == 0 else mode + 3 * (t - mode)])
     inside = xs[(xs >= lo) & (xs <= hi)]
     # the shoulder opens the first gap (the unstained cells may end below
     # it) and the first cell past the window closes the last
@@ -338,19 +373,19 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         j = int(np.argmax(gaps))
         if gaps[j] >= 0.08:
             gap_found = True
-            t = max(float(10 ** ((pts[j] + min(pts[j + 1], hi)) / 2) - 0.02), shoulder)
-            if 10 ** min(pts[j + 1], hi) - 0.02 >= mode + k * spread:
+            t = max(float(inv((pts[j] + min(pts[j + 1], hi)) / 2)), shoulder)
+            if inv(min(pts[j + 1], hi)) >= mode + k * spread:
                 # the cells above the gap are clear of the unstained cells'
                 # noise: the image itself shows its faint stained cells as a
                 # population apart, and the gap may sit below the floor
-                low_floor = GAP_FLOOR_FRACTION * floor
+                low_floor = GAP_FLOOR_FRACTION * (floor - base) + base
     # Short of an empty gap, the unstained cells' upper tail can still end in
     # a clear dip of the density before the first stained mode above the
     # threshold: move up to the bottom of that dip when it is well below
     # both the density at the threshold and that stained mode, and what it
     # passes over is a tail (at most half as many cells as lie below the
     # threshold), not a population of faintly stained cells.
-    lt = float(_log_scores(np.array([t]))[0])
+    lt = float(fwd([t])[0])
     above = peaks[grid[peaks] > lt]
     i0 = int(np.searchsorted(grid, lt))
     if not gap_found and above.size and i0 < above[0]:
@@ -358,7 +393,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         passed = int(np.count_nonzero((x > lt) & (x <= grid[v])))
         if (dens[v] < 0.9 * dens[i0] and dens[v] < 0.5 * dens[above[0]]
                 and passed <= 0.5 * np.count_nonzero(x <= lt)):
-            t = max(float(10 ** grid[v] - 0.02), t)
+            t = max(float(inv(grid[v])), t)
     # Conversely, the k-spread margin assumes the unstained cells' upper tail
     # is no heavier than Gaussian. When, short of any gap or dip, the cells
     # between the shoulder and the threshold far outnumber what such a tail
@@ -374,7 +409,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
         if n0 >= 10 and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            low_floor = GAP_FLOOR_FRACTION * floor
+            low_floor = GAP_FLOOR_FRACTION * (floor - base) + base
             t = max(mode + z * spread, shoulder, low_floor)
     return max(t, low_floor), "anchored"
 
