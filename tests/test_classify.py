@@ -176,18 +176,29 @@ def test_unstained_cells_split_into_small_density_bumps_still_anchor():
 def test_unstained_cells_that_all_read_below_zero_still_anchor():
     """A cytoplasm colour that unmixes slightly negative onto X-gal puts every
     unstained cell near -0.02 OD. On the log scale they piled up at zero and
-    looked broad, so the image fell back to the set's threshold and faint
-    positives were lost; they anchor, and the floor counts from their level.
-    Unstained cells merely scattered around zero by noise are left as they
-    were (the floor stays absolute)."""
+    looked broad, so the image fell back to the set's threshold (here the
+    default, 0.10 OD) and faint positives were lost; they anchor. Unstained
+    cells merely scattered around zero by noise are left as they were."""
     rng = np.random.default_rng(9)
     neg = rng.normal(-0.02, 0.0015, 160)
-    pos = rng.uniform(0.012, 0.15, 60)
+    pos = rng.uniform(0.035, 0.15, 60)
     t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
     assert src == "anchored" and neg.max() < t < pos.min(), t
     noisy = rng.normal(0.0, 0.004, 160)
     t2, src2 = classify.negative_anchored_threshold(np.r_[noisy, pos], floor=0.03, positive_like=0.10)
     assert src2 == "anchored" and t2 >= 0.015, t2
+
+
+def test_unstained_scores_scattered_across_zero_get_no_second_look():
+    """The second look (log scale from the lowest scores) is for unstained
+    cells that all read below zero. When they scatter across zero (broad:
+    no anchor) its stretched scale finds the few below zero as a tight
+    cluster, anchoring at 0.015 OD among the unstained cells; it must not."""
+    rng = np.random.default_rng(21)
+    neg = rng.uniform(-0.019, 0.025, 40)
+    pos = rng.lognormal(np.log(0.08), 0.6, 48)
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "none" and np.isnan(t), t
 
 
 def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():

@@ -266,9 +266,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     -- unless some scores are negative: unstained cells that all read below
     zero (a cytoplasm colour unmixing slightly negative onto X-gal) pile up
     at zero on the log scale and look broad, so the search is repeated on a
-    log scale starting at the 2nd percentile of the scores, and the floors
-    then count from the top of their noise (mode + 2 spreads) when that is
-    below zero.
+    log scale starting at the 2nd percentile of the scores, when more cells
+    read below zero than between zero and the floor, and a population found
+    there counts only if it lies below zero (the floors stay as they are).
 
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
@@ -282,12 +282,15 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
         return float("nan"), "none"
     t, src = _anchor(s, 0.0, floor=floor, positive_like=positive_like, k=k)
     low = float(np.percentile(s, 2))
-    if src == "none" and low < 0:
+    n_neg = int(np.count_nonzero(s < 0))
+    if (src == "none" and low < 0 and n_neg >= max(5, 0.03 * s.size)
+            and n_neg > np.count_nonzero((s >= 0) & (s < floor))):
         # Unstained cells can all read below zero X-gal (a cytoplasm colour
         # that unmixes slightly negative onto X-gal): on the log scale they
         # pile up at zero and look broad. Looked at again with the scale
-        # starting at the lowest scores, they keep their own spread, and the
-        # floors count from the top of their noise.
+        # starting at the lowest scores, they keep their own spread. (Only
+        # when the cells below zero outnumber those between zero and the
+        # floor: the bottom of scores scattered across zero is not them.)
         t, src = _anchor(s, low, floor=floor, positive_like=positive_like, k=k)
     return t, src
 
@@ -342,12 +345,10 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         # not a tight unstained population: the lowest mode is faintly
         # stained cells (unstained cells spread by noise and haze, < 0.01 OD)
         return float("nan"), "none"
-    # The floors are X-gal above what unstained cells read: where those all
-    # read below zero (their mode more than 2 spreads under it), from the
-    # top of their noise (never raised for unstained cells that read above
-    # zero: that is haze, not a new zero).
-    base = min(mode + 2 * spread, 0.0) if shift < 0 else 0.0
-    floor = floor + base
+    if shift < 0 and mode + 2 * spread >= 0:
+        # the second look is for unstained cells that all read below zero;
+        # a tight-looking bottom of scores scattered across zero is not them
+        return float("nan"), "none"
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
     low_floor = floor
@@ -360,7 +361,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
     # a gap between stained cells.
     xs = np.sort(x)
     gap_found = False
-    lo, hi = fwd([shoulder, 3 * t if base == 0 else mode + 3 * (t - mode)])
+    lo, hi = fwd([shoulder, 3 * t])
     inside = xs[(xs >= lo) & (xs <= hi)]
     # the shoulder opens the first gap (the unstained cells may end below
     # it) and the first cell past the window closes the last
@@ -378,7 +379,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
                 # the cells above the gap are clear of the unstained cells'
                 # noise: the image itself shows its faint stained cells as a
                 # population apart, and the gap may sit below the floor
-                low_floor = GAP_FLOOR_FRACTION * (floor - base) + base
+                low_floor = GAP_FLOOR_FRACTION * floor
     # Short of an empty gap, the unstained cells' upper tail can still end in
     # a clear dip of the density before the first stained mode above the
     # threshold: move up to the bottom of that dip when it is well below
@@ -409,7 +410,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
         if n0 >= 10 and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            low_floor = GAP_FLOOR_FRACTION * (floor - base) + base
+            low_floor = GAP_FLOOR_FRACTION * floor
             t = max(mode + z * spread, shoulder, low_floor)
     return max(t, low_floor), "anchored"
 
