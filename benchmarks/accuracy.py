@@ -36,10 +36,59 @@ BARS = {"fraction_positive_mae_pp": 2.0, "fraction_positive_max_pp": 6.0, "count
         "detection_f1": 0.95, "positive_f1": 0.95}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from sabgal import __version__, io as sio
-    from sabgal.cli import main as sabgal_main
+def score_run(manifest: pd.DataFrame, truth_dir: Path, results_dir: Path
+              ) -> tuple[pd.DataFrame, dict, dict]:
+    """Score a ``sabgal run`` results folder against rendered truth.
+
+    ``manifest`` has one row per field (``stem``, ``setup``, optionally
+    ``counterstain`` and ``image``); ``truth_dir`` holds
+    ``<stem>_cells_true.tif`` and ``<stem>_truth.csv`` (``cell_id``,
+    ``sabgal_positive``). Returns (per-image scores, summary per set-up and
+    overall, whether each meets the bars)."""
+    from sabgal import io as sio
     from sabgal.evaluate import aggregate_scores, score_image
+
+    images = pd.read_csv(results_dir / "images.csv")
+    cells = pd.read_csv(results_dir / "cells.csv")
+    rows = []
+    for rec in manifest.to_dict("records"):
+        stem = rec["stem"]
+        image_name = Path(rec["image"]).name if isinstance(rec.get("image"), str) else None
+        img_row = images[images["image"].map(lambda s: Path(s).stem) == stem]
+        truth = pd.read_csv(truth_dir / f"{stem}_truth.csv")
+        true_lab = sio.read_labels(truth_dir / f"{stem}_cells_true.tif")
+        if img_row.empty or img_row.iloc[0]["status"] != "ok":
+            pred_lab = np.zeros_like(true_lab)
+            pred_cells = cells.iloc[:0]
+        else:
+            key = Path(img_row.iloc[0]["image"]).with_suffix("").as_posix().replace("/", "__")
+            pred_lab = sio.read_labels(results_dir / "labels" / f"{key}_cells.tif")
+            pred_cells = cells[cells["image"] == img_row.iloc[0]["image"]]
+        s = score_image(true_lab, truth, pred_lab, pred_cells)
+        s.update(stem=stem, image=image_name, setup=rec["setup"], counterstain=rec.get("counterstain"),
+                 detected_setup=img_row.iloc[0]["setup"] if not img_row.empty else "")
+        rows.append(s)
+    per = pd.DataFrame(rows)
+    summary = {"all": aggregate_scores(per)}
+    for setup, grp in per.groupby("setup"):
+        summary[setup] = aggregate_scores(grp)
+    passed = {}
+    for group, agg in summary.items():
+        passed[group] = all(
+            (agg[k] <= v) if k.endswith(("_pp", "_pct")) else (agg[k] >= v) for k, v in BARS.items())
+    return per, summary, passed
+
+
+def print_summary(summary: dict) -> None:
+    cols = ["fraction_positive_mae_pp", "fraction_positive_max_pp", "count_mape_pct", "detection_f1",
+            "positive_f1"]
+    table = pd.DataFrame(summary).T[["n_images"] + cols]
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sabgal import __version__
+    from sabgal.cli import main as sabgal_main
     from sabgal.synth import generate_dataset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,34 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rc = sabgal_main(cmd)
     t_run = time.perf_counter() - t0
-    images = pd.read_csv(results_dir / "images.csv")
-    cells = pd.read_csv(results_dir / "cells.csv")
-    rows = []
-    for rec in manifest.to_dict("records"):
-        stem = rec["stem"]
-        image_name = Path(rec["image"]).name if "image" in rec else None
-        img_row = images[images["image"].map(lambda s: Path(s).stem) == stem]
-        truth = pd.read_csv(work / "truth" / f"{stem}_truth.csv")
-        true_lab = sio.read_labels(work / "truth" / f"{stem}_cells_true.tif")
-        if img_row.empty or img_row.iloc[0]["status"] != "ok":
-            pred_lab = np.zeros_like(true_lab)
-            pred_cells = cells.iloc[:0]
-        else:
-            key = Path(img_row.iloc[0]["image"]).with_suffix("").as_posix().replace("/", "__")
-            pred_lab = sio.read_labels(results_dir / "labels" / f"{key}_cells.tif")
-            pred_cells = cells[cells["image"] == img_row.iloc[0]["image"]]
-        s = score_image(true_lab, truth, pred_lab, pred_cells)
-        s.update(stem=stem, image=image_name, setup=rec["setup"], counterstain=rec.get("counterstain"),
-                 detected_setup=img_row.iloc[0]["setup"] if not img_row.empty else "")
-        rows.append(s)
-    per = pd.DataFrame(rows)
-    summary = {"all": aggregate_scores(per)}
-    for setup, grp in per.groupby("setup"):
-        summary[setup] = aggregate_scores(grp)
-    passed = {}
-    for group, agg in summary.items():
-        passed[group] = all(
-            (agg[k] <= v) if k.endswith(("_pp", "_pct")) else (agg[k] >= v) for k, v in BARS.items())
+    per, summary, passed = score_run(manifest, work / "truth", results_dir)
     result = {
         "sabgal_version": __version__,
         "seed": args.seed,
@@ -111,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
     per.to_csv(out / "accuracy_per_image.csv", index=False)
-    cols = ["fraction_positive_mae_pp", "fraction_positive_max_pp", "count_mape_pct", "detection_f1",
-            "positive_f1"]
-    table = pd.DataFrame(summary).T[["n_images"] + cols]
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print_summary(summary)
     print("pass:", passed)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
