@@ -79,6 +79,19 @@ def score_run(manifest: pd.DataFrame, truth_dir: Path, results_dir: Path
     return per, summary, passed
 
 
+def argument_parser(doc: str, *, n: int, seed: int, work: str) -> argparse.ArgumentParser:
+    """The options every rendered-truth benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--seed", type=int, default=seed)
+    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 1360))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--work", default=str(HERE / "_work" / work))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--keep", action="store_true", help="keep rendered images and results")
+    return ap
+
+
 def print_summary(summary: dict) -> None:
     cols = ["fraction_positive_mae_pp", "fraction_positive_max_pp", "count_mape_pct", "detection_f1",
             "positive_f1"]
@@ -91,15 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     from sabgal.cli import main as sabgal_main
     from sabgal.synth import generate_dataset
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=42)
-    ap.add_argument("--seed", type=int, default=20261122)
-    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 1360))
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--work", default=str(HERE / "_work" / "accuracy"))
-    ap.add_argument("--out", default=str(HERE / "results"))
+    ap = argument_parser(__doc__, n=42, seed=20261122, work="accuracy")
     ap.add_argument("--config", default=None)
-    ap.add_argument("--keep", action="store_true", help="keep rendered images and results")
     args = ap.parse_args(argv)
 
     work = Path(args.work)

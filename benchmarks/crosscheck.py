@@ -29,7 +29,6 @@ Writes ``benchmarks/results/crosscheck.json`` and ``crosscheck_per_image.csv``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -42,7 +41,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from accuracy import print_summary, score_run  # noqa: E402
+from accuracy import argument_parser, print_summary, score_run  # noqa: E402
 
 BACKGROUNDS = {"yellow": (0.93, 0.90, 0.72), "lilac": (0.86, 0.80, 0.92), "grey": (0.75, 0.75, 0.75),
                "pink": (0.93, 0.80, 0.85), "white": (0.95, 0.95, 0.93)}
@@ -152,15 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from sabgal import __version__
     from sabgal.cli import main as sabgal_main
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=24)
-    ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--shape", type=int, nargs=2, default=(1024, 1360))
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--work", default=str(HERE / "_work" / "crosscheck"))
-    ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--keep", action="store_true", help="keep rendered images and results")
-    args = ap.parse_args(argv)
+    args = argument_parser(__doc__, n=24, seed=1000, work="crosscheck").parse_args(argv)
 
     work = Path(args.work)
     if work.exists():
