@@ -160,10 +160,10 @@ def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -
     valley above 60 % of the lower one) are one population split by
     sampling noise (a few dozen unstained cells whose noise is wider than
     the kernel show as two or three small peaks and shoulders); its mode is
-    its highest candidate. A population
-    holds the cells of its basin: up to the density's lowest point between
-    it and the next population, or, where the density has no dip there (a
-    shoulder), up to where it bends up most (its most convex point).
+    its highest candidate. A population holds the cells of its basin: up to
+    the density's lowest point between it and the next population, or,
+    where the density has no dip there (a shoulder), up to where it bends up
+    most (its most convex point).
     """
     cand = _modes_and_shoulders(dens)
     d2 = np.zeros_like(dens)
@@ -323,10 +323,13 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
     # to count alone); a population found that way below the first peak
     # anchors instead, if it sits near zero X-gal (below half the floor)
     # where only unstained cells lie.
-    low, held = _populations(x, grid, dens, bw)
-    low = low[(dens[low] >= 0.05 * dens.max()) & (held >= max(3, 0.03 * x.size))]
-    low = low[(inv(grid[low]) <= 0.5 * floor) & ((peaks.size == 0) | (low < (peaks[0] if peaks.size else 0)))]
-    first = int(low[0]) if low.size else (int(peaks[0]) if peaks.size else -1)
+    minority, held = _populations(x, grid, dens, bw)
+    keep = (dens[minority] >= 0.05 * dens.max()) & (held >= max(3, 0.03 * x.size))
+    keep &= inv(grid[minority]) <= 0.5 * floor
+    if peaks.size:
+        keep &= minority < peaks[0]
+    minority = minority[keep]
+    first = int(minority[0]) if minority.size else (int(peaks[0]) if peaks.size else -1)
     if first < 0:
         return float("nan"), "none"
     mode = float(inv(grid[first]))  # back to OD: unstained scores scatter additively
