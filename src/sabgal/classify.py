@@ -128,16 +128,19 @@ def _valley_ok(x: np.ndarray, cut: float, max_ratio: float = 0.6) -> bool:
     return at < max_ratio * min(left.max(), right.max())
 
 
-def _modes_and_shoulders(dens: np.ndarray) -> np.ndarray:
+def _local_maxima(dens: np.ndarray) -> np.ndarray:
+    """Interior grid indices where a density peaks (plateaus at their right end)."""
+    return np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
+
+
+def _modes_and_shoulders(dens: np.ndarray, d2: np.ndarray) -> np.ndarray:
     """Grid indices of a density's populations, lowest first: its local
     maxima, and its shoulders -- a concave stretch (a bump of its own) on
     the slope of a bigger population, where a small population's peak is
     swallowed by its neighbour's kernel (a few unstained cells below a
     field of stained ones). A shoulder is placed where the density bends
-    down most."""
-    peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
-    d2 = np.zeros_like(dens)
-    d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    down most (``d2``: the density's second difference)."""
+    peaks = _local_maxima(dens)
     concave = d2 < 0
     edges = np.flatnonzero(np.diff(concave.astype(np.int8)))
     starts = np.r_[0, edges + 1] if concave[0] else edges[~concave[edges]] + 1
@@ -165,9 +168,9 @@ def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -
     where the density has no dip there (a shoulder), up to where it bends up
     most (its most convex point).
     """
-    cand = _modes_and_shoulders(dens)
     d2 = np.zeros_like(dens)
     d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    cand = _modes_and_shoulders(dens, d2)
     step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
     groups: list[list[int]] = []
     for k in cand:
@@ -314,7 +317,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
     bw = float(np.clip(0.9 * (iqr / 1.34) * lower.size ** -0.2, 0.03, 0.08))
     grid = np.linspace(x.min() - 3 * bw, x.max() + 3 * bw, 512)
     dens = _kde(x, grid, bw)
-    peaks = np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
+    peaks = _local_maxima(dens)
     # a mode counts if it holds a few cells, however small next to the stained ones
     near = np.array([np.sum(np.abs(x - grid[k]) <= bw) for k in peaks])
     peaks = peaks[(dens[peaks] >= 0.05 * dens.max()) & (near >= max(3, 0.03 * x.size))]
