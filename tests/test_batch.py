@@ -414,7 +414,7 @@ def test_threads_give_the_same_results_as_processes(tmp_path):
 def test_thread_pool_puts_the_callers_blas_threads_back():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
-    with batch._thread_pool(2) as ex:
+    with batch._ThreadPool(2) as ex:
         during = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
         assert ex.submit(lambda: 1).result() == 1
     assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before

@@ -602,10 +602,6 @@ class _ThreadPool(ThreadPoolExecutor):
             self._limits = None
 
 
-def _thread_pool(n: int) -> ThreadPoolExecutor:
-    return _ThreadPool(n)
-
-
 def single_threaded_libraries() -> Any:
     """One BLAS thread in this process (each worker is one thread; OpenCV is
     set to one thread when :mod:`sabgal.filters` loads).
@@ -778,7 +774,7 @@ def run_batch(sets: list[ImageSet], config: Config, out_dir: str | os.PathLike[s
         for s in todo:
             yield process_image(s, cfg, str(out), refs.get(s.key))
     else:
-        default = _thread_pool if config.batch.executor == "threads" else _default_pool
+        default = _ThreadPool if config.batch.executor == "threads" else _default_pool
         yield from _run_pool(todo, cfg, out, refs, workers, executor_factory or default)
 
 
