@@ -368,21 +368,34 @@ def nearest_nucleus(nuclei: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nuclei lie within about 2 % of the same distance it can name the
     slightly farther one, moving a Voronoi border by about a pixel.
     """
-    import cv2
-
     nuclei = np.asarray(nuclei)
     mask = nuclei == 0
     if mask.all() or not mask.any() or nuclei.ndim != 2:
         dist, (iy, ix) = distance_with_indices(mask)
         return dist.astype(np.float32), _at(nuclei, iy, ix).astype(np.int32, copy=False)
-    dist = filters.distance_transform(mask)
+    return filters.distance_transform(mask), _nearest_label(nuclei, mask)
+
+
+def nearest_nucleus_label(nuclei: np.ndarray) -> np.ndarray:
+    """The label of the nearest nucleus per pixel: :func:`nearest_nucleus`
+    without the exact distance, for callers that need only the partition."""
+    nuclei = np.asarray(nuclei)
+    mask = nuclei == 0
+    if mask.all() or not mask.any() or nuclei.ndim != 2:
+        return nearest_nucleus(nuclei)[1]
+    return _nearest_label(nuclei, mask)
+
+
+def _nearest_label(nuclei: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    import cv2
+
     _, lab = cv2.distanceTransformWithLabels(mask.view(np.uint8), cv2.DIST_L2, 5,
                                              labelType=cv2.DIST_LABEL_PIXEL)
     # pixel labels number the nucleus pixels 1, 2, ... in raster order
     ids = np.ascontiguousarray(nuclei).ravel()[np.flatnonzero(~mask)].astype(np.int32, copy=False)
     lab = lab.ravel()
     lab -= 1
-    return dist, np.take(ids, lab).reshape(nuclei.shape)
+    return np.take(ids, lab).reshape(nuclei.shape)
 
 
 def _at(image: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
@@ -1153,7 +1166,7 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         # Flooding the distance-to-nearest-seed landscape is the Voronoi
         # partition of the region: read it straight off the nearest-seed
         # labels (no flooding cost).
-        owner = nearest_nucleus(markers)[1] if (markers != nuclei).any() else nearest_id
+        owner = nearest_nucleus_label(markers) if (markers != nuclei).any() else nearest_id
         cells = np.where(region, owner, 0).astype(np.int32, copy=False)
         if size_weighted:
             stain = stained = None
