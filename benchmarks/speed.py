@@ -48,16 +48,16 @@ def _child(images_dir: str, out_dir: str, threads: int, queue) -> None:
     from sabgal import batch
     from sabgal.config import Config, config_to_dict
 
-    cfg = Config()
-    cfg = cfg.replace(batch={"executor": "threads"})
+    cfg = Config().replace(batch={"executor": "threads"})
+    cfg_dict = config_to_dict(cfg)
     sets = batch.discover_images([images_dir], cfg)
-    batch.process_image(sets[0], config_to_dict(cfg), out_dir + "_warm")  # untimed
+    batch.process_image(sets[0], cfg_dict, out_dir + "_warm")  # untimed
     res: dict = {}
     if threads <= 1:
         times, stages = [], {}
         for s in sets:
             t0 = time.perf_counter()
-            rec = batch.process_image(s, config_to_dict(cfg), out_dir)
+            rec = batch.process_image(s, cfg_dict, out_dir)
             times.append(time.perf_counter() - t0)
             if rec.get("status") != "ok":
                 raise RuntimeError(rec.get("error"))
