@@ -238,7 +238,7 @@ def _synthetic_cells(rng, plate, n_ctrl, n_sample, *, mu, sigma, area_mu, frac_p
         "image": [f"{plate}_img{i // 50}" for i in range(n_ctrl + n_sample)],
         "plate": plate,
         "role": ["negative_control"] * n_ctrl + ["sample"] * n_sample,
-        "xgal_od_core_p60": score, "xgal_od_p90": score * 1.5, "xgal_od_mean": score / 2,
+        "xgal_od_core_p60": score, "xgal_od_perinuclear_p60": score, "xgal_od_p90": score * 1.5, "xgal_od_mean": score / 2,
         "area_px": np.round(area).astype(np.int64), "area_um2": np.nan,
         "touches_border": False,
     })

@@ -7,7 +7,7 @@ from sabgal.config import ClassifyConfig
 
 
 def _table(scores, areas, image="a"):
-    return pd.DataFrame({"image": image, "xgal_od_p90": scores, "xgal_od_core_p60": scores, "xgal_od_mean": scores,
+    return pd.DataFrame({"image": image, "xgal_od_p90": scores, "xgal_od_core_p60": scores, "xgal_od_perinuclear_p60": scores, "xgal_od_mean": scores,
                          "area_px": areas, "area_um2": np.nan, "touches_border": False})
 
 

@@ -82,3 +82,31 @@ def test_label_quantile_resolves_faint_stain():
     got = measure.label_quantile(lab, vals, (0.6, 0.9), 1)[:, 1]
     want = np.quantile(vals, [0.6, 0.9])
     np.testing.assert_allclose(got, want, atol=4e-4)
+
+
+def test_perinuclear_band_sees_a_thin_ring_the_core_dilutes():
+    # a large cell whose faint stain falls off within a few pixels of its
+    # nucleus: the core 60th percentile misses it, the band around the
+    # nucleus does; a cell without a nucleus gets its core value
+    shape = (120, 220)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    cells = np.zeros(shape, np.int32)
+    cells[_disk(shape, 60, 60, 50)] = 1
+    cells[_disk(shape, 60, 170, 40)] = 2
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[_disk(shape, 60, 60, 8)] = 1
+    r = np.hypot(yy - 60, xx - 60)
+    xgal = np.where(cells == 1, 0.1 * np.exp(-np.clip(r - 8, 0, None) / 5), 0.0).astype(np.float32)
+    xgal[nuclei > 0] = 0.0
+    xgal[cells == 2] = 0.02
+    kw = dict(xgal=xgal, body=np.full(shape, 0.05, np.float32), edge_px=4)
+    core = measure.measure_cells(cells, nuclei, **kw).set_index("cell_id")
+    band = measure.measure_cells(cells, nuclei, band_px=7, **kw).set_index("cell_id")
+    # without a band the column is the core value
+    assert (core.xgal_od_perinuclear_p60 == core.xgal_od_core_p60).all()
+    assert core.loc[1, "xgal_od_core_p60"] < 0.005
+    # band: 2-9 px out (radius 10-16.6); 40 % of its area lies within radius
+    # 13, 5 px out -> 0.1 * exp(-5/5)
+    assert band.loc[1, "xgal_od_perinuclear_p60"] == pytest.approx(0.1 * np.exp(-1), rel=0.1)
+    assert band.loc[1, "xgal_od_core_p60"] == core.loc[1, "xgal_od_core_p60"]
+    assert band.loc[2, "xgal_od_perinuclear_p60"] == pytest.approx(0.02, abs=1e-3)

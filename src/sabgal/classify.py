@@ -1,10 +1,11 @@
 """Per-cell calls and per-image fractions.
 
 * **SA-β-gal positive**: the cell's X-gal score (by default
-  ``xgal_od_core_p60``, the 60th percentile of X-gal OD over the cell's core
-  cytoplasm: robust to pixel noise, to the neighbours' stain spilling over
-  an imperfect border, and to stray crystals, yet high enough to see a
-  perinuclear stain) is above a
+  ``xgal_od_perinuclear_p60``, the 60th percentile of X-gal OD over a band
+  around the nucleus, where lysosomal SA-β-gal gathers and a faint stain is
+  densest, or over the cell's core cytoplasm in plain brightfield, where
+  nuclei are guesses: robust to pixel noise, to the neighbours' stain
+  spilling over an imperfect border, and to stray crystals) is above a
   threshold. The threshold is fixed in the config, learnt from negative
   control wells (batch), or learnt from the cells themselves: per image,
   just above the image's own unstained cells

@@ -44,7 +44,7 @@ Counterstain = Literal[
 ]
 Rule = Literal["positive_and_enlarged", "positive", "positive_or_enlarged"]
 Executor = Literal["processes", "threads"]
-PositiveMeasure = Literal["xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean"]
+PositiveMeasure = Literal["xgal_od_core_p60", "xgal_od_perinuclear_p60", "xgal_od_p90", "xgal_od_mean"]
 ThresholdScope = Literal["image", "set"]
 
 
@@ -209,7 +209,7 @@ class ClassifyConfig:
     ``enlarged_factor`` x the median area of SA-β-gal negative cells.
     """
 
-    positive_measure: PositiveMeasure = "xgal_od_core_p60"
+    positive_measure: PositiveMeasure = "xgal_od_perinuclear_p60"
     positive_threshold: float | Literal["auto"] = "auto"
     threshold_scope: ThresholdScope = "image"
     min_positive_threshold: float = 0.03

@@ -42,6 +42,7 @@ CELL_COLUMNS: dict[str, str] = {
     "xgal_od_mean": "float64",
     "xgal_od_p90": "float64",
     "xgal_od_core_p60": "float64",
+    "xgal_od_perinuclear_p60": "float64",
     "xgal_od_integrated": "float64",
     "xgal_stained_fraction": "float64",
     "body_od_mean": "float64",
@@ -226,7 +227,7 @@ def coordinate_sums(labels: np.ndarray, n: int, *, second: bool = True) -> tuple
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
                   counterstain: np.ndarray | None = None, pixel_size_um: float | None = None,
                   stained_pixel_od: float = 0.1, edge_px: int = 0,
-                  perinuclear_px: float = 0.0) -> pd.DataFrame:
+                  perinuclear_px: float = 0.0, band_px: float = 0.0) -> pd.DataFrame:
     """Measure every cell.
 
     Parameters
@@ -252,6 +253,11 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         nucleus (the stain is perinuclear; a territory drawn too large reaches
         into a neighbour). For nuclei from a nuclear stain, not brightfield
         guesses.
+    band_px : float
+        Width of the perinuclear band (px, starting 2 px outside the
+        nucleus, within the core) over which ``xgal_od_perinuclear_p60`` is
+        read; cells with no nucleus, or fewer than 10 band pixels, get their
+        core value. 0 reads the core for every cell.
 
     Returns
     -------
@@ -304,11 +310,14 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         # and away from the cell's edge, where a neighbour's granules spill
         # over an imperfect border
         ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
-    if perinuclear_px > 0 and nuc_area.any():
+    nuc_dist = None
+    if (perinuclear_px > 0 or band_px > 0) and nuc_area.any():
+        nuc_dist = filters.distance_transform(np.asarray(nuclei) == 0)
+    if perinuclear_px > 0 and nuc_dist is not None:
         # and within reach of the nucleus: SA-β-gal is lysosomal and
         # perinuclear, while a territory drawn too large reaches into a
         # neighbour's stained body
-        ring |= filters.distance_transform(np.asarray(nuclei) == 0) > perinuclear_px
+        ring |= nuc_dist > perinuclear_px
     cyto_lab = np.where(ring.ravel()[pix], 0, flat)
     cyto_n = np.bincount(cyto_lab, minlength=n + 1)[ids]
     use_core = cyto_n >= np.maximum(0.3 * a, 10)
@@ -317,6 +326,14 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     core_ok[ids] = use_core
     core_lab = np.where(core_ok[flat], cyto_lab, flat)
     p90, p60 = label_quantile(core_lab, xg32, (0.9, 0.6), n)[:, ids]
+    band_p60 = p60
+    if band_px > 0 and nuc_dist is not None:
+        # the densest part of a perinuclear stain: a thin ring right around
+        # the nucleus, which a faint cell's core quantile dilutes away
+        band_lab = np.where(nuc_dist.ravel()[pix] <= 2 + band_px, cyto_lab, 0)
+        band_n = np.bincount(band_lab, minlength=n + 1)[ids]
+        band_q = label_quantile(band_lab, xg32, 0.6, n)[ids]
+        band_p60 = np.where(band_n >= 10, band_q, p60)
     cyto = nflat == 0
     body_px = np.asarray(body).ravel()[pix]
     cyto_area = np.bincount(flat[cyto], minlength=n + 1)[ids].astype(np.float64)
@@ -354,6 +371,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         "xgal_od_mean": xsum / a,
         "xgal_od_p90": p90,
         "xgal_od_core_p60": p60,
+        "xgal_od_perinuclear_p60": band_p60,
         "xgal_od_integrated": xsum,
         "xgal_stained_fraction": stained / a,
         "body_od_mean": body_mean,

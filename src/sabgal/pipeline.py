@@ -284,6 +284,11 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 # nucleus, and a territory drawn too large reaches into a neighbour's stain.
 PERINUCLEAR_NUCLEI = 2.0
 
+# ... and xgal_od_perinuclear_p60 (the default positivity score) over a band
+# this many nucleus diameters wide around the nucleus, where a faint
+# perinuclear stain is densest.
+PERINUCLEAR_BAND_NUCLEI = 0.5
+
 
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
                   foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
@@ -314,10 +319,14 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     edge_px = max(1, int(round(diameter_px / 3)))
     # with a nuclear stain the nuclei are real: the score stays within
     # PERINUCLEAR_NUCLEI diameters of them
-    perinuclear = PERINUCLEAR_NUCLEI * diameter_px if prep.mode != "brightfield" else 0.0
+    stained_nuclei = prep.mode != "brightfield"
+    perinuclear = PERINUCLEAR_NUCLEI * diameter_px if stained_nuclei else 0.0
+    # (a brightfield "nucleus" of an unstained cell is a guess, often off
+    # centre near a stained neighbour: its band would read the spill)
+    band = PERINUCLEAR_BAND_NUCLEI * diameter_px if stained_nuclei else 0.0
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
                                   counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px,
-                                  perinuclear_px=perinuclear)
+                                  perinuclear_px=perinuclear, band_px=band)
     return table, xgal_c, xgal_bg, glass
 
 

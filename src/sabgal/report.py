@@ -66,7 +66,7 @@ PLATE_FORMATS = {6: (2, 3), 12: (3, 4), 24: (4, 6), 48: (6, 8), 96: (8, 12), 384
 #: formats chosen automatically (a few wells of a 96-well plate look like a 6-well plate)
 AUTO_FORMATS = (96, 384, 1536)
 
-_CELL_COLUMNS = ("image", "xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean", "area_px", "area_um2", "sabgal_positive",
+_CELL_COLUMNS = ("image", "xgal_od_perinuclear_p60", "xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean", "area_px", "area_um2", "sabgal_positive",
                  "enlarged", "senescent", "touches_border")
 _ROLE_GROUPS = (("negative_control", "negative controls", "#1f77b4"),
                 ("positive_control", "positive controls", "#d62728"),
@@ -632,9 +632,10 @@ def fig_distributions(tables: RunTables) -> str | None:
     cells = tables.cells
     th = tables.run.get("thresholds") or {}
     measure = th.get("measure") or ((tables.run.get("config") or {}).get("classify") or {}).get(
-        "positive_measure") or "xgal_od_core_p60"
+        "positive_measure") or "xgal_od_perinuclear_p60"
     if measure not in cells:
-        measure = next((m for m in ("xgal_od_core_p60", "xgal_od_p90") if m in cells), "xgal_od_mean")
+        measure = next((m for m in ("xgal_od_perinuclear_p60", "xgal_od_core_p60", "xgal_od_p90") if m in cells),
+                       "xgal_od_mean")
     images = tables.images
     thresholds = sorted({round(float(v), 4) for v in pd.to_numeric(
         images.get("positive_threshold_od", pd.Series(dtype=float)), errors="coerce").dropna()})
@@ -925,8 +926,11 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
         + ". Cell territories were grown from the nuclei by a seeded watershed restricted to the cell "
         f"foreground {cite('jones2005')}, reaching at most {seg.get('max_cell_radius_nuclei', 8):g} nucleus "
         f"diameters. Image processing used scikit-image {cite('vanderwalt2014')}.")
-    measure = cl.get("positive_measure", "xgal_od_core_p60")
-    mtxt = {"xgal_od_core_p60": "the 60th percentile of X-gal OD over the cell's core cytoplasm (the cell "
+    measure = cl.get("positive_measure", "xgal_od_perinuclear_p60")
+    mtxt = {"xgal_od_perinuclear_p60": "the 60th percentile of X-gal OD over a band half a nucleus diameter "
+                                       "wide around the cell's nucleus (with a nuclear stain; over the core "
+                                       "cytoplasm in plain brightfield or for a cell without a nucleus)",
+            "xgal_od_core_p60": "the 60th percentile of X-gal OD over the cell's core cytoplasm (the cell "
                                 "less its nucleus and a rim along its edge)",
             "xgal_od_p90": "the 90th percentile of X-gal OD over the cell's core cytoplasm",
             }.get(measure, "the mean X-gal OD inside the cell")

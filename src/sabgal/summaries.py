@@ -321,6 +321,7 @@ _CP_CELL_MAP = [
     ("xgal_od_mean", "Intensity_MeanIntensity_XGal"),
     ("xgal_od_p90", "Intensity_Percentile90Intensity_XGal"),
     ("xgal_od_core_p60", "Intensity_CorePercentile60Intensity_XGal"),
+    ("xgal_od_perinuclear_p60", "Intensity_PerinuclearPercentile60Intensity_XGal"),
     ("xgal_od_integrated", "Intensity_IntegratedIntensity_XGal"),
     ("xgal_stained_fraction", "Intensity_StainedAreaFraction_XGal"),
     ("body_od_mean", "Intensity_MeanIntensity_Body"),

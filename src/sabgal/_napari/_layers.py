@@ -38,7 +38,7 @@ NEW_CELL_COLOR = (1.0, 1.0, 1.0, 1.0)  # painted, not measured yet
 
 # Leading columns of layer.features (the status bar shows them in this order).
 FEATURE_COLUMNS = ["index", "cell_id", "call", "sabgal_positive", "enlarged", "senescent", "corrected",
-                   "deleted", "xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean", "area_px", "area_um2", "has_nucleus"]
+                   "deleted", "xgal_od_perinuclear_p60", "xgal_od_core_p60", "xgal_od_p90", "xgal_od_mean", "area_px", "area_um2", "has_nucleus"]
 
 
 def display_name(image: str) -> str:

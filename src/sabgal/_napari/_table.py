@@ -17,6 +17,7 @@ TABLE_COLUMNS = [
     ("cell_id", "cell", "{:d}"),
     ("call", "call", "{}"),
     ("corrected", "corr.", "{}"),
+    ("xgal_od_perinuclear_p60", "X-gal perinuclear p60", "{:.3f}"),
     ("xgal_od_core_p60", "X-gal core p60", "{:.3f}"),
     ("xgal_od_p90", "X-gal p90", "{:.3f}"),
     ("xgal_od_mean", "X-gal mean", "{:.3f}"),
