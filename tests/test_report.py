@@ -326,3 +326,18 @@ def test_area_panel_follows_the_enlargement_rule(tmp_path, monkeypatch):
     images = tables.images.assign(enlarged_threshold_px=2000.0)
     rep.fig_distributions(RunTables(images=images, cells=tables.cells, run=tables.run))
     assert seen[-1][1] == "cell area (px)"
+
+
+def test_methods_text_describes_the_anchored_per_image_threshold():
+    # images.csv says which threshold each image used: the anchored one
+    # (per image) or the set's (here a mixture crossing); both are described,
+    # and the floor as it was applied (half of it for anchored thresholds)
+    images = pd.DataFrame({"image": ["a", "b"], "status": ["ok", "ok"], "setup": ["counterstain"] * 2,
+                           "positive_threshold_od": [0.021, 0.05],
+                           "positive_threshold_source": ["learnt per image", "learnt"], "qc_pass": [True, True]})
+    cfg = config_to_dict(Config())
+    text = " ".join(methods_text({"config": cfg, "sabgal_version": "9.9"}, images)[0])
+    assert "anchored just above the image's own unstained cells" in text
+    assert "Gaussian mixture" in text and "for images without an unstained population of their own" in text
+    assert "never below 0.015 OD (below 0.03 OD only where" in text
+    assert "band half a nucleus diameter wide around the cell's nucleus" in text

@@ -948,15 +948,22 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     src_txt = []
     if "config" in sources:
         src_txt.append("set in the configuration")
-    if any(x.startswith("learnt") for x in sources):
+    if "learnt per image" in sources:
         src_txt.append(
-            "learnt from the cells as the crossing point of a two-component Gaussian mixture fitted by "
-            f"expectation-maximisation to log10 scores {cite('dempster1977')}, when the components were "
+            "learnt per image, anchored just above the image's own unstained cells (the lowest tight "
+            "population of scores: its mode plus 4 robust standard deviations, moved up into a clear gap or "
+            "density dip above it where there was one)")
+    if "learnt" in sources:
+        src_txt.append(
+            "learnt from all cells as the crossing point of a two-component Gaussian mixture fitted by "
+            f"expectation-maximisation to log10 scores {cite('dempster1977')}, the components being "
             f"well separated (Ashman's D ≥ 2; {CITATIONS['ashman1994']})"
-            + (", from an image's own cells when they formed two clear populations and from all cells "
-               "otherwise" if any("per image" in x for x in sources) else ""))
+            + (" (for images without an unstained population of their own)" if "learnt per image" in sources else ""))
         if "ashman1994" not in cited:
             cited.append("ashman1994")
+    if "learnt (median of images)" in sources:
+        src_txt.append("the median of the images' anchored thresholds"
+                       + (" (for images without an unstained population of their own)" if "learnt per image" in sources else ""))
     if "default" in sources:
         src_txt.append(f"the default of {float(cl.get('default_positive_threshold', 0.15)):g} OD where the "
                        "cells showed no two populations")
@@ -985,7 +992,9 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     p.append(
         f"A cell was called SA-β-gal positive when {mtxt} exceeded {th_txt}"
         + (f"; the threshold was {'; '.join(src_txt)}" if src_txt else "")
-        + (f", and never below {float(floor):g} OD" if floor else "") + ". "
+        + ((f", and never below {float(floor):g} OD" if "learnt per image" not in sources else
+            f", and never below {float(floor) / 2:g} OD (below {float(floor):g} OD only where an image showed "
+            "its faint positives as a population apart from its unstained cells)") if floor else "") + ". "
         f"A cell was called enlarged when it was {enl}, and senescent when it was {rule_txt}. "
         "These calls describe SA-β-gal activity and morphology; they are not by themselves proof of "
         "senescence.")
