@@ -946,9 +946,12 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     else:
         th_txt = "(not recorded)"
     src_txt = []
+    per_image = "learnt per image" in sources
+    # (where images anchored their own thresholds, a set threshold served the rest)
+    for_rest = " (for images without an unstained population of their own)" if per_image else ""
     if "config" in sources:
         src_txt.append("set in the configuration")
-    if "learnt per image" in sources:
+    if per_image:
         src_txt.append(
             "learnt per image, anchored just above the image's own unstained cells (the lowest tight "
             "population of scores: its mode plus 4 robust standard deviations, moved up into a clear gap or "
@@ -958,12 +961,11 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
             "learnt from all cells as the crossing point of a two-component Gaussian mixture fitted by "
             f"expectation-maximisation to log10 scores {cite('dempster1977')}, the components being "
             f"well separated (Ashman's D ≥ 2; {CITATIONS['ashman1994']})"
-            + (" (for images without an unstained population of their own)" if "learnt per image" in sources else ""))
+            + for_rest)
         if "ashman1994" not in cited:
             cited.append("ashman1994")
     if "learnt (median of images)" in sources:
-        src_txt.append("the median of the images' anchored thresholds"
-                       + (" (for images without an unstained population of their own)" if "learnt per image" in sources else ""))
+        src_txt.append("the median of the images' anchored thresholds" + for_rest)
     if "default" in sources:
         src_txt.append(f"the default of {float(cl.get('default_positive_threshold', 0.15)):g} OD where the "
                        "cells showed no two populations")
@@ -972,6 +974,12 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
         src_txt.append(f"the {float(pct):g}th percentile of the negative-control cells of the plate "
                        f"{cite('neri2024')}")
     floor = cl.get("min_positive_threshold")
+    if floor and per_image:
+        # an anchored threshold may go down to half the floor (classify.negative_anchored_threshold)
+        floor_txt = (f", and never below {float(floor) / 2:g} OD (below {float(floor):g} OD only where an image "
+                     "showed its faint positives as a population apart from its unstained cells)")
+    else:
+        floor_txt = f", and never below {float(floor):g} OD" if floor else ""
     rule = cl.get("senescent_rule", "positive_and_enlarged")
     rule_txt = {"positive_and_enlarged": "both SA-β-gal positive and enlarged",
                 "positive": "SA-β-gal positive (regardless of size)",
@@ -992,9 +1000,7 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
     p.append(
         f"A cell was called SA-β-gal positive when {mtxt} exceeded {th_txt}"
         + (f"; the threshold was {'; '.join(src_txt)}" if src_txt else "")
-        + ((f", and never below {float(floor):g} OD" if "learnt per image" not in sources else
-            f", and never below {float(floor) / 2:g} OD (below {float(floor):g} OD only where an image showed "
-            "its faint positives as a population apart from its unstained cells)") if floor else "") + ". "
+        + floor_txt + ". "
         f"A cell was called enlarged when it was {enl}, and senescent when it was {rule_txt}. "
         "These calls describe SA-β-gal activity and morphology; they are not by themselves proof of "
         "senescence.")
