@@ -347,3 +347,64 @@ def test_jpeg_block_steps_on_glass_are_not_texture():
     fg = segment.cell_foreground(signal, sigma_px=1.5, texture=tex, background=glass, smoothed=sm)
     assert fg[cell].mean() > 0.95
     assert fg[glass].mean() < 0.02
+
+
+def _discs(shape, discs):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    m = np.zeros(shape, bool)
+    for cy, cx, r in discs:
+        m |= np.hypot(yy - cy, xx - cx) <= r
+    return m
+
+
+def _nucleus(shape, cy, cx, r, label=1, out=None):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    out = np.zeros(shape, np.int32) if out is None else out
+    out[np.hypot(yy - cy, xx - cx) <= r] = label
+    return out
+
+
+def test_a_lobe_without_a_nucleus_gets_a_seed():
+    # two touching round bodies (a narrow neck between them); only the left
+    # one shows its nucleus: the right one is a cell of its own
+    shape = (100, 160)
+    fg = _discs(shape, [(50, 50, 26), (50, 98, 24)])
+    nuclei = _nucleus(shape, 50, 50, 7)
+    out = segment.add_lobe_seeds(nuclei, segment.body_depth(fg, nuclei), min_radius_px=14)
+    assert set(np.unique(out)) == {0, 1, 2}
+    cy, cx = np.argwhere(out == 2).mean(axis=0)
+    assert abs(cy - 50) < 3 and abs(cx - 98) < 4
+    assert np.array_equal(out[nuclei > 0], nuclei[nuclei > 0])  # the nucleus is kept as it was
+    # and the territories then split the pair near the neck
+    cells, _ = segment.segment_cells(out, fg, max_reach_px=80, min_cell_area_px=50, size_weighted=True)
+    assert len(np.unique(cells[cells > 0])) == 2
+    assert abs((cells == 2).sum() - np.pi * 24 ** 2) < 0.15 * np.pi * 24 ** 2
+
+
+def test_an_elongated_cell_with_its_nucleus_off_centre_is_one_cell():
+    # an ellipse with its nucleus near one end has no neck: no extra seed;
+    # nor has a body whose nucleus lies within its inscribed disc
+    shape = (100, 200)
+    yy, xx = np.mgrid[0:100, 0:200]
+    fg = ((yy - 50) / 22.0) ** 2 + ((xx - 100) / 70.0) ** 2 <= 1
+    nuclei = _nucleus(shape, 50, 50, 7)
+    assert np.array_equal(segment.add_lobe_seeds(nuclei, segment.body_depth(fg, nuclei), min_radius_px=14), nuclei)
+    fg2 = _discs(shape, [(50, 100, 30)])
+    nuc2 = _nucleus(shape, 50, 88, 7)
+    assert np.array_equal(segment.add_lobe_seeds(nuc2, segment.body_depth(fg2, nuc2), min_radius_px=14), nuc2)
+
+
+def test_lobes_narrower_than_the_minimum_get_no_seed():
+    shape = (100, 160)
+    fg = _discs(shape, [(50, 50, 26), (50, 90, 10)])
+    nuclei = _nucleus(shape, 50, 50, 7)
+    assert np.array_equal(segment.add_lobe_seeds(nuclei, segment.body_depth(fg, nuclei), min_radius_px=14), nuclei)
+
+
+def test_drop_large_objects():
+    lab = np.zeros((20, 20), np.int32)
+    lab[1:3, 1:3] = 1  # 4 px
+    lab[5:15, 5:15] = 2  # 100 px
+    out = segment.drop_large_objects(lab, 50)
+    assert set(np.unique(out)) == {0, 1} and out.dtype == lab.dtype
+    assert segment.drop_large_objects(lab, 200) is lab

@@ -371,6 +371,20 @@ BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
 # diameters inside a cell body that holds a deeper candidate is the body's pale rim.
 BRIGHTFIELD_RIM_DEPTH_NUCLEI = 0.6
 
+# Brightfield: a nucleus candidate larger than this many typical nucleus areas is
+# a pale patch (a stained cell's thin margin, a gap in a granular stain), not a
+# nucleus: it would split its cell.
+BRIGHTFIELD_MAX_NUCLEUS_AREAS = 3.0
+
+# Brightfield: a lobe of a cell clump at least this many nucleus diameters in
+# inscribed radius, holding no nucleus, is a cell whose nucleus was not seen
+# (segment.add_lobe_seeds) ...
+BRIGHTFIELD_LOBE_RADIUS_NUCLEI = 1.0
+
+# ... when the clump narrows to this fraction of the lobe's width on the way
+# to the nearest nucleus.
+BRIGHTFIELD_LOBE_NECK = 0.7
+
 # Brightfield: a "cell" on bare glass no bigger than this many typical nucleus
 # areas is a speck of debris: a cell's body reaches well past its nucleus.
 BRIGHTFIELD_SPECK_NUCLEI = 2.0
@@ -419,6 +433,7 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     min_frac = seg.min_nucleus_area_fraction * (2.0 if mode == "brightfield" else 1.0)
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     if mode == "brightfield":
+        nuclei = segment.drop_large_objects(nuclei, BRIGHTFIELD_MAX_NUCLEUS_AREAS * nuc_area)
         nuclei = segment.add_unstained_nuclei(nuclei, grey_r, xgal_r, diameter_px=d,
                                               snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
                                               max_xgal=config.classify.min_positive_threshold,
@@ -440,7 +455,11 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded)
-        nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d)
+        depth = segment.body_depth(foreground, nuclei)
+        nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
+                                         depth=depth)
+        nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
+                                        neck=BRIGHTFIELD_LOBE_NECK)
     else:
         # a lamp fitted to the faint cytoplasm of unstained cells calls it
         # glass: with exact nuclei that shows, and the mask is not used

@@ -733,8 +733,14 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
     return lut[nuclei]
 
 
+def body_depth(foreground: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+    """Distance to the edge of the cell bodies: the foreground with the
+    nuclei, holes filled (float32)."""
+    return filters.distance_transform(morph.fill_holes(foreground | (nuclei > 0)))
+
+
 def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px: float,
-                    max_per_piece: int = 10) -> np.ndarray:
+                    max_per_piece: int = 10, depth: np.ndarray | None = None) -> np.ndarray:
     """Drop nucleus candidates lying on the rim of a cell body that holds a
     deeper candidate: centre less than ``min_depth_px`` inside the (hole
     filled) foreground while another candidate of the same foreground piece
@@ -744,14 +750,15 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     at most ``max_per_piece`` candidates (a cell or a small clump): the rim
     of a sheet is lined with the nuclei of cells beside it whose cytoplasm
     is invisible. Candidates outside the foreground, or alone in their
-    piece, are kept.
+    piece, are kept. ``depth``: :func:`body_depth` of the same
+    ``foreground`` and ``nuclei``, when the caller has it.
     """
     ids = _present(nuclei)
     if ids.size < 2:
         return nuclei
-    body = morph.fill_holes(foreground | (nuclei > 0))
-    depth = filters.distance_transform(body)
-    comp, _ = ndi.label(body)
+    if depth is None:
+        depth = body_depth(foreground, nuclei)
+    comp, _ = ndi.label(depth > 0)
     cents = np.round(_centroids(nuclei, ids)).astype(np.int64)
     cy = np.clip(cents[:, 0], 0, nuclei.shape[0] - 1)
     cx = np.clip(cents[:, 1], 0, nuclei.shape[1] - 1)
@@ -1192,3 +1199,101 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
     nuclei_kept = np.where(cells == nuclei, nuclei, 0)
     nuclei_kept[_lut(tiny, areas.size)[nuclei_kept]] = 0
     return cells, nuclei_kept.astype(np.int32)
+
+
+def drop_large_objects(labels: np.ndarray, max_area_px: float) -> np.ndarray:
+    """``labels`` without the objects larger than ``max_area_px``."""
+    areas = np.bincount(labels.ravel())
+    big = np.flatnonzero(areas > max_area_px)
+    big = big[big > 0]
+    if not big.size:
+        return labels
+    return np.where(_lut(big, areas.size)[labels], 0, labels).astype(labels.dtype)
+
+
+def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray, n: int = 24) -> np.ndarray:
+    """Per row i, the minimum of ``image`` at ``n`` points evenly spaced on
+    the segment from p[i] to q[i] ((K, 2) row, column coordinates)."""
+    t = np.linspace(0.0, 1.0, n)[None, :, None]
+    pts = p[:, None, :] * (1 - t) + q[:, None, :] * t
+    iy = np.clip(np.rint(pts[..., 0]).astype(np.intp), 0, image.shape[0] - 1)
+    ix = np.clip(np.rint(pts[..., 1]).astype(np.intp), 0, image.shape[1] - 1)
+    return image[iy, ix].min(axis=1)
+
+
+def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: float,
+                   neck: float = 0.7) -> np.ndarray:
+    """Seed, from the clump's shape, the cells whose nuclei were not seen.
+
+    Without a nuclear stain an unstained cell's nucleus can be invisible
+    while its body shows; touching bodies make one foreground piece with a
+    stained cell's nucleus, and the unstained cells fall to that cell's
+    territory. A cell body is a lobe of its piece: a maximum of ``depth``
+    (the distance to the edge of the hole-filled cell bodies; the centre of
+    the lobe's largest inscribed disc, radius R of at least
+    ``min_radius_px``) joined to the rest through a neck. A lobe gets a seed
+    when no nucleus pixel lies within its disc and, on the straight way to
+    the nearest one, the depth dips below ``neck`` x the smaller of R and
+    its value at that pixel (an elongated cell with its nucleus off centre
+    has no dip). Lobes go largest first; one within another seed's disc, or
+    with no dip on the way to it, is part of the same cell.
+
+    Each seed is a disc of R times the nuclei's median ratio of radius to
+    depth at their centres, so a lobe is as large against its neighbours in
+    :func:`size_weighted_territories` as a cell of its size with a nucleus
+    would be, and the border falls near the neck.
+    """
+    import cv2
+    from scipy.spatial import cKDTree
+
+    if not (depth >= min_radius_px).any():
+        return nuclei
+    score = filters.gaussian_filter(depth.astype(np.float32, copy=False), 1.0)
+    r = max(1, int(min_radius_px))
+    top = cv2.dilate(score, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    peaks = np.argwhere((score >= top) & (depth >= min_radius_px))
+    if not len(peaks):
+        return nuclei
+    rad = depth[tuple(peaks.T)].astype(np.float64)
+    order = np.argsort(-rad, kind="stable")
+    peaks, rad = peaks[order].astype(np.float64), rad[order]
+    nuclei = nuclei.astype(np.int32, copy=False)
+    ids = _present(nuclei)
+    if ids.size:
+        cents = _centroids(nuclei, ids)
+        r_nuc = np.sqrt(np.bincount(nuclei.ravel())[ids] / np.pi)
+        ci = np.clip(np.rint(cents).astype(np.intp), 0, np.array(nuclei.shape) - 1)
+        ratio = float(np.median(r_nuc / np.maximum(depth[ci[:, 0], ci[:, 1]], 1.0)))
+        inside = nuclei > 0
+        pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
+        gap, j = cKDTree(pix).query(peaks)
+        dip = _min_along(depth, peaks, pix[j].astype(np.float64)) < neck * np.minimum(rad, depth[pix[j, 0], pix[j, 1]])
+        cand = np.flatnonzero((gap > rad) & dip)
+    else:
+        ratio = 0.5
+        cand = np.arange(len(peaks))
+    kept: list[int] = []
+    for i in cand.tolist():
+        same = False
+        for k in kept:
+            if (np.hypot(*(peaks[i] - peaks[k])) <= rad[k]
+                    or _min_along(depth, peaks[i][None], peaks[k][None])[0] >= neck * min(rad[i], rad[k])):
+                same = True
+                break
+        if not same:
+            kept.append(i)
+    if not kept:
+        return nuclei
+    out = nuclei.copy()
+    nxt = int(out.max()) + 1
+    for i in kept:
+        cy, cx = peaks[i]
+        r = max(1.0, min(ratio, 0.9) * rad[i])
+        y0, y1 = max(0, int(cy - r)), min(out.shape[0], int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(out.shape[1], int(cx + r) + 1)
+        yy = (np.arange(y0, y1) - cy)[:, None] ** 2
+        xx = (np.arange(x0, x1) - cx)[None, :] ** 2
+        sub = out[y0:y1, x0:x1]
+        sub[((yy + xx) <= r * r) & (sub == 0)] = nxt
+        nxt += 1
+    return out
