@@ -408,3 +408,25 @@ def test_drop_large_objects():
     out = segment.drop_large_objects(lab, 50)
     assert set(np.unique(out)) == {0, 1} and out.dtype == lab.dtype
     assert segment.drop_large_objects(lab, 200) is lab
+
+
+def test_a_shallow_candidate_in_the_same_lobe_is_a_margin_but_a_neighbours_nucleus_is_kept():
+    shape = (120, 200)
+    # one large body: its nucleus at the centre, a pale-margin candidate 11 px
+    # from the edge (deeper than the absolute 0.6-diameter rim limit of 6 px)
+    fg = _discs(shape, [(60, 60, 40)])
+    nuclei = _nucleus(shape, 60, 60, 5, label=1)
+    _nucleus(shape, 60, 89, 4, label=2, out=nuclei)
+    depth = segment.body_depth(fg, nuclei)
+    kw = dict(min_depth_px=6, depth=depth, neck=0.7)
+    assert set(np.unique(segment.drop_rim_nuclei(nuclei, fg, rel_depth=0.0, **kw))) == {0, 1, 2}
+    assert set(np.unique(segment.drop_rim_nuclei(nuclei, fg, rel_depth=0.5, **kw))) == {0, 1}
+    # a smaller neighbour touching through a neck keeps its nucleus
+    # (its nucleus is less than half as deep as the large cell's)
+    fg2 = _discs(shape, [(60, 60, 40), (60, 112, 18)])
+    nuc2 = _nucleus(shape, 60, 60, 5, label=1)
+    _nucleus(shape, 60, 113, 4, label=2, out=nuc2)
+    d2 = segment.body_depth(fg2, nuc2)
+    assert d2[60, 113] < 0.5 * d2[60, 60]
+    out = segment.drop_rim_nuclei(nuc2, fg2, min_depth_px=6, depth=d2, rel_depth=0.5, neck=0.7)
+    assert set(np.unique(out)) == {0, 1, 2}

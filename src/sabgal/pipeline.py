@@ -371,6 +371,10 @@ BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
 # diameters inside a cell body that holds a deeper candidate is the body's pale rim.
 BRIGHTFIELD_RIM_DEPTH_NUCLEI = 0.6
 
+# ... or less than this fraction as deep as the deepest candidate of its body with
+# no neck between them (one cell's pale margin, however large the cell).
+BRIGHTFIELD_RIM_RELATIVE_DEPTH = 0.5
+
 # Brightfield: a nucleus candidate larger than this many typical nucleus areas is
 # a pale patch (a stained cell's thin margin, a gap in a granular stain), not a
 # nucleus: it would split its cell.
@@ -457,7 +461,8 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                                                     ignore=excluded)
         depth = segment.body_depth(foreground, nuclei)
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
-                                         depth=depth)
+                                         depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
+                                         neck=BRIGHTFIELD_LOBE_NECK)
         nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
                                         neck=BRIGHTFIELD_LOBE_NECK)
     else:

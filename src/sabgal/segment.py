@@ -740,7 +740,8 @@ def body_depth(foreground: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 
 
 def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px: float,
-                    max_per_piece: int = 10, depth: np.ndarray | None = None) -> np.ndarray:
+                    max_per_piece: int = 10, depth: np.ndarray | None = None,
+                    rel_depth: float = 0.0, neck: float = 0.7) -> np.ndarray:
     """Drop nucleus candidates lying on the rim of a cell body that holds a
     deeper candidate: centre less than ``min_depth_px`` inside the (hole
     filled) foreground while another candidate of the same foreground piece
@@ -752,6 +753,13 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     is invisible. Candidates outside the foreground, or alone in their
     piece, are kept. ``depth``: :func:`body_depth` of the same
     ``foreground`` and ``nuclei``, when the caller has it.
+
+    With ``rel_depth`` > 0, a candidate (in such a piece) less than
+    ``rel_depth`` times as deep as the piece's deepest candidate is dropped
+    too when the straight way to that one crosses no neck (the depth never
+    falls below ``neck`` x its own): one cell's pale margin, however deep
+    the cell, rather than the nucleus of a neighbour, which sits in a lobe
+    of its own (see :func:`add_lobe_seeds`).
     """
     ids = _present(nuclei)
     if ids.size < 2:
@@ -767,6 +775,26 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     np.maximum.at(deepest, piece, dep)
     count = np.bincount(piece, minlength=deepest.size)
     drop = (piece > 0) & (dep < min_depth_px) & (deepest[piece] >= min_depth_px) & (count[piece] <= max_per_piece)
+    if rel_depth > 0:
+        # a candidate less than rel_depth as deep as its piece's deepest one,
+        # with no neck between them, lies in the same cell: its pale margin
+        order = np.lexsort((-dep, piece))
+        top = np.zeros(deepest.size, dtype=np.intp)
+        top[piece[order][::-1]] = order[::-1]  # (each piece's deepest candidate)
+        k = top[piece]
+        i = np.flatnonzero((piece > 0) & (count[piece] <= max_per_piece) & (dep < rel_depth * dep[k])
+                           & (k != np.arange(ids.size)) & ~drop)
+        if i.size:
+            p0 = np.column_stack([cy[i], cx[i]]).astype(np.float64)
+            p1 = np.column_stack([cy[k[i]], cx[k[i]]]).astype(np.float64)
+            # ... and sits on the body's slope, not at the top of a lobe of
+            # its own: half its depth towards the deepest, the body is 1.25x
+            # deeper (a small neighbour joined broadly to a large cell has
+            # no neck, but its nucleus is at its own lobe's top)
+            step = (p1 - p0) / np.maximum(np.hypot(*(p1 - p0).T), 1e-9)[:, None]
+            q = np.rint(p0 + step * (0.5 * dep[i])[:, None]).astype(np.intp)
+            slope = depth[q[:, 0], q[:, 1]] >= 1.25 * dep[i]
+            drop[i[(_min_along(depth, p0, p1) >= neck * dep[i]) & slope]] = True
     if not drop.any():
         return nuclei
     return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
