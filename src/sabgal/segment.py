@@ -698,10 +698,15 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     if not len(coords):
         return nuclei
     coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
-    out = nuclei.astype(np.int32, copy=True)
-    r = 0.45 * d
+    return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
+
+
+def _add_discs(labels: np.ndarray, centres, radii) -> np.ndarray:
+    """A copy of ``labels`` (int32) with a new label per disc (centre, radius)
+    painted where it is still 0, numbered on from the largest label."""
+    out = labels.astype(np.int32, copy=True)
     nxt = int(out.max()) + 1
-    for cy, cx in coords:
+    for (cy, cx), r in zip(centres, radii):
         y0, y1 = max(0, int(cy - r)), min(out.shape[0], int(cy + r) + 1)
         x0, x1 = max(0, int(cx - r)), min(out.shape[1], int(cx + r) + 1)
         yy = (np.arange(y0, y1) - cy)[:, None] ** 2
@@ -1312,16 +1317,4 @@ def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: floa
             kept.append(i)
     if not kept:
         return nuclei
-    out = nuclei.copy()
-    nxt = int(out.max()) + 1
-    for i in kept:
-        cy, cx = peaks[i]
-        r = max(1.0, min(ratio, 0.9) * rad[i])
-        y0, y1 = max(0, int(cy - r)), min(out.shape[0], int(cy + r) + 1)
-        x0, x1 = max(0, int(cx - r)), min(out.shape[1], int(cx + r) + 1)
-        yy = (np.arange(y0, y1) - cy)[:, None] ** 2
-        xx = (np.arange(x0, x1) - cx)[None, :] ** 2
-        sub = out[y0:y1, x0:x1]
-        sub[((yy + xx) <= r * r) & (sub == 0)] = nxt
-        nxt += 1
-    return out
+    return _add_discs(nuclei, peaks[kept], np.maximum(1.0, min(ratio, 0.9) * rad[kept]))
