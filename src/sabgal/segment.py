@@ -783,9 +783,10 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     if rel_depth > 0:
         # a candidate less than rel_depth as deep as its piece's deepest one,
         # with no neck between them, lies in the same cell: its pale margin
-        order = np.lexsort((-dep, piece))
+        order = np.lexsort((-dep, piece))  # by piece, deepest first
+        pieces, first = np.unique(piece[order], return_index=True)
         top = np.zeros(deepest.size, dtype=np.intp)
-        top[piece[order][::-1]] = order[::-1]  # (each piece's deepest candidate)
+        top[pieces] = order[first]  # (each piece's deepest candidate)
         k = top[piece]
         i = np.flatnonzero((piece > 0) & (count[piece] <= max_per_piece) & (dep < rel_depth * dep[k])
                            & (k != np.arange(ids.size)) & ~drop)
@@ -1244,9 +1245,10 @@ def drop_large_objects(labels: np.ndarray, max_area_px: float) -> np.ndarray:
     return np.where(_lut(big, areas.size)[labels], 0, labels).astype(labels.dtype)
 
 
-def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray, n: int = 24) -> np.ndarray:
-    """Per row i, the minimum of ``image`` at ``n`` points evenly spaced on
-    the segment from p[i] to q[i] ((K, 2) row, column coordinates)."""
+def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per row i, the minimum of ``image`` on the segment from p[i] to q[i]
+    ((K, 2) row, column coordinates), sampled at least once a pixel."""
+    n = int(np.ceil(np.hypot(*(q - p).T).max(initial=0.0))) + 2
     t = np.linspace(0.0, 1.0, n)[None, :, None]
     pts = p[:, None, :] * (1 - t) + q[:, None, :] * t
     iy = np.clip(np.rint(pts[..., 0]).astype(np.intp), 0, image.shape[0] - 1)
