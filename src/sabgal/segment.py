@@ -776,19 +776,19 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     cy = np.clip(cents[:, 0], 0, nuclei.shape[0] - 1)
     cx = np.clip(cents[:, 1], 0, nuclei.shape[1] - 1)
     dep, piece = depth[cy, cx], comp[cy, cx]
-    deepest = np.zeros(int(piece.max()) + 1)
-    np.maximum.at(deepest, piece, dep)
-    count = np.bincount(piece, minlength=deepest.size)
-    drop = (piece > 0) & (dep < min_depth_px) & (deepest[piece] >= min_depth_px) & (count[piece] <= max_per_piece)
+    # each candidate's piece's deepest candidate
+    order = np.lexsort((-dep, piece))  # by piece, deepest first
+    pieces, first = np.unique(piece[order], return_index=True)
+    top = np.zeros(int(piece.max()) + 1, dtype=np.intp)
+    top[pieces] = order[first]
+    k = top[piece]
+    deepest = dep[k]
+    count = np.bincount(piece, minlength=top.size)[piece]
+    drop = (piece > 0) & (dep < min_depth_px) & (deepest >= min_depth_px) & (count <= max_per_piece)
     if rel_depth > 0:
         # a candidate less than rel_depth as deep as its piece's deepest one,
         # with no neck between them, lies in the same cell: its pale margin
-        order = np.lexsort((-dep, piece))  # by piece, deepest first
-        pieces, first = np.unique(piece[order], return_index=True)
-        top = np.zeros(deepest.size, dtype=np.intp)
-        top[pieces] = order[first]  # (each piece's deepest candidate)
-        k = top[piece]
-        i = np.flatnonzero((piece > 0) & (count[piece] <= max_per_piece) & (dep < rel_depth * dep[k])
+        i = np.flatnonzero((piece > 0) & (count <= max_per_piece) & (dep < rel_depth * deepest)
                            & (k != np.arange(ids.size)) & ~drop)
         if i.size:
             p0 = np.column_stack([cy[i], cx[i]]).astype(np.float64)
