@@ -975,8 +975,10 @@ def methods_text(run: dict[str, Any], images: pd.DataFrame) -> tuple[list[str], 
                        f"{cite('neri2024')}")
     floor = cl.get("min_positive_threshold")
     if floor and per_image:
-        # an anchored threshold may go down to half the floor (classify.negative_anchored_threshold)
-        floor_txt = (f", and never below {float(floor) / 2:g} OD (below {float(floor):g} OD only where an image "
+        # an anchored threshold may go down to a fraction of the floor (classify.negative_anchored_threshold)
+        from sabgal.classify import GAP_FLOOR_FRACTION
+
+        floor_txt = (f", and never below {float(floor) * GAP_FLOOR_FRACTION:g} OD (below {float(floor):g} OD only where an image "
                      "showed its faint positives as a population apart from its unstained cells)")
     else:
         floor_txt = f", and never below {float(floor):g} OD" if floor else ""
