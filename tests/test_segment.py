@@ -430,3 +430,26 @@ def test_a_shallow_candidate_in_the_same_lobe_is_a_margin_but_a_neighbours_nucle
     assert d2[60, 113] < 0.5 * d2[60, 60]
     out = segment.drop_rim_nuclei(nuc2, fg2, min_depth_px=6, depth=d2, rel_depth=0.5, neck=0.7)
     assert set(np.unique(out)) == {0, 1, 2}
+
+
+def test_brightfield_foreground_keeps_glass_that_a_ring_of_cells_encloses():
+    # six faint cells in a ring, touching, around a patch of bare glass:
+    # without a glass mask the patch is a hole and is filled (thin
+    # cytoplasm); with the lamp's glass there it stays glass
+    rng = np.random.default_rng(3)
+    shape = (200, 200)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    od = rng.normal(0, 0.004, shape).astype(np.float32)
+    ring = np.zeros(shape, bool)
+    for a in np.linspace(0, 2 * np.pi, 6, endpoint=False):
+        cy, cx = 100 + 45 * np.sin(a), 100 + 45 * np.cos(a)
+        ring |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 26 ** 2
+    od[ring] += 0.05
+    centre = (yy - 100) ** 2 + (xx - 100) ** 2 <= 8 ** 2  # well inside the enclosed glass
+    assert not ring[centre].any()
+    filled = segment.brightfield_foreground(od, sigma_px=1.5)
+    assert filled[centre].all()
+    glass = ~ndi.binary_dilation(ring, iterations=4)
+    kept = segment.brightfield_foreground(od, sigma_px=1.5, glass=glass)
+    assert not kept[centre].any()
+    assert kept[ring & ~ndi.binary_dilation(~ring, iterations=3)].all()

@@ -457,8 +457,13 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d)
+        # glass the lamp estimate saw is not filled in where touching cells
+        # enclose it, unless it lies on the cells (a lamp fitted to the faint
+        # cytoplasm of a confluent sheet)
+        enclosed = (background if background is not None
+                    and not segment.glass_among_nuclei(background, nuclei, diameter_px=d) else None)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
-                                                    ignore=excluded)
+                                                    ignore=excluded, glass=enclosed)
         depth = segment.body_depth(foreground, nuclei)
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
                                          depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,

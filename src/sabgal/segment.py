@@ -636,13 +636,15 @@ def _left_sd(c: np.ndarray, hs: np.ndarray, i: int) -> float:
 
 
 def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0,
-                           ignore: np.ndarray | None = None) -> np.ndarray:
+                           ignore: np.ndarray | None = None, glass: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies in an unstained brightfield field: smoothed OD more than
     ``k`` glass noise SDs above the glass level (:func:`glass_level`, which
-    leaves out the ``ignore`` pixels: no specimen there)."""
+    leaves out the ``ignore`` pixels: no specimen there). Holes are filled
+    (thin cytoplasm) unless they hold known ``glass``: the bare glass that a
+    ring of touching cells encloses."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px)
     level, sd = glass_level(sm, ignore=ignore)
-    return _tidy_mask(sm > level + k * sd)
+    return _tidy_mask(sm > level + k * sd, glass=glass)
 
 
 def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
