@@ -453,3 +453,28 @@ def test_brightfield_foreground_keeps_glass_that_a_ring_of_cells_encloses():
     kept = segment.brightfield_foreground(od, sigma_px=1.5, glass=glass)
     assert not kept[centre].any()
     assert kept[ring & ~ndi.binary_dilation(~ring, iterations=3)].all()
+
+
+def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
+    # a ring of six stained cells (foreground, each with its nucleus)
+    # encloses a pocket holding the nucleus of an unstained cell too faint
+    # to show: that pocket is the pale cell. The open glass outside, with a
+    # debris speck taken for a nucleus, stays glass.
+    shape = (240, 240)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    fg = np.zeros(shape, bool)
+    nuclei = np.zeros(shape, np.int32)
+    for i, a in enumerate(np.linspace(0, 2 * np.pi, 6, endpoint=False)):
+        cy, cx = 120 + 45 * np.sin(a), 120 + 45 * np.cos(a)
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 26 ** 2
+        nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= 6 ** 2] = i + 1
+    pocket = ~fg & ((yy - 120) ** 2 + (xx - 120) ** 2 <= 30 ** 2)
+    nuclei[(yy - 120) ** 2 + (xx - 120) ** 2 <= 5 ** 2] = 7
+    nuclei[(yy - 12) ** 2 + (xx - 12) ** 2 <= 2 ** 2] = 8  # a speck on the open glass
+    pale = segment.pale_cell_pockets(fg, nuclei)
+    assert pale[(yy - 120) ** 2 + (xx - 120) ** 2 <= 12 ** 2].all()
+    assert not pale[(yy - 12) ** 2 + (xx - 12) ** 2 <= 10 ** 2].any()
+    assert not (pale & fg).any() and not pale[~pocket & ~fg].any()
+    # a pocket holding no nucleus is enclosed glass
+    nuclei[nuclei == 7] = 0
+    assert not segment.pale_cell_pockets(fg, nuclei).any()

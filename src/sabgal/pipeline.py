@@ -359,6 +359,12 @@ def _expand(labels: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
 # across: finer adds nothing to the territories but costs time quadratically.
 WORKING_NUCLEUS_PX = 10.0
 
+# Brightfield (no nuclear stain): a piece of not-foreground that holds nuclei
+# of its own is their faint cells, not glass, when it is no larger than this
+# many foreground cells (foreground area per foreground nucleus) per nucleus
+# (segment.pale_cell_pockets).
+BRIGHTFIELD_PALE_POCKET_CELLS = 1.0
+
 # Brightfield (no nuclear stain): two nucleus candidates closer than this many
 # nucleus diameters are one nucleus and the gaps between X-gal granules beside it.
 BRIGHTFIELD_NUCLEUS_SPACING = 2.0
@@ -464,6 +470,14 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
                     and not segment.glass_among_nuclei(background, nuclei, diameter_px=d) else None)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed)
+        # a pocket of "glass" holding its own nuclei, no larger than the
+        # cells in the foreground, is cells too faint to stand out of the
+        # glass (unstained cells among stained ones in a dense field)
+        pale = segment.pale_cell_pockets(foreground, nuclei, max_area_ratio=BRIGHTFIELD_PALE_POCKET_CELLS)
+        if pale.any():
+            foreground = foreground | pale
+            if background is not None:
+                background = background & ~pale
         depth = segment.body_depth(foreground, nuclei)
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
                                          depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,

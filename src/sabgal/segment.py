@@ -40,6 +40,7 @@ __all__ = [
     "relabel_sequential",
     "glass_level",
     "brightfield_foreground",
+    "pale_cell_pockets",
     "suppress_close_nuclei",
 ]
 
@@ -645,6 +646,55 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px)
     level, sd = glass_level(sm, ignore=ignore)
     return _tidy_mask(sm > level + k * sd, glass=glass)
+
+
+def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
+                      min_nuclei: int = 5) -> np.ndarray:
+    """Pieces of not-foreground that are the faint cytoplasm of unstained cells.
+
+    A piece (4-connected) holding nuclei of its own -- nuclei whose 2 px
+    surround lies mostly in the piece -- and no larger than ``max_area_ratio``
+    times the field's foreground area per foreground nucleus for each of them
+    is that many cells too faint to stand out of the glass, not bare glass:
+    bare glass between cells holds no nuclei, or is far larger than the cells
+    it holds. Returns the mask of such pieces (none when fewer than
+    ``min_nuclei`` nuclei lie in the foreground to size a cell by).
+    """
+    import cv2
+
+    fg = np.asarray(foreground, dtype=bool)
+    out = np.zeros(fg.shape, dtype=bool)
+    nuclei = np.asarray(nuclei)
+    n, comp = cv2.connectedComponents((~fg).view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    if n <= 1 or not nuclei.any():
+        return out
+    nuc = nuclei > 0
+    # each nucleus's surround, labelled with it (cv2 dilates float32 exactly below 2^24)
+    grown = cv2.dilate(nuclei.astype(np.float32), np.ones((5, 5), np.uint8)).astype(np.int64)
+    ring = (grown > 0) & ~nuc
+    rl, rc = grown[ring], comp[ring]
+    top = int(nuclei.max()) + 1
+    tot = np.bincount(rl, minlength=top)
+    outside = np.bincount(rl[rc > 0], minlength=top)
+    free = (tot > 0) & (outside >= 0.5 * tot)
+    n_fg = int(np.count_nonzero((tot > 0) & ~free))
+    if n_fg < min_nuclei:
+        return out
+    per_cell = float(np.count_nonzero(fg)) / n_fg
+    # each free nucleus's piece: the one holding most of its surround
+    sel = free[rl] & (rc > 0)
+    if not sel.any():
+        return out
+    key, cnt = np.unique(rl[sel] * n + rc[sel], return_counts=True)
+    lab, pc = np.divmod(key, n)
+    order = np.lexsort((-cnt, lab))
+    first = np.r_[True, lab[order][1:] != lab[order][:-1]]
+    pieces = pc[order][first]
+    held = np.bincount(pieces, minlength=n)
+    area = np.bincount(comp.ravel(), minlength=n)
+    pocket = (held >= 1) & (area <= max_area_ratio * per_cell * held)
+    pocket[0] = False
+    return pocket[comp]
 
 
 def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
