@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from sabgal import measure
 
@@ -57,6 +58,33 @@ def test_label_quantile_matches_numpy():
     q = measure.label_quantile(lab, val, 0.9, 5)
     for k in range(1, 6):
         assert q[k] == pytest.approx(np.quantile(val[lab == k], 0.9), abs=0.01)
+
+
+def test_quantile_bins_clip_the_ends_and_nan_to_the_first_bin():
+    # values beyond the histogram's range fall in its end bins; NaN in the
+    # first, as an integer cast then clip would put it
+    vals = np.array([-5.0, -0.2, 0.0, 0.02, 3.0, 50.0, np.nan], np.float32)
+    got = measure.quantile_bins(vals, bins=1024)
+    assert got.dtype == np.int32
+    assert got[0] == 0 and got[-1] == 0 and got[-2] == 1023 and got[-3] == 1023
+    assert 0 < got[2] < got[3] < 1023
+    lab = np.ones(vals.size - 1, np.int64)
+    np.testing.assert_array_equal(measure.label_quantile(lab, vals[:-1], 0.5, 1),
+                                  measure.label_quantile(lab, vals[:-1], 0.5, 1, binned=got[:-1]))
+
+
+def test_a_given_nucleus_distance_changes_nothing():
+    shape = (80, 80)
+    cells = np.zeros(shape, np.int32)
+    cells[_disk(shape, 40, 40, 30)] = 1
+    nuclei = np.where(_disk(shape, 40, 40, 8), 1, 0).astype(np.int32)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    xg = (0.2 * np.exp(-np.hypot(yy - 40, xx - 40) / 10)).astype(np.float32)
+    body = np.zeros(shape, np.float32)
+    kw = dict(xgal=xg, body=body, perinuclear_px=20.0, band_px=5.0)
+    a = measure.measure_cells(cells, nuclei, **kw)
+    dist = ndi.distance_transform_edt(nuclei == 0).astype(np.float32)
+    pd.testing.assert_frame_equal(a, measure.measure_cells(cells, nuclei, nucleus_dist=dist, **kw))
 
 
 def test_shuffled_label_ids_do_not_change_measures():

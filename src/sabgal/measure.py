@@ -17,7 +17,7 @@ import pandas as pd
 from sabgal import filters
 from sabgal import morphology as morph
 
-__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile", "label_runs",
+__all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile", "quantile_bins", "label_runs",
            "coordinate_sums"]
 
 # column -> dtype; the order is the order of cells.csv (calls are appended by classify)
@@ -57,25 +57,27 @@ def empty_cells_table() -> pd.DataFrame:
 
 
 def label_quantile(labels: np.ndarray, values: np.ndarray, q, n_labels: int, *,
-                   lo: float = -0.2, hi: float = 3.0, bins: int = 1024, knee: float = 0.02) -> np.ndarray:
+                   lo: float = -0.2, hi: float = 3.0, bins: int = 1024, knee: float = 0.02,
+                   binned: np.ndarray | None = None) -> np.ndarray:
     """Per-label quantile of ``values`` by a joint histogram.
 
     Bins are uniform in asinh(value / ``knee``): finer than ``knee`` / 100
     near zero, where thresholds between unstained and faintly stained cells
     sit, and about 1 % of the value above ``knee``. Values outside
-    [``lo``, ``hi``] fall in the end bins.
+    [``lo``, ``hi``] fall in the end bins. ``binned``: the values' bin
+    indices from :func:`quantile_bins` (same ``lo``, ``hi``, ``bins``,
+    ``knee``), when several label sets share the values.
 
     Returns an array of length ``n_labels + 1`` (index = label; NaN where
     empty), or one row per quantile when ``q`` is a sequence.
 
     >>> lab = np.array([1, 1, 1, 2, 2])
     >>> val = np.array([0.0, 0.5, 1.0, 2.0, 2.0])
-    >>> label_quantile(lab, val, 0.5, 2, lo=0, hi=4, bins=400).round(2).tolist()[1:]
+    >>> label_quantile(lab, val, 0.5, 2, lo=0, hi=4, bins=400).round(1).tolist()[1:]
     [0.5, 2.0]
     """
     a_lo, a_hi = np.arcsinh(lo / knee), np.arcsinh(hi / knee)
-    scaled = (np.arcsinh(np.asarray(values, dtype=np.float32) / np.float32(knee)) - np.float32(a_lo))
-    idx = np.clip((scaled * np.float32(bins / (a_hi - a_lo))).astype(np.int64), 0, bins - 1)
+    idx = quantile_bins(values, lo=lo, hi=hi, bins=bins, knee=knee) if binned is None else binned
     hist = np.bincount(labels.astype(np.int64) * bins + idx, minlength=(n_labels + 1) * bins)
     hist = hist.reshape(n_labels + 1, bins)
     cum = np.cumsum(hist, axis=1)
@@ -87,6 +89,24 @@ def label_quantile(labels: np.ndarray, values: np.ndarray, q, n_labels: int, *,
         out = knee * np.sinh(a_lo + (pos + 0.5) * (a_hi - a_lo) / bins)
         rows.append(np.where(total > 0, out, np.nan))
     return rows[0] if np.ndim(q) == 0 else np.stack(rows)
+
+
+def quantile_bins(values: np.ndarray, *, lo: float = -0.2, hi: float = 3.0, bins: int = 1024,
+                  knee: float = 0.02) -> np.ndarray:
+    """The :func:`label_quantile` histogram bin (int32) of each value.
+
+    >>> quantile_bins(np.array([-1.0, 0.0, 10.0]), bins=1024).tolist()
+    [0, 352, 1023]
+    """
+    a_lo, a_hi = np.arcsinh(lo / knee), np.arcsinh(hi / knee)
+    scaled = np.arcsinh(np.asarray(values, dtype=np.float32) / np.float32(knee))
+    scaled -= np.float32(a_lo)
+    scaled *= np.float32(bins / (a_hi - a_lo))
+    # clipped before the cast (cheaper, and the same bins: truncation
+    # towards zero keeps [0, bins - 1] in place); fmax sends NaN to bin 0
+    np.fmax(scaled, 0, out=scaled)
+    np.minimum(scaled, bins - 1, out=scaled)
+    return scaled.astype(np.int32)
 
 
 def _perimeters(labels: np.ndarray, n: int) -> np.ndarray:
@@ -227,7 +247,8 @@ def coordinate_sums(labels: np.ndarray, n: int, *, second: bool = True) -> tuple
 def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, body: np.ndarray,
                   counterstain: np.ndarray | None = None, pixel_size_um: float | None = None,
                   stained_pixel_od: float = 0.1, edge_px: int = 0,
-                  perinuclear_px: float = 0.0, band_px: float = 0.0) -> pd.DataFrame:
+                  perinuclear_px: float = 0.0, band_px: float = 0.0,
+                  nucleus_dist: np.ndarray | None = None) -> pd.DataFrame:
     """Measure every cell.
 
     Parameters
@@ -258,6 +279,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         nucleus, within the core) over which ``xgal_od_perinuclear_p60`` is
         read; cells with no nucleus, or fewer than 10 band pixels, get their
         core value. 0 reads the core for every cell.
+    nucleus_dist : (M, N) float ndarray, optional
+        Each pixel's distance to the nearest nucleus pixel, when the caller
+        has it (else computed here when needed).
 
     Returns
     -------
@@ -312,7 +336,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
     nuc_dist = None
     if (perinuclear_px > 0 or band_px > 0) and nuc_area.any():
-        nuc_dist = filters.distance_transform(np.asarray(nuclei) == 0)
+        nuc_dist = filters.distance_transform(np.asarray(nuclei) == 0) if nucleus_dist is None else nucleus_dist
     if perinuclear_px > 0 and nuc_dist is not None:
         # and within reach of the nucleus: SA-β-gal is lysosomal and
         # perinuclear, while a territory drawn too large reaches into a
@@ -325,14 +349,15 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     core_ok = np.zeros(n + 1, dtype=bool)
     core_ok[ids] = use_core
     core_lab = np.where(core_ok[flat], cyto_lab, flat)
-    p90, p60 = label_quantile(core_lab, xg32, (0.9, 0.6), n)[:, ids]
+    xg_bins = quantile_bins(xg32)
+    p90, p60 = label_quantile(core_lab, xg32, (0.9, 0.6), n, binned=xg_bins)[:, ids]
     band_p60 = p60
     if band_px > 0 and nuc_dist is not None:
         # the densest part of a perinuclear stain: a thin ring right around
         # the nucleus, which a faint cell's core quantile dilutes away
         band_lab = np.where(nuc_dist.ravel()[pix] <= 2 + band_px, cyto_lab, 0)
         band_n = np.bincount(band_lab, minlength=n + 1)[ids]
-        band_q = label_quantile(band_lab, xg32, 0.6, n)[ids]
+        band_q = label_quantile(band_lab, xg32, 0.6, n, binned=xg_bins)[ids]
         band_p60 = np.where(band_n >= 10, band_q, p60)
     cyto = nflat == 0
     body_px = np.asarray(body).ravel()[pix]

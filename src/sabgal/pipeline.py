@@ -292,8 +292,8 @@ PERINUCLEAR_BAND_NUCLEI = 0.5
 
 def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: np.ndarray, *,
                   foreground: np.ndarray | None = None, pixel_size_um: float | None = None,
-                  config: Config | None = None,
-                  diameter_px: float | None = None) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
+                  config: Config | None = None, diameter_px: float | None = None,
+                  nucleus_dist: np.ndarray | None = None) -> tuple[pd.DataFrame, np.ndarray, float, np.ndarray]:
     """Measure given labels on a prepared image (stage 4); also used after a
     person edits the labels (napari).
 
@@ -301,6 +301,8 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     :func:`segment_image`); the X-gal score leaves out a rim of a third of
     it along each cell's edge (where a neighbour's stain spills over an
     imperfect border). Without it, it is estimated from the nuclei.
+    ``nucleus_dist``: each pixel's distance to the nearest nucleus pixel of
+    ``nucleus_labels`` when the caller has it.
 
     Returns (table without calls, background-corrected X-gal map, X-gal
     background OD, glass mask).
@@ -326,7 +328,7 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     band = PERINUCLEAR_BAND_NUCLEI * diameter_px if stained_nuclei else 0.0
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
                                   counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px,
-                                  perinuclear_px=perinuclear, band_px=band)
+                                  perinuclear_px=perinuclear, band_px=band, nucleus_dist=nucleus_dist)
     return table, xgal_c, xgal_bg, glass
 
 
@@ -409,6 +411,14 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     are large the maps are block-averaged so a nucleus spans about
     :data:`WORKING_NUCLEUS_PX` pixels, and the labels are enlarged back.
     """
+    return _segment(prep, nuclear=nuclear, config=config, od_sum=od_sum)[:4]
+
+
+def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config | None,
+             od_sum: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
+    """:func:`segment_image`, plus the distance of each pixel to the nearest
+    nucleus pixel of the returned nuclei when segmentation computed it on
+    those same nuclei (else None): measuring needs it again."""
     config = config or Config()
     seg = config.segment
     xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
@@ -540,9 +550,12 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
         cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
+    # (the nuclei as seeded, at full scale: their distance map holds)
+    nucleus_dist = (nearest[0] if mode != "brightfield" and f == 1 and np.array_equal(nuclei > 0, seeds > 0)
+                    else None)
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
     foreground = _expand(foreground, f, shape)
-    return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter
+    return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter, nucleus_dist
 
 
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
@@ -590,12 +603,14 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     prep = dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None))
 
     t = time.perf_counter()
-    cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config, od_sum=od_sum)
+    cells, nuclei, foreground, diameter, nucleus_dist = _segment(prep, nuclear=nuclear, config=config,
+                                                                 od_sum=od_sum)
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     table, xgal_c, xgal_bg, glass = measure_image(prep, cells, nuclei, foreground=foreground,
-                                                  pixel_size_um=px, config=config, diameter_px=diameter)
+                                                  pixel_size_um=px, config=config, diameter_px=diameter,
+                                                  nucleus_dist=nucleus_dist)
     timings["measure_s"] = time.perf_counter() - t
     model, lamp = prep.model, prep.lamp
     info: dict[str, Any] = {
