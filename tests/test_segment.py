@@ -478,3 +478,40 @@ def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_
     # a pocket holding no nucleus is enclosed glass
     nuclei[nuclei == 7] = 0
     assert not segment.pale_cell_pockets(fg, nuclei).any()
+
+
+def test_speck_limit_follows_the_fields_cells_within_its_bounds():
+    # ten cells of 600 px: a speck may be up to 15 % of that (90 px), never
+    # under the floor nor over the cap; with too few cells, the floor
+    lab = np.zeros((100, 100), np.int32)
+    for i in range(10):
+        lab[i * 10:(i + 1) * 10, :60] = i + 1
+    assert segment.speck_area_limit(lab, min_px=20, max_px=200, fraction=0.15) == 90.0
+    assert segment.speck_area_limit(lab, min_px=100, max_px=200, fraction=0.15) == 100.0
+    assert segment.speck_area_limit(lab, min_px=20, max_px=50, fraction=0.15) == 50.0
+    assert segment.speck_area_limit(lab[:30], min_px=20, max_px=200, fraction=0.15) == 20.0
+
+
+def test_a_blurred_speck_larger_than_two_nuclei_among_large_cells_is_debris():
+    # large cells, and dark specks whose blur makes them ~3 nucleus areas:
+    # over the fixed two-nucleus limit, but far smaller than the cells
+    shape = (400, 400)
+    cells = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    k = 0
+    for cy in (60, 200, 340):
+        for cx in (60, 200, 340):
+            if (cy, cx) == (200, 200):
+                continue
+            k += 1
+            cells[np.hypot(yy - cy, xx - cx) < 45] = k
+    for cy, cx in [(130, 130), (270, 270)]:
+        k += 1
+        cells[np.hypot(yy - cy, xx - cx) < 9] = k  # ~250 px, 3.2 areas of a 10 px nucleus
+    glass = cells == 0
+    nuc_area = np.pi * 5 ** 2
+    lim = segment.speck_area_limit(cells, min_px=2 * nuc_area, max_px=5 * nuc_area, fraction=0.15)
+    assert lim == 5 * nuc_area  # (15 % of a 6,300 px cell is over the cap)
+    kept = segment.drop_specks_on_glass(cells, glass, max_area_px=lim)
+    assert set(np.unique(kept)) == set(range(0, 9))
+    assert set(np.unique(segment.drop_specks_on_glass(cells, glass, max_area_px=2 * nuc_area))) == set(range(0, 11))

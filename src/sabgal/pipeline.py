@@ -398,8 +398,12 @@ BRIGHTFIELD_LOBE_RADIUS_NUCLEI = 1.0
 BRIGHTFIELD_LOBE_NECK = 0.7
 
 # Brightfield: a "cell" on bare glass no bigger than this many typical nucleus
-# areas is a speck of debris: a cell's body reaches well past its nucleus.
+# areas is a speck of debris: a cell's body reaches well past its nucleus ...
 BRIGHTFIELD_SPECK_NUCLEI = 2.0
+# ... nor, up to this many nucleus areas, bigger than this fraction of the
+# field's median cell (a speck's blur halo can double it; cells are far larger)
+BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
+BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -547,7 +551,10 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed
     if mode == "brightfield" and no_cells is not None:
-        cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area)
+        speck = segment.speck_area_limit(cells, min_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area,
+                                         max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,
+                                         fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
+        cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=speck)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     # (the nuclei as seeded, at full scale: their distance map holds)
