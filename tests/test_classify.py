@@ -189,6 +189,22 @@ def test_unstained_cells_that_all_read_below_zero_still_anchor():
     assert src2 == "anchored" and t2 >= 0.015, t2
 
 
+def test_unstained_cells_below_zero_under_many_faint_positives_anchor_below_them():
+    """A mostly stained field: 16 unstained cells read -0.009 OD (tight),
+    and many of the stained ones are faint (0.01-0.03 OD, more of them than
+    there are unstained cells). On the log scale clipped at zero, the
+    unstained cells' offset below zero was taken for their spread and the
+    threshold landed at the floor, over a third of the positives. On a scale
+    starting at the lowest scores they anchor, and the empty gap above them
+    brings the threshold down to half the floor."""
+    rng = np.random.default_rng(14)
+    neg = rng.normal(-0.009, 0.0012, 16)
+    faint = rng.uniform(0.016, 0.03, 27)
+    pos = np.r_[faint, rng.uniform(0.03, 0.18, 60)]
+    t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
+    assert src == "anchored" and neg.max() < t < faint.min(), t
+
+
 def test_unstained_scores_scattered_across_zero_get_no_second_look():
     """The second look (log scale from the lowest scores) is for unstained
     cells that all read below zero. When they scatter across zero (broad:

@@ -267,12 +267,15 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     mode already looks stained (its score is above 0.6 x ``positive_like``, or
     it is broad: spread above half the floor) the image has no unstained
     population to anchor on and ``nan`` is returned with source ``"none"``
-    -- unless some scores are negative: unstained cells that all read below
-    zero (a cytoplasm colour unmixing slightly negative onto X-gal) pile up
-    at zero on the log scale and look broad, so the search is repeated on a
-    log scale starting at the 2nd percentile of the scores, when more cells
-    read below zero than between zero and the floor, and a population found
-    there counts only if it lies below zero (the floors stay as they are).
+    -- except that when some cells read below zero the search is made first
+    on a log scale starting at the 2nd percentile of the scores: unstained
+    cells that all read below zero (a cytoplasm colour unmixing slightly
+    negative onto X-gal) pile up at zero on a scale clipped there, and their
+    offset below zero passes for spread. (Only when the cells below zero
+    outnumber twice those as far above it, or those between zero and the
+    floor: scores scattered across zero are not offset.) A population found on that scale
+    counts only if it lies below zero (the floors stay as they are);
+    otherwise the clipped scale is used.
 
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
@@ -284,18 +287,25 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     s = s[np.isfinite(s)]
     if s.size < min_cells:
         return float("nan"), "none"
-    t, src = _anchor(s, 0.0, floor=floor, positive_like=positive_like, k=k)
     low = float(np.percentile(s, 2))
     n_neg = int(np.count_nonzero(s < 0))
-    if (src == "none" and low < 0 and n_neg >= max(5, 0.03 * s.size)
-            and n_neg > np.count_nonzero((s >= 0) & (s < floor))):
+    # just above zero, as far as the lowest scores lie below it
+    mirror = int(np.count_nonzero((s >= 0) & (s < -low)))
+    offset = n_neg > 2 * mirror or n_neg > np.count_nonzero((s >= 0) & (s < floor))
+    if low < 0 and n_neg >= max(5, 0.03 * s.size) and offset:
         # Unstained cells can all read below zero X-gal (a cytoplasm colour
-        # that unmixes slightly negative onto X-gal): on the log scale they
-        # pile up at zero and look broad. Looked at again with the scale
-        # starting at the lowest scores, they keep their own spread. (Only
-        # when the cells below zero outnumber those between zero and the
-        # floor: the bottom of scores scattered across zero is not them.)
+        # that unmixes slightly negative onto X-gal). On a log scale clipped
+        # at zero they pile up there, and their distance below zero passes
+        # for spread: the threshold lands well above them, over the faintly
+        # stained cells. Looked at first on a scale starting at the lowest
+        # scores, they keep their own place and spread. (Only when they are
+        # offset below zero: more than twice as many cells below zero as
+        # just above it, or more than between zero and the floor. The lowest
+        # of unstained scores scattered across zero are not a population.)
         t, src = _anchor(s, low, floor=floor, positive_like=positive_like, k=k)
+        if src == "anchored":
+            return t, src
+    t, src = _anchor(s, 0.0, floor=floor, positive_like=positive_like, k=k)
     return t, src
 
 
