@@ -109,7 +109,7 @@ def test_median_filter_matches_scipy():
 def test_convex_areas_match_qhull():
     from scipy.spatial import ConvexHull, QhullError
 
-    from sabgal.measure import _convex_areas
+    from sabgal.measure import convex_areas
 
     def qhull_areas(labels, ids):
         out = []
@@ -141,7 +141,7 @@ def test_convex_areas_match_qhull():
                         labels[yy, xx] = k
         ids = np.flatnonzero(np.bincount(labels.ravel())[1:]) + 1
         if ids.size:
-            np.testing.assert_allclose(_convex_areas(labels, ids), qhull_areas(labels, ids), rtol=1e-9)
+            np.testing.assert_allclose(convex_areas(labels, ids), qhull_areas(labels, ids), rtol=1e-9)
 
 
 def test_padded_filters_match_scipy():

@@ -92,3 +92,51 @@ def test_od_non_negative_when_darker_than_lamp(t):
     lamp = np.array([0.8, 0.9, 1.0], np.float32)
     rgb = lamp * np.asarray(t, np.float32)
     assert np.all(stains.rgb_to_od(rgb[None, None], lamp) >= -1e-6)
+
+
+def _blob_field(colour, *, ring: bool = False, od: float = 0.3, seed: int = 3):
+    """OD field of 40 round blobs (nucleus-sized, r = 6 px) in a faint grey
+    background, or rings around an unstained centre (``ring``: cytoplasm
+    stain around a pale nucleus), all of one colour."""
+    rng = np.random.default_rng(seed)
+    field = np.zeros((240, 400, 3), np.float32) + 0.03 * stains.GREY.astype(np.float32)
+    yy, xx = np.mgrid[0:240, 0:400]
+    for cy in range(24, 240, 48):
+        for cx in range(25, 400, 50):
+            d = np.hypot(yy - cy, xx - cx)
+            blob = ((d > 6) & (d < 16)) if ring else (d < 6)
+            field[blob] += od * np.asarray(colour, np.float32)
+    return field + rng.normal(0, 0.004, field.shape).astype(np.float32)
+
+
+def test_hematoxylin_found_in_compact_nuclei_of_its_colour():
+    found, n_blobs, frac = stains.detect_hematoxylin(_blob_field(stains.HEMATOXYLIN))
+    assert found and n_blobs == 40 and frac > 0.95
+
+
+def test_hematoxylin_not_found_in_blue_cytoplasm_or_xgal_coloured_blobs():
+    # the same compact blobs in X-gal's colour: hue too far from hematoxylin
+    assert not stains.detect_hematoxylin(_blob_field(stains.XGAL))[0]
+    # hematoxylin-like (navy) colour around pale nuclei: rings, not solid blobs
+    found, n_blobs, _ = stains.detect_hematoxylin(_blob_field(stains.HEMATOXYLIN, ring=True))
+    assert not found and n_blobs == 0
+    # a blank field and a few nuclei only
+    assert not stains.detect_hematoxylin(np.zeros((240, 400, 3), np.float32))[0]
+    few = _blob_field(stains.HEMATOXYLIN)
+    few[:, 120:] = 0
+    assert not stains.detect_hematoxylin(few)[0]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rendered_hematoxylin_fields_are_recognised_and_plain_brightfield_ones_not(seed):
+    from sabgal import pipeline, synth
+
+    p = synth.random_params(np.random.default_rng(seed), setup="counterstain", shape=(512, 680),
+                            senescent_fraction=0.3, counterstain="hematoxylin", jpeg=False)
+    st = pipeline.prepare_image(synth.render_field(p, np.random.default_rng(p.seed)).rgb)
+    assert st.mode == "counterstain" and any("hematoxylin" in w for w in st.warnings)
+    # plain brightfield with mostly stained cells: X-gal alone, whatever its hue
+    p = synth.random_params(np.random.default_rng(seed), setup="brightfield", shape=(512, 680),
+                            senescent_fraction=0.7)
+    st = pipeline.prepare_image(synth.render_field(p, np.random.default_rng(p.seed)).rgb)
+    assert st.mode == "brightfield" and not any("hematoxylin" in w for w in st.warnings)

@@ -18,7 +18,7 @@ from sabgal import filters
 from sabgal import morphology as morph
 
 __all__ = ["CELL_COLUMNS", "measure_cells", "empty_cells_table", "label_quantile", "quantile_bins", "label_runs",
-           "coordinate_sums"]
+           "coordinate_sums", "convex_areas"]
 
 # column -> dtype; the order is the order of cells.csv (calls are appended by classify)
 CELL_COLUMNS: dict[str, str] = {
@@ -140,7 +140,7 @@ def _convex_chain(lab: np.ndarray, y: np.ndarray, x: np.ndarray, side: int) -> n
     return idx
 
 
-def _convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Convex-hull pixel count per label (Pick's theorem on the hull of pixel centres).
 
     The hull of a label's pixels is the hull of each row's leftmost and
@@ -315,7 +315,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     ecc = np.sqrt(np.clip(1 - l2 / l1, 0, 1))
 
     perim = _perimeters(cells, n)[ids]
-    hull = _convex_areas(cells, ids)
+    hull = convex_areas(cells, ids)
     solidity = np.clip(a / np.maximum(hull, a), 0, 1)
 
     nuc_all = np.asarray(nuclei).ravel()

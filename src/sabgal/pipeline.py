@@ -154,6 +154,8 @@ def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[
         cs_name, cs_vec = s.counterstain, stains.COUNTERSTAINS[s.counterstain]
     elif s.counterstain == "auto" and mode != "brightfield":
         name, vec, _frac = stains.detect_counterstain(od, max_angle_deg=config.stains.max_counterstain_angle_deg)
+        if name == "none" and stains.detect_hematoxylin(od)[0]:
+            name = "hematoxylin"
         if name != "none":
             cs_name, cs_vec = name, stains.COUNTERSTAINS[name]
     if cs_name == "hematoxylin":

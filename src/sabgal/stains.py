@@ -23,6 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
+
+from sabgal import filters
+from sabgal.measure import convex_areas
 
 __all__ = [
     "XGAL",
@@ -39,6 +43,7 @@ __all__ = [
     "unmix",
     "StainModel",
     "detect_counterstain",
+    "detect_hematoxylin",
     "refine_vector",
     "estimate_stain_vector",
 ]
@@ -282,6 +287,78 @@ def detect_counterstain(od: np.ndarray, *, candidates=("nuclear_fast_red", "eosi
     vec = normalize((dirs[red_like][top] * w[top, None]).sum(axis=0))
     best_name = min(refs, key=lambda name: angle_deg(vec, refs[name]))
     return best_name, vec, fraction
+
+
+# Hematoxylin detection (see detect_hematoxylin): a pixel is hematoxylin-like
+# when its colour (smoothed at 1.5 px) is at least this far from grey (OD,
+# in the plane perpendicular to grey) and within this hue angle of the
+# published hematoxylin.
+HEMATOXYLIN_MIN_CHROMA = 0.03
+HEMATOXYLIN_MAX_HUE_DEG = 15.0
+
+
+def _chroma_basis(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal basis of the plane perpendicular to grey, the first axis
+    along the hue of ``ref``."""
+    u = normalize(ref - (ref @ GREY) * GREY)
+    return u, np.cross(GREY, u)
+
+
+def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CHROMA,
+                       max_hue_deg: float = HEMATOXYLIN_MAX_HUE_DEG, min_area_px: int = 30,
+                       min_solidity: float = 0.9, min_blobs: int = 20,
+                       min_solid_fraction: float = 0.6) -> tuple[bool, int, float]:
+    """Decide whether nuclei are stained with hematoxylin.
+
+    Hematoxylin's colour is too close to X-gal's (~12 degrees; a navy X-gal
+    can be closer still) for colour alone to tell them apart. What does is
+    where the colour sits: hematoxylin fills every nucleus, so its pixels
+    form many compact, solid blobs, one per cell, stained or not. X-gal
+    fills the cytoplasm of some cells around a paler nucleus, in granular,
+    irregular patches. Pixels whose smoothed colour is hematoxylin-like
+    (chroma above ``min_chroma`` OD, hue within ``max_hue_deg`` of the
+    published vector) are grouped into 8-connected blobs; blobs of at least
+    ``min_area_px`` px with solidity (area / convex-hull area) at least
+    ``min_solidity`` are nucleus-like. Hematoxylin is present when there
+    are at least ``min_blobs`` of them and they are at least
+    ``min_solid_fraction`` of all blobs that large (counted, not by area:
+    a few large patches of navy X-gal must not hide hundreds of nuclei).
+    A sparse field whose X-gal is as navy as hematoxylin and fills most
+    cells merges their nuclei into irregular patches and is not detected
+    (it is analysed as plain brightfield).
+
+    Returns
+    -------
+    found : bool
+    n_blobs : number of nucleus-like blobs
+    solid_fraction : their share of the blobs of at least ``min_area_px``
+    """
+    u, w = _chroma_basis(HEMATOXYLIN)
+    tan_max = np.float32(np.tan(np.radians(max_hue_deg)))
+    # (a quick look at every 7th pixel first: fields without a stained
+    # nucleus in every cell have few such pixels, under 0.2 % of the field)
+    sub = od.reshape(-1, 3)[::7]
+    p, q = sub @ u.astype(np.float32), sub @ w.astype(np.float32)
+    like = (p > min_chroma) & (np.abs(q) < tan_max * p)
+    if np.count_nonzero(like) < max(min_blobs * min_area_px / 7, 2e-3 * like.size):
+        return False, 0, 0.0
+    p = filters.gaussian_filter((od @ u.astype(np.float32)).astype(np.float32), 1.5)
+    q = filters.gaussian_filter((od @ w.astype(np.float32)).astype(np.float32), 1.5)
+    # (within the hue cone the chroma is p to 1.04 p: p alone is the test)
+    like = (p > min_chroma) & (np.abs(q) < tan_max * p)
+    lab, n = ndi.label(like, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return False, 0, 0.0
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    ids = np.flatnonzero(area >= min_area_px)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return False, 0, 0.0
+    solidity = area[ids] / np.maximum(convex_areas(lab, ids), 1)
+    solid = solidity >= min_solidity
+    n_blobs = int(np.count_nonzero(solid))
+    fraction = n_blobs / ids.size
+    return n_blobs >= min_blobs and fraction >= min_solid_fraction, n_blobs, fraction
 
 
 def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_angle_deg: float,
