@@ -273,9 +273,9 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     negative onto X-gal) pile up at zero on a scale clipped there, and their
     offset below zero passes for spread. (Only when the cells below zero
     outnumber twice those as far above it, or those between zero and the
-    floor: scores scattered across zero are not offset.) A population found on that scale
-    counts only if it lies below zero (the floors stay as they are);
-    otherwise the clipped scale is used.
+    floor: scores scattered across zero are not offset.) A population found
+    on that scale counts only if it lies below zero (the floors stay as they
+    are); otherwise the clipped scale is used.
 
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
