@@ -515,3 +515,52 @@ def test_a_blurred_speck_larger_than_two_nuclei_among_large_cells_is_debris():
     kept = segment.drop_specks_on_glass(cells, glass, max_area_px=lim)
     assert set(np.unique(kept)) == set(range(0, 9))
     assert set(np.unique(segment.drop_specks_on_glass(cells, glass, max_area_px=2 * nuc_area))) == set(range(0, 11))
+
+
+def test_small_stained_piece_goes_back_to_the_stained_cell_it_lies_against():
+    """A large stained cell with a corner cut off by a false "nucleus" (a
+    pale gap between X-gal granules): the corner is merged back. A small
+    unstained cell against the same stained cell, and a stained neighbour
+    of half its size sharing little of its outline, keep their labels."""
+    cells = np.zeros((60, 120), np.int32)
+    cells[10:50, 10:50] = 1  # large stained cell
+    cells[10:22, 10:22] = 2  # stained corner piece: half its outline against cell 1
+    cells[30:40, 50:60] = 3  # small unstained cell against cell 1
+    cells[10:30, 50:90] = 4  # stained neighbour: a sixth of its outline against cell 1
+    stain = np.where(np.isin(cells, [1, 2, 4]), 0.2, 0.0).astype(np.float32)
+    out = segment.merge_stained_fragments(cells, stain, level=0.03)
+    assert np.all(out[cells == 2] == 1)
+    assert np.array_equal(out[cells != 2], cells[cells != 2])
+    # nothing stained, nothing merged
+    assert np.array_equal(segment.merge_stained_fragments(cells, stain * 0, level=0.03), cells)
+
+
+def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one():
+    """In brightfield a faintly stained cell's nucleus is a shallow pale hole
+    in thin blue, which the threshold set by strongly stained cells misses:
+    it is added. Inside a stained cell whose nucleus is already found nothing
+    is added, and nothing where there is no X-gal."""
+    rng = np.random.default_rng(8)
+    shape, d = (240, 320), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    xgal = np.zeros(shape, np.float32)
+    nmap = rng.normal(0, 0.004, shape).astype(np.float32)
+    found = np.zeros(shape, np.int32)
+    faint = [(60, 60), (60, 170), (170, 80)]
+    strong = [(180, 240)]
+    for cy, cx in faint + strong:
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        level = 0.4 if (cy, cx) in strong else 0.08
+        xgal += level * ((r2 <= (2.5 * d) ** 2) & (r2 > (d / 2) ** 2))
+        nmap += (level / 2) * (r2 <= (d / 2) ** 2)  # the pale hole, in the map
+    found[(yy - 180) ** 2 + (xx - 240) ** 2 <= (d / 2) ** 2] = 1
+    nmap = ndi.gaussian_filter(nmap, 1.0)
+    out = segment.add_faint_stained_nuclei(found, nmap, xgal, diameter_px=d)
+    new = np.setdiff1d(np.unique(out), [0, 1])
+    assert new.size == len(faint)
+    cents = np.array(ndi.center_of_mass(out > 1, out, new))
+    for cy, cx in faint:
+        assert np.min(np.hypot(cents[:, 0] - cy, cents[:, 1] - cx)) < 3
+    assert (out[found > 0] == 1).all()
+    assert segment.add_faint_stained_nuclei(np.zeros(shape, np.int32), nmap, np.zeros(shape, np.float32),
+                                            diameter_px=d).max() == 0

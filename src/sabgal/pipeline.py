@@ -375,7 +375,20 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
-BRIGHTFIELD_DARK_NUCLEUS_SNR = 8.0
+BRIGHTFIELD_DARK_NUCLEUS_SNR = 6.0
+
+# Brightfield: a faintly stained cell's nucleus (a shallow pale hole in thin blue,
+# more than BRIGHTFIELD_NUCLEUS_SPACING diameters from any nucleus found) counts
+# when its blob response on the nuclear map is this many robust SDs of the
+# stained part of the field strong.
+BRIGHTFIELD_FAINT_STAINED_NUCLEUS_SNR = 5.0
+
+# Brightfield: a stained cell of at most this share of the area of the stained
+# neighbour it shares the most border with, sharing at least this share of its
+# outline with it, is a piece of that neighbour cut off by a false "nucleus" (a
+# pale gap between granules) and is merged back.
+BRIGHTFIELD_FRAGMENT_AREA_RATIO = 0.4
+BRIGHTFIELD_FRAGMENT_SHARED_OUTLINE = 0.4
 
 # Brightfield: a nucleus candidate whose centre lies less than this many nucleus
 # diameters inside a cell body that holds a deeper candidate is the body's pale rim.
@@ -464,6 +477,10 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                               snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
                                               max_xgal=config.classify.min_positive_threshold,
                                               spacing=BRIGHTFIELD_NUCLEUS_SPACING)
+        nuclei = segment.add_faint_stained_nuclei(nuclei, nmap, xgal_r, diameter_px=d,
+                                                  snr=BRIGHTFIELD_FAINT_STAINED_NUCLEUS_SNR,
+                                                  min_xgal=config.classify.min_positive_threshold,
+                                                  spacing=BRIGHTFIELD_NUCLEUS_SPACING)
     excluded = against_excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5
@@ -552,6 +569,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed
+    if mode == "brightfield":
+        merged = segment.merge_stained_fragments(cells, xs, level=config.classify.min_positive_threshold,
+                                                 max_area_ratio=BRIGHTFIELD_FRAGMENT_AREA_RATIO,
+                                                 min_shared=BRIGHTFIELD_FRAGMENT_SHARED_OUTLINE)
+        # (a merged piece's "nucleus" was a pale gap in the stain)
+        nuclei = np.where(merged != cells, 0, nuclei).astype(nuclei.dtype)
+        cells = merged
     if mode == "brightfield" and no_cells is not None:
         speck = segment.speck_area_limit(cells, min_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area,
                                          max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,

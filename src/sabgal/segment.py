@@ -42,6 +42,9 @@ __all__ = [
     "brightfield_foreground",
     "pale_cell_pockets",
     "suppress_close_nuclei",
+    "add_unstained_nuclei",
+    "add_faint_stained_nuclei",
+    "merge_stained_fragments",
 ]
 
 
@@ -713,8 +716,38 @@ def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.nda
     return alive
 
 
+def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, *, diameter_px: float,
+                     snr: float, spacing: float) -> np.ndarray:
+    """Peaks of the scale-normalised LoG of ``image`` (3x3 median first) at
+    the nucleus scale, in robust SDs of that response over ``region``, at
+    least ``snr`` SDs strong, within ``region``, and more than ``spacing``
+    diameters from every nucleus already found and from each other
+    (strongest first), added to ``nuclei`` as discs of 0.45 diameters."""
+    import cv2
+    from scipy.spatial import cKDTree
+
+    if region.sum() < 1000:
+        return nuclei
+    d = float(diameter_px)
+    s = d / (2 * np.sqrt(2))
+    g = cv2.medianBlur(np.ascontiguousarray(image, dtype=np.float32), 3)
+    resp = (-(s * s)) * filters.gaussian_laplace(g, s)
+    med, sd = robust_noise(resp[region])
+    z = np.where(region, (resp - med) / sd, 0.0)
+    coords = peak_local_max(z, min_distance=max(1, int(spacing * d / 2)), threshold_abs=snr,
+                            exclude_border=False)
+    ids = _present(nuclei)
+    if len(coords) and ids.size:
+        dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
+        coords = coords[dist > spacing * d]
+    if not len(coords):
+        return nuclei
+    coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
+    return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
-                         snr: float = 8.0, max_xgal: float = 0.03, spacing: float = 2.0) -> np.ndarray:
+                         snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -729,28 +762,34 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     ``spacing`` diameters from every nucleus already found and from each
     other (strongest first). Each becomes a disc of 0.45 diameters.
     """
-    import cv2
-    from scipy.spatial import cKDTree
-
     d = float(diameter_px)
-    s = d / (2 * np.sqrt(2))
-    g = cv2.medianBlur(np.ascontiguousarray(grey, dtype=np.float32), 3)
-    resp = (-(s * s)) * filters.gaussian_laplace(g, s)
     clear = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) < max_xgal
-    if clear.sum() < 1000:
-        return nuclei
-    med, sd = robust_noise(resp[clear])
-    z = np.where(clear, (resp - med) / sd, 0.0)
-    coords = peak_local_max(z, min_distance=max(1, int(spacing * d / 2)), threshold_abs=snr,
-                            exclude_border=False)
-    ids = _present(nuclei)
-    if len(coords) and ids.size:
-        dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
-        coords = coords[dist > spacing * d]
-    if not len(coords):
-        return nuclei
-    coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
-    return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
+    return _add_blob_nuclei(nuclei, grey, clear, diameter_px=d, snr=snr, spacing=spacing)
+
+
+def add_faint_stained_nuclei(nuclei: np.ndarray, nuclear_map: np.ndarray, xgal: np.ndarray, *,
+                             diameter_px: float, snr: float = 5.0, min_xgal: float = 0.03,
+                             spacing: float = 2.0) -> np.ndarray:
+    """Add the nuclei of faintly stained cells that one threshold over a
+    brightfield nuclear map misses.
+
+    A faintly stained cell's nucleus is a shallow pale hole in a thin blue,
+    a fraction of the contrast of a strongly stained cell's, which sets the
+    threshold; and :func:`add_unstained_nuclei` does not look where there is
+    X-gal. Here they are sought as peaks of the scale-normalised LoG of the
+    ``nuclear_map`` at the nucleus scale, measured in robust SDs of that
+    response over the stained part of the field (smoothed ``xgal`` at least
+    ``min_xgal`` OD, where alone they are looked for: the stain's own
+    granular texture sets the noise), at least ``snr`` SDs strong, and more
+    than ``spacing`` diameters from every nucleus already found (so a
+    stained cell that has its nucleus gets no second one) and from each
+    other. Each becomes a disc of 0.45 diameters. In confluent fields the
+    nuclei of such cells are what keeps them from being absorbed by their
+    neighbours.
+    """
+    d = float(diameter_px)
+    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) >= min_xgal
+    return _add_blob_nuclei(nuclei, nuclear_map, stained, diameter_px=d, snr=snr, spacing=spacing)
 
 
 def _add_discs(labels: np.ndarray, centres, radii) -> np.ndarray:
@@ -1089,6 +1128,56 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     if not drop.any():
         return cells
     return np.where(drop[cells], 0, cells).astype(cells.dtype)
+
+
+def merge_stained_fragments(cells: np.ndarray, stain: np.ndarray, *, level: float,
+                            max_area_ratio: float = 0.4, min_shared: float = 0.4) -> np.ndarray:
+    """Give small pieces of stained cells back to the stained cell they
+    lie against. Without a nuclear stain, pale gaps between X-gal granules
+    can pass for nuclei, and a large stained cell comes out with a small
+    wedge of its own cut off by such a "nucleus". A stained cell (mean of
+    ``stain`` >= ``level``) of at most ``max_area_ratio`` x the area of the
+    neighbour it shares the most border with, that neighbour stained too,
+    and sharing at least ``min_shared`` of its outline with it, is merged
+    into that neighbour. (A small unstained cell beside a stained one keeps
+    its own label, as does a stained cell whose outline lies mostly
+    elsewhere.)
+    """
+    n = int(cells.max()) + 1
+    if n <= 2:
+        return cells
+    areas = np.bincount(cells.ravel(), minlength=n).astype(np.float64)
+    mean = np.bincount(cells.ravel(), weights=stain.ravel(), minlength=n) / np.maximum(areas, 1)
+    stained = (mean >= level) & (areas > 0)
+    stained[0] = False
+    if np.count_nonzero(stained) < 2:
+        return cells
+    outline = np.zeros(n)
+    keys = []
+    for a, b in ((cells[:, 1:], cells[:, :-1]), (cells[1:, :], cells[:-1, :])):
+        diff = a != b
+        aa, bb = a[diff].astype(np.int64), b[diff].astype(np.int64)
+        outline += np.bincount(aa, minlength=n) + np.bincount(bb, minlength=n)
+        both = (aa > 0) & (bb > 0) & stained[aa] & stained[bb]
+        keys.append(np.r_[aa[both] * n + bb[both], bb[both] * n + aa[both]])
+    keys = np.concatenate(keys)
+    if keys.size == 0:
+        return cells
+    pair, shared = np.unique(keys, return_counts=True)
+    a, b = pair // n, pair % n
+    # each cell's stained neighbour with the longest shared border
+    order = np.lexsort((shared, a))
+    last = np.r_[a[order][1:] != a[order][:-1], True]
+    a, b, shared = a[order][last], b[order][last], shared[order][last]
+    merge = (areas[a] <= max_area_ratio * areas[b]) & (shared >= min_shared * np.maximum(outline[a], 1))
+    if not merge.any():
+        return cells
+    lut = np.arange(n, dtype=cells.dtype)
+    src, dst = a[merge], b[merge]
+    # (a cell merged away receives nothing: its pieces go to the larger one)
+    keep = ~np.isin(dst, src)
+    lut[src[keep]] = dst[keep]
+    return lut[cells]
 
 
 def _run_components(first: np.ndarray, length: np.ndarray, lab: np.ndarray, cols: int) -> np.ndarray:
