@@ -66,6 +66,26 @@ def test_label_peaks_matches_skimage():
         assert np.array_equal(label_peaks(img, lab, md), expected), (trial, shape, md)
 
 
+def test_local_peaks_match_skimage():
+    from skimage.feature import peak_local_max
+
+    from sabgal.segment import local_peaks
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 80)), int(rng.integers(1, 80)))
+        img = ndi.gaussian_filter(rng.normal(0, 1, shape), rng.uniform(0, 3)) * rng.uniform(1, 20)
+        if trial % 4 == 0:
+            img = np.round(img)  # plateaus and ties
+        if trial % 7 == 0:
+            img[:] = 0.5  # a flat image
+        if trial % 3 == 0:
+            img = img.astype(np.float32)
+        md, thr = int(rng.integers(1, 12)), float(rng.uniform(-1, 3))
+        expected = peak_local_max(img, min_distance=md, threshold_abs=thr, exclude_border=False)
+        assert np.array_equal(local_peaks(img, min_distance=md, threshold=thr), expected), (trial, shape, md)
+
+
 def test_distance_transform_matches_edt():
     from sabgal.filters import distance_transform
 

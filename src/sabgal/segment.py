@@ -261,6 +261,25 @@ def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: fl
     return mask
 
 
+def local_peaks(image: np.ndarray, *, min_distance: int, threshold: float) -> np.ndarray:
+    """``skimage.feature.peak_local_max(image, min_distance=min_distance,
+    threshold_abs=threshold, exclude_border=False)``, the same coordinates in
+    the same order, with the (2 * min_distance + 1) square maximum filter on
+    OpenCV (scipy's takes ~30 ms on a 1.4 MP field): skimage is then asked
+    only for what follows it, the threshold and the spacing, on the local
+    maxima alone."""
+    import cv2
+
+    z = np.ascontiguousarray(image, dtype=np.float32 if image.dtype == np.float32 else np.float64)
+    size = 2 * int(min_distance) + 1
+    is_max = z == cv2.dilate(z, np.ones((size, size), np.uint8))  # (the window clipped at the edges)
+    if is_max.all():  # (a flat image has no peak)
+        return np.zeros((0, 2), dtype=np.intp)
+    z = np.where(is_max, z, -np.inf)
+    return peak_local_max(z, min_distance=min_distance, threshold_abs=threshold, exclude_border=False,
+                          footprint=np.ones((1, 1), dtype=bool))
+
+
 def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
     """``skimage.feature.peak_local_max(image, min_distance=min_distance,
     labels=labels, exclude_border=False)``, the same coordinates in the same
@@ -734,8 +753,7 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
     resp = (-(s * s)) * filters.gaussian_laplace(g, s)
     med, sd = robust_noise(resp[region])
     z = np.where(region, (resp - med) / sd, 0.0)
-    coords = peak_local_max(z, min_distance=max(1, int(spacing * d / 2)), threshold_abs=snr,
-                            exclude_border=False)
+    coords = local_peaks(z, min_distance=max(1, int(spacing * d / 2)), threshold=snr)
     ids = _present(nuclei)
     if len(coords) and ids.size:
         dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
