@@ -333,17 +333,17 @@ def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CH
     n_blobs : number of nucleus-like blobs
     solid_fraction : their share of the blobs of at least ``min_area_px``
     """
-    u, w = _chroma_basis(HEMATOXYLIN)
+    u, w = (v.astype(np.float32) for v in _chroma_basis(HEMATOXYLIN))
     tan_max = np.float32(np.tan(np.radians(max_hue_deg)))
     # (a quick look at every 7th pixel first: fields without a stained
     # nucleus in every cell have few such pixels, under 0.2 % of the field)
     sub = od.reshape(-1, 3)[::7]
-    p, q = sub @ u.astype(np.float32), sub @ w.astype(np.float32)
+    p, q = sub @ u, sub @ w
     like = (p > min_chroma) & (np.abs(q) < tan_max * p)
     if np.count_nonzero(like) < max(min_blobs * min_area_px / 7, 2e-3 * like.size):
         return False, 0, 0.0
-    p = filters.gaussian_filter((od @ u.astype(np.float32)).astype(np.float32), 1.5)
-    q = filters.gaussian_filter((od @ w.astype(np.float32)).astype(np.float32), 1.5)
+    p = filters.gaussian_filter((od @ u).astype(np.float32), 1.5)
+    q = filters.gaussian_filter((od @ w).astype(np.float32), 1.5)
     # (within the hue cone the chroma is p to 1.04 p: p alone is the test)
     like = (p > min_chroma) & (np.abs(q) < tan_max * p)
     lab, n = ndi.label(like, structure=np.ones((3, 3), dtype=bool))
@@ -437,8 +437,7 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     d = flat[sel] / norms[sel, None]
     w = norms[sel]
     # orthonormal basis of the plane perpendicular to grey, e1 along the reference hue
-    e1 = normalize(ref - (ref @ GREY) * GREY)
-    e2 = np.cross(GREY, e1)
+    e1, e2 = _chroma_basis(ref)
     polar = np.degrees(np.arccos(np.clip(d @ GREY, -1, 1)))
     az = np.degrees(np.arctan2(d @ e2, d @ e1))
     keep = (np.abs(az) < 75) & (polar > 3)
