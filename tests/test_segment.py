@@ -172,6 +172,57 @@ def test_blob_diameter_reads_the_nucleus_scale_through_granules_and_noise():
     assert segment.blob_diameter(np.zeros((100, 100), np.float32)) is None
 
 
+def _holes_field(d=20.0, n_specks=80, stained=True, seed=5):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:800, 0:1000]
+    grey = np.zeros(yy.shape, np.float32)
+    xgal = np.zeros(yy.shape, np.float32)
+    centres = [(y, x) for y in range(110, 800, 200) for x in range(110, 1000, 200)]
+    for i, (cy, cx) in enumerate(centres):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        nucleus = r2 <= (d / 2) ** 2
+        cell = r2 <= (2.2 * d) ** 2
+        grey += 0.01 * cell + 0.01 * nucleus
+        if stained and i % 2 == 0:  # a stained cell: blue cytoplasm, its nucleus a pale hole
+            xgal += 0.15 * (cell & ~nucleus)
+    for _ in range(n_specks):  # small dense specks on the glass, far more contrasted than nuclei
+        cy, cx = rng.integers(10, 790), rng.integers(10, 990)
+        grey += 0.6 * (((yy - cy) ** 2 + (xx - cx) ** 2) <= 9)
+    grey = ndi.gaussian_filter(grey, 1.2) + rng.normal(0, 0.004, yy.shape).astype(np.float32)
+    xgal = ndi.gaussian_filter(xgal, 1.2) + rng.normal(0, 0.004, yy.shape).astype(np.float32)
+    return grey.astype(np.float32), xgal.astype(np.float32)
+
+
+def test_stain_hole_diameter_reads_the_nuclear_holes_of_stained_cells():
+    """A stained cell's nucleus is a pale hole in its blue: the holes' median
+    half-depth diameter, a little under the nuclei's."""
+    _, xgal = _holes_field(n_specks=0)
+    hole = segment.stain_hole_diameter(xgal)
+    assert hole is not None and 0.7 * 20 <= hole <= 1.1 * 20, hole
+    # no stain, or fewer than five holes: no answer
+    assert segment.stain_hole_diameter(np.zeros((300, 300), np.float32)) is None
+    assert segment.stain_hole_diameter(xgal[:300, :300]) is None
+
+
+def test_stained_cells_holes_correct_a_nucleus_size_outshone_by_specks():
+    """In a sparse brightfield field, small dense specks can outshine faint
+    unstained nuclei at every scale; the stained cells' nuclear holes show
+    the true size, and the scale profile's own peak there is taken."""
+    from sabgal.pipeline import _reduce, brightfield_nucleus_diameter
+
+    grey, xgal = _holes_field()
+    m = _reduce(grey, 2) - _reduce(np.maximum(xgal, 0), 2)
+    peaks = segment.blob_diameters(m)
+    assert peaks[0][0] == segment.blob_diameter(m)
+    assert 2 * peaks[0][0] < 12  # scale selection alone reads the specks
+    assert any(abs(2 * p[0] / 20 - 1) < 0.25 for p in peaks[1:])  # the nuclei are a weaker peak
+    d = brightfield_nucleus_diameter(grey, xgal)
+    assert abs(d / 20 - 1) < 0.25, d
+    # without stained cells there is nothing to check against
+    grey0, xgal0 = _holes_field(stained=False)
+    assert brightfield_nucleus_diameter(grey0, xgal0) < 12
+
+
 def test_unstained_nuclei_are_added_where_there_is_no_xgal():
     """In brightfield, the threshold that finds stained cells' pale nuclei
     misses unstained cells' faint dense ones: those are added (one each, away

@@ -200,15 +200,34 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     stop: no specimen) are set to the field's median, so their edges and
     corners are not taken for nuclei. Falls back to 14 px on a featureless
     field.
+
+    In a sparse field of faint unstained cells, smaller things can outshine
+    the nuclei: the pale rim beside each blue cell, crystals, specks. The
+    stained cells' nuclear holes (:func:`sabgal.segment.stain_hole_diameter`)
+    then check the answer: a nucleus is not much smaller than the hole it
+    leaves (holes read from 15 % large to 40 % small), so a blob size under
+    ``HOLE_CHECK_RATIO`` of the holes' is replaced by the strongest other
+    peak of the scale profile between 0.85x and 1.7x the holes' size, when
+    there is one.
     """
-    m = _reduce(grey, 2) - _reduce(np.maximum(xgal, 0), 2)
+    x2 = _reduce(np.maximum(xgal, 0), 2)
+    m = _reduce(grey, 2) - x2
+    ex = None
     if excluded is not None and excluded.any():
         ex = _reduce(excluded.astype(np.float32), 2) > 0
         if ex.all():
             return 14.0
         m[ex] = filters.median(m[~ex])
-    d = segment.blob_diameter(m)
-    return 14.0 if d is None else float(2 * d)
+    peaks = segment.blob_diameters(m)
+    if not peaks:
+        return 14.0
+    d = peaks[0][0]
+    hole = segment.stain_hole_diameter(x2, excluded=ex)
+    if hole is not None and d < HOLE_CHECK_RATIO * hole:
+        near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
+        if near:
+            d = near[0][0]
+    return float(2 * d)
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -372,6 +391,11 @@ BRIGHTFIELD_PALE_POCKET_CELLS = 1.0
 # Brightfield (no nuclear stain): two nucleus candidates closer than this many
 # nucleus diameters are one nucleus and the gaps between X-gal granules beside it.
 BRIGHTFIELD_NUCLEUS_SPACING = 2.0
+
+# Brightfield: a nucleus size read by scale selection is distrusted when under
+# this fraction of the stained cells' nuclear holes (segment.stain_hole_diameter;
+# brightfield_nucleus_diameter).
+HOLE_CHECK_RATIO = 0.7
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.

@@ -31,6 +31,9 @@ __all__ = [
     "flatten_background",
     "robust_noise",
     "estimate_nucleus_diameter",
+    "blob_diameter",
+    "blob_diameters",
+    "stain_hole_diameter",
     "nuclear_mask",
     "label_peaks",
     "split_objects",
@@ -215,20 +218,88 @@ def blob_diameter(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40.
     >>> 14 < blob_diameter(img) < 19
     True
     """
+    peaks = blob_diameters(image, min_px=min_px, max_px=max_px, step=step, top=top)
+    return peaks[0][0] if peaks else None
+
+
+def blob_diameters(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40.0, step: float = 1.15,
+                   top: int | None = None) -> list[tuple[float, float]]:
+    """Every peak of :func:`blob_diameter`'s scale profile, strongest first:
+    ``(diameter px, profile value)`` per interior local maximum of the
+    smoothed profile (interpolated between rungs as there). The first is
+    :func:`blob_diameter`'s answer; the others are the sizes of the field's
+    other kinds of blob (specks, nucleoli, the nuclei themselves when
+    something smaller outshines them). Empty when there is no interior peak.
+    """
     if top is None:
         top = max(5, int(round(np.size(image) / 11600)))
     prof = _blob_profile(image, min_px=min_px, max_px=max_px, step=step, top=top)
     if prof is None:
-        return None
+        return []
     ps = ndi.gaussian_filter1d(prof, 1.0)
-    inner = ps[1:-1]
-    if not np.any(inner > 0):
+    if not np.any(ps[1:-1] > 0):
+        return []
+    out = []
+    for k in range(1, ps.size - 1):
+        a, b, c = ps[k - 1], ps[k], ps[k + 1]
+        if b <= 0 or b < a or b < c:
+            continue
+        den = a - 2 * b + c
+        off = float(np.clip(0.5 * (a - c) / den, -1, 1)) if den < 0 else 0.0
+        # (rung k has sigma = min_px step^k / (2 sqrt 2))
+        out.append((float(min_px * step ** (k + off)), float(b)))
+    # strongest first; of equal peaks the finest (np.argmax's choice)
+    return sorted(out, key=lambda p: -p[1])
+
+
+def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: float = 0.05,
+                        min_holes: int = 5, excluded: np.ndarray | None = None) -> float | None:
+    """Typical diameter (px) of the pale holes nuclei leave in stained cells.
+
+    SA-β-gal's blue fills the cytoplasm and spares the nucleus, so a stained
+    cell shows its nucleus as a pale hole: a direct view of nucleus size
+    wherever cells are stained, whatever else the field holds. ``xgal``
+    (OD, smoothed at 1 px here) is closed with a disc of ``closing_px``
+    (larger than any nucleus); where the closed stain is at least
+    ``min_level`` OD and the stain dips below three quarters of it, each dip
+    is cut at half its own depth (its half-depth outline) and counts if it
+    is compact (solidity >= 0.8, >= 10 px) and touches neither the image
+    edge nor ``excluded`` pixels. Returns the median equivalent diameter of
+    at least ``min_holes`` such holes, else None. The half-depth outline
+    lies inside the nucleus edge (the stain's haze over the nucleus and the
+    blur make a hole shallow at its rim): holes read ~15 % small, from 40 %
+    small to 15 % large on synthetic fields.
+    """
+    import cv2
+
+    from sabgal.measure import convex_areas
+
+    x = filters.gaussian_filter(np.maximum(np.asarray(xgal, dtype=np.float32), 0), 1.0)
+    if min(x.shape) <= closing_px:
         return None
-    k = int(np.argmax(inner)) + 1
-    a, b, c = ps[k - 1], ps[k], ps[k + 1]
-    den = a - 2 * b + c
-    off = float(np.clip(0.5 * (a - c) / den, -1, 1)) if den < 0 else 0.0
-    return float(min_px * step ** (k + off))  # (rung k has sigma = min_px step^k / (2 sqrt 2))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (closing_px, closing_px))
+    closed = cv2.morphologyEx(x, cv2.MORPH_CLOSE, disc)
+    depth = closed - x
+    cand = (closed >= min_level) & (depth > 0.25 * closed)
+    lab, n = ndi.label(cand)
+    if n < min_holes:
+        return None
+    deepest = np.asarray(ndi.maximum(depth, lab, np.arange(n + 1)), dtype=np.float32)
+    deepest[0] = np.inf
+    lab, n = ndi.label(cand & (depth >= 0.5 * deepest[lab]))
+    if n < min_holes:
+        return None
+    ids = np.arange(1, n + 1)
+    area = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    ok = (area >= 10) & (area >= 0.8 * convex_areas(lab, ids))
+    edge = [lab[0], lab[-1], lab[:, 0], lab[:, -1]]
+    if excluded is not None and excluded.any():
+        edge.append(lab[morph.dilate_cross(excluded, iterations=1)])
+    cut = np.unique(np.concatenate(edge))
+    ok[cut[cut > 0] - 1] = False
+    if np.count_nonzero(ok) < min_holes:
+        return None
+    return float(np.median(2 * np.sqrt(area[ok] / np.pi)))
 
 
 def nuclear_mask(nuclear_map: np.ndarray, *, diameter_px: float, min_area_px: float) -> np.ndarray:
