@@ -207,8 +207,10 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     then check the answer: a nucleus is not much smaller than the hole it
     leaves (holes read from 15 % large to 40 % small), so a blob size under
     ``HOLE_CHECK_RATIO`` of the holes' is replaced by the strongest other
-    peak of the scale profile between 0.85x and 1.7x the holes' size, when
-    there is one.
+    peak of the scale profile between 0.85x and 1.7x the holes' size, or,
+    with no such peak (the nuclei only a shoulder of the profile), by the
+    holes' size itself: within that range of hole readings, never further
+    from the truth than the blob size it replaces.
     """
     x2 = _reduce(np.maximum(xgal, 0), 2)
     m = _reduce(grey, 2) - x2
@@ -225,8 +227,7 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     hole = segment.stain_hole_diameter(x2, excluded=ex)
     if hole is not None and d < HOLE_CHECK_RATIO * hole:
         near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
-        if near:
-            d = near[0][0]
+        d = near[0][0] if near else hole
     return float(2 * d)
 
 
@@ -395,7 +396,7 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 # Brightfield: a nucleus size read by scale selection is distrusted when under
 # this fraction of the stained cells' nuclear holes (segment.stain_hole_diameter;
 # brightfield_nucleus_diameter).
-HOLE_CHECK_RATIO = 0.7
+HOLE_CHECK_RATIO = 0.8
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
