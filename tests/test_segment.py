@@ -256,6 +256,36 @@ def test_unstained_nuclei_are_added_where_there_is_no_xgal():
                                         diameter_px=d).max() == 0
 
 
+def test_no_unstained_nucleus_at_the_edge_of_a_stained_cell():
+    """A dense spot at the edge of a large stained cell, where the smoothed
+    stain has faded below the floor, is not an unstained cell's nucleus: its
+    surroundings are blue on one side. An unstained nucleus as close to the
+    stained cell, but inside its own clear cytoplasm, is still added."""
+    rng = np.random.default_rng(8)
+    shape, d = (200, 360), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    grey = rng.normal(0, 0.003, shape).astype(np.float32)
+    found = np.zeros(shape, np.int32)
+    r2 = (yy - 100) ** 2 + (xx - 110) ** 2
+    body = r2 <= (3.5 * d) ** 2  # a large flat stained cell, its nucleus found,
+    core = r2 <= (1.5 * d) ** 2  # blue around the nucleus, faint towards its edge
+    xgal = (0.4 * (core & (r2 > (d / 2) ** 2)) + 0.04 * (body & ~core)).astype(np.float32)
+    found[r2 <= (d / 2) ** 2] = 1
+    edge, inner = (100, 110 + 3.5 * d - 3), (100, 110 + 3.5 * d + 1.6 * d)
+    for cy, cx in (edge, inner):  # a dense spot in the faint rim; an unstained nucleus
+        grey += 0.04 * (((yy - cy) ** 2 + (xx - cx) ** 2) <= (d / 2) ** 2)
+    grey = ndi.gaussian_filter(grey, 1.0)
+    xgal = ndi.gaussian_filter(xgal, 1.0)
+    out = segment.add_unstained_nuclei(found, grey, xgal, diameter_px=d, spacing=1.0)
+    new = np.setdiff1d(np.unique(out), [0, 1])
+    cents = np.array(ndi.center_of_mass(out > 1, out, new)).reshape(-1, 2)
+    assert new.size == 1, cents
+    assert np.hypot(*(cents[0] - np.array(inner))) < 3
+    # without the ring test the rim spot is taken too
+    both = segment.add_unstained_nuclei(found, grey, xgal, diameter_px=d, spacing=1.0, max_ring_stained=2.0)
+    assert np.setdiff1d(np.unique(both), [0, 1]).size == 2
+
+
 def test_blue_cytoplasm_goes_to_the_stained_cell():
     """A senescent cell is enlarged far more than its nucleus: between it and
     an unstained neighbour with a nucleus of the same size, the border follows

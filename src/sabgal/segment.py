@@ -807,12 +807,14 @@ def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.nda
 
 
 def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, *, diameter_px: float,
-                     snr: float, spacing: float) -> np.ndarray:
+                     snr: float, spacing: float, accept=None) -> np.ndarray:
     """Peaks of the scale-normalised LoG of ``image`` (3x3 median first) at
     the nucleus scale, in robust SDs of that response over ``region``, at
-    least ``snr`` SDs strong, within ``region``, and more than ``spacing``
-    diameters from every nucleus already found and from each other
-    (strongest first), added to ``nuclei`` as discs of 0.45 diameters."""
+    least ``snr`` SDs strong, within ``region``, passing ``accept`` (a
+    function of the (k, 2) peak coordinates returning a boolean mask; all
+    pass without it), and more than ``spacing`` diameters from every nucleus
+    already found and from each other (strongest first), added to
+    ``nuclei`` as discs of 0.45 diameters."""
     import cv2
     from scipy.spatial import cKDTree
 
@@ -829,6 +831,8 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
     if len(coords) and ids.size:
         dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
         coords = coords[dist > spacing * d]
+    if accept is not None and len(coords):
+        coords = coords[accept(coords)]
     if not len(coords):
         return nuclei
     coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
@@ -836,7 +840,8 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
 
 
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
-                         snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0) -> np.ndarray:
+                         snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
+                         ring_nuclei: float = 0.75, max_ring_stained: float = 0.25) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -850,10 +855,38 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     alone they are looked for), at least ``snr`` SDs strong, and more than
     ``spacing`` diameters from every nucleus already found and from each
     other (strongest first). Each becomes a disc of 0.45 diameters.
+
+    An unstained cell's nucleus is surrounded by its own unstained
+    cytoplasm. A peak just outside or inside the edge of a stained cell (the
+    body's edge is a step of neutral density too, and a large flat cell's
+    faint rim can lie below ``max_xgal`` when smoothed) has the stain on one
+    side: a peak with X-gal (smoothed at 1 px) of at least ``max_xgal`` on
+    ``max_ring_stained`` or more of the circle ``ring_nuclei`` diameters
+    around it is not taken. (On 106 synthetic development fields this
+    rejected 676 of 1,377 false candidates and 17 of 5,725 true ones.)
     """
     d = float(diameter_px)
     clear = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) < max_xgal
-    return _add_blob_nuclei(nuclei, grey, clear, diameter_px=d, snr=snr, spacing=spacing)
+    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), 1.0) >= max_xgal
+
+    def unstained_around(coords: np.ndarray) -> np.ndarray:
+        return _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
+
+    return _add_blob_nuclei(nuclei, grey, clear, diameter_px=d, snr=snr, spacing=spacing,
+                            accept=unstained_around)
+
+
+def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int = 32) -> np.ndarray:
+    """Per point of ``coords`` ((k, 2) row, col), the fraction of ``n``
+    points evenly spaced on the circle of ``radius`` px around it where
+    ``mask`` is True (points past the image edge are clamped to it)."""
+    ang = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
+    c = np.asarray(coords, dtype=np.float64)
+    yy = np.rint(c[:, :1] + radius * np.sin(ang)[None, :]).astype(np.intp)
+    xx = np.rint(c[:, 1:2] + radius * np.cos(ang)[None, :]).astype(np.intp)
+    np.clip(yy, 0, mask.shape[0] - 1, out=yy)
+    np.clip(xx, 0, mask.shape[1] - 1, out=xx)
+    return mask[yy, xx].mean(axis=1)
 
 
 def add_faint_stained_nuclei(nuclei: np.ndarray, nuclear_map: np.ndarray, xgal: np.ndarray, *,
