@@ -286,6 +286,26 @@ def test_no_unstained_nucleus_at_the_edge_of_a_stained_cell():
     assert np.setdiff1d(np.unique(both), [0, 1]).size == 2
 
 
+def test_nucleus_candidates_at_the_edge_of_stained_cytoplasm_are_dropped():
+    """A stained cell's nucleus is enclosed by its blue, an unstained cell's
+    by clear cytoplasm; a brightfield candidate with blue on part of the
+    circle around it (the pale gap where two stained cells touch) is not a
+    nucleus."""
+    shape, d = (160, 400), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    xgal = np.zeros(shape, np.float32)
+    nuclei = np.zeros(shape, np.int32)
+    for cx in (80, 150):  # two stained cells 10 px apart (x = 110-120), each with its nucleus
+        r2 = (yy - 80) ** 2 + (xx - cx) ** 2
+        xgal[(r2 <= (2.5 * d) ** 2) & (r2 > (d / 2) ** 2)] = 0.3
+    centres = {1: (80, 80), 2: (80, 150), 3: (80, 115), 4: (80, 330)}  # 3: in the gap; 4: unstained
+    for k, (cy, cx) in centres.items():
+        nuclei[((yy - cy) ** 2 + (xx - cx) ** 2) <= (d / 2 - 2) ** 2] = k
+    out = segment.drop_stain_edge_nuclei(nuclei, ndi.gaussian_filter(xgal, 1.0), diameter_px=d)
+    assert set(np.unique(out)) == {0, 1, 2, 4}
+    assert (out[nuclei != 3] == nuclei[nuclei != 3]).all()
+
+
 def test_blue_cytoplasm_goes_to_the_stained_cell():
     """A senescent cell is enlarged far more than its nucleus: between it and
     an unstained neighbour with a nucleus of the same size, the border follows

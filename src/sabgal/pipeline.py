@@ -498,6 +498,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     if mode == "brightfield":
         nuclei = segment.drop_large_objects(nuclei, BRIGHTFIELD_MAX_NUCLEUS_AREAS * nuc_area)
+        nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
+                                                level=config.classify.min_positive_threshold)
         nuclei = segment.add_unstained_nuclei(nuclei, grey_r, xgal_r, diameter_px=d,
                                               snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
                                               max_xgal=config.classify.min_positive_threshold,

@@ -46,6 +46,7 @@ __all__ = [
     "pale_cell_pockets",
     "suppress_close_nuclei",
     "add_unstained_nuclei",
+    "drop_stain_edge_nuclei",
     "add_faint_stained_nuclei",
     "merge_stained_fragments",
 ]
@@ -874,6 +875,35 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
 
     return _add_blob_nuclei(nuclei, grey, clear, diameter_px=d, snr=snr, spacing=spacing,
                             accept=unstained_around)
+
+
+def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float = 0.03,
+                           ring_nuclei: float = 0.75, min_stained: float = 0.25,
+                           max_stained: float = 0.7) -> np.ndarray:
+    """Drop brightfield nucleus candidates at the edge of stained cytoplasm.
+
+    A stained cell's nucleus is enclosed by its blue; an unstained cell's
+    by its own clear cytoplasm. On the circle ``ring_nuclei`` diameters
+    around a real nucleus, X-gal (smoothed at 1 px, at least ``level`` OD)
+    therefore covers nearly all or nearly none of it. A candidate with X-gal
+    on ``min_stained`` up to ``max_stained`` of that circle sits at the edge
+    of stained cytoplasm: the pale gap where two stained cells meet (a hole
+    in the blue to the nuclear map), a notch in a stained cell's outline.
+    (On 40 synthetic development fields: 383 of 1,125 false candidates, 50
+    of 8,552 true ones.)
+    """
+    ids = _present(nuclei)
+    if ids.size == 0:
+        return nuclei
+    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), 1.0) >= level
+    cents = _centroids(nuclei, ids)
+    frac = _ring_fraction(stained, cents, ring_nuclei * float(diameter_px))
+    drop = (frac >= min_stained) & (frac < max_stained)
+    if not drop.any():
+        return nuclei
+    lut = np.arange(int(nuclei.max()) + 1, dtype=nuclei.dtype)
+    lut[ids[drop]] = 0
+    return lut[nuclei]
 
 
 def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int = 32) -> np.ndarray:
