@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
@@ -221,6 +222,26 @@ def test_stained_cells_holes_correct_a_nucleus_size_outshone_by_specks():
     # without stained cells there is nothing to check against
     grey0, xgal0 = _holes_field(stained=False)
     assert brightfield_nucleus_diameter(grey0, xgal0) < 12
+
+
+def test_nucleus_size_falls_back_to_the_hole_size_without_a_profile_peak_near_it(monkeypatch):
+    """When the scale profile's only peak is far below the stained cells'
+    nuclear holes (the nuclei only a shoulder of it), the holes' size is
+    taken; a blob size close to the holes' is kept as it is."""
+    from sabgal import pipeline
+
+    grey, xgal = _holes_field(n_specks=0)
+    hole = segment.stain_hole_diameter(_reduce_half(xgal))
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(3.0, 1.0)])
+    assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * hole)
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(0.95 * hole, 1.0), (3.0, 0.5)])
+    assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * 0.95 * hole)
+
+
+def _reduce_half(image):
+    from sabgal.pipeline import _reduce
+
+    return _reduce(np.maximum(image, 0), 2)
 
 
 def test_unstained_nuclei_are_added_where_there_is_no_xgal():
