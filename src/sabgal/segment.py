@@ -25,7 +25,7 @@ from skimage.segmentation import watershed
 from sabgal import filters
 from sabgal import morphology as morph
 from sabgal.illumination import block_reduce_mean, upsample_bilinear
-from sabgal.measure import coordinate_sums, label_runs
+from sabgal.measure import convex_areas, coordinate_sums, label_runs
 
 __all__ = [
     "flatten_background",
@@ -238,8 +238,6 @@ def blob_diameters(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40
     if prof is None:
         return []
     ps = ndi.gaussian_filter1d(prof, 1.0)
-    if not np.any(ps[1:-1] > 0):
-        return []
     out = []
     for k in range(1, ps.size - 1):
         a, b, c = ps[k - 1], ps[k], ps[k + 1]
@@ -273,9 +271,7 @@ def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: fl
     """
     import cv2
 
-    from sabgal.measure import convex_areas
-
-    x = filters.gaussian_filter(np.maximum(np.asarray(xgal, dtype=np.float32), 0), 1.0)
+    x = _smoothed_stain(xgal, 1.0)
     if min(x.shape) <= closing_px:
         return None
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (closing_px, closing_px))
@@ -869,8 +865,8 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     rejected 676 of 1,377 false candidates and 17 of 5,725 true ones.)
     """
     d = float(diameter_px)
-    clear = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) < max_xgal
-    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), 1.0) >= max_xgal
+    clear = _smoothed_stain(xgal, d / 2) < max_xgal
+    stained = _smoothed_stain(xgal, 1.0) >= max_xgal
 
     def unstained_around(coords: np.ndarray) -> np.ndarray:
         return _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
@@ -897,15 +893,18 @@ def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px:
     ids = _present(nuclei)
     if ids.size == 0:
         return nuclei
-    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), 1.0) >= level
+    stained = _smoothed_stain(xgal, 1.0) >= level
     cents = _centroids(nuclei, ids)
     frac = _ring_fraction(stained, cents, ring_nuclei * float(diameter_px))
     drop = (frac >= min_stained) & (frac < max_stained)
     if not drop.any():
         return nuclei
-    lut = np.arange(int(nuclei.max()) + 1, dtype=nuclei.dtype)
-    lut[ids[drop]] = 0
-    return lut[nuclei]
+    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+
+
+def _smoothed_stain(xgal: np.ndarray, sigma: float) -> np.ndarray:
+    """X-gal OD clipped at zero, float32, Gaussian-smoothed at ``sigma`` px."""
+    return filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), sigma)
 
 
 def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int = 32) -> np.ndarray:
@@ -942,7 +941,7 @@ def add_faint_stained_nuclei(nuclei: np.ndarray, nuclear_map: np.ndarray, xgal: 
     neighbours.
     """
     d = float(diameter_px)
-    stained = filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), d / 2) >= min_xgal
+    stained = _smoothed_stain(xgal, d / 2) >= min_xgal
     return _add_blob_nuclei(nuclei, nuclear_map, stained, diameter_px=d, snr=snr, spacing=spacing)
 
 
