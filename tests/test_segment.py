@@ -471,6 +471,34 @@ def test_jpeg_block_steps_on_glass_are_not_texture():
     assert fg[glass].mean() < 0.02
 
 
+def test_faint_cytoplasm_inside_the_lamps_glass_mask_joins_its_cell():
+    # four cells: a dense centre (clearly foreground) in cytoplasm only ~4
+    # noise SDs (smoothed) above the glass, which the lamp estimate took for
+    # glass; that "glass" is a tenth dark, far more than noise makes, so the
+    # faint cytoplasm joined to each centre is cell. Without it, the same
+    # lower limit adds nothing: a clean glass mask leaves cells as they were.
+    rng = np.random.default_rng(5)
+    shape = (300, 300)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    centres = [(75, 75), (75, 225), (225, 75), (225, 225)]
+    core = _discs(shape, [(cy, cx, 8) for cy, cx in centres])
+    body = _discs(shape, [(cy, cx, 40) for cy, cx in centres])
+    noise = rng.normal(0, 0.01, shape).astype(np.float32)
+
+    def foreground(faint_od):
+        signal = noise + np.float32(0.05) * core + np.float32(faint_od) * (body & ~core)
+        glass = ~ndi.binary_dilation(core, iterations=4)  # (the lamp's mask: all but the centres)
+        return segment.cell_foreground(signal.astype(np.float32), sigma_px=2.0, background=glass)
+
+    fg = foreground(0.008)
+    inner = ndi.binary_erosion(body, iterations=4) & ~ndi.binary_dilation(core, iterations=4)
+    outside = ~ndi.binary_dilation(body, iterations=6)
+    assert fg[inner].mean() > 0.8
+    assert fg[outside].mean() < 0.02
+    clean = foreground(0.0)
+    assert clean[outside | inner].mean() < 0.02
+
+
 def _discs(shape, discs):
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     m = np.zeros(shape, bool)

@@ -605,6 +605,26 @@ def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px
 TEXTURE_GLASS_PERCENTILE = 99.5
 
 
+# Faint cytoplasm inside the lamp's glass mask (cell_foreground): the lower,
+# hysteresis limit in noise SDs of the glass, and the share of the mask
+# above it (noise alone: < 1 %) that shows the mask holds cytoplasm.
+FAINT_CYTOPLASM_SD = 3.0
+GLASS_CYTOPLASM_SHARE = 0.03
+
+
+def _touching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected components of ``mask`` that overlap ``seeds``.
+
+    >>> _touching(np.array([[1, 1, 0, 1]], bool), np.array([[0, 1, 0, 0]], bool)).astype(int).tolist()
+    [[1, 1, 0, 0]]
+    """
+    lab, n = ndi.label(mask)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[lab[seeds & mask]] = True
+    keep[0] = False
+    return keep[lab]
+
+
 def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float = 1.0,
                     texture: np.ndarray | None = None, background: np.ndarray | None = None,
                     smoothed: np.ndarray | None = None,
@@ -612,7 +632,10 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
     """Cell bodies: smoothed signal (and optional local texture) above the
     noise of bare glass; with a glass mask, also faint cytoplasm above the
     glass level measured locally (:func:`_local_glass_level`), away from
-    the blur halo of brighter cells.
+    the blur halo of brighter cells; and, when the glass mask itself holds
+    cytoplasm (over :data:`GLASS_CYTOPLASM_SHARE` of it above
+    :data:`FAINT_CYTOPLASM_SD` noise SDs), what is above that lower limit
+    and joined to a cell already found.
 
     Parameters
     ----------
@@ -653,6 +676,18 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         faint = sm > local + med + (5.0 / sensitivity) * sd_local
         halo = morph.dilate_cross(fg, iterations=int(round(2 * sigma_px)) + 1)
         fg |= faint & ~halo
+        # Fainter still: the lamp estimate takes as glass whatever lies within
+        # a few noise SDs of the lamp, so the cytoplasm of very faint cells
+        # can sit inside its glass mask. Noise alone puts well under 1 % of
+        # true glass above FAINT_CYTOPLASM_SD; when over GLASS_CYTOPLASM_SHARE
+        # of the mask is that dark, the mask holds cytoplasm, and what is
+        # above that lower limit *and* joined to a cell already found is
+        # added to it (hysteresis). Not otherwise: in a clean field the
+        # lower limit would only widen every cell's blur halo.
+        lim = FAINT_CYTOPLASM_SD / sensitivity
+        weak = (sm > level + lim * sd) | (sm > local + med + lim * sd_local)
+        if np.count_nonzero(weak & background) > GLASS_CYTOPLASM_SHARE * np.count_nonzero(background):
+            fg |= _touching(weak, fg)
     if texture is not None:
         if background is not None and background.sum() > 500:
             tv = texture[background]
