@@ -498,16 +498,19 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     nuclei = segment.segment_nuclei(nmap, diameter_px=d, min_area_px=min_frac * nuc_area)
     if mode == "brightfield":
         nuclei = segment.drop_large_objects(nuclei, BRIGHTFIELD_MAX_NUCLEUS_AREAS * nuc_area)
+        # X-gal smoothed at 1 px (the stain around a candidate) and at half a
+        # nucleus (where stained cells are), shared by the three checks
+        fine, broad = segment.smoothed_stain(xgal_r, 1.0), segment.smoothed_stain(xgal_r, d / 2)
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
-                                                level=config.classify.min_positive_threshold)
+                                                level=config.classify.min_positive_threshold, smoothed=fine)
         nuclei = segment.add_unstained_nuclei(nuclei, grey_r, xgal_r, diameter_px=d,
                                               snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
                                               max_xgal=config.classify.min_positive_threshold,
-                                              spacing=BRIGHTFIELD_NUCLEUS_SPACING)
+                                              spacing=BRIGHTFIELD_NUCLEUS_SPACING, smoothed=(fine, broad))
         nuclei = segment.add_faint_stained_nuclei(nuclei, nmap, xgal_r, diameter_px=d,
                                                   snr=BRIGHTFIELD_FAINT_STAINED_NUCLEUS_SNR,
                                                   min_xgal=config.classify.min_positive_threshold,
-                                                  spacing=BRIGHTFIELD_NUCLEUS_SPACING)
+                                                  spacing=BRIGHTFIELD_NUCLEUS_SPACING, smoothed=broad)
     excluded = against_excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5
