@@ -123,15 +123,44 @@ def test_faint_stained_cells_apart_from_the_unstained_ones_are_positive_below_th
     """A clear gap between a tight unstained mode and cells beyond its noise
     shows faint staining as a population of its own: the threshold sits in
     the gap even below the positivity floor (never below half of it); with
-    no such population it stays at the floor."""
+    no such population it stays at the floor. (These unstained cells are
+    tight enough that the floor counts from their own margin, mode + 0.02
+    OD; a broader population keeps the absolute floor, 0.03 OD.)"""
     rng = np.random.default_rng(21)
     neg = rng.normal(0.0012, 0.0004, 45)
     pos = rng.uniform(0.016, 0.07, 55)
     t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
     assert src == "anchored"
-    assert neg.max() < t < pos.min() and t >= 0.015, t
+    margin = 0.0012 + 0.02
+    assert neg.max() < t < pos.min() and t >= 0.5 * margin - 0.001, t
     t0, _ = classify.negative_anchored_threshold(neg, floor=0.03, positive_like=0.10)
-    assert t0 >= 0.03
+    assert t0 >= margin - 0.001, t0
+    broad = rng.normal(0.0012, 0.004, 45)
+    t1, _ = classify.negative_anchored_threshold(broad, floor=0.03, positive_like=0.10)
+    assert t1 >= 0.03, t1
+
+
+def test_faint_positives_just_above_tight_unstained_cells_below_zero_are_called():
+    """Unstained cells tight at -0.01 OD (a cytoplasm colour unmixing slightly
+    negative onto X-gal), faint positives spread from just above them up to
+    0.06 OD, a few stained ones beyond a gap at 0.09 (the second renderer's
+    plain-brightfield fields). The 0.03 OD floor put the threshold in that
+    gap among the stained cells, calling 4 of 59 positives; counted from the
+    unstained cells' own margin the floor lets it come down to them. A
+    population as tight but above zero, or a broad one, is not moved below
+    the floors it had."""
+    rng = np.random.default_rng(3)
+    neg = rng.normal(-0.0105, 0.0005, 85)
+    faint = np.linspace(0.0, 0.062, 55)
+    strong = np.array([0.091, 0.098, 0.12, 0.13])
+    s = np.r_[neg, faint, strong]
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored" and neg.max() < t <= 0.012, t
+    assert np.mean(np.r_[faint, strong] > t) > 0.75
+    assert not np.any(neg > t)
+    broad = rng.normal(-0.0105, 0.004, 85)
+    tb, _ = classify.negative_anchored_threshold(np.r_[broad, faint, strong], floor=0.03, positive_like=0.10)
+    assert tb >= 0.015, tb
 
 
 def test_a_few_unstained_cells_anchor_a_mostly_stained_field():

@@ -243,6 +243,17 @@ def learn_positive_threshold(scores, *, floor: float, default: float,
 # fraction of the positivity floor.
 GAP_FLOOR_FRACTION = 0.5
 
+# A demonstrably tight unstained population -- at least TIGHT_MIN_CELLS
+# cells below its mode, their robust spread at most TIGHT_SPREAD_OD -- needs
+# no absolute floor above its own margin (mode + 0.02 OD): the floor comes
+# down to that margin, but not below TIGHT_FLOOR_FRACTION of itself. Its
+# faint stained cells then start just above it (scores of -0.005 to 0.03 OD
+# over unstained cells at -0.01 on the second renderer), where the floor had
+# held the threshold over most of them.
+TIGHT_SPREAD_OD = 0.002
+TIGHT_MIN_CELLS = 10
+TIGHT_FLOOR_FRACTION = 1 / 3
+
 
 def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k: float = 4.0,
                                 min_cells: int = 15) -> tuple[float, str]:
@@ -263,7 +274,11 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     stained mode above it when the tail ends in one; or, when neither
     applies and far more cells lie between the shoulder and the threshold
     than a Gaussian tail of the unstained cells would hold, down to where
-    that tail holds half a cell (those cells are faintly stained). If that lowest
+    that tail holds half a cell (those cells are faintly stained). Never
+    below ``floor``, or half of it where the gap or the excess rule shows the
+    faint stained cells apart; a demonstrably tight unstained population
+    (:data:`TIGHT_SPREAD_OD`) brings the floor down to its own margin, mode
+    + 0.02 OD, but not below :data:`TIGHT_FLOOR_FRACTION` of it. If that lowest
     mode already looks stained (its score is above 0.6 x ``positive_like``, or
     it is broad: spread above half the floor) the image has no unstained
     population to anchor on and ``nan`` is returned with source ``"none"``
@@ -357,15 +372,22 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         # the cells under the mode's kernel, both sides
         members = s[np.abs(x - grid[first]) <= 2 * bw]
         spread = float(np.median(np.abs(members - mode))) * 1.4826 if members.size >= 3 else 0.01
+    # a demonstrably tight unstained population (TIGHT_SPREAD_OD), judged
+    # before the quantisation minimum below
+    tight = below.size >= TIGHT_MIN_CELLS and spread <= TIGHT_SPREAD_OD
+    spread_seen = spread
     spread = max(spread, 0.003)
     if spread > 0.5 * max(floor, 0.01):
         # not a tight unstained population: the lowest mode is faintly
         # stained cells (unstained cells spread by noise and haze, < 0.01 OD)
         return float("nan"), "none"
-    if shift < 0 and mode + 2 * spread >= 0:
+    if shift < 0 and mode + 2 * (spread_seen if tight else spread) >= 0:
         # the second look is for unstained cells that all read below zero;
         # a tight-looking bottom of scores scattered across zero is not them
+        # (a tight population's own spread measured, not the minimum)
         return float("nan"), "none"
+    if tight:
+        floor = min(floor, max(mode + 0.02, TIGHT_FLOOR_FRACTION * floor))
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
     low_floor = floor
