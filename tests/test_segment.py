@@ -52,9 +52,34 @@ def test_cells_without_nucleus_are_debris_when_a_nuclear_stain_exists():
     fg[10:50, 70:110] = True  # no nucleus
     cells, _ = segment.segment_cells(nuclei, fg, max_reach_px=100, min_cell_area_px=20)
     assert set(np.unique(cells)) == {0, 1}
+    # the debris is no detached piece of the one cell either
+    assert not cells[10:50, 70:110].any()
+    assert ndi.label(cells == 1)[1] == 1
     cells2, _ = segment.segment_cells(nuclei, fg, max_reach_px=100, min_cell_area_px=20,
                                       unseeded="seed", diameter_px=10)
     assert len(np.unique(cells2)) == 3
+
+
+def test_a_debris_blob_between_cells_is_split_among_none_of_them():
+    # a dark blob on glass, no nucleus, within reach of three cells: the
+    # territories' partition cut it into pieces of each, detached from their
+    # nuclei (areas and X-gal read over debris); with a nuclear stain it is
+    # dropped, each cell one piece holding its nucleus
+    shape = (120, 160)
+    nuclei = np.zeros(shape, np.int32)
+    fg = np.zeros(shape, bool)
+    for k, (cy, cx) in enumerate([(30, 30), (30, 130), (95, 80)], start=1):
+        yy, xx = np.ogrid[:shape[0], :shape[1]]
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2
+        nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= 5 ** 2] = k
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    blob = (yy - 50) ** 2 + (xx - 80) ** 2 <= 10 ** 2
+    fg |= blob
+    for kw in ({}, {"size_weighted": True}):
+        cells, kept = segment.segment_cells(nuclei, fg, max_reach_px=80, min_cell_area_px=20, diameter_px=10, **kw)
+        assert not cells[blob].any(), kw
+        for k in (1, 2, 3):
+            assert ndi.label(cells == k)[1] == 1 and (kept == k).any(), (kw, k)
 
 
 def test_relabel_sequential():

@@ -1459,6 +1459,32 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -
         flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
 
 
+def drop_unanchored_pieces(cells: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """``cells`` without the pieces (4-connected components of one label)
+    that hold none of that label's ``markers`` pixels.
+
+    >>> c = np.array([[1, 1, 0, 1], [0, 0, 0, 1]])
+    >>> drop_unanchored_pieces(c, np.array([[1, 0, 0, 0], [0, 0, 0, 0]])).tolist()
+    [[1, 1, 0, 0], [0, 0, 0, 0]]
+    """
+    out = np.ascontiguousarray(cells).copy()
+    first, length, lab = label_runs(out)
+    if first.size == 0:
+        return out
+    comp = _run_components(first, length, lab, out.shape[1])
+    flat = out.reshape(-1)
+    seeds = np.flatnonzero(markers)
+    seeds = seeds[(flat[seeds] != 0) & (flat[seeds] == markers.reshape(-1)[seeds])]
+    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
+    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
+    orphan = np.flatnonzero(~anchored[comp])
+    if orphan.size == 0:
+        return out
+    ln = length[orphan]
+    flat[np.repeat(first[orphan] - np.cumsum(ln) + ln, ln) + np.arange(int(ln.sum()))] = 0
+    return out
+
+
 def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: float,
                   min_cell_area_px: float, elevation: np.ndarray | None = None,
                   unseeded: str = "drop", diameter_px: float = 14.0,
@@ -1581,6 +1607,11 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         scale = np.percentile(e[region], 95) if region.any() else 1.0
         land = reach + (max_reach_px / 4) * np.clip(e / max(scale, 1e-6), 0, 2)
         cells = watershed(land, markers, mask=region).astype(np.int32)
+    if unseeded == "drop":
+        # with a nuclear stain, a piece of a cell cut off from its nucleus
+        # that no neighbouring cell took over is debris (a dark speck or
+        # ring on glass within reach of a few cells), not cell
+        cells = drop_unanchored_pieces(cells, markers)
     # Drop cells smaller than the minimum (fragments) and debris without seeds.
     areas = np.bincount(cells.ravel(), minlength=int(markers.max()) + 1)
     tiny = np.flatnonzero((areas > 0) & (areas < min_cell_area_px))
