@@ -1211,15 +1211,26 @@ GLASS_NEAR_NUCLEI_MAX = 0.25
 # true glass the field also has.
 GLASS_IN_NUCLEUS_BAND_MAX = 0.10
 
+# Bare glass avoids the zone within one nucleus diameter of the nuclei (the
+# cells are there): a "glass" mask lying in that zone at this fraction or
+# more of the rate it lies in the field as a whole is on the cells, however
+# small a share of the mask the zone holds (in a confluent sheet whose
+# lamp was fitted to the faint cytoplasm between nuclei, the zone holds a
+# fifth of the mask where it covers half the field).
+GLASS_NEAR_NUCLEI_RATIO = 0.4
+
 
 def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: float,
                        max_share: float = GLASS_NEAR_NUCLEI_MAX,
                        max_band_share: float = GLASS_IN_NUCLEUS_BAND_MAX,
+                       max_ratio: float = GLASS_NEAR_NUCLEI_RATIO,
                        dist: np.ndarray | None = None) -> bool:
     """True when the ``glass`` mask lies on the cells rather than between
     them: more than ``max_share`` of its pixels lie within one nucleus
-    diameter of a nucleus, or it covers more than ``max_band_share`` of the
-    band half a nucleus diameter wide around the nuclei. Cells reach well
+    diameter of a nucleus, or that share is more than ``max_ratio`` x the
+    share of the field that zone covers, or it covers more than
+    ``max_band_share`` of the band half a nucleus diameter wide around the
+    nuclei. Cells reach well
     past their nucleus (their cytoplasm is at least about a nucleus radius
     wide), so such "glass" is the faint cytoplasm of unstained cells, not
     the gaps between them. ``dist``: the distance to the nearest nucleus
@@ -1229,7 +1240,11 @@ def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: fl
         return False
     if dist is None:
         dist = filters.distance_transform(nuclei == 0)
-    if np.count_nonzero(glass & (dist <= diameter_px)) > max_share * n:
+    near = np.count_nonzero(glass & (dist <= diameter_px))
+    if near > max_share * n:
+        return True
+    zone = np.count_nonzero((dist > 0) & (dist <= diameter_px)) / dist.size
+    if near > max_ratio * zone * n:
         return True
     band = (dist > 0) & (dist <= 0.5 * diameter_px)
     return np.count_nonzero(glass & band) > max_band_share * max(1, np.count_nonzero(band))
