@@ -543,6 +543,13 @@ def test_faint_cytoplasm_inside_the_lamps_glass_mask_joins_its_cell():
     assert fg[outside].mean() < 0.02
     clean = foreground(0.0)
     assert clean[outside | inner].mean() < 0.02
+    # a lamp misfit: glass a few noise SDs darker towards one corner, cells
+    # beside it; that darker glass is neither faint cytoplasm nor cell
+    ramp = np.float32(0.012) * np.clip((yy + xx - 300) / 300.0, 0, 1).astype(np.float32)
+    signal = noise + ramp + np.float32(0.05) * core
+    glass = ~ndi.binary_dilation(core, iterations=4)
+    fg = segment.cell_foreground(signal.astype(np.float32), sigma_px=2.0, background=glass)
+    assert fg[outside].mean() < 0.02
 
 
 def _discs(shape, discs):

@@ -635,7 +635,7 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
     glass level measured locally (:func:`_local_glass_level`), away from
     the blur halo of brighter cells; and, when the glass mask itself holds
     cytoplasm (over :data:`GLASS_CYTOPLASM_SHARE` of it above
-    :data:`FAINT_CYTOPLASM_SD` noise SDs), what is above that lower limit
+    :data:`FAINT_CYTOPLASM_SD` noise SDs over the local glass level), what is above that lower limit
     and joined to a cell already found.
 
     Parameters
@@ -680,13 +680,17 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         # Fainter still: the lamp estimate takes as glass whatever lies within
         # a few noise SDs of the lamp, so the cytoplasm of very faint cells
         # can sit inside its glass mask. Noise alone puts well under 1 % of
-        # true glass above FAINT_CYTOPLASM_SD; when over GLASS_CYTOPLASM_SHARE
+        # true glass above FAINT_CYTOPLASM_SD local noise SDs over the local
+        # glass level; when over GLASS_CYTOPLASM_SHARE
         # of the mask is that dark, the mask holds cytoplasm, and what is
         # above that lower limit *and* joined to a cell already found is
         # added to it (hysteresis). Not otherwise: in a clean field the
         # lower limit would only widen every cell's blur halo.
         lim = FAINT_CYTOPLASM_SD / sensitivity
-        weak = (sm > level + lim * sd) | (sm > local + med + lim * sd_local)
+        # (against the local glass level only: a lamp misfit that leaves a
+        # darker corner of glass is not faint cytoplasm, and must neither
+        # open the gate nor join the cells beside it)
+        weak = sm > local + med + lim * sd_local
         if np.count_nonzero(weak & background) > GLASS_CYTOPLASM_SHARE * np.count_nonzero(background):
             fg |= _touching(weak, fg)
     if texture is not None:
