@@ -257,3 +257,41 @@ def test_the_gap_from_the_unstained_shoulder_counts_and_no_dip_overrides_it():
     t, src = classify.negative_anchored_threshold(np.r_[neg, pos], floor=0.03, positive_like=0.10)
     assert src == "anchored"
     assert neg.max() < t < pos.min(), t
+
+
+def test_thresholds_are_learnt_on_the_anchor_score_and_cells_called_on_their_own():
+    """Plain brightfield: cells with a sure nucleus are scored over their
+    perinuclear band (higher than their core when the stain is perinuclear),
+    the others over the core. The thresholds come from the core score of
+    every cell (``xgal_od_anchor_p60``), so the band scores do not pull them
+    up among the stained cells; the call uses ``xgal_od_perinuclear_p60``: a
+    faint perinuclear cell whose core reads below the threshold and whose
+    band reads above it is positive."""
+    from sabgal.config import Config
+
+    rng = np.random.default_rng(2)
+    neg = rng.normal(0.002, 0.002, 80)
+    core_pos = np.r_[rng.uniform(0.05, 0.3, 30), [0.008, 0.01]]  # two faint perinuclear cells
+    band_pos = np.r_[core_pos[:30] * 1.5, [0.06, 0.07]]
+    cells = pd.DataFrame({
+        "image": "a.png",
+        "cell_id": np.arange(1, 113),
+        "xgal_od_core_p60": np.r_[neg, core_pos],
+        "xgal_od_anchor_p60": np.r_[neg, core_pos],
+        "xgal_od_perinuclear_p60": np.r_[neg, band_pos],
+        "area_px": 1000,
+        "touches_border": False,
+    })
+    cc = Config().classify
+    assert classify.anchor_column(cells, cc.positive_measure) == "xgal_od_anchor_p60"
+    assert classify.anchor_column(cells.drop(columns="xgal_od_anchor_p60"), cc.positive_measure) == cc.positive_measure
+    assert classify.anchor_column(cells, "xgal_od_p90") == "xgal_od_p90"
+    th = classify.learn_thresholds(cells, cc)
+    per = classify.image_thresholds(cells, cc, th.positive)
+    t = per["a.png"][0]
+    t_core, _ = classify.negative_anchored_threshold(cells["xgal_od_core_p60"].to_numpy(), floor=cc.min_positive_threshold,
+                                                     positive_like=cc.default_positive_threshold)
+    assert t == t_core
+    called = classify.classify_cells(cells, th, per_image=per)
+    assert called["sabgal_positive"].iloc[-2:].all()  # called on the band
+    assert not called["sabgal_positive"].iloc[:80].any()

@@ -454,6 +454,17 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
     return max(t, low_floor), "anchored"
 
 
+def anchor_column(cells: pd.DataFrame, measure: str) -> str:
+    """The column thresholds are learnt from for ``measure``: for the
+    perinuclear score, ``xgal_od_anchor_p60`` when the table has it (the
+    same score with a nuclear stain; in plain brightfield the core score of
+    every cell, while cells with a sure nucleus are called on their band),
+    else ``measure`` itself."""
+    if measure == "xgal_od_perinuclear_p60" and "xgal_od_anchor_p60" in cells:
+        return "xgal_od_anchor_p60"
+    return measure
+
+
 def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: float, *,
                      image_column: str = "image") -> dict[str, tuple[float, str]]:
     """Per-image positivity thresholds: staining strength, haze and noise
@@ -466,7 +477,7 @@ def image_thresholds(cells: pd.DataFrame, config: ClassifyConfig, fallback: floa
     out: dict[str, tuple[float, str]] = {}
     if image_column not in cells or not len(cells):
         return out
-    measure = config.positive_measure
+    measure = anchor_column(cells, config.positive_measure)
     for image, grp in cells.groupby(image_column, sort=False):
         if config.exclude_border_cells:
             grp = grp[~grp["touches_border"].astype(bool)]
@@ -481,17 +492,18 @@ def learn_thresholds(cells: pd.DataFrame, config: ClassifyConfig) -> Thresholds:
     """Thresholds for a set of cells (one image or a whole run), from the config
     or learnt from the cells themselves."""
     measure = config.positive_measure
+    learn = anchor_column(cells, measure)  # (cells are called on ``measure``)
     if config.positive_threshold == "auto":
         usable = cells
         if config.exclude_border_cells and "touches_border" in cells:
             usable = cells[~cells["touches_border"]]
-        t, src = learn_positive_threshold(usable[measure].to_numpy() if len(usable) else [],
+        t, src = learn_positive_threshold(usable[learn].to_numpy() if len(usable) else [],
                                           floor=config.min_positive_threshold,
                                           default=config.default_positive_threshold)
         if src == "default" and "image" in usable and len(usable):
             # no two populations in the pooled scores: the typical threshold
             # anchored on the images' own unstained cells is the next best
-            per = [negative_anchored_threshold(g[measure].to_numpy(), floor=config.min_positive_threshold,
+            per = [negative_anchored_threshold(g[learn].to_numpy(), floor=config.min_positive_threshold,
                                                positive_like=config.default_positive_threshold)[0]
                    for _, g in usable.groupby("image", sort=False)]
             per = [v for v in per if np.isfinite(v)]

@@ -345,12 +345,24 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
     # PERINUCLEAR_NUCLEI diameters of them
     stained_nuclei = prep.mode != "brightfield"
     perinuclear = PERINUCLEAR_NUCLEI * diameter_px if stained_nuclei else 0.0
-    # (a brightfield "nucleus" of an unstained cell is a guess, often off
-    # centre near a stained neighbour: its band would read the spill)
-    band = PERINUCLEAR_BAND_NUCLEI * diameter_px if stained_nuclei else 0.0
+    band = PERINUCLEAR_BAND_NUCLEI * diameter_px
     table = measure.measure_cells(cells, nucleus_labels, xgal=xgal_c, body=prep.grey,
                                   counterstain=prep.counterstain, pixel_size_um=px, edge_px=edge_px,
                                   perinuclear_px=perinuclear, band_px=band, nucleus_dist=nucleus_dist)
+    if not stained_nuclei and len(table):
+        # A brightfield "nucleus" of an unstained cell is a guess, often off
+        # centre near a stained neighbour, where its band would read the
+        # spill: such cells are scored over the core, and the thresholds are
+        # learnt on the core score of every cell (xgal_od_anchor_p60). A
+        # nucleus enclosed by stain is sure (the pale hole in a stained
+        # cell): its cell is scored over the band, where a faint perinuclear
+        # stain is densest.
+        sure = segment.stained_nuclei(np.asarray(nucleus_labels).astype(np.int32),
+                                      segment.smoothed_stain(xgal_c, max(1.0, diameter_px / 4)),
+                                      level=SURE_NUCLEUS_STAIN_OD, ring_px=max(1, int(round(diameter_px / 2))))
+        core = table["xgal_od_core_p60"].to_numpy()
+        table["xgal_od_perinuclear_p60"] = np.where(table["cell_id"].isin(sure), table["xgal_od_perinuclear_p60"], core)
+        table["xgal_od_anchor_p60"] = core
     return table, xgal_c, xgal_bg, glass
 
 
@@ -378,6 +390,12 @@ def _expand(labels: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
         return labels
     return np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[: shape[0], : shape[1]]
 
+
+# Plain brightfield: a nucleus whose surrounding ring reads at least this
+# mean X-gal OD (smoothed at a quarter nucleus diameter) is enclosed by
+# stain -- the pale hole of a stained cell, not a guess -- and its cell is
+# scored over the perinuclear band (measure_image).
+SURE_NUCLEUS_STAIN_OD = 0.03
 
 # Segmentation runs at a working scale where a nucleus is about this many pixels
 # across: finer adds nothing to the territories but costs time quadratically.
