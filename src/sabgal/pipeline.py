@@ -357,9 +357,12 @@ def measure_image(prep: StainedImage, cell_labels: np.ndarray, nucleus_labels: n
         # nucleus enclosed by stain is sure (the pale hole in a stained
         # cell): its cell is scored over the band, where a faint perinuclear
         # stain is densest.
-        sure = segment.stained_nuclei(np.asarray(nucleus_labels).astype(np.int32),
-                                      segment.smoothed_stain(xgal_c, max(1.0, diameter_px / 4)),
-                                      level=SURE_NUCLEUS_STAIN_OD, ring_px=max(1, int(round(diameter_px / 2))))
+        nuc = np.asarray(nucleus_labels).astype(np.int32)
+        # (the ring's owners from OpenCV's label propagation, as segmentation
+        # takes them: scipy's exact feature transform costs ~50 ms a field)
+        sure = segment.stained_nuclei(nuc, segment.smoothed_stain(xgal_c, max(1.0, diameter_px / 4)),
+                                      level=SURE_NUCLEUS_STAIN_OD, ring_px=max(1, int(round(diameter_px / 2))),
+                                      nearest=segment.nearest_nucleus_label(nuc))
         core = table["xgal_od_core_p60"].to_numpy()
         table["xgal_od_perinuclear_p60"] = np.where(table["cell_id"].isin(sure), table["xgal_od_perinuclear_p60"], core)
         table["xgal_od_anchor_p60"] = core
