@@ -1427,6 +1427,31 @@ def _run_components(first: np.ndarray, length: np.ndarray, lab: np.ndarray, cols
     return rank[comp]
 
 
+def _orphan_runs(cells: np.ndarray, markers: np.ndarray):
+    """The runs of equal labels along the rows of ``cells``
+    (:func:`sabgal.measure.label_runs`: first flat index, length, label),
+    the piece (4-connected component of one label) of each run, and the
+    indices of the runs in pieces that hold none of their label's
+    ``markers`` pixels; None when no pixel is labelled."""
+    flat = cells.reshape(-1)
+    first, length, lab = label_runs(cells)
+    if first.size == 0:
+        return None
+    comp = _run_components(first, length, lab, cells.shape[1])
+    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
+    # the run holding each marker pixel that carries its own label (runs
+    # cover every labelled pixel)
+    seeds = np.flatnonzero(markers)
+    seeds = seeds[(flat[seeds] != 0) & (flat[seeds] == markers.reshape(-1)[seeds])]
+    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
+    return first, length, comp, np.flatnonzero(~anchored[comp])
+
+
+def _run_pixels(first: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Flat indices of the pixels of the runs (``first``, ``length``), run by run."""
+    return np.repeat(first - np.cumsum(length) + length, length) + np.arange(int(length.sum()))
+
+
 def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -> None:
     """Give each piece of ``out`` (a 4-connected component of one label;
     C-contiguous, changed in place) that holds none of its ``markers`` the
@@ -1439,21 +1464,13 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -
     """
     rows, cols = out.shape
     flat = out.reshape(-1)
-    first, length, lab = label_runs(out)
-    if first.size == 0:
+    runs = _orphan_runs(out, markers)
+    if runs is None or runs[3].size == 0:
         return
-    comp = _run_components(first, length, lab, cols)
-    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
-    # the run holding each labelled marker pixel (runs cover every labelled pixel)
-    seeds = np.flatnonzero(markers)
-    seeds = seeds[flat[seeds] != 0]
-    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
-    orphan_run = np.flatnonzero(~anchored[comp])
-    if orphan_run.size == 0:
-        return
+    first, length, comp, orphan_run = runs
     # orphan pixels in raster order, with their piece
     ln = length[orphan_run]
-    pix = np.repeat(first[orphan_run] - np.cumsum(ln) + ln, ln) + np.arange(int(ln.sum()))
+    pix = _run_pixels(first[orphan_run], ln)
     pc = np.repeat(comp[orphan_run], ln)
     y, x = np.divmod(pix, cols)
     pairs = []
@@ -1487,20 +1504,10 @@ def drop_unanchored_pieces(cells: np.ndarray, markers: np.ndarray) -> np.ndarray
     [[1, 1, 0, 0], [0, 0, 0, 0]]
     """
     out = np.ascontiguousarray(cells).copy()
-    first, length, lab = label_runs(out)
-    if first.size == 0:
-        return out
-    comp = _run_components(first, length, lab, out.shape[1])
-    flat = out.reshape(-1)
-    seeds = np.flatnonzero(markers)
-    seeds = seeds[(flat[seeds] != 0) & (flat[seeds] == markers.reshape(-1)[seeds])]
-    anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
-    anchored[comp[np.searchsorted(first, seeds, side="right") - 1]] = True
-    orphan = np.flatnonzero(~anchored[comp])
-    if orphan.size == 0:
-        return out
-    ln = length[orphan]
-    flat[np.repeat(first[orphan] - np.cumsum(ln) + ln, ln) + np.arange(int(ln.sum()))] = 0
+    runs = _orphan_runs(out, markers)
+    if runs is not None and runs[3].size:
+        first, length, _, orphan = runs
+        out.reshape(-1)[_run_pixels(first[orphan], length[orphan])] = 0
     return out
 
 
