@@ -769,12 +769,12 @@ def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one()
                                             diameter_px=d).max() == 0
 
 
-def _confluent_brightfield(seed):
+def _confluent_brightfield(seed, setup="brightfield"):
     import dataclasses
 
     from sabgal import synth
 
-    p = synth.random_params(np.random.default_rng(seed), setup="brightfield", shape=(384, 512), jpeg=False)
+    p = synth.random_params(np.random.default_rng(seed), setup=setup, shape=(384, 512), jpeg=False)
     return synth.render_field(dataclasses.replace(p, confluence=1.0), np.random.default_rng(p.seed))
 
 
@@ -793,10 +793,10 @@ def test_in_a_confluent_brightfield_sheet_faint_cells_reach_half_way_to_their_ne
         return res.info["background_fraction"], covered, evaluate.match_labels(field.cell_labels, res.cell_labels).f1
 
     glass, covered, f1 = scores()
-    assert glass < pipeline.BRIGHTFIELD_SHEET_GLASS_FRACTION
+    assert glass < pipeline.SHEET_GLASS_FRACTION
     assert covered > 0.9 and f1 > 0.88
     # (without the sheet rule its unstained cells stay discs around their nuclei)
-    monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_GLASS_FRACTION", 0.0)
+    monkeypatch.setattr(pipeline, "SHEET_GLASS_FRACTION", 0.0)
     _, covered_off, f1_off = scores()
     assert covered_off < covered - 0.03 and f1_off < f1 - 0.05
 
@@ -807,5 +807,16 @@ def test_a_brightfield_field_with_glass_is_not_a_sheet(monkeypatch):
     field = _confluent_brightfield(3)  # (few cells: most of the field is glass)
     res = analyze_image(field.rgb)
     assert res.info["background_fraction"] > 0.3
-    monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_GLASS_FRACTION", 1.0)
+    monkeypatch.setattr(pipeline, "SHEET_GLASS_FRACTION", 1.0)
     assert not np.array_equal(analyze_image(field.rgb).cell_labels, res.cell_labels)
+
+
+def test_a_counterstained_sheet_keeps_its_visible_cell_bodies(monkeypatch):
+    from sabgal import pipeline
+
+    # (a counterstain shows the faint cytoplasm: the foreground finds it)
+    field = _confluent_brightfield(1, setup="counterstain")
+    res = analyze_image(field.rgb)
+    assert res.info["setup"] == "counterstain"
+    monkeypatch.setattr(pipeline, "SHEET_GLASS_FRACTION", 1.0)
+    assert np.array_equal(analyze_image(field.rgb).cell_labels, res.cell_labels)

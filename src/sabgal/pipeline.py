@@ -466,16 +466,17 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 
-# Brightfield: when the lamp estimate (from the image itself) was fitted to bare
-# glass it found on less than this share of the field, the field is a confluent
-# sheet: the faint unstained cells are what the foreground calls glass, and each
-# cell reaches at least BRIGHTFIELD_SHEET_EXTENT_NUCLEI nucleus diameters from
-# its nucleus, capped at half the gap to its nearest neighbour (segment_cells'
-# min_extent_nuclei), instead of segment.min_cell_extent_nuclei. A lamp that
-# found no glass to fit (its bright-percentile fallback) says nothing: that
-# also happens in sparse fields (strong vignetting, JPEG).
-BRIGHTFIELD_SHEET_GLASS_FRACTION = 0.15
-BRIGHTFIELD_SHEET_EXTENT_NUCLEI = 2.5
+# Without a counterstain (plain brightfield, or DAPI beside such an image): when
+# the lamp estimate (from the image itself) was fitted to bare glass it found on
+# less than this share of the field, the field is a confluent sheet: the faint
+# unstained cells are what the foreground calls glass, and each cell reaches at
+# least SHEET_EXTENT_NUCLEI nucleus diameters from its nucleus, capped at half
+# the gap to its nearest neighbour (segment_cells' min_extent_nuclei), instead
+# of segment.min_cell_extent_nuclei. A lamp that found no glass to fit (its
+# bright-percentile fallback) says nothing: that also happens in sparse fields
+# (strong vignetting, JPEG).
+SHEET_GLASS_FRACTION = 0.15
+SHEET_EXTENT_NUCLEI = 2.5
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -613,12 +614,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     seeds = nuclei
     extent = seg.min_cell_extent_nuclei
-    if (mode == "brightfield" and prep.lamp.method == "auto"
-            and prep.lamp.background_fraction < BRIGHTFIELD_SHEET_GLASS_FRACTION):
+    if (counter is None and prep.lamp.method == "auto"
+            and prep.lamp.background_fraction < SHEET_GLASS_FRACTION):
         # the lamp was fitted to bare glass and found little of it: a
         # confluent sheet, whose unstained cells (as faint as the "glass"
-        # level) meet their neighbours
-        extent = max(extent, BRIGHTFIELD_SHEET_EXTENT_NUCLEI)
+        # level without a counterstain) meet their neighbours
+        extent = max(extent, SHEET_EXTENT_NUCLEI)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
