@@ -820,3 +820,36 @@ def test_a_counterstained_sheet_keeps_its_visible_cell_bodies(monkeypatch):
     assert res.info["setup"] == "counterstain"
     monkeypatch.setattr(pipeline, "SHEET_GLASS_FRACTION", 1.0)
     assert np.array_equal(analyze_image(field.rgb).cell_labels, res.cell_labels)
+
+
+def _coverage(field, res):
+    true = field.cell_labels > 0
+    return np.count_nonzero(true & (res.cell_labels > 0)) / np.count_nonzero(true)
+
+
+def test_a_sheet_whose_lamp_glass_lies_on_its_cells_is_not_barred_by_that_glass(monkeypatch):
+    from sabgal import pipeline
+
+    # (a sheet whose lamp estimate took some faint cytoplasm for glass: the
+    # mask lies around the nuclei, so it does not stop the cells)
+    field = _confluent_brightfield(34)
+    seen = []
+    real = segment.glass_among_nuclei
+    monkeypatch.setattr(segment, "glass_among_nuclei", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    res = analyze_image(field.rgb)
+    assert seen == [True] and res.info["background_fraction"] < pipeline.SHEET_GLASS_FRACTION
+    assert _coverage(field, res) > 0.7
+    monkeypatch.setattr(pipeline, "SHEET_GLASS_FRACTION", 0.0)
+    assert _coverage(field, analyze_image(field.rgb)) < 0.6
+
+
+def test_with_dapi_a_lamp_glass_mask_on_the_cells_marks_a_sheet(monkeypatch):
+    from sabgal import pipeline
+
+    field = _confluent_brightfield(20, setup="fluorescence")
+    res = analyze_image(field.rgb, nuclear=field.nuclear)
+    assert pipeline.SHEET_GLASS_FRACTION < res.info["background_fraction"] < pipeline.SHEET_ON_CELLS_GLASS_FRACTION
+    covered = _coverage(field, res)
+    assert covered > 0.93
+    monkeypatch.setattr(pipeline, "SHEET_ON_CELLS_GLASS_FRACTION", 0.0)
+    assert _coverage(field, analyze_image(field.rgb, nuclear=field.nuclear)) < covered - 0.03

@@ -477,6 +477,11 @@ BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 # (strong vignetting, JPEG).
 SHEET_GLASS_FRACTION = 0.15
 SHEET_EXTENT_NUCLEI = 2.5
+# ... and, with DAPI (exact nuclei), when the lamp's glass mask lies on the cells
+# (segment.glass_among_nuclei: it is their faint cytoplasm) and covers less than
+# this share of the field. Plain brightfield's guessed nuclei include false ones
+# on glass, which can make a sparse field's mask look like that.
+SHEET_ON_CELLS_GLASS_FRACTION = 0.5
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -562,8 +567,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
-        enclosed = (background if background is not None
-                    and not segment.glass_among_nuclei(background, nuclei, diameter_px=d) else None)
+        on_cells = background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d)
+        enclosed = background if background is not None and not on_cells else None
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed)
         # a pocket of "glass" holding its own nuclei, no larger than the
@@ -585,8 +590,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass: with exact nuclei that shows, and the mask is not used
         nuclei = nuclei.astype(np.int32, copy=False)
         nearest = segment.nearest_nucleus(nuclei)  # (distance, label): used three times below
-        if background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d,
-                                                                 dist=nearest[0]):
+        on_cells = background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d,
+                                                                          dist=nearest[0])
+        if on_cells:
             background = None
         smoothed, texture = _texture(od_sum, sigma_fg)
         glass_stats = segment.background_stats(smoothed, od_sum, sigma_fg, background)
@@ -614,12 +620,17 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     seeds = nuclei
     extent = seg.min_cell_extent_nuclei
-    if (counter is None and prep.lamp.method == "auto"
-            and prep.lamp.background_fraction < SHEET_GLASS_FRACTION):
-        # the lamp was fitted to bare glass and found little of it: a
-        # confluent sheet, whose unstained cells (as faint as the "glass"
+    glass_share = prep.lamp.background_fraction
+    if counter is None and prep.lamp.method == "auto" and (
+            # the lamp was fitted to bare glass and found little of it ...
+            glass_share < SHEET_GLASS_FRACTION
+            # ... or, with exact nuclei, what it took for glass lies on the cells
+            or (mode == "fluorescence" and on_cells and glass_share < SHEET_ON_CELLS_GLASS_FRACTION)):
+        # a confluent sheet, whose unstained cells (as faint as the "glass"
         # level without a counterstain) meet their neighbours
         extent = max(extent, SHEET_EXTENT_NUCLEI)
+        if on_cells:
+            no_cells = excluded  # (that "glass" is their cytoplasm)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
