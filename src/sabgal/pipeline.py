@@ -477,11 +477,14 @@ BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 # (strong vignetting, JPEG).
 SHEET_GLASS_FRACTION = 0.15
 SHEET_EXTENT_NUCLEI = 2.5
-# ... and, with DAPI (exact nuclei), when the lamp's glass mask lies on the cells
-# (segment.glass_among_nuclei: it is their faint cytoplasm) and covers less than
-# this share of the field. Plain brightfield's guessed nuclei include false ones
-# on glass, which can make a sparse field's mask look like that.
+# ... and when the lamp's glass mask lies on the cells (segment.glass_among_nuclei:
+# it is their faint cytoplasm) and covers less than this share of the field ...
 SHEET_ON_CELLS_GLASS_FRACTION = 0.5
+# ... which in plain brightfield, whose guessed nuclei include false ones on glass
+# (they put some of a sparse field's glass "among" them: up to 0.53x on
+# development fields, sheets 0.67-1.16x), means lying within one nucleus
+# diameter of the nuclei at this many times its field-wide rate or more.
+BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -567,7 +570,15 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
-        on_cells = background is not None and segment.glass_among_nuclei(background, nuclei, diameter_px=d)
+        on_cells = sheet_mask = False
+        if background is not None:
+            ndist = filters.distance_transform(nuclei == 0)
+            on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
+            # (guessed nuclei include false ones on glass, which can put a
+            # sparse field's glass "among" them: a sheet needs more)
+            sheet_mask = on_cells and segment.glass_among_nuclei(
+                background, nuclei, diameter_px=d, dist=ndist, max_share=1.0, max_band_share=1.0,
+                max_ratio=BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO)
         enclosed = background if background is not None and not on_cells else None
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed)
@@ -594,6 +605,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                                           dist=nearest[0])
         if on_cells:
             background = None
+        sheet_mask = on_cells  # (exact nuclei)
         smoothed, texture = _texture(od_sum, sigma_fg)
         glass_stats = segment.background_stats(smoothed, od_sum, sigma_fg, background)
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
@@ -624,8 +636,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     if counter is None and prep.lamp.method == "auto" and (
             # the lamp was fitted to bare glass and found little of it ...
             glass_share < SHEET_GLASS_FRACTION
-            # ... or, with exact nuclei, what it took for glass lies on the cells
-            or (mode == "fluorescence" and on_cells and glass_share < SHEET_ON_CELLS_GLASS_FRACTION)):
+            # ... or what it took for glass lies on the cells
+            or (sheet_mask and glass_share < SHEET_ON_CELLS_GLASS_FRACTION)):
         # a confluent sheet, whose unstained cells (as faint as the "glass"
         # level without a counterstain) meet their neighbours
         extent = max(extent, SHEET_EXTENT_NUCLEI)
