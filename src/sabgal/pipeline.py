@@ -575,12 +575,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             ndist = filters.distance_transform(nuclei == 0)
             on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
             # (guessed nuclei include false ones on glass, which can put a
-            # sparse field's glass "among" them: a sheet needs more -- the
-            # near-nucleus rate test alone, at a higher ratio; share and band
-            # tests off)
-            sheet_mask = on_cells and segment.glass_among_nuclei(
-                background, nuclei, diameter_px=d, dist=ndist, max_share=1.0, max_band_share=1.0,
-                max_ratio=BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO)
+            # sparse field's glass "among" them: a sheet needs more)
+            sheet_mask = on_cells and segment.glass_near_nuclei_ratio(
+                background, nuclei, diameter_px=d, dist=ndist) > BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO
         enclosed = background if background is not None and not on_cells else None
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed)

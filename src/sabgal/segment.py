@@ -1244,14 +1244,42 @@ def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: fl
         return False
     if dist is None:
         dist = filters.distance_transform(nuclei == 0)
-    near = np.count_nonzero(glass & (dist <= diameter_px))
-    if near > max_share * n:
-        return True
-    zone = np.count_nonzero((dist > 0) & (dist <= diameter_px)) / dist.size
-    if near > max_ratio * zone * n:
+    near, zone = _near_nuclei(glass, dist, diameter_px)
+    if near > max_share * n or near > max_ratio * zone * n:
         return True
     band = (dist > 0) & (dist <= 0.5 * diameter_px)
     return np.count_nonzero(glass & band) > max_band_share * max(1, np.count_nonzero(band))
+
+
+def _near_nuclei(glass: np.ndarray, dist: np.ndarray, diameter_px: float) -> tuple[int, float]:
+    """The ``glass`` pixels within one nucleus diameter of a nucleus (``dist``:
+    distance to the nearest nucleus pixel), and the share of the field that
+    zone, nuclei left out, covers."""
+    near = np.count_nonzero(glass & (dist <= diameter_px))
+    return near, np.count_nonzero((dist > 0) & (dist <= diameter_px)) / dist.size
+
+
+def glass_near_nuclei_ratio(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: float,
+                            dist: np.ndarray | None = None) -> float:
+    """How many times its field-wide rate the ``glass`` mask lies within one
+    nucleus diameter of a nucleus: the share of the mask in that zone over
+    the share of the field the zone covers (:func:`glass_among_nuclei`'s
+    ``max_ratio`` test). 0 without glass or nuclei; inf when the zone is
+    empty but holds glass on the nuclei themselves.
+
+    >>> nuc = np.zeros((1, 8), int); nuc[0, 0] = 1
+    >>> glass_near_nuclei_ratio(np.arange(8)[None] >= 4, nuc, diameter_px=2)
+    0.0
+    """
+    n = int(np.count_nonzero(glass))
+    if n == 0 or not nuclei.any():
+        return 0.0
+    if dist is None:
+        dist = filters.distance_transform(nuclei == 0)
+    near, zone = _near_nuclei(glass, dist, diameter_px)
+    if zone * n == 0:
+        return float("inf") if near else 0.0
+    return float(near / (zone * n))
 
 
 def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
