@@ -101,6 +101,15 @@ def test_distance_transform_matches_edt():
     np.testing.assert_allclose(distance_transform(big), ndi.distance_transform_edt(big), rtol=1e-6)
 
 
+def test_distance_transform_gives_the_same_bits_every_time():
+    from sabgal.filters import distance_transform
+
+    # (OpenCV's result depended on where its output happened to be allocated)
+    m = ndi.gaussian_filter(np.random.default_rng(5).random((512, 680)), 6) > 0.5
+    outs = [distance_transform(m) for _ in range(8)]  # (all alive: eight addresses)
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+
+
 def test_distance_with_indices_matches_scipy():
     from sabgal.segment import distance_with_indices
 

@@ -107,7 +107,21 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or min(mask.shape) == 0 or mask.all():  # (no False pixel: scipy's convention)
         return ndi.distance_transform_edt(mask).astype(np.float32)
-    return cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # OpenCV's square roots round differently on its SIMD path and its scalar
+    # one, and which pixels take which follows the output's address (32-byte
+    # alignment): into a buffer allocated anywhere, the same mask gave values
+    # one bit apart from run to run. A 64-byte-aligned output makes it repeatable.
+    out = _aligned_empty(mask.shape, np.float32)
+    cv2.distanceTransform(np.ascontiguousarray(mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=out)
+    return out
+
+
+def _aligned_empty(shape: tuple[int, int], dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data start on an ``align``-byte boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + align, dtype=np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def median(values: np.ndarray):
