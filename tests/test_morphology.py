@@ -101,6 +101,26 @@ def test_distance_transform_matches_edt():
     np.testing.assert_allclose(distance_transform(big), ndi.distance_transform_edt(big), rtol=1e-6)
 
 
+def test_distance_transform_by_component_boxes_is_exact():
+    from sabgal.filters import distance_transform
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        shape = (int(rng.integers(2, 160)), int(rng.integers(2, 160)))
+        # sparse blobs (some touching the border, some concave), 8- or 4-connected components
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.7, 3)) > rng.uniform(0.6, 0.75)
+        structure = np.ones((3, 3)) if trial % 2 else None
+        boxes = ndi.find_objects(ndi.label(m, structure=structure)[0])
+        expected = ndi.distance_transform_edt(m).astype(np.float32)
+        np.testing.assert_allclose(distance_transform(m, boxes), expected, rtol=1e-6, err_msg=str(trial))
+    ring = np.zeros((400, 400), bool)  # a concave component: its hole's pixels belong to the box
+    yy, xx = np.mgrid[:400, :400]
+    ring[((yy - 100) ** 2 + (xx - 100) ** 2 < 60 ** 2) & ((yy - 100) ** 2 + (xx - 100) ** 2 > 40 ** 2)] = True
+    ring[95:105, 95:105] = True  # another component inside the hole
+    boxes = ndi.find_objects(ndi.label(ring)[0])
+    np.testing.assert_allclose(distance_transform(ring, boxes), ndi.distance_transform_edt(ring), rtol=1e-6)
+
+
 def test_distance_transform_gives_the_same_bits_every_time():
     from sabgal.filters import distance_transform
 

@@ -94,12 +94,21 @@ def grey_closing(image: np.ndarray, size: int) -> np.ndarray:
     return ndi.grey_closing(image, size=(size, size))
 
 
-def distance_transform(mask: np.ndarray) -> np.ndarray:
+def distance_transform(mask: np.ndarray, boxes: list | None = None) -> np.ndarray:
     """``ndi.distance_transform_edt(mask)`` as float32: the exact Euclidean
     distance of each True pixel to the nearest False one (pixels outside the
     image do not count), on OpenCV's linear-time exact algorithm
     (``DIST_MASK_PRECISE``): scipy's values to float32 rounding (the last
     bit of the square root can differ), 10-20x faster.
+
+    ``boxes``: the bounding boxes (``ndi.find_objects`` slices) of the
+    mask's connected components, when the caller has them. Where they cover
+    a small part of the image, each box (grown by one pixel) is transformed
+    on its own: a pixel's nearest False pixel always lies in its own
+    component's box grown by one (the open disc up to it is True and
+    4-connected, so inside the component), and a box can only overstate the
+    distance of another component's pixels, so the minimum over boxes is
+    exact. A sparse mask (nuclei) then takes a fraction of the time.
 
     >>> distance_transform(np.array([[0, 1, 1, 1]], bool)).tolist()
     [[0.0, 1.0, 2.0, 3.0]]
@@ -107,12 +116,37 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2 or min(mask.shape) == 0 or mask.all():  # (no False pixel: scipy's convention)
         return ndi.distance_transform_edt(mask).astype(np.float32)
+    if boxes is not None:
+        grown = _grown_boxes(boxes, mask.shape)
+        if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown) < _BOX_SHARE * mask.size:
+            return _distance_in_boxes(mask, grown)
     # OpenCV's square roots round differently on its SIMD path and its scalar
     # one, and which pixels take which follows the output's address (32-byte
     # alignment): into a buffer allocated anywhere, the same mask gave values
     # one bit apart from run to run. A 64-byte-aligned output makes it repeatable.
     out = _aligned_empty(mask.shape, np.float32)
     cv2.distanceTransform(np.ascontiguousarray(mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=out)
+    return out
+
+
+_BOX_SHARE = 0.3  # boxes covering less than this share of the image: per box
+
+
+def _grown_boxes(boxes: list, shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    h, w = shape
+    return [(max(sl[0].start - 1, 0), min(sl[0].stop + 1, h), max(sl[1].start - 1, 0), min(sl[1].stop + 1, w))
+            for sl in boxes if sl is not None]
+
+
+def _distance_in_boxes(mask: np.ndarray, grown: list[tuple[int, int, int, int]]) -> np.ndarray:
+    out = np.where(mask, np.float32(np.inf), np.float32(0))
+    m8 = np.ascontiguousarray(mask).view(np.uint8)
+    for y0, y1, x0, x1 in grown:
+        sub = m8[y0:y1, x0:x1]
+        d = _aligned_empty(sub.shape, np.float32)  # (see below: repeatable bits)
+        cv2.distanceTransform(sub, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=d)
+        view = out[y0:y1, x0:x1]
+        np.minimum(view, d, out=view)
     return out
 
 

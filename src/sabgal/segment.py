@@ -513,7 +513,7 @@ def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray
         return np.zeros(mask.shape, dtype=np.int32)
     comp, ncomp = ndi.label(mask)
     boxes = ndi.find_objects(comp)
-    dist = filters.distance_transform(comp > 0)
+    dist = filters.distance_transform(comp > 0, boxes)
     score = filters.gaussian_filter(dist, max(1.0, diameter_px / 10))
     if intensity is not None:
         sm = filters.gaussian_filter(intensity.astype(np.float32), max(1.0, diameter_px / 6))
