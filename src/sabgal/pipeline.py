@@ -651,13 +651,18 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
         nearest=None if mode == "brightfield" else nearest)
+    nucleus_dist = nucleus_mask = None
     if mode != "brightfield":
+        # the nuclei's distance map, for the trim and again for measuring
+        nucleus_mask = nuclei > 0
+        nucleus_dist = (nearest[0] if np.array_equal(nucleus_mask, seeds > 0)
+                        else filters.distance_transform(~nucleus_mask))
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
         glass_level, glass_sd = glass_stats  # (as the foreground measured them)
         trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
                                          min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd,
-                                         nucleus_dist=nearest[0] if np.array_equal(nuclei, seeds) else None)
+                                         nucleus_dist=nucleus_dist)
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed
@@ -675,9 +680,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=speck)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
-    # (the nuclei as seeded, at full scale: their distance map holds)
-    nucleus_dist = (nearest[0] if mode != "brightfield" and f == 1 and np.array_equal(nuclei > 0, seeds > 0)
-                    else None)
+    # (the same nuclei, at full scale: their distance map holds)
+    if not (f == 1 and nucleus_mask is not None and np.array_equal(nuclei > 0, nucleus_mask)):
+        nucleus_dist = None
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
     foreground = _expand(foreground, f, shape)
     return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter, nucleus_dist
