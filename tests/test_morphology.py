@@ -121,6 +121,25 @@ def test_distance_transform_by_component_boxes_is_exact():
     np.testing.assert_allclose(distance_transform(ring, boxes), ndi.distance_transform_edt(ring), rtol=1e-6)
 
 
+def test_distance_within_is_exact_near_the_objects():
+    from sabgal import filters
+
+    rng = np.random.default_rng(8)
+    used_boxes = 0
+    for trial in range(30):
+        shape = (int(rng.integers(2, 300)), int(rng.integers(2, 300)))
+        blobs = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.7, 2)) > rng.uniform(0.62, 0.7)
+        objects = ndi.label(blobs)[0] if trial % 3 else blobs
+        max_px = float(rng.uniform(0, 12))
+        exact = ndi.distance_transform_edt(objects == 0).astype(np.float32)
+        got = filters.distance_within(objects, max_px)
+        near = exact <= max_px
+        np.testing.assert_allclose(got[near], exact[near], rtol=1e-6, err_msg=str(trial))
+        assert (got[~near] > max_px).all(), trial
+        used_boxes += bool(np.isinf(got).any())
+    assert used_boxes >= 5  # (the per-box path ran)
+
+
 def test_distance_transform_gives_the_same_bits_every_time():
     from sabgal.filters import distance_transform
 

@@ -129,16 +129,43 @@ def distance_transform(mask: np.ndarray, boxes: list | None = None) -> np.ndarra
     return out
 
 
+def distance_within(objects: np.ndarray, max_px: float) -> np.ndarray:
+    """The exact Euclidean distance (float32) of each pixel to the nearest
+    nonzero pixel of the label image ``objects`` where it is at most
+    ``max_px``; elsewhere some value above ``max_px`` (``inf`` far from all
+    objects). ``distance_transform(objects == 0)`` where only a near zone
+    counts (a band around the nuclei): when the objects are few, each one's
+    box grown by ``max_px`` is transformed alone -- the nearest object pixel
+    of a pixel within ``max_px`` lies in a box that holds it, and a box can
+    only overstate distances -- at a fraction of the time.
+
+    >>> (distance_within(np.array([[0, 1, 0, 0, 0]]), 2) <= 2).tolist()
+    [[True, True, True, True, False]]
+    """
+    objects = np.asarray(objects)
+    free = objects == 0
+    if objects.ndim != 2 or not free.any() or free.all() or not max_px >= 0:
+        return distance_transform(free)
+    r = int(np.ceil(max_px))
+    grown = _grown_boxes(ndi.find_objects(objects.astype(np.int32, copy=False) if objects.dtype == bool
+                                          else objects), objects.shape, r + 1)
+    if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown) >= _BOX_SHARE * objects.size:
+        return distance_transform(free)
+    return _distance_in_boxes(free, grown)
+
+
 _BOX_SHARE = 0.3  # boxes covering less than this share of the image: per box
 
 
-def _grown_boxes(boxes: list, shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def _grown_boxes(boxes: list, shape: tuple[int, int], by: int = 1) -> list[tuple[int, int, int, int]]:
     h, w = shape
-    return [(max(sl[0].start - 1, 0), min(sl[0].stop + 1, h), max(sl[1].start - 1, 0), min(sl[1].stop + 1, w))
+    return [(max(sl[0].start - by, 0), min(sl[0].stop + by, h), max(sl[1].start - by, 0), min(sl[1].stop + by, w))
             for sl in boxes if sl is not None]
 
 
 def _distance_in_boxes(mask: np.ndarray, grown: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """Minimum over the boxes of each box's own distance transform (``inf``
+    where no box reaches a True pixel)."""
     out = np.where(mask, np.float32(np.inf), np.float32(0))
     m8 = np.ascontiguousarray(mask).view(np.uint8)
     for y0, y1, x0, x1 in grown:

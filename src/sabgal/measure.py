@@ -337,7 +337,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         ring |= morph.dilate_cross(morph.inner_boundaries(cells), iterations=int(edge_px))
     nuc_dist = None
     if (perinuclear_px > 0 or band_px > 0) and nuc_area.any():
-        nuc_dist = filters.distance_transform(np.asarray(nuclei) == 0) if nucleus_dist is None else nucleus_dist
+        # (only distances up to the larger of the two reaches are compared)
+        nuc_dist = (filters.distance_within(np.asarray(nuclei), max(perinuclear_px, 2 + band_px))
+                    if nucleus_dist is None else nucleus_dist)
     if perinuclear_px > 0 and nuc_dist is not None:
         # and within reach of the nucleus: SA-β-gal is lysosomal and
         # perinuclear, while a territory drawn too large reaches into a

@@ -572,7 +572,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # cytoplasm of a confluent sheet)
         on_cells = sheet_mask = False
         if background is not None:
-            ndist = filters.distance_transform(nuclei == 0)
+            ndist = filters.distance_within(nuclei, d)  # (both look one diameter out)
             on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
             # (guessed nuclei include false ones on glass, which can put a
             # sparse field's glass "among" them: a sheet needs more)

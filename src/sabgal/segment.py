@@ -1238,12 +1238,13 @@ def glass_among_nuclei(glass: np.ndarray, nuclei: np.ndarray, *, diameter_px: fl
     past their nucleus (their cytoplasm is at least about a nucleus radius
     wide), so such "glass" is the faint cytoplasm of unstained cells, not
     the gaps between them. ``dist``: the distance to the nearest nucleus
-    pixel, when the caller has it."""
+    pixel, when the caller has it (exact up to one diameter is enough:
+    :func:`sabgal.filters.distance_within`)."""
     n = int(np.count_nonzero(glass))
     if n == 0 or not nuclei.any():
         return False
     if dist is None:
-        dist = filters.distance_transform(nuclei == 0)
+        dist = filters.distance_within(nuclei, diameter_px)
     near, zone = _near_nuclei(glass, dist, diameter_px)
     if near > max_share * n or near > max_ratio * zone * n:
         return True
@@ -1275,7 +1276,7 @@ def glass_near_nuclei_ratio(glass: np.ndarray, nuclei: np.ndarray, *, diameter_p
     if n == 0 or not nuclei.any():
         return 0.0
     if dist is None:
-        dist = filters.distance_transform(nuclei == 0)
+        dist = filters.distance_within(nuclei, diameter_px)
     near, zone = _near_nuclei(glass, dist, diameter_px)
     if zone * n == 0:
         return float("inf") if near else 0.0
@@ -1309,7 +1310,7 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     depth = filters.distance_transform(inside)
     n = int(cells.max()) + 1
     ref = (depth >= band_px) & (depth < 2 * band_px)
-    ref &= (filters.distance_transform(nuclei == 0) if nucleus_dist is None else nucleus_dist) >= band_px
+    ref &= (filters.distance_within(nuclei, band_px) if nucleus_dist is None else nucleus_dist) >= band_px
     cnt = np.bincount(cells[ref], minlength=n)
     tot = np.bincount(cells[ref], weights=smoothed[ref], minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
