@@ -326,7 +326,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     xg32 = np.asarray(xgal).ravel()[pix]
     xg = xg32.astype(np.float64)
     xsum = np.bincount(flat, xg, n + 1)[ids]
-    stained = np.bincount(flat[xg > stained_pixel_od], minlength=n + 1)[ids].astype(np.float64)
+    # (a pixel left out counts towards label 0, which no cell has: cheaper
+    # than indexing out a subset, and each cell's sum runs in the same order)
+    stained = np.bincount(np.where(xg > stained_pixel_od, flat, 0), minlength=n + 1)[ids].astype(np.float64)
     # The X-gal score is read over the cell's core cytoplasm (the stain is
     # perinuclear; a counterstained nucleus is where colour cross-talk is
     # worst), falling back to the whole cell when the nucleus fills most of it.
@@ -362,11 +364,11 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         band_n = np.bincount(band_lab, minlength=n + 1)[ids]
         band_q = label_quantile(band_lab, xg32, 0.6, n, binned=xg_bins)[ids]
         band_p60 = np.where(band_n >= 10, band_q, p60)
-    cyto = nflat == 0
-    body_px = np.asarray(body).ravel()[pix]
-    cyto_area = np.bincount(flat[cyto], minlength=n + 1)[ids].astype(np.float64)
-    body_sum = np.bincount(flat[cyto], body_px[cyto].astype(np.float64), n + 1)[ids]
-    body_all = np.bincount(flat, body_px.astype(np.float64), n + 1)[ids]
+    cyto_flat = np.where(nflat == 0, flat, 0)
+    body_px = np.asarray(body).ravel()[pix].astype(np.float64)
+    cyto_area = np.bincount(cyto_flat, minlength=n + 1)[ids].astype(np.float64)
+    body_sum = np.bincount(cyto_flat, body_px, n + 1)[ids]
+    body_all = np.bincount(flat, body_px, n + 1)[ids]
     body_mean = np.where(cyto_area >= 5, body_sum / np.maximum(cyto_area, 1), body_all / a)
     if counterstain is not None:
         cs_mean = np.bincount(flat, np.asarray(counterstain).ravel()[pix].astype(np.float64), n + 1)[ids] / a
