@@ -147,6 +147,18 @@ def test_distance_transform_gives_the_same_bits_every_time():
     m = ndi.gaussian_filter(np.random.default_rng(5).random((512, 680)), 6) > 0.5
     outs = [distance_transform(m) for _ in range(8)]  # (all alive: eight addresses)
     assert all(np.array_equal(o, outs[0]) for o in outs)
+    # rows a multiple of 1 KiB go through row-padded buffers: the same values
+    wide = ndi.gaussian_filter(np.random.default_rng(6).random((300, 1024)), 6) > 0.5
+    got = distance_transform(wide)
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_allclose(got, ndi.distance_transform_edt(wide), rtol=1e-6)
+    import cv2
+
+    from sabgal.filters import _aligned_empty
+
+    plain = _aligned_empty(wide.shape, np.float32)  # (unpadded, 64-byte aligned: the same bits)
+    cv2.distanceTransform(wide.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=plain)
+    assert np.array_equal(got, plain)
 
 
 def test_distance_with_indices_matches_scipy():

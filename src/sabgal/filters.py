@@ -124,9 +124,21 @@ def distance_transform(mask: np.ndarray, boxes: list | None = None) -> np.ndarra
     # one, and which pixels take which follows the output's address (32-byte
     # alignment): into a buffer allocated anywhere, the same mask gave values
     # one bit apart from run to run. A 64-byte-aligned output makes it repeatable.
-    out = _aligned_empty(mask.shape, np.float32)
-    cv2.distanceTransform(np.ascontiguousarray(mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=out)
-    return out
+    rows, cols = mask.shape
+    if (cols * 4) % _EDT_ALIAS_BYTES:
+        out = _aligned_empty(mask.shape, np.float32)
+        cv2.distanceTransform(np.ascontiguousarray(mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
+                              dst=out)
+        return out
+    # Rows a multiple of 1 KiB long (1024, 1536, 2048 ... pixels wide) alias
+    # in the cache on the column pass: about twice the time. Views of
+    # row-padded buffers (each output row still starting 64-byte aligned,
+    # so the same bits) avoid it; the copies cost a few per cent of that.
+    src = np.empty((rows, cols + _PAD_BYTES), dtype=np.uint8)[:, :cols]
+    src[...] = mask
+    out = _aligned_empty((rows, cols + _PAD_BYTES // 4), np.float32)[:, :cols]
+    out = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=out)
+    return np.ascontiguousarray(out)
 
 
 def distance_within(objects: np.ndarray, max_px: float) -> np.ndarray:
@@ -154,6 +166,7 @@ def distance_within(objects: np.ndarray, max_px: float) -> np.ndarray:
     return _distance_in_boxes(free, grown)
 
 
+_EDT_ALIAS_BYTES = 1024
 _BOX_SHARE = 0.3  # boxes covering less than this share of the image: per box
 
 
