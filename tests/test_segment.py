@@ -877,3 +877,32 @@ def test_a_half_covered_brightfield_field_is_not_a_sheet(monkeypatch):
     assert res.info["background_fraction"] < pipeline.SHEET_ON_CELLS_GLASS_FRACTION
     monkeypatch.setattr(pipeline, "SHEET_ON_CELLS_GLASS_FRACTION", 0.0)
     assert np.array_equal(analyze_image(field.rgb).cell_labels, res.cell_labels)
+
+
+def test_absorbing_orphans_can_drop_the_unanchored_pieces_in_the_same_pass():
+    # the one pass must leave exactly what absorbing then drop_unanchored_pieces leaves
+    from sabgal import segment
+
+    rng = np.random.default_rng(0)
+    dropped = 0
+    for trial in range(300):
+        shape = (int(rng.integers(5, 50)), int(rng.integers(5, 50)))
+        k = int(rng.integers(2, 10))
+        pts = np.c_[rng.integers(0, shape[0], k), rng.integers(0, shape[1], k)]
+        yy, xx = np.mgrid[:shape[0], :shape[1]]
+        voronoi = (((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2).argmin(-1) + 1)
+        voronoi = voronoi.astype(np.int32)
+        cells = voronoi.copy()
+        noise = rng.random(shape) < rng.uniform(0, 0.3)  # stray labels and holes: orphan pieces
+        cells[noise] = rng.integers(0, k + 1, int(noise.sum()))
+        markers = np.zeros(shape, np.int32)
+        markers[pts[:, 0], pts[:, 1]] = np.arange(1, k + 1)
+        cells[markers > 0] = markers[markers > 0]
+        two = cells.copy()
+        segment._absorb_orphans(two, markers, voronoi)
+        two = segment.drop_unanchored_pieces(two, markers)
+        one = cells.copy()
+        segment._absorb_orphans(one, markers, voronoi, drop_unanchored=True)
+        assert np.array_equal(one, two), trial
+        dropped += int(np.count_nonzero((two == 0) & (cells != 0)))
+    assert dropped > 0  # (pieces were dropped)

@@ -1132,7 +1132,7 @@ def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: floa
 def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: np.ndarray, *,
                               max_reach_px: float, stain: np.ndarray | None = None,
                               stained_ids: np.ndarray | None = None,
-                              stain_penalty: float = 2.0) -> np.ndarray:
+                              stain_penalty: float = 2.0, drop_unanchored: bool = False) -> np.ndarray:
     """Territories of a multiplicatively weighted Voronoi partition.
 
     A pixel goes to the nucleus that minimises (distance to its centre) /
@@ -1143,7 +1143,9 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     box reaching twice the distance to its third-nearest neighbour (scaled
     by its relative size, at most ``max_reach_px``); region pixels no box
     covers keep their plain Voronoi owner from ``voronoi``, and pieces cut
-    off from their nucleus go to the cell that borders them most.
+    off from their nucleus go to the cell that borders them most
+    (``drop_unanchored``: those still cut off then are cleared, as
+    :func:`drop_unanchored_pieces` would).
 
     With ``stain`` (X-gal presence, 0-1 per pixel) and ``stained_ids`` (the
     nuclei of stained cells), an unstained cell's distance to a pixel is
@@ -1160,7 +1162,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
 
     ids = _present(markers)
     if ids.size < 2:
-        return voronoi
+        return drop_unanchored_pieces(voronoi, markers) if drop_unanchored else voronoi
     cy, cx = _centroids(markers, ids).T
     r = np.sqrt(np.bincount(markers[markers != 0])[ids] / np.pi)
     rel = r / np.median(r)
@@ -1200,7 +1202,7 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
     # them most
-    _absorb_orphans(out, markers, voronoi)
+    _absorb_orphans(out, markers, voronoi, drop_unanchored=drop_unanchored)
     return out
 
 
@@ -1481,7 +1483,8 @@ def _run_pixels(first: np.ndarray, length: np.ndarray) -> np.ndarray:
     return np.repeat(first - np.cumsum(length) + length, length) + np.arange(int(length.sum()))
 
 
-def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -> None:
+def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray, *,
+                    drop_unanchored: bool = False) -> None:
     """Give each piece of ``out`` (a 4-connected component of one label;
     C-contiguous, changed in place) that holds none of its ``markers`` the
     label most common among the pixels 4-adjacent to it (the smallest on
@@ -1490,6 +1493,11 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -
     a piece sees the new labels of the pieces before it. Components come
     from runs along rows, pieces' pixels and neighbours are gathered for all
     pieces at once; only the vote runs per piece.
+
+    ``drop_unanchored``: then clear the pieces that are still cut off from
+    their nucleus (:func:`drop_unanchored_pieces` of the result, without
+    finding the pieces again): a relabelled piece is anchored when it
+    touches an anchored pixel of its new label, or touches such a piece.
     """
     rows, cols = out.shape
     flat = out.reshape(-1)
@@ -1522,6 +1530,41 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray) -
         around = flat[nb[n_start[i]:n_end[i]]]
         around = around[(around > 0) & (around != own[i])]
         flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
+    if drop_unanchored:
+        _drop_still_orphaned(flat, pix, pc, pieces, p_start, nb_piece, nb)
+
+
+def _drop_still_orphaned(flat: np.ndarray, pix: np.ndarray, pc: np.ndarray, pieces: np.ndarray,
+                         p_start: np.ndarray, nb_piece: np.ndarray, nb: np.ndarray) -> None:
+    """After :func:`_absorb_orphans`' vote, clear the relabelled pieces not
+    joined to a piece that holds their new label's marker. Pixels outside
+    the pieces were never relabelled and each lies in an anchored piece, so
+    a piece is anchored when one of its 4-neighbours outside the pieces
+    carries its new label, or when it is joined (neighbours of the same new
+    label) to such a piece."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    new = flat[pix[p_start]]  # each piece's new label (one label per piece)
+    piece_of = np.full(int(pieces.max()) + 1, -1, dtype=np.intp)
+    piece_of[pieces] = np.arange(pieces.size)
+    order = np.argsort(pix)
+    sorted_pix = pix[order]
+    at = np.searchsorted(sorted_pix, nb).clip(max=sorted_pix.size - 1)
+    in_piece = sorted_pix[at] == nb  # the neighbour is itself a piece's pixel
+    src = piece_of[nb_piece]
+    same = flat[nb] == new[src]
+    anchored = np.zeros(pieces.size, dtype=bool)
+    anchored[src[same & ~in_piece & (new[src] > 0)]] = True
+    joined = same & in_piece
+    dst = piece_of[pc[order][at[joined]]]
+    graph = coo_matrix((np.ones(dst.size, dtype=np.int8), (src[joined], dst)), shape=(pieces.size,) * 2)
+    _, comp = connected_components(graph, directed=False)
+    comp_anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
+    comp_anchored[comp[anchored]] = True
+    lost = ~comp_anchored[comp]
+    if lost.any():
+        flat[pix[lost[piece_of[pc]]]] = 0
 
 
 def drop_unanchored_pieces(cells: np.ndarray, markers: np.ndarray) -> np.ndarray:
@@ -1656,16 +1699,17 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                 stained = stained_nuclei(markers, xgal, level=stain_level,
                                          ring_px=max(1, int(round(diameter_px / 2))), nearest=owner)
             cells = size_weighted_territories(markers, region, cells, max_reach_px=max_reach_px, stain=stain,
-                                              stained_ids=stained)
+                                              stained_ids=stained, drop_unanchored=unseeded == "drop")
     else:
         e = elevation.astype(np.float32)
         scale = np.percentile(e[region], 95) if region.any() else 1.0
         land = reach + (max_reach_px / 4) * np.clip(e / max(scale, 1e-6), 0, 2)
         cells = watershed(land, markers, mask=region).astype(np.int32)
-    if unseeded == "drop":
+    if unseeded == "drop" and not (elevation is None and size_weighted):
         # with a nuclear stain, a piece of a cell cut off from its nucleus
         # that no neighbouring cell took over is debris (a dark speck or
-        # ring on glass within reach of a few cells), not cell
+        # ring on glass within reach of a few cells), not cell (the
+        # size-weighted territories clear them as they hand pieces over)
         cells = drop_unanchored_pieces(cells, markers)
     # Drop cells smaller than the minimum (fragments) and debris without seeds.
     areas = np.bincount(cells.ravel(), minlength=int(markers.max()) + 1)
