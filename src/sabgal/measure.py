@@ -79,7 +79,11 @@ def label_quantile(labels: np.ndarray, values: np.ndarray, q, n_labels: int, *,
     """
     a_lo, a_hi = np.arcsinh(lo / knee), np.arcsinh(hi / knee)
     idx = quantile_bins(values, lo=lo, hi=hi, bins=bins, knee=knee) if binned is None else binned
-    hist = np.bincount(labels.astype(np.int64) * bins + idx, minlength=(n_labels + 1) * bins)
+    key = labels.astype(np.int64)  # (one pixel-sized array, formed in place)
+    key *= bins
+    key += idx
+    hist = np.bincount(key, minlength=(n_labels + 1) * bins)
+    del key
     hist = hist.reshape(n_labels + 1, bins)
     cum = np.cumsum(hist, axis=1)
     total = cum[:, -1]
@@ -324,11 +328,13 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     nflat = nuc_all[pix]
 
     xg32 = np.asarray(xgal).ravel()[pix]
-    xg = xg32.astype(np.float64)
-    xsum = np.bincount(flat, xg, n + 1)[ids]
+    # (np.bincount sums its weights in float64 whatever their type: float32
+    # weights give the same sums without a float64 copy held throughout)
+    xsum = np.bincount(flat, xg32, n + 1)[ids]
     # (a pixel left out counts towards label 0, which no cell has: cheaper
     # than indexing out a subset, and each cell's sum runs in the same order)
-    stained = np.bincount(np.where(xg > stained_pixel_od, flat, 0), minlength=n + 1)[ids].astype(np.float64)
+    stained = np.bincount(np.where(xg32.astype(np.float64) > stained_pixel_od, flat, 0),
+                          minlength=n + 1)[ids].astype(np.float64)
     # The X-gal score is read over the cell's core cytoplasm (the stain is
     # perinuclear; a counterstained nucleus is where colour cross-talk is
     # worst), falling back to the whole cell when the nucleus fills most of it.
@@ -356,6 +362,7 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     core_lab = np.where(core_ok[flat], cyto_lab, flat)
     xg_bins = quantile_bins(xg32)
     p90, p60 = label_quantile(core_lab, xg32, (0.9, 0.6), n, binned=xg_bins)[:, ids]
+    del core_lab  # (a pixel-sized int64 array each: the measure stage's peak memory)
     band_p60 = p60
     if band_px > 0 and nuc_dist is not None:
         # the densest part of a perinuclear stain: a thin ring right around
@@ -364,14 +371,16 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
         band_n = np.bincount(band_lab, minlength=n + 1)[ids]
         band_q = label_quantile(band_lab, xg32, 0.6, n, binned=xg_bins)[ids]
         band_p60 = np.where(band_n >= 10, band_q, p60)
+        del band_lab
+    del cyto_lab, xg_bins
     cyto_flat = np.where(nflat == 0, flat, 0)
-    body_px = np.asarray(body).ravel()[pix].astype(np.float64)
+    body_px = np.asarray(body).ravel()[pix]  # (float32: see xsum)
     cyto_area = np.bincount(cyto_flat, minlength=n + 1)[ids].astype(np.float64)
     body_sum = np.bincount(cyto_flat, body_px, n + 1)[ids]
     body_all = np.bincount(flat, body_px, n + 1)[ids]
     body_mean = np.where(cyto_area >= 5, body_sum / np.maximum(cyto_area, 1), body_all / a)
     if counterstain is not None:
-        cs_mean = np.bincount(flat, np.asarray(counterstain).ravel()[pix].astype(np.float64), n + 1)[ids] / a
+        cs_mean = np.bincount(flat, np.asarray(counterstain).ravel()[pix], n + 1)[ids] / a
     else:
         cs_mean = np.full(ids.size, np.nan)
 
