@@ -183,7 +183,7 @@ def _distance_in_boxes(mask: np.ndarray, grown: list[tuple[int, int, int, int]])
     m8 = np.ascontiguousarray(mask).view(np.uint8)
     for y0, y1, x0, x1 in grown:
         sub = m8[y0:y1, x0:x1]
-        d = _aligned_empty(sub.shape, np.float32)  # (see below: repeatable bits)
+        d = _aligned_empty(sub.shape, np.float32)  # (repeatable bits: see distance_transform)
         cv2.distanceTransform(sub, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=d)
         view = out[y0:y1, x0:x1]
         np.minimum(view, d, out=view)
