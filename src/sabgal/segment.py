@@ -1519,45 +1519,45 @@ def _absorb_orphans(out: np.ndarray, markers: np.ndarray, voronoi: np.ndarray, *
     key = np.unique(np.concatenate(pairs))  # each neighbour pixel once per piece, by piece
     nb_piece, nb = np.divmod(key, flat.size)
     order = np.argsort(pc, kind="stable")  # by piece, raster order within
-    pix, pc = pix[order], pc[order]
-    pieces, p_start = np.unique(pc, return_index=True)
-    p_end = np.r_[p_start[1:], pc.size]
+    by_pix, by_pc = pix[order], pc[order]
+    pieces, p_start = np.unique(by_pc, return_index=True)
+    p_end = np.r_[p_start[1:], by_pc.size]
     n_start = np.searchsorted(nb_piece, pieces)
     n_end = np.searchsorted(nb_piece, pieces, side="right")
-    head = pix[p_start]
+    head = by_pix[p_start]
     own = flat[head]
     for i in range(pieces.size):
         around = flat[nb[n_start[i]:n_end[i]]]
         around = around[(around > 0) & (around != own[i])]
-        flat[pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
+        flat[by_pix[p_start[i]:p_end[i]]] = np.bincount(around).argmax() if around.size else voronoi.flat[head[i]]
     if drop_unanchored:
-        _drop_still_orphaned(flat, pix, pc, pieces, p_start, nb_piece, nb)
+        _drop_still_orphaned(flat, pix, pc, pieces, head, nb_piece, nb)
 
 
 def _drop_still_orphaned(flat: np.ndarray, pix: np.ndarray, pc: np.ndarray, pieces: np.ndarray,
-                         p_start: np.ndarray, nb_piece: np.ndarray, nb: np.ndarray) -> None:
+                         head: np.ndarray, nb_piece: np.ndarray, nb: np.ndarray) -> None:
     """After :func:`_absorb_orphans`' vote, clear the relabelled pieces not
     joined to a piece that holds their new label's marker. Pixels outside
     the pieces were never relabelled and each lies in an anchored piece, so
     a piece is anchored when one of its 4-neighbours outside the pieces
     carries its new label, or when it is joined (neighbours of the same new
-    label) to such a piece."""
+    label) to such a piece. ``pix``: the pieces' pixels in raster order
+    (ascending), ``pc`` their pieces; ``head``: each of ``pieces``' first
+    pixel; ``nb_piece``, ``nb``: each piece's 4-neighbours outside it."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    new = flat[pix[p_start]]  # each piece's new label (one label per piece)
+    new = flat[head]  # each piece's new label (one label per piece)
     piece_of = np.full(int(pieces.max()) + 1, -1, dtype=np.intp)
     piece_of[pieces] = np.arange(pieces.size)
-    order = np.argsort(pix)
-    sorted_pix = pix[order]
-    at = np.searchsorted(sorted_pix, nb).clip(max=sorted_pix.size - 1)
-    in_piece = sorted_pix[at] == nb  # the neighbour is itself a piece's pixel
+    at = np.searchsorted(pix, nb).clip(max=pix.size - 1)
+    in_piece = pix[at] == nb  # the neighbour is itself a piece's pixel
     src = piece_of[nb_piece]
     same = flat[nb] == new[src]
     anchored = np.zeros(pieces.size, dtype=bool)
     anchored[src[same & ~in_piece & (new[src] > 0)]] = True
     joined = same & in_piece
-    dst = piece_of[pc[order][at[joined]]]
+    dst = piece_of[pc[at[joined]]]
     graph = coo_matrix((np.ones(dst.size, dtype=np.int8), (src[joined], dst)), shape=(pieces.size,) * 2)
     _, comp = connected_components(graph, directed=False)
     comp_anchored = np.zeros(int(comp.max()) + 1, dtype=bool)
