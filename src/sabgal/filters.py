@@ -118,7 +118,7 @@ def distance_transform(mask: np.ndarray, boxes: list | None = None) -> np.ndarra
         return ndi.distance_transform_edt(mask).astype(np.float32)
     if boxes is not None:
         grown = _grown_boxes(boxes, mask.shape)
-        if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown) < _BOX_SHARE * mask.size:
+        if _boxes_pay(grown, mask.size):
             return _distance_in_boxes(mask, grown)
     # OpenCV's square roots round differently on its SIMD path and its scalar
     # one, and which pixels take which follows the output's address (32-byte
@@ -126,19 +126,19 @@ def distance_transform(mask: np.ndarray, boxes: list | None = None) -> np.ndarra
     # one bit apart from run to run. A 64-byte-aligned output makes it repeatable.
     rows, cols = mask.shape
     if (cols * 4) % _EDT_ALIAS_BYTES:
+        src = np.ascontiguousarray(mask).view(np.uint8)
         out = _aligned_empty(mask.shape, np.float32)
-        cv2.distanceTransform(np.ascontiguousarray(mask).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
-                              dst=out)
-        return out
-    # Rows a multiple of 1 KiB long (1024, 1536, 2048 ... pixels wide) alias
-    # in the cache on the column pass: about twice the time. Views of
-    # row-padded buffers (each output row still starting 64-byte aligned,
-    # so the same bits) avoid it; the copies cost a few per cent of that.
-    src = np.empty((rows, cols + _PAD_BYTES), dtype=np.uint8)[:, :cols]
-    src[...] = mask
-    out = _aligned_empty((rows, cols + _PAD_BYTES // 4), np.float32)[:, :cols]
+    else:
+        # Rows a multiple of 1 KiB long (1024, 1536, 2048 ... pixels wide)
+        # alias in the cache on the column pass: about twice the time. Views
+        # of row-padded buffers, as _apply gives scipy's filters (each output
+        # row still starting 64-byte aligned, so the same bits), avoid it;
+        # the copies cost a few per cent of that.
+        src = np.empty((rows, cols + _PAD_BYTES), dtype=np.uint8)[:, :cols]
+        src[...] = mask
+        out = _aligned_empty((rows, cols + _PAD_BYTES // 4), np.float32)[:, :cols]
     out = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=out)
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(out)  # (no copy unless padded)
 
 
 def distance_within(objects: np.ndarray, max_px: float) -> np.ndarray:
@@ -161,13 +161,16 @@ def distance_within(objects: np.ndarray, max_px: float) -> np.ndarray:
     r = int(np.ceil(max_px))
     grown = _grown_boxes(ndi.find_objects(objects.astype(np.int32, copy=False) if objects.dtype == bool
                                           else objects), objects.shape, r + 1)
-    if sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown) >= _BOX_SHARE * objects.size:
-        return distance_transform(free)
-    return _distance_in_boxes(free, grown)
+    return _distance_in_boxes(free, grown) if _boxes_pay(grown, objects.size) else distance_transform(free)
 
 
 _EDT_ALIAS_BYTES = 1024
 _BOX_SHARE = 0.3  # boxes covering less than this share of the image: per box
+
+
+def _boxes_pay(grown: list[tuple[int, int, int, int]], size: int) -> bool:
+    """Whether the boxes cover little enough of the image to transform one by one."""
+    return sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown) < _BOX_SHARE * size
 
 
 def _grown_boxes(boxes: list, shape: tuple[int, int], by: int = 1) -> list[tuple[int, int, int, int]]:
