@@ -906,3 +906,69 @@ def test_absorbing_orphans_can_drop_the_unanchored_pieces_in_the_same_pass():
         assert np.array_equal(one, two), trial
         dropped += int(np.count_nonzero((two == 0) & (cells != 0)))
     assert dropped > 0  # (pieces were dropped)
+
+
+def _disc_labels(shape, centres, r):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    out = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    return out
+
+
+def test_close_nuclei_out_of_the_stain_are_two_only_past_the_clear_spacing():
+    """Two nucleus candidates 1.6 diameters apart: in X-gal they are one
+    nucleus and a granule gap beside it (the weaker goes); where neither
+    lies in the stain they are two touching cells' nuclei, unless closer
+    than the clear spacing."""
+    d = 10.0
+    nuclei = _disc_labels((80, 120), [(40, 40), (40, 56)], 4)
+    score = np.where(nuclei == 1, 2.0, np.where(nuclei == 2, 1.0, 0.0))
+    clear = np.ones(nuclei.shape, bool)
+    kept = segment.suppress_close_nuclei(nuclei, score, radius_px=2 * d, clear=clear, clear_radius_px=1.4 * d)
+    assert set(np.unique(kept)) == {0, 1, 2}
+    # one of them in the stain: the old rule
+    stained = clear.copy()
+    stained[:, 50:] = False
+    kept = segment.suppress_close_nuclei(nuclei, score, radius_px=2 * d, clear=stained, clear_radius_px=1.4 * d)
+    assert set(np.unique(kept)) == {0, 1}
+    # both clear but closer than the clear spacing
+    kept = segment.suppress_close_nuclei(nuclei, score, radius_px=2 * d, clear=clear, clear_radius_px=1.8 * d)
+    assert set(np.unique(kept)) == {0, 1}
+    # no clear mask: the old rule
+    assert set(np.unique(segment.suppress_close_nuclei(nuclei, score, radius_px=2 * d))) == {0, 1}
+
+
+def test_median_neighbour_distance_reads_the_field_spacing():
+    centres = [(20 + 30 * i, 20 + 25 * j) for i in range(4) for j in range(5)]
+    nuclei = _disc_labels((140, 140), centres, 3)
+    assert segment.median_neighbour_distance(nuclei) == pytest.approx(25.0, abs=0.01)
+    assert segment.median_neighbour_distance(nuclei[:40, :40]) is None  # too few to say
+
+
+def test_a_dense_unstained_field_keeps_nuclei_closer_than_two_diameters():
+    """Unstained cells packed so tightly that neighbouring nuclei lie 1.7
+    diameters apart (closer than the granule-gap spacing of stained cells)
+    each keep their nucleus in plain brightfield (the two-diameter rule alone
+    kept 34 of 111)."""
+    rng = np.random.default_rng(11)
+    d, step = 12.0, 20.4
+    shape = (200, 260)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    centres = [(20 + step * i + (step / 2) * (j % 2), 20 + step * 0.87 * j)
+               for i in range(10) for j in range(15)
+               if 20 + step * i + (step / 2) * (j % 2) < shape[0] - 15 and 20 + step * 0.87 * j < shape[1] - 15]
+    lab = np.zeros(shape, np.int32)
+    dist = np.full(shape, np.inf)
+    for k, (cy, cx) in enumerate(centres, start=1):
+        r = np.hypot(yy - cy, xx - cx)
+        lab[r < dist] = k
+        dist = np.minimum(dist, r)
+    nuc = dist <= d / 2
+    grey = 0.03 + 0.05 * nuc + rng.normal(0, 0.003, shape)
+    od = np.stack([grey] * 3, axis=-1)
+    rgb = (255 * np.exp(-ndi.gaussian_filter(od, (1, 1, 0)) * np.log(10)) * 0.92).clip(0, 255).astype(np.uint8)
+    res = analyze_image(rgb, config=Config().replace(segment={"nucleus_diameter_px": d}))
+    assert res.info["setup"] == "brightfield"
+    hit = np.unique(lab[res.nucleus_labels > 0])
+    assert hit.size >= 0.9 * len(centres)

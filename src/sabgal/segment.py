@@ -45,6 +45,7 @@ __all__ = [
     "brightfield_foreground",
     "pale_cell_pockets",
     "suppress_close_nuclei",
+    "median_neighbour_distance",
     "add_unstained_nuclei",
     "drop_stain_edge_nuclei",
     "add_faint_stained_nuclei",
@@ -829,19 +830,26 @@ def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ra
     return pocket[comp]
 
 
-def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float) -> np.ndarray:
+def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float, *,
+                 clear: np.ndarray | None = None, clear_radius: float | None = None) -> np.ndarray:
     """Greedy non-maximum suppression: which ``points`` survive when, from
     the highest ``score`` down, each survivor removes every other point
-    within ``radius`` of it."""
+    within ``radius`` of it -- or within ``clear_radius`` (<= ``radius``)
+    when both points are ``clear`` (a boolean per point)."""
     from scipy.spatial import cKDTree
 
+    points = np.asarray(points, dtype=np.float64)
     tree = cKDTree(points)
     alive = np.ones(len(points), dtype=bool)
+    near = clear_radius is not None and clear is not None
     for i in np.argsort(-np.asarray(score), kind="stable"):
         if alive[i]:
             for j in tree.query_ball_point(points[i], radius):
-                if j != i:
-                    alive[j] = False
+                if j == i:
+                    continue
+                if near and clear[i] and clear[j] and np.hypot(*(points[j] - points[i])) >= clear_radius:
+                    continue
+                alive[j] = False
     return alive
 
 
@@ -1008,20 +1016,44 @@ def _add_discs(labels: np.ndarray, centres, radii) -> np.ndarray:
     return out
 
 
-def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float) -> np.ndarray:
+def median_neighbour_distance(nuclei: np.ndarray, *, min_nuclei: int = 10) -> float | None:
+    """Median distance (px) from each nucleus centre to the nearest other
+    one: the field's nucleus spacing (None with fewer than ``min_nuclei``)."""
+    from scipy.spatial import cKDTree
+
+    ids = _present(nuclei)
+    if ids.size < max(2, min_nuclei):
+        return None
+    cents = _centroids(nuclei, ids)
+    dist, _ = cKDTree(cents).query(cents, k=2)
+    return float(np.median(dist[:, 1]))
+
+
+def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float,
+                          clear: np.ndarray | None = None, clear_radius_px: float | None = None) -> np.ndarray:
     """Keep, of nuclei whose centres lie within ``radius_px`` of each other,
     only the one with the highest total ``score`` (greedy non-maximum
     suppression). For brightfield maps, where the gaps between X-gal
     granules around a positive cell's nucleus look like small nuclei too:
-    a cell has one nucleus, and two real nuclei are rarely closer than
-    about two nucleus diameters apart (centre to centre).
+    a cell has one nucleus, and two of its granule gaps lie up to about two
+    nucleus diameters apart (centre to centre).
+
+    Where there is no stain there are no granule gaps, and the nuclei of
+    touching cells in a dense field can be closer than that: two nuclei
+    whose centres both lie where ``clear`` (a pixel mask: no X-gal) are
+    one only within ``clear_radius_px``.
     """
     ids = _present(nuclei)
     if ids.size < 2:
         return nuclei
     cents = _centroids(nuclei, ids)
     mass = np.asarray(ndi.sum_labels(np.maximum(score, 0), nuclei, ids), dtype=np.float64)
-    alive = _greedy_keep(cents, mass, radius_px)
+    flags = None
+    if clear is not None and clear_radius_px is not None:
+        iy = np.clip(np.rint(cents[:, 0]).astype(np.intp), 0, nuclei.shape[0] - 1)
+        ix = np.clip(np.rint(cents[:, 1]).astype(np.intp), 0, nuclei.shape[1] - 1)
+        flags = np.asarray(clear)[iy, ix]
+    alive = _greedy_keep(cents, mass, radius_px, clear=flags, clear_radius=clear_radius_px)
     if alive.all():
         return nuclei
     lut = np.zeros(int(nuclei.max()) + 1, dtype=nuclei.dtype)
