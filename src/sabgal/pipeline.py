@@ -418,9 +418,14 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 # and in a dense field the nuclei of touching cells can be closer: there two
 # are one only within this fraction of the field's median nearest-neighbour
 # distance between nuclei (on 60 synthetic development fields the closest
-# 2 % of pairs lay at 0.52-0.86 of it), kept between these many diameters.
+# 2 % of pairs lay at 0.52-0.86 of it), kept between these many diameters ...
 BRIGHTFIELD_CLOSE_PAIR_FRACTION = 0.55
 BRIGHTFIELD_MIN_CLEAR_SPACING = 1.4
+# ... when the field is dense: the lamp estimate, fitted to bare glass, found
+# it on less than this share of the field. In a sparse field close pairs are
+# rare and the candidates' spacing is set by false ones (specks, texture in
+# large pale cells), which the closer spacing would let multiply.
+BRIGHTFIELD_DENSE_GLASS_FRACTION = 0.5
 
 # Brightfield: a nucleus size read by scale selection is distrusted when under
 # this fraction of the stained cells' nuclear holes (segment.stain_hole_diameter;
@@ -558,7 +563,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
         clear_spacing = BRIGHTFIELD_NUCLEUS_SPACING
-        nn = segment.median_neighbour_distance(nuclei)
+        dense = prep.lamp.method == "auto" and prep.lamp.background_fraction < BRIGHTFIELD_DENSE_GLASS_FRACTION
+        nn = segment.median_neighbour_distance(nuclei) if dense else None
         if nn is not None:
             clear_spacing = float(np.clip(BRIGHTFIELD_CLOSE_PAIR_FRACTION * nn / d,
                                           BRIGHTFIELD_MIN_CLEAR_SPACING, BRIGHTFIELD_NUCLEUS_SPACING))
