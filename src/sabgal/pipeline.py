@@ -557,9 +557,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         fine, broad = segment.smoothed_stain(xgal_r, 1.0), segment.smoothed_stain(xgal_r, d / 2)
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
+        level = config.classify.min_positive_threshold
+        # (searched twice in a dense field: the blob response is computed once)
+        response = segment.unstained_nucleus_response(grey_r, xgal_r, diameter_px=d, max_xgal=level,
+                                                      smoothed=(fine, broad))
         unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_r, xgal=xgal_r, diameter_px=d,
-                                      snr=BRIGHTFIELD_DARK_NUCLEUS_SNR,
-                                      max_xgal=config.classify.min_positive_threshold, smoothed=(fine, broad))
+                                      snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=level, smoothed=(fine, broad),
+                                      response=response)
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
         clear_spacing = BRIGHTFIELD_NUCLEUS_SPACING

@@ -46,6 +46,8 @@ __all__ = [
     "pale_cell_pockets",
     "suppress_close_nuclei",
     "median_neighbour_distance",
+    "unstained_nucleus_response",
+    "blob_response",
     "add_unstained_nuclei",
     "drop_stain_edge_nuclei",
     "add_faint_stained_nuclei",
@@ -853,26 +855,35 @@ def _greedy_keep(points: np.ndarray, score: np.ndarray, radius: float, *,
     return alive
 
 
-def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, *, diameter_px: float,
-                     snr: float, spacing: float, accept=None) -> np.ndarray:
-    """Peaks of the scale-normalised LoG of ``image`` (3x3 median first) at
-    the nucleus scale, in robust SDs of that response over ``region``, at
-    least ``snr`` SDs strong, within ``region``, passing ``accept`` (a
-    function of the (k, 2) peak coordinates returning a boolean mask; all
-    pass without it), and more than ``spacing`` diameters from every nucleus
-    already found and from each other (strongest first), added to
-    ``nuclei`` as discs of 0.45 diameters."""
+def blob_response(image: np.ndarray, region: np.ndarray, *, diameter_px: float) -> np.ndarray | None:
+    """The scale-normalised LoG of ``image`` (3x3 median first) at the
+    nucleus scale, in robust SDs of that response over ``region`` (0
+    outside it): how strongly each pixel is the centre of a nucleus-sized
+    blob. None when ``region`` is too small (< 1000 px) to measure the noise."""
     import cv2
-    from scipy.spatial import cKDTree
 
     if region.sum() < 1000:
-        return nuclei
-    d = float(diameter_px)
-    s = d / (2 * np.sqrt(2))
+        return None
+    s = float(diameter_px) / (2 * np.sqrt(2))
     g = cv2.medianBlur(np.ascontiguousarray(image, dtype=np.float32), 3)
     resp = (-(s * s)) * filters.gaussian_laplace(g, s)
     med, sd = robust_noise(resp[region])
-    z = np.where(region, (resp - med) / sd, 0.0)
+    return np.where(region, (resp - med) / sd, 0.0)
+
+
+def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: float, snr: float,
+                    spacing: float, accept=None) -> np.ndarray:
+    """Peaks of the blob response ``z`` (:func:`blob_response`) at least
+    ``snr`` SDs strong, passing ``accept`` (a function of the (k, 2) peak
+    coordinates returning a boolean mask; all pass without it), and more
+    than ``spacing`` diameters from every nucleus already found and from
+    each other (strongest first), added to ``nuclei`` as discs of 0.45
+    diameters."""
+    from scipy.spatial import cKDTree
+
+    if z is None:
+        return nuclei
+    d = float(diameter_px)
     coords = local_peaks(z, min_distance=max(1, int(spacing * d / 2)), threshold=snr)
     ids = _present(nuclei)
     if len(coords) and ids.size:
@@ -886,10 +897,19 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
     return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
 
 
+def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, *, diameter_px: float,
+                     snr: float, spacing: float, accept=None) -> np.ndarray:
+    """:func:`_add_blob_peaks` of the :func:`blob_response` of ``image``
+    over ``region``."""
+    return _add_blob_peaks(nuclei, blob_response(image, region, diameter_px=diameter_px),
+                           diameter_px=diameter_px, snr=snr, spacing=spacing, accept=accept)
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
                          ring_nuclei: float = 0.75, max_ring_stained: float = 0.25,
-                         smoothed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                         smoothed: tuple[np.ndarray, np.ndarray] | None = None,
+                         response: np.ndarray | None = None) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -914,7 +934,8 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     rejected 676 of 1,377 false candidates and 17 of 5,725 true ones.)
     ``smoothed``: ``(smoothed_stain(xgal, 1), smoothed_stain(xgal, d / 2))``
     when the caller has them (the brightfield pipeline shares them between
-    its nucleus checks).
+    its nucleus checks); ``response``: :func:`unstained_nucleus_response`
+    of the same arrays, when the caller searches more than once.
     """
     d = float(diameter_px)
     fine, broad = smoothed if smoothed is not None else (smoothed_stain(xgal, 1.0), smoothed_stain(xgal, d / 2))
@@ -924,8 +945,18 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     def unstained_around(coords: np.ndarray) -> np.ndarray:
         return _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
 
-    return _add_blob_nuclei(nuclei, grey, clear, diameter_px=d, snr=snr, spacing=spacing,
-                            accept=unstained_around)
+    if response is None:
+        response = blob_response(grey, clear, diameter_px=d)
+    return _add_blob_peaks(nuclei, response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around)
+
+
+def unstained_nucleus_response(grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float, max_xgal: float = 0.03,
+                               smoothed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+    """The :func:`blob_response` of ``grey`` over the X-gal-free part of the
+    field, as :func:`add_unstained_nuclei` measures it."""
+    d = float(diameter_px)
+    broad = smoothed[1] if smoothed is not None else smoothed_stain(xgal, d / 2)
+    return blob_response(grey, broad < max_xgal, diameter_px=d)
 
 
 def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float = 0.03,
