@@ -972,3 +972,26 @@ def test_a_dense_unstained_field_keeps_nuclei_closer_than_two_diameters():
     assert res.info["setup"] == "brightfield"
     hit = np.unique(lab[res.nucleus_labels > 0])
     assert hit.size >= 0.9 * len(centres)
+
+
+def test_the_ends_of_a_faint_elongated_cell_body_are_not_nuclei():
+    """An unstained cell body a few nuclei long, no denser in the middle,
+    gives a nucleus-sized blob response near each end; its neutral density
+    there is level with the body on one side, so no nucleus is taken. A real
+    unstained nucleus (denser than its cytoplasm all round) still is."""
+    rng = np.random.default_rng(3)
+    shape, d = (200, 320), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    body = ((yy - 100) / (1.3 * d)) ** 2 + ((xx - 90) / (3.0 * d)) ** 2 <= 1  # no nucleus
+    cell = ((yy - 100) ** 2 + (xx - 240) ** 2) <= (2.2 * d) ** 2
+    nucleus = ((yy - 100) ** 2 + (xx - 240) ** 2) <= (d / 2) ** 2
+    grey = 0.04 * body + 0.04 * cell + 0.04 * nucleus + rng.normal(0, 0.002, shape)
+    grey = ndi.gaussian_filter(grey, 1.0).astype(np.float32)
+    xgal = np.zeros(shape, np.float32)
+    empty = np.zeros(shape, np.int32)
+    out = segment.add_unstained_nuclei(empty, grey, xgal, diameter_px=d)
+    assert not out[body].any()
+    assert np.unique(out[nucleus]).size == 2 and out.max() == 1  # one nucleus, in the cell
+    # without the all-round check the body's ends are taken for nuclei
+    loose = segment.add_unstained_nuclei(empty, grey, xgal, diameter_px=d, min_ring_lower=0)
+    assert np.unique(loose[body]).size >= 2

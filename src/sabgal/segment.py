@@ -908,6 +908,7 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
                          ring_nuclei: float = 0.75, max_ring_stained: float = 0.25,
+                         min_ring_lower: float = 0.7, ring_contrast_sd: float = 5.0,
                          smoothed: tuple[np.ndarray, np.ndarray] | None = None,
                          response: np.ndarray | None = None) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
@@ -932,6 +933,21 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     ``max_ring_stained`` or more of the circle ``ring_nuclei`` diameters
     around it is not taken. (On 106 synthetic development fields this
     rejected 676 of 1,377 false candidates and 17 of 5,725 true ones.)
+
+    Nor is a peak that is not denser than its surroundings all round: the
+    end of a faint, elongated unstained cell body (a plateau of neutral
+    density a few nuclei long) gives a nucleus-sized blob response near
+    each end -- two "nuclei" that split the cell -- but on the circle
+    ``ring_nuclei`` diameters around it the body is as dense as the peak on
+    one side. The neutral density (smoothed at d / 8) must lie at least
+    ``ring_contrast_sd`` local noise SDs (robust SD, over the X-gal-free
+    part, of that map less its own blur at d / 4) below the peak's on
+    ``min_ring_lower`` or more of the circle (0 turns the check off). On a
+    second renderer's plain-brightfield fields (ellipse cells, nuclei only
+    slightly denser) this took the cell-count error from 6.1 to 3.5 % and
+    detection F1 from 0.947 to 0.963 (168 fields) and from 6.3 to 4.3 % and
+    0.960 to 0.969 (another 48); 150 of our own development fields moved by
+    at most 0.001.
     ``smoothed``: ``(smoothed_stain(xgal, 1), smoothed_stain(xgal, d / 2))``
     when the caller has them (the brightfield pipeline shares them between
     its nucleus checks); ``response``: :func:`unstained_nucleus_response`
@@ -943,7 +959,18 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     stained = fine >= max_xgal
 
     def unstained_around(coords: np.ndarray) -> np.ndarray:
-        return _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
+        ok = _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
+        if min_ring_lower > 0 and len(coords):
+            # a nucleus is denser than its own cytoplasm all round; the end of a
+            # faint, elongated cell body is level with the rest of the body on one side
+            level = filters.gaussian_filter(np.asarray(grey, dtype=np.float32), max(1.0, d / 8))
+            fine_detail = (level - filters.gaussian_filter(level, max(1.0, d / 4)))[::3, ::3]
+            noise = robust_noise(fine_detail[clear[::3, ::3]])[1]
+            c = np.asarray(coords, dtype=np.intp)
+            lower = _ring_fraction(level, coords, ring_nuclei * d,
+                                   below=level[c[:, 0], c[:, 1]] - ring_contrast_sd * noise)
+            ok &= lower >= min_ring_lower
+        return ok
 
     if response is None:
         response = blob_response(grey, clear, diameter_px=d)
@@ -992,16 +1019,21 @@ def smoothed_stain(xgal: np.ndarray, sigma: float) -> np.ndarray:
     return filters.gaussian_filter(np.maximum(xgal, 0).astype(np.float32), sigma)
 
 
-def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int = 32) -> np.ndarray:
+def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int = 32,
+                   below: np.ndarray | None = None) -> np.ndarray:
     """Per point of ``coords`` ((k, 2) row, col), the fraction of ``n``
     points evenly spaced on the circle of ``radius`` px around it where
-    ``mask`` is True (points past the image edge are clamped to it)."""
+    ``mask`` is True (points past the image edge are clamped to it) -- or,
+    with ``below`` (one value per point), where ``mask`` (then an image) is
+    below that point's value."""
     ang = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
     c = np.asarray(coords, dtype=np.float64)
     yy = np.rint(c[:, :1] + radius * np.sin(ang)[None, :]).astype(np.intp)
     xx = np.rint(c[:, 1:2] + radius * np.cos(ang)[None, :]).astype(np.intp)
     np.clip(yy, 0, mask.shape[0] - 1, out=yy)
     np.clip(xx, 0, mask.shape[1] - 1, out=xx)
+    if below is not None:
+        return (mask[yy, xx] < np.asarray(below)[:, None]).mean(axis=1)
     return mask[yy, xx].mean(axis=1)
 
 
