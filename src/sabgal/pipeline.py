@@ -558,12 +558,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
         level = config.classify.min_positive_threshold
-        # (searched twice in a dense field: the blob response is computed once)
-        response = segment.unstained_nucleus_response(grey_r, xgal_r, diameter_px=d, max_xgal=level,
+        # (searched twice in a dense field: what it measures is measured once)
+        evidence = segment.unstained_nucleus_evidence(grey_r, xgal_r, diameter_px=d, max_xgal=level,
                                                       smoothed=(fine, broad))
         unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_r, xgal=xgal_r, diameter_px=d,
                                       snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=level, smoothed=(fine, broad),
-                                      response=response)
+                                      evidence=evidence)
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
         clear_spacing = BRIGHTFIELD_NUCLEUS_SPACING

@@ -16,6 +16,8 @@ Every function takes arrays and returns arrays; sizes are in pixels.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
@@ -46,7 +48,8 @@ __all__ = [
     "pale_cell_pockets",
     "suppress_close_nuclei",
     "median_neighbour_distance",
-    "unstained_nucleus_response",
+    "unstained_nucleus_evidence",
+    "UnstainedEvidence",
     "blob_response",
     "add_unstained_nuclei",
     "drop_stain_edge_nuclei",
@@ -905,12 +908,34 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
                            diameter_px=diameter_px, snr=snr, spacing=spacing, accept=accept)
 
 
+class UnstainedEvidence(NamedTuple):
+    """What :func:`add_unstained_nuclei` measures on a field before it picks."""
+
+    response: np.ndarray | None  # blob_response of the neutral density over the X-gal-free part
+    density: np.ndarray  # neutral density smoothed at d / 8
+    noise: float  # robust SD of density less its blur at d / 4, over the X-gal-free part
+
+
+def unstained_nucleus_evidence(grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float, max_xgal: float = 0.03,
+                               smoothed: tuple[np.ndarray, np.ndarray] | None = None) -> UnstainedEvidence:
+    """The maps :func:`add_unstained_nuclei` reads (computed once when the
+    caller searches more than once)."""
+    d = float(diameter_px)
+    broad = smoothed[1] if smoothed is not None else smoothed_stain(xgal, d / 2)
+    clear = broad < max_xgal
+    density = filters.gaussian_filter(np.asarray(grey, dtype=np.float32), max(1.0, d / 8))
+    fine_detail = (density - filters.gaussian_filter(density, max(1.0, d / 4)))[::3, ::3]
+    sample = clear[::3, ::3]
+    noise = robust_noise(fine_detail[sample])[1] if sample.any() else 0.0
+    return UnstainedEvidence(blob_response(grey, clear, diameter_px=d), density, noise)
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
                          ring_nuclei: float = 0.75, max_ring_stained: float = 0.25,
                          min_ring_lower: float = 0.7, ring_contrast_sd: float = 5.0,
                          smoothed: tuple[np.ndarray, np.ndarray] | None = None,
-                         response: np.ndarray | None = None) -> np.ndarray:
+                         evidence: UnstainedEvidence | None = None) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -950,7 +975,7 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     at most 0.001.
     ``smoothed``: ``(smoothed_stain(xgal, 1), smoothed_stain(xgal, d / 2))``
     when the caller has them (the brightfield pipeline shares them between
-    its nucleus checks); ``response``: :func:`unstained_nucleus_response`
+    its nucleus checks); ``evidence``: :func:`unstained_nucleus_evidence`
     of the same arrays, when the caller searches more than once.
     """
     d = float(diameter_px)
@@ -958,32 +983,21 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     clear = broad < max_xgal
     stained = fine >= max_xgal
 
+    ev = evidence if evidence is not None else unstained_nucleus_evidence(
+        grey, xgal, diameter_px=d, max_xgal=max_xgal, smoothed=(fine, broad))
+
     def unstained_around(coords: np.ndarray) -> np.ndarray:
         ok = _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
         if min_ring_lower > 0 and len(coords):
             # a nucleus is denser than its own cytoplasm all round; the end of a
             # faint, elongated cell body is level with the rest of the body on one side
-            level = filters.gaussian_filter(np.asarray(grey, dtype=np.float32), max(1.0, d / 8))
-            fine_detail = (level - filters.gaussian_filter(level, max(1.0, d / 4)))[::3, ::3]
-            noise = robust_noise(fine_detail[clear[::3, ::3]])[1]
             c = np.asarray(coords, dtype=np.intp)
-            lower = _ring_fraction(level, coords, ring_nuclei * d,
-                                   below=level[c[:, 0], c[:, 1]] - ring_contrast_sd * noise)
+            lower = _ring_fraction(ev.density, coords, ring_nuclei * d,
+                                   below=ev.density[c[:, 0], c[:, 1]] - ring_contrast_sd * ev.noise)
             ok &= lower >= min_ring_lower
         return ok
 
-    if response is None:
-        response = blob_response(grey, clear, diameter_px=d)
-    return _add_blob_peaks(nuclei, response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around)
-
-
-def unstained_nucleus_response(grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float, max_xgal: float = 0.03,
-                               smoothed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
-    """The :func:`blob_response` of ``grey`` over the X-gal-free part of the
-    field, as :func:`add_unstained_nuclei` measures it."""
-    d = float(diameter_px)
-    broad = smoothed[1] if smoothed is not None else smoothed_stain(xgal, d / 2)
-    return blob_response(grey, broad < max_xgal, diameter_px=d)
+    return _add_blob_peaks(nuclei, ev.response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around)
 
 
 def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float = 0.03,
