@@ -557,12 +557,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         fine, broad = segment.smoothed_stain(xgal_r, 1.0), segment.smoothed_stain(xgal_r, d / 2)
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
-        level = config.classify.min_positive_threshold
+        floor = config.classify.min_positive_threshold
         # (searched twice in a dense field: what it measures is measured once)
-        evidence = segment.unstained_nucleus_evidence(grey_r, xgal_r, diameter_px=d, max_xgal=level,
+        evidence = segment.unstained_nucleus_evidence(grey_r, xgal_r, diameter_px=d, max_xgal=floor,
                                                       smoothed=(fine, broad))
         unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_r, xgal=xgal_r, diameter_px=d,
-                                      snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=level, smoothed=(fine, broad),
+                                      snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=floor, smoothed=(fine, broad),
                                       evidence=evidence)
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
