@@ -995,3 +995,32 @@ def test_the_ends_of_a_faint_elongated_cell_body_are_not_nuclei():
     # without the all-round check the body's ends are taken for nuclei
     loose = segment.add_unstained_nuclei(empty, grey, xgal, diameter_px=d, min_ring_lower=0)
     assert np.unique(loose[body]).size >= 2
+
+
+def test_nucleus_candidates_on_a_plateau_are_dropped():
+    """On a nuclear map, a nucleus stands out all round; a candidate in the
+    middle of a faint cell body whose nucleus does not show, or at the end
+    of an elongated one, does not, and is dropped. A real blob is kept,
+    also inside a body that is fainter than it."""
+    rng = np.random.default_rng(8)
+    shape, d = (160, 260), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    body = ((yy - 60) / (1.4 * d)) ** 2 + ((xx - 60) / (2.0 * d)) ** 2 <= 1
+    nucleus = ((yy - 60) ** 2 + (xx - 60) ** 2) <= (d / 2) ** 2
+    flat = ((yy - 60) / (1.4 * d)) ** 2 + ((xx - 180) / (3.5 * d)) ** 2 <= 1
+    dens = 0.03 * body + 0.05 * nucleus + 0.03 * flat + rng.normal(0, 0.002, shape)
+    dens = ndi.gaussian_filter(dens, 1.5).astype(np.float32)
+    cand = _disc_labels(shape, [(60, 60), (60, 180), (60, 145)], 3)  # nucleus, body middle, body end
+    kept = segment.drop_flat_nuclei(cand, dens, diameter_px=d)
+    assert set(np.unique(kept)) == {0, 1}
+    assert set(np.unique(segment.drop_flat_nuclei(cand, dens, diameter_px=d, min_lower=0))) == {0, 1, 2, 3}
+
+
+def test_ring_prominence_of_a_blob_an_edge_and_a_flat_field():
+    yy, xx = np.mgrid[0:80, 0:80]
+    blob = np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / 50.0)
+    edge = (xx <= 40).astype(float)  # the point on the bright side of a step
+    pts = np.array([[40, 40]])
+    assert segment.ring_prominence(blob, pts, 10, 0.1)[0] == 1.0
+    assert 0.4 <= segment.ring_prominence(edge, pts, 10, 0.1)[0] <= 0.6
+    assert segment.ring_prominence(np.zeros((80, 80)), pts, 10, 0.1)[0] == 0.0

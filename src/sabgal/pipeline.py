@@ -427,6 +427,17 @@ BRIGHTFIELD_MIN_CLEAR_SPACING = 1.4
 # large pale cells), which the closer spacing would let multiply.
 BRIGHTFIELD_DENSE_GLASS_FRACTION = 0.5
 
+# Brightfield: in a sparse field (the lamp, fitted to bare glass, found it on
+# at least BRIGHTFIELD_DENSE_GLASS_FRACTION of the field) a nucleus candidate
+# must stand out of the nuclear map all round (segment.drop_flat_nuclei: 5
+# local noise SDs above it on 70 % of the circle 0.75 diameters around it).
+# False candidates are many of the candidates there (faint cell bodies whose
+# nucleus does not show, stained cells' edges), and a dropped one leaves its
+# cell to be seeded from its shape; in dense fields the granular stain sets a
+# noise that faint stained cells' nuclear holes do not clear.
+BRIGHTFIELD_PROMINENT_RING_SHARE = 0.7
+BRIGHTFIELD_PROMINENCE_SD = 5.0
+
 # Brightfield: a nucleus size read by scale selection is distrusted when under
 # this fraction of the stained cells' nuclear holes (segment.stain_hole_diameter;
 # brightfield_nucleus_diameter).
@@ -596,6 +607,10 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d,
                                                clear=broad < config.classify.min_positive_threshold,
                                                clear_radius_px=clear_spacing * d)
+        if prep.lamp.method == "auto" and not dense:
+            nuclei = segment.drop_flat_nuclei(nuclei, nmap, diameter_px=d,
+                                              min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
+                                              contrast_sd=BRIGHTFIELD_PROMINENCE_SD)
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)

@@ -50,6 +50,9 @@ __all__ = [
     "median_neighbour_distance",
     "unstained_nucleus_evidence",
     "UnstainedEvidence",
+    "local_noise",
+    "ring_prominence",
+    "drop_flat_nuclei",
     "blob_response",
     "add_unstained_nuclei",
     "drop_stain_edge_nuclei",
@@ -908,6 +911,53 @@ def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, 
                            diameter_px=diameter_px, snr=snr, spacing=spacing, accept=accept)
 
 
+def local_noise(image: np.ndarray, *, scale_px: float, region: np.ndarray | None = None) -> float:
+    """Robust SD of ``image`` less its own Gaussian blur at ``scale_px``
+    (every third pixel, over ``region``): the pixel-scale noise and fine
+    texture of a smoothed map, not its spread between glass and cells."""
+    detail = (image - filters.gaussian_filter(image, max(1.0, scale_px)))[::3, ::3]
+    if region is None:
+        return robust_noise(detail.ravel())[1]
+    sample = region[::3, ::3]
+    return robust_noise(detail[sample])[1] if sample.any() else 0.0
+
+
+def ring_prominence(image: np.ndarray, coords: np.ndarray, radius: float, contrast: float) -> np.ndarray:
+    """Per point of ``coords`` ((k, 2) row, col), the fraction of the circle
+    of ``radius`` px around it where ``image`` lies more than ``contrast``
+    below its value at the point: 1 for a blob that stands out all round,
+    about half at the edge or end of a plateau, 0 inside a flat one."""
+    c = np.clip(np.rint(np.asarray(coords, dtype=np.float64)).astype(np.intp), 0,
+                np.array(image.shape[:2]) - 1)
+    return _ring_fraction(image, coords, radius, below=image[c[:, 0], c[:, 1]] - contrast)
+
+
+def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: float, ring_nuclei: float = 0.75,
+                     min_lower: float = 0.7, contrast_sd: float = 5.0) -> np.ndarray:
+    """Drop nucleus candidates that do not stand out of their surroundings
+    all round on a (smoothed) nuclear ``density`` map.
+
+    A nucleus is a blob: denser than its cytoplasm, or paler than the blue
+    around it, in every direction. A candidate whose centre lies at least
+    ``contrast_sd`` local noise SDs (:func:`local_noise` at d / 4) above the
+    map on fewer than ``min_lower`` of the circle ``ring_nuclei`` diameters
+    around it lies on a plateau or at its edge: a faint cell body whose
+    nucleus does not show (the threshold takes the whole body, or a piece
+    of it, for a nucleus), the end of an elongated one, the outer edge of a
+    stained cell. Dropping it leaves such a cell to be seeded from its shape.
+    """
+    ids = _present(nuclei)
+    if ids.size == 0:
+        return nuclei
+    d = float(diameter_px)
+    noise = local_noise(density, scale_px=d / 4)
+    frac = ring_prominence(density, _centroids(nuclei, ids), ring_nuclei * d, contrast_sd * noise)
+    drop = frac < min_lower
+    if not drop.any():
+        return nuclei
+    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+
+
 class UnstainedEvidence(NamedTuple):
     """What :func:`add_unstained_nuclei` measures on a field before it picks."""
 
@@ -924,9 +974,7 @@ def unstained_nucleus_evidence(grey: np.ndarray, xgal: np.ndarray, *, diameter_p
     broad = smoothed[1] if smoothed is not None else smoothed_stain(xgal, d / 2)
     clear = broad < max_xgal
     density = filters.gaussian_filter(np.asarray(grey, dtype=np.float32), max(1.0, d / 8))
-    fine_detail = (density - filters.gaussian_filter(density, max(1.0, d / 4)))[::3, ::3]
-    sample = clear[::3, ::3]
-    noise = robust_noise(fine_detail[sample])[1] if sample.any() else 0.0
+    noise = local_noise(density, scale_px=d / 4, region=clear)
     return UnstainedEvidence(blob_response(grey, clear, diameter_px=d), density, noise)
 
 
@@ -992,10 +1040,7 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
         if min_ring_lower > 0 and len(coords):
             # a nucleus is denser than its own cytoplasm all round; the end of a
             # faint, elongated cell body is level with the rest of the body on one side
-            c = np.asarray(coords, dtype=np.intp)
-            lower = _ring_fraction(ev.density, coords, ring_nuclei * d,
-                                   below=ev.density[c[:, 0], c[:, 1]] - ring_contrast_sd * ev.noise)
-            ok &= lower >= min_ring_lower
+            ok &= ring_prominence(ev.density, coords, ring_nuclei * d, ring_contrast_sd * ev.noise) >= min_ring_lower
         return ok
 
     return _add_blob_peaks(nuclei, ev.response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around)
