@@ -511,6 +511,15 @@ def _at(image: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
     return np.take(np.ascontiguousarray(image).ravel(), flat)
 
 
+def _value_at(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``image`` at the pixel nearest each of ``points`` ((..., 2) row,
+    column coordinates), points past the edge clamped to it."""
+    pts = np.asarray(points, dtype=np.float64)
+    iy = np.clip(np.rint(pts[..., 0]).astype(np.intp), 0, image.shape[0] - 1)
+    ix = np.clip(np.rint(pts[..., 1]).astype(np.intp), 0, image.shape[1] - 1)
+    return image[iy, ix]
+
+
 def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray | None = None) -> np.ndarray:
     """Label a binary mask, splitting touching round objects.
 
@@ -927,9 +936,7 @@ def ring_prominence(image: np.ndarray, coords: np.ndarray, radius: float, contra
     of ``radius`` px around it where ``image`` lies more than ``contrast``
     below its value at the point: 1 for a blob that stands out all round,
     about half at the edge or end of a plateau, 0 inside a flat one."""
-    c = np.clip(np.rint(np.asarray(coords, dtype=np.float64)).astype(np.intp), 0,
-                np.array(image.shape[:2]) - 1)
-    return _ring_fraction(image, coords, radius, below=image[c[:, 0], c[:, 1]] - contrast)
+    return _ring_fraction(image, coords, radius, below=_value_at(image, coords) - contrast)
 
 
 def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: float, ring_nuclei: float = 0.75,
@@ -1029,7 +1036,6 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     """
     d = float(diameter_px)
     fine, broad = smoothed if smoothed is not None else (smoothed_stain(xgal, 1.0), smoothed_stain(xgal, d / 2))
-    clear = broad < max_xgal
     stained = fine >= max_xgal
 
     ev = evidence if evidence is not None else unstained_nucleus_evidence(
@@ -1171,11 +1177,7 @@ def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: f
         return nuclei
     cents = _centroids(nuclei, ids)
     mass = np.asarray(ndi.sum_labels(np.maximum(score, 0), nuclei, ids), dtype=np.float64)
-    flags = None
-    if clear is not None and clear_radius_px is not None:
-        iy = np.clip(np.rint(cents[:, 0]).astype(np.intp), 0, nuclei.shape[0] - 1)
-        ix = np.clip(np.rint(cents[:, 1]).astype(np.intp), 0, nuclei.shape[1] - 1)
-        flags = np.asarray(clear)[iy, ix]
+    flags = None if clear is None or clear_radius_px is None else _value_at(np.asarray(clear), cents)
     alive = _greedy_keep(cents, mass, radius_px, clear=flags, clear_radius=clear_radius_px)
     if alive.all():
         return nuclei
@@ -1894,9 +1896,7 @@ def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     n = int(np.ceil(np.hypot(*(q - p).T).max(initial=0.0))) + 2
     t = np.linspace(0.0, 1.0, n)[None, :, None]
     pts = p[:, None, :] * (1 - t) + q[:, None, :] * t
-    iy = np.clip(np.rint(pts[..., 0]).astype(np.intp), 0, image.shape[0] - 1)
-    ix = np.clip(np.rint(pts[..., 1]).astype(np.intp), 0, image.shape[1] - 1)
-    return image[iy, ix].min(axis=1)
+    return _value_at(image, pts).min(axis=1)
 
 
 def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: float,
@@ -1940,8 +1940,7 @@ def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: floa
     if ids.size:
         cents = _centroids(nuclei, ids)
         r_nuc = np.sqrt(np.bincount(nuclei.ravel())[ids] / np.pi)
-        ci = np.clip(np.rint(cents).astype(np.intp), 0, np.array(nuclei.shape) - 1)
-        ratio = float(np.median(r_nuc / np.maximum(depth[ci[:, 0], ci[:, 1]], 1.0)))
+        ratio = float(np.median(r_nuc / np.maximum(_value_at(depth, cents), 1.0)))
         inside = nuclei > 0
         pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
         gap, j = cKDTree(pix).query(peaks)
