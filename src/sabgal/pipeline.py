@@ -578,7 +578,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
         clear_spacing = BRIGHTFIELD_NUCLEUS_SPACING
-        dense = prep.lamp.method == "auto" and prep.lamp.background_fraction < BRIGHTFIELD_DENSE_GLASS_FRACTION
+        # (a lamp fitted to bare glass says how much of the field is glass; the
+        # percentile fallback and a flat-field lamp say nothing)
+        glass_fitted = prep.lamp.method == "auto"
+        dense = glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_DENSE_GLASS_FRACTION
+        sparse = glass_fitted and not dense
         nn = segment.median_neighbour_distance(nuclei) if dense else None
         if nn is not None:
             clear_spacing = float(np.clip(BRIGHTFIELD_CLOSE_PAIR_FRACTION * nn / d,
@@ -605,9 +609,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d,
-                                               clear=broad < config.classify.min_positive_threshold,
-                                               clear_radius_px=clear_spacing * d)
-        if prep.lamp.method == "auto" and not dense:
+                                               clear=broad < floor, clear_radius_px=clear_spacing * d)
+        if sparse:
             nuclei = segment.drop_flat_nuclei(nuclei, nmap, diameter_px=d,
                                               min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
                                               contrast_sd=BRIGHTFIELD_PROMINENCE_SD)
