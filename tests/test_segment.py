@@ -445,6 +445,41 @@ def test_blur_halo_is_trimmed_to_the_half_way_edge():
     assert (out[nuclei > 0] == nuclei[nuclei > 0]).all()
 
 
+def test_blur_halo_trim_leaves_kept_cells_alone():
+    yy, xx = np.mgrid[0:100, 0:200]
+    signal = np.zeros((100, 200), np.float32)
+    cells = np.zeros((100, 200), np.int32)
+    nuclei = np.zeros_like(cells)
+    for k, cx in ((1, 50), (2, 150)):
+        disc = np.hypot(yy - 50, xx - cx) < 14
+        signal += ndi.gaussian_filter(disc * 0.1, 2.0).astype(np.float32)
+        nuclei[np.hypot(yy - 50, xx - cx) < 5] = k
+    cells[(signal > 0.01) & (xx < 100)] = 1
+    cells[(signal > 0.01) & (xx >= 100)] = 2
+    keep = np.array([False, False, True])
+    out = segment.trim_blur_halo(cells, nuclei, signal, 0.0, band_px=5, min_cut=0.02, keep=keep)
+    assert (out == 1).sum() < 0.85 * (cells == 1).sum()
+    assert np.array_equal(out == 2, cells == 2)
+
+
+def test_untrimmable_cells_are_faint_or_stained():
+    # cell 1: a body in the foreground, unstained -> trimmable; cell 2: mostly
+    # outside the foreground (a minimum reach around a faint cell's nucleus);
+    # cell 3: stained (its body level is the perinuclear stain's)
+    cells = np.zeros((10, 30), np.int32)
+    cells[:, :10], cells[:, 10:20], cells[:, 20:] = 1, 2, 3
+    fg = np.ones(cells.shape, bool)
+    fg[:, 10:17] = False
+    stain = np.zeros(cells.shape, np.float32)
+    stain[:, 20:] = 0.1
+    keep = segment.untrimmable_cells(cells, fg, stain, stain_level=0.03)
+    assert keep.tolist() == [False, False, True, True]
+    # a small share outside (the blur halo itself reaches past a smoothed mask) is no reason
+    fg[:, 10:17] = True
+    fg[0, 10] = False
+    assert segment.untrimmable_cells(cells, fg, stain, stain_level=0.03).tolist() == [False, False, False, True]
+
+
 def test_glass_around_nuclei_is_cytoplasm_not_glass():
     # nuclei (d = 10) on a 60 px grid; "glass" in rings right around them is
     # the faint cytoplasm of unstained cells, glass on the lines midway

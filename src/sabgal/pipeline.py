@@ -490,6 +490,11 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 
+# Brightfield: a cell of which more than this share lies outside the foreground
+# is too faint to have a blur halo (its extent is a minimum reach around its
+# nucleus), and keeps its edge (segment.untrimmable_cells).
+BRIGHTFIELD_TRIM_MAX_OUTSIDE = 0.1
+
 # Without a counterstain (plain brightfield, or DAPI beside such an image): when
 # the lamp estimate (from the image itself) was fitted to bare glass it found on
 # less than this share of the field, the field is a confluent sheet: the faint
@@ -626,8 +631,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             sheet_mask = on_cells and segment.glass_near_nuclei_ratio(
                 background, nuclei, diameter_px=d, dist=ndist) > BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO
         enclosed = background if background is not None and not on_cells else None
+        smoothed = filters.gaussian_filter(od_sum.astype(np.float32, copy=False), sigma_fg)
+        glass_stats = segment.glass_level(smoothed, ignore=excluded)  # (the halo trim reads them again)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
-                                                    ignore=excluded, glass=enclosed)
+                                                    ignore=excluded, glass=enclosed, smoothed=smoothed,
+                                                    stats=glass_stats)
         # a pocket of "glass" holding its own nuclei, no larger than the
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)
@@ -698,18 +706,26 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
         nearest=None if mode == "brightfield" else nearest)
-    nucleus_dist = nucleus_mask = None
+    nucleus_dist = nucleus_mask = keep = None
     if mode != "brightfield":
         # the nuclei's distance map, for the trim and again for measuring
         nucleus_mask = nuclei > 0
         nucleus_dist = (nearest[0] if np.array_equal(nucleus_mask, seeds > 0)
                         else filters.distance_transform(~nucleus_mask))
+    else:
+        # the brightfield foreground crosses the blur around a cell's body at
+        # its low limit too; but a faint cell's reach and a stained cell's
+        # pale margin are no blur, and where the lamp found no glass (its
+        # percentile fallback) the "glass" level may be cytoplasm
+        keep = segment.untrimmable_cells(cells, foreground, xs, stain_level=config.classify.min_positive_threshold,
+                                         max_outside=BRIGHTFIELD_TRIM_MAX_OUTSIDE)
+    if mode != "brightfield" or prep.lamp.method != "auto-percentile":
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
         glass_level, glass_sd = glass_stats  # (as the foreground measured them)
         trimmed = segment.trim_blur_halo(cells, nuclei, smoothed, glass_level, band_px=3 * sigma_fg + 2,
                                          min_cut=glass_level + 5.0 / seg.foreground_sensitivity * glass_sd,
-                                         nucleus_dist=nucleus_dist)
+                                         nucleus_dist=nucleus_dist, keep=keep)
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed

@@ -45,6 +45,7 @@ __all__ = [
     "relabel_sequential",
     "glass_level",
     "brightfield_foreground",
+    "untrimmable_cells",
     "pale_cell_pockets",
     "suppress_close_nuclei",
     "median_neighbour_distance",
@@ -787,14 +788,18 @@ def _left_sd(c: np.ndarray, hs: np.ndarray, i: int) -> float:
 
 
 def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0,
-                           ignore: np.ndarray | None = None, glass: np.ndarray | None = None) -> np.ndarray:
+                           ignore: np.ndarray | None = None, glass: np.ndarray | None = None,
+                           smoothed: np.ndarray | None = None,
+                           stats: tuple[float, float] | None = None) -> np.ndarray:
     """Cell bodies in an unstained brightfield field: smoothed OD more than
     ``k`` glass noise SDs above the glass level (:func:`glass_level`, which
     leaves out the ``ignore`` pixels: no specimen there). Holes are filled
     (thin cytoplasm) unless they hold known ``glass``: the bare glass that a
-    ring of touching cells encloses."""
-    sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px)
-    level, sd = glass_level(sm, ignore=ignore)
+    ring of touching cells encloses. ``smoothed`` (``od_sum`` smoothed at
+    ``sigma_px``) and ``stats`` (its :func:`glass_level`) when the caller
+    has them."""
+    sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
+    level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     return _tidy_mask(sm > level + k * sd, glass=glass)
 
 
@@ -1444,7 +1449,8 @@ def glass_near_nuclei_ratio(glass: np.ndarray, nuclei: np.ndarray, *, diameter_p
 
 def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
                    band_px: float, min_cut: float, fraction: float = 0.5,
-                   nucleus_dist: np.ndarray | None = None) -> np.ndarray:
+                   nucleus_dist: np.ndarray | None = None,
+                   keep: np.ndarray | None = None) -> np.ndarray:
     """Move each cell's outer edge to where the signal falls to ``fraction``
     of the cell's own level above ``level`` (glass).
 
@@ -1462,6 +1468,7 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     detection limit: such a cell is too faint to have a halo, and what lies
     around its nucleus is its minimum extent, not blur). ``nucleus_dist``:
     the distance to the nearest pixel of ``nuclei``, when the caller has it.
+    ``keep``: (``cells.max() + 1``,) bool, per label, cells to leave as they are.
     """
     inside = cells > 0
     if not inside.any():
@@ -1476,6 +1483,8 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
         body = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
     cut = level + fraction * (body - level)
     cut[~(cut >= min_cut)] = np.nan  # too faint, or no reference pixels
+    if keep is not None:
+        cut[keep] = np.nan
     band = inside & (depth < band_px) & (nuclei == 0)
     lab = cells[band]
     lim = cut[lab]
@@ -1484,6 +1493,31 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     out = cells.copy()
     out[drop] = 0
     return out
+
+
+def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, stain: np.ndarray, *,
+                      stain_level: float, max_outside: float = 0.1) -> np.ndarray:
+    """Brightfield cells whose edge is not a blurred step of their own body
+    (per label, for :func:`trim_blur_halo`'s ``keep``): cells of which more
+    than ``max_outside`` lies outside the ``foreground`` (too faint to stand
+    out of the glass: their extent is a minimum reach around a nucleus, not
+    a body with a blurred edge) and stained cells (mean ``stain``, smoothed
+    X-gal OD, above ``stain_level``: their body level is the perinuclear
+    stain's, and half way up it lies well inside the cell's pale margin).
+
+    >>> cells = np.zeros((1, 8), np.int32); cells[0, :4] = 1; cells[0, 4:] = 2
+    >>> fg = np.ones((1, 8), bool); fg[0, :2] = False
+    >>> untrimmable_cells(cells, fg, np.zeros((1, 8)), stain_level=0.03).tolist()
+    [False, True, False]
+    """
+    n = int(cells.max()) + 1
+    flat = cells.ravel()
+    area = np.bincount(flat, minlength=n)
+    outside = np.bincount(flat[~foreground.ravel()], minlength=n)
+    stain_sum = np.bincount(flat, weights=np.asarray(stain, dtype=np.float64).ravel(), minlength=n)
+    keep = (outside > max_outside * area) | (stain_sum > stain_level * area)
+    keep[0] = False
+    return keep
 
 
 def speck_area_limit(cells: np.ndarray, *, min_px: float, max_px: float, fraction: float,
