@@ -480,6 +480,21 @@ def test_untrimmable_cells_are_faint_or_stained():
     assert segment.untrimmable_cells(cells, fg, stain, stain_level=0.03).tolist() == [False, False, False, True]
 
 
+def test_sheet_gaps_go_to_the_nearest_cell_but_not_onto_glass():
+    # three cells of a sheet with unclaimed margins between them; a patch of
+    # glass the lamp saw stays empty, and pixels beyond the reach too
+    cells = np.zeros((40, 100), np.int32)
+    cells[5:35, 5:30], cells[5:35, 40:60], cells[5:35, 70:95] = 1, 2, 3
+    glass = np.zeros(cells.shape, bool)
+    glass[15:25, 62:68] = True
+    out = segment.fill_sheet_gaps(cells, reach_px=6, glass=glass)
+    assert np.array_equal(out[cells > 0], cells[cells > 0])  # cells keep what they had
+    assert (out[20, 30:35] == 1).all() and (out[20, 35:40] == 2).all()  # gap shared down its middle
+    assert (out[glass] == 0).all()
+    assert out[0, 0] == 0 and (out[20, 60:62] == 2).all()
+    assert (segment.fill_sheet_gaps(np.zeros((5, 5), np.int32), reach_px=3) == 0).all()
+
+
 def test_glass_around_nuclei_is_cytoplasm_not_glass():
     # nuclei (d = 10) on a 60 px grid; "glass" in rings right around them is
     # the faint cytoplasm of unstained cells, glass on the lines midway

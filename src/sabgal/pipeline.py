@@ -495,6 +495,14 @@ BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 # nucleus), and keeps its edge (segment.untrimmable_cells).
 BRIGHTFIELD_TRIM_MAX_OUTSIDE = 0.1
 
+# Brightfield: where the lamp estimate, fitted to bare glass, found it on less
+# than this share of the field, the field is one confluent sheet: what the
+# foreground leaves between its cells, up to this many nucleus diameters from
+# a cell and off the glass the lamp saw, is their faint margins
+# (segment.fill_sheet_gaps).
+BRIGHTFIELD_CONFLUENT_GLASS_FRACTION = 0.05
+BRIGHTFIELD_SHEET_GAP_NUCLEI = 1.0
+
 # Without a counterstain (plain brightfield, or DAPI beside such an image): when
 # the lamp estimate (from the image itself) was fitted to bare glass it found on
 # less than this share of the field, the field is a confluent sheet: the faint
@@ -729,6 +737,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed
+    if mode == "brightfield" and prep.lamp.method == "auto" and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
+        # a confluent sheet: no gaps between its cells
+        cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
     if mode == "brightfield":
         merged = segment.merge_stained_fragments(cells, xs, level=config.classify.min_positive_threshold,
                                                  max_area_ratio=BRIGHTFIELD_FRAGMENT_AREA_RATIO,
