@@ -737,9 +737,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # (the halo is blur, not cell body nor debris)
         foreground = foreground & ~((cells > 0) & (trimmed == 0))
         cells = trimmed
-    if mode == "brightfield" and prep.lamp.method == "auto" and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
-        # a confluent sheet: no gaps between its cells
-        cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
     if mode == "brightfield":
         merged = segment.merge_stained_fragments(cells, xs, level=config.classify.min_positive_threshold,
                                                  max_area_ratio=BRIGHTFIELD_FRAGMENT_AREA_RATIO,
@@ -752,6 +749,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                          max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,
                                          fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
         cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=speck)
+    if mode == "brightfield" and prep.lamp.method == "auto" and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
+        # a confluent sheet: no gaps between its cells
+        cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     # (the same nuclei, at full scale: their distance map holds)
