@@ -715,19 +715,21 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
         nearest=None if mode == "brightfield" else nearest)
     nucleus_dist = nucleus_mask = keep = None
+    # (where a brightfield lamp found no glass, its percentile fallback, the
+    # histogram's "glass" level may be cytoplasm: no trim)
+    trim = mode != "brightfield" or prep.lamp.method != "auto-percentile"
     if mode != "brightfield":
         # the nuclei's distance map, for the trim and again for measuring
         nucleus_mask = nuclei > 0
         nucleus_dist = (nearest[0] if np.array_equal(nucleus_mask, seeds > 0)
                         else filters.distance_transform(~nucleus_mask))
-    else:
+    elif trim:
         # the brightfield foreground crosses the blur around a cell's body at
         # its low limit too; but a faint cell's reach and a stained cell's
-        # pale margin are no blur, and where the lamp found no glass (its
-        # percentile fallback) the "glass" level may be cytoplasm
+        # pale margin are no blur
         keep = segment.untrimmable_cells(cells, foreground, xs, stain_level=config.classify.min_positive_threshold,
                                          max_outside=BRIGHTFIELD_TRIM_MAX_OUTSIDE)
-    if mode != "brightfield" or prep.lamp.method != "auto-percentile":
+    if trim:
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)
         glass_level, glass_sd = glass_stats  # (as the foreground measured them)
