@@ -727,7 +727,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # the brightfield foreground crosses the blur around a cell's body at
         # its low limit too; but a faint cell's reach and a stained cell's
         # pale margin are no blur
-        keep = segment.untrimmable_cells(cells, foreground, xs, stain_level=config.classify.min_positive_threshold,
+        keep = segment.untrimmable_cells(cells, foreground, xs, stain_level=floor,
                                          max_outside=BRIGHTFIELD_TRIM_MAX_OUTSIDE)
     if trim:
         # the foreground reaches out into the blur around each cell: edges
@@ -751,7 +751,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                          max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,
                                          fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
         cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=speck)
-    if mode == "brightfield" and prep.lamp.method == "auto" and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
+    if mode == "brightfield" and glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
         # a confluent sheet: no gaps between its cells
         cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
     cells = segment.relabel_sequential(cells)
