@@ -819,6 +819,46 @@ def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one()
                                             diameter_px=d).max() == 0
 
 
+
+def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
+    """A weak blob (3-5 SDs) far from every nucleus found is a stained
+    cell's missed nucleus when the X-gal encloses it; a pale patch in the
+    periphery of a large stained cell (stain on its inner side only, away
+    from the stain's centre) is not, nor a blob under the SNR, nor one
+    within the spacing of a nucleus already found."""
+    shape, d = (200, 420), 10.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    xgal = np.zeros(shape, np.float32)
+    z = np.zeros(shape, np.float32)
+    found = np.zeros(shape, np.int32)
+
+    def blob(cy, cx, height):
+        z[:] += height * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0 ** 2))
+
+    # small stained cells: a ring of stain around a clear nucleus
+    for cy, cx in [(60, 50), (150, 50), (60, 150)]:
+        r = np.hypot(yy - cy, xx - cx)
+        xgal += 0.15 * ((r <= 2.5 * d) & (r > d / 2))
+    blob(60, 50, 4.0)  # missed nucleus: added
+    blob(150, 50, 2.0)  # too weak: not added
+    found[(yy - 60) ** 2 + (xx - 150) ** 2 <= (d / 2) ** 2] = 1
+    blob(60, 150 + 2 * d, 4.0)  # 2 d from a found nucleus: not added
+    # a large stained cell: perinuclear stain fading outwards, its nucleus found
+    r = np.hypot(yy - 100, xx - 300)
+    big = 0.25 * np.exp(-r / 30) * (r <= 75) * (r > d / 2)
+    patch = np.hypot(yy - 100, xx - 355) < d / 2
+    xgal += np.where(patch, 0.5 * big, big).astype(np.float32)
+    found[r <= d / 2] = 2
+    blob(100, 355, 4.0)  # the pale patch at 5.5 d: not added
+    out = segment.add_enclosed_stained_nuclei(found, z, xgal, diameter_px=d, snr=3.0, spacing=2.5)
+    new = np.setdiff1d(np.unique(out), [0, 1, 2])
+    assert new.size == 1
+    cy, cx = ndi.center_of_mass(out == new[0])
+    assert np.hypot(cy - 60, cx - 50) < 2
+    assert np.array_equal(out[found > 0], found[found > 0])
+    # with no response map (too little stain to measure it) nothing is added
+    assert np.array_equal(segment.add_enclosed_stained_nuclei(found, None, xgal, diameter_px=d), found)
+
 def _confluent_brightfield(seed, setup="brightfield"):
     import dataclasses
 

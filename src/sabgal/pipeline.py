@@ -453,6 +453,12 @@ BRIGHTFIELD_DARK_NUCLEUS_SNR = 6.0
 # stained part of the field strong.
 BRIGHTFIELD_FAINT_STAINED_NUCLEUS_SNR = 5.0
 
+# ... and a weaker one, of this many SDs, more than this many nucleus diameters
+# from any nucleus found (a cell's worth of stain without one), when the stain
+# encloses it or is centred on it (segment.add_enclosed_stained_nuclei).
+BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR = 3.0
+BRIGHTFIELD_ENCLOSED_NUCLEUS_SPACING = 2.5
+
 # Brightfield: a stained cell of at most this share of the area of the stained
 # neighbour it shares the most border with, sharing at least this share of its
 # outline with it, is a piece of that neighbour cut off by a false "nucleus" (a
@@ -603,10 +609,14 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         if clear_spacing < BRIGHTFIELD_NUCLEUS_SPACING:
             # a dense field: the unstained nuclei that lie closer to a neighbour
             nuclei = unstained(nuclei, spacing=clear_spacing)
+        stained_z = segment.stained_blob_response(nmap, xgal_r, diameter_px=d, min_xgal=floor, smoothed=broad)
         nuclei = segment.add_faint_stained_nuclei(nuclei, nmap, xgal_r, diameter_px=d,
                                                   snr=BRIGHTFIELD_FAINT_STAINED_NUCLEUS_SNR,
-                                                  min_xgal=config.classify.min_positive_threshold,
-                                                  spacing=BRIGHTFIELD_NUCLEUS_SPACING, smoothed=broad)
+                                                  spacing=BRIGHTFIELD_NUCLEUS_SPACING, response=stained_z)
+        nuclei = segment.add_enclosed_stained_nuclei(nuclei, stained_z, xgal_r, diameter_px=d,
+                                                     snr=BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR,
+                                                     spacing=BRIGHTFIELD_ENCLOSED_NUCLEUS_SPACING,
+                                                     min_xgal=floor, smoothed=broad)
     excluded = against_excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5
