@@ -414,6 +414,15 @@ def test_a_pale_rim_candidate_of_a_stained_cell_is_not_a_second_nucleus():
         many[20:24, cx:cx + 4] = k
     many[58:62, 200:204] = 99
     assert np.array_equal(segment.drop_rim_nuclei(many, sheet, min_depth_px=7.2), many)
+    # a rim candidate where ``exempt`` holds (out of the stain, in a dense
+    # field: an unstained neighbour's nucleus) is kept; the deep one, though
+    # exempt too, still counts as its piece's deepest
+    exempt = np.zeros(fg.shape, bool)
+    exempt[:, 90:100] = True
+    assert set(np.unique(segment.drop_rim_nuclei(nuc, fg, min_depth_px=0.6 * 12, exempt=exempt))) == {0, 1, 2, 3}
+    exempt[:, 50:70] = True
+    exempt[:, 90:100] = False
+    assert set(np.unique(segment.drop_rim_nuclei(nuc, fg, min_depth_px=0.6 * 12, exempt=exempt))) == {0, 1, 3}
 
 
 def test_blur_halo_is_trimmed_to_the_half_way_edge():

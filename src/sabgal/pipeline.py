@@ -474,6 +474,15 @@ BRIGHTFIELD_RIM_DEPTH_NUCLEI = 0.6
 # no neck between them (one cell's pale margin, however large the cell).
 BRIGHTFIELD_RIM_RELATIVE_DEPTH = 0.5
 
+# ... except, where the lamp estimate (fitted to bare glass) found it on less
+# than this share of the field, a candidate out of the stain (X-gal smoothed at
+# half a nucleus below the positivity floor): in a dense field the rim of a
+# clump is lined with the nuclei of unstained cells whose faint cytoplasm does
+# not show, and no stained cell's pale margin lies out of the stain. (Sparser
+# fields keep the check: there such candidates are mostly the ends of faint
+# cell bodies.)
+BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION = 0.3
+
 # Brightfield: a nucleus candidate larger than this many typical nucleus areas is
 # a pale patch (a stained cell's thin margin, a gap in a granular stain), not a
 # nucleus: it would split its cell.
@@ -677,9 +686,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             if background is not None:
                 background = background & ~pale
         depth = segment.body_depth(foreground, nuclei)
+        # (in a dense field a clump's rim is lined with unstained cells'
+        # nuclei, and what lies out of the stain is no stained cell's margin)
+        rim_exempt = (broad < floor if glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION
+                      else None)
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
                                          depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
-                                         neck=BRIGHTFIELD_LOBE_NECK)
+                                         neck=BRIGHTFIELD_LOBE_NECK, exempt=rim_exempt)
         nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
                                         neck=BRIGHTFIELD_LOBE_NECK)
     else:

@@ -1278,7 +1278,7 @@ def body_depth(foreground: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
 
 def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px: float,
                     max_per_piece: int = 10, depth: np.ndarray | None = None,
-                    rel_depth: float = 0.0, neck: float = 0.7) -> np.ndarray:
+                    rel_depth: float = 0.0, neck: float = 0.7, exempt: np.ndarray | None = None) -> np.ndarray:
     """Drop nucleus candidates lying on the rim of a cell body that holds a
     deeper candidate: centre less than ``min_depth_px`` inside the (hole
     filled) foreground while another candidate of the same foreground piece
@@ -1297,6 +1297,10 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     falls below ``neck`` x its own): one cell's pale margin, however deep
     the cell, rather than the nucleus of a neighbour, which sits in a lobe
     of its own (see :func:`add_lobe_seeds`).
+
+    ``exempt``: where a candidate's centre lies where this mask is True it
+    is kept whatever its depth (it still counts as the deepest of its
+    piece for the others).
     """
     ids = _present(nuclei)
     if ids.size < 2:
@@ -1333,6 +1337,8 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
             q = np.rint(p0 + step * (0.5 * dep[i])[:, None]).astype(np.intp)
             slope = depth[q[:, 0], q[:, 1]] >= 1.25 * dep[i]
             drop[i[(_min_along(depth, p0, p1) >= neck * dep[i]) & slope]] = True
+    if exempt is not None:
+        drop &= ~exempt[cy, cx]
     if not drop.any():
         return nuclei
     return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
