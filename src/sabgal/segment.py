@@ -1191,23 +1191,25 @@ def add_enclosed_stained_nuclei(nuclei: np.ndarray, response: np.ndarray | None,
     F1 0.73 to 0.91; with the two checks off, pale patches of large stained
     cells in sparse fields became ~100 false nuclei a field.
     """
+    import cv2
     from scipy.spatial import cKDTree
 
     d = float(diameter_px)
     if response is None:
         return nuclei
-    x = np.maximum(xgal, 0).astype(np.float32)
-    fine = filters.gaussian_filter(x, max(1.0, d / 8))
-    broad = filters.gaussian_filter(x, d / 2) if smoothed is None else smoothed
-    size = int(2 * d) | 1
-    peaks = np.argwhere((broad >= ndi.maximum_filter(broad, size=size)) & (broad >= min_xgal))
-    tree = cKDTree(peaks) if len(peaks) else None
 
     def own_stain(coords: np.ndarray) -> np.ndarray:
+        # (the maps are made only for a field that has such candidates)
+        x = np.maximum(xgal, 0).astype(np.float32)
+        fine = filters.gaussian_filter(x, max(1.0, d / 8))
         ring = np.maximum(_ring_values(fine, coords, 0.75 * d), _ring_values(fine, coords, d)).min(axis=1)
         ok = ring >= enclosure * np.maximum(_value_at(fine, coords), 1e-4)
-        if tree is not None:
-            ok |= tree.query(coords)[0] <= peak_reach * d
+        broad = np.ascontiguousarray(filters.gaussian_filter(x, d / 2) if smoothed is None else smoothed,
+                                     dtype=np.float32)
+        size = int(2 * d) | 1
+        peaks = np.argwhere((broad >= cv2.dilate(broad, np.ones((size, size), np.uint8))) & (broad >= min_xgal))
+        if len(peaks):
+            ok |= cKDTree(peaks).query(coords)[0] <= peak_reach * d
         return ok
 
     return _add_blob_peaks(nuclei, response, diameter_px=d, snr=snr, spacing=spacing, accept=own_stain)
