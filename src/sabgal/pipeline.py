@@ -529,12 +529,6 @@ BRIGHTFIELD_SHEET_GAP_NUCLEI = 1.0
 # (strong vignetting, JPEG).
 SHEET_GLASS_FRACTION = 0.15
 SHEET_EXTENT_NUCLEI = 2.5
-# A lamp estimate that found glass on too little of the field to fit it (its
-# bright-percentile fallback) says the same when the nuclei lie close enough
-# for such cells to meet: their median nearest-neighbour distance at most
-# 2 x (0.5 + SHEET_EXTENT_NUCLEI) nucleus diameters (_close_packed). The
-# fallback can also meet a field with glass whose vignetting defeats the fit;
-# its cells are then sheet-sized only where their nuclei are that close.
 # ... and when the lamp's glass mask lies on the cells (segment.glass_among_nuclei:
 # it is their faint cytoplasm) and covers less than this share of the field ...
 SHEET_ON_CELLS_GLASS_FRACTION = 0.5
@@ -543,14 +537,6 @@ SHEET_ON_CELLS_GLASS_FRACTION = 0.5
 # development fields, sheets 0.67-1.16x), means lying within one nucleus
 # diameter of the nuclei at this many times its field-wide rate or more.
 BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
-
-
-def _close_packed(nuclei: np.ndarray, diameter_px: float) -> bool:
-    """Whether the nuclei's median nearest-neighbour distance is at most two
-    sheet cells' reach (2 x (0.5 + SHEET_EXTENT_NUCLEI) diameters; False
-    with under 10 nuclei)."""
-    nn = segment.median_neighbour_distance(nuclei)
-    return nn is not None and nn <= 2 * (0.5 + SHEET_EXTENT_NUCLEI) * diameter_px
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -742,10 +728,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         extent = max(extent, SHEET_EXTENT_NUCLEI)
         if on_cells:
             no_cells = excluded  # (that "glass" is their cytoplasm)
-    elif counter is None and prep.lamp.method == "auto-percentile" and _close_packed(nuclei, d):
-        # the lamp found (next to) no glass to fit, and the nuclei lie close
-        # enough for cells of the sheet's extent to meet: a confluent sheet too
-        extent = max(extent, SHEET_EXTENT_NUCLEI)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
