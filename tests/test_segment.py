@@ -902,6 +902,57 @@ def test_in_a_confluent_brightfield_sheet_faint_cells_reach_half_way_to_their_ne
     assert covered_off < covered - 0.03 and f1_off < f1 - 0.05
 
 
+def test_a_sheet_whose_lamp_found_no_glass_is_a_sheet_when_its_nuclei_are_close(monkeypatch):
+    from sabgal import evaluate, pipeline
+
+    # (a sheet so even that the lamp estimate finds no glass to fit and
+    # falls back on the bright percentile; what the foreground leaves
+    # between its cells is faintly stained cytoplasm)
+    field = _confluent_brightfield(44)
+    res = analyze_image(field.rgb)
+    assert res.info["lamp_method"] == "auto-percentile"
+    f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
+    for gate in ("_close_packed", "_stained_gaps"):
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, gate, lambda *a: False)
+            off = analyze_image(field.rgb)
+        assert _coverage(field, res) > _coverage(field, off) + 0.02
+        assert f1 > evaluate.match_labels(field.cell_labels, off.cell_labels).f1
+
+
+def test_gaps_between_cells_are_stained_cytoplasm_only_when_they_carry_x_gal():
+    from sabgal import pipeline
+
+    floor = 0.03
+    fg = np.zeros((100, 100), bool)
+    fg[:, :50] = True
+    xgal = np.where(fg, 0.1, 0.0).astype(np.float32)
+    assert not pipeline._stained_gaps(xgal, fg, floor)  # (glass: no X-gal)
+    xgal[~fg] = 0.4 * floor
+    assert pipeline._stained_gaps(xgal, fg, floor)
+    assert not pipeline._stained_gaps(xgal, np.ones_like(fg), floor)  # (no gaps to judge)
+
+
+def test_close_packed_nuclei_are_within_two_sheet_cells_reach():
+    from sabgal import pipeline
+
+    d = 10.0
+    reach = 2 * (0.5 + pipeline.SHEET_EXTENT_NUCLEI) * d
+
+    def lattice(step, n=5):
+        lab = np.zeros((int(step * n + 20), int(step * n + 20)), np.int32)
+        k = 0
+        for i in range(n):
+            for j in range(n):
+                k += 1
+                cy, cx = int(10 + i * step), int(10 + j * step)
+                lab[cy - 2:cy + 3, cx - 2:cx + 3] = k
+        return lab
+
+    assert pipeline._close_packed(lattice(0.9 * reach), d)
+    assert not pipeline._close_packed(lattice(1.2 * reach), d)
+    assert not pipeline._close_packed(lattice(0.5 * reach, n=3), d)  # (too few nuclei to say)
+
 def test_a_brightfield_field_with_glass_is_not_a_sheet(monkeypatch):
     from sabgal import pipeline
 

@@ -529,6 +529,18 @@ BRIGHTFIELD_SHEET_GAP_NUCLEI = 1.0
 # (strong vignetting, JPEG).
 SHEET_GLASS_FRACTION = 0.15
 SHEET_EXTENT_NUCLEI = 2.5
+# A lamp estimate that found glass on too little of the field to fit it (its
+# bright-percentile fallback, which takes the brightest 3 % for the lamp) says
+# the same when what the foreground leaves between the cells is stained: the
+# median X-gal there at least this fraction of the positivity floor. Glass
+# carries no X-gal, and beside it the brightest 3 % are glass, so a field with
+# glass reads ~0 there (development fields with glass, sheets: <= 0.0001 and
+# 0.010-0.040 OD); an unstained sheet is not recognised this way. The nuclei
+# must also lie close enough for sheet cells to meet (_close_packed): the
+# fallback also meets fields with glass whose vignetting or colour defeats the
+# fit, and there sheet-sized cells reach onto the glass (one field half glass:
+# detection F1 0.94 -> 0.71).
+SHEET_GAP_STAIN_FRACTION = 1 / 6
 # ... and when the lamp's glass mask lies on the cells (segment.glass_among_nuclei:
 # it is their faint cytoplasm) and covers less than this share of the field ...
 SHEET_ON_CELLS_GLASS_FRACTION = 0.5
@@ -537,6 +549,21 @@ SHEET_ON_CELLS_GLASS_FRACTION = 0.5
 # development fields, sheets 0.67-1.16x), means lying within one nucleus
 # diameter of the nuclei at this many times its field-wide rate or more.
 BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
+
+
+def _close_packed(nuclei: np.ndarray, diameter_px: float) -> bool:
+    """Whether the nuclei's median nearest-neighbour distance is at most two
+    sheet cells' reach (2 x (0.5 + SHEET_EXTENT_NUCLEI) diameters; False
+    with under 10 nuclei)."""
+    nn = segment.median_neighbour_distance(nuclei)
+    return nn is not None and nn <= 2 * (0.5 + SHEET_EXTENT_NUCLEI) * diameter_px
+
+
+def _stained_gaps(xgal: np.ndarray, foreground: np.ndarray, floor: float) -> bool:
+    """Whether the median X-gal of what ``foreground`` leaves (at least 1000
+    px) is at least SHEET_GAP_STAIN_FRACTION of the positivity ``floor``."""
+    gaps = ~foreground
+    return int(gaps.sum()) >= 1000 and float(filters.median(xgal[gaps])) >= SHEET_GAP_STAIN_FRACTION * floor
 
 
 def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
@@ -728,6 +755,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         extent = max(extent, SHEET_EXTENT_NUCLEI)
         if on_cells:
             no_cells = excluded  # (that "glass" is their cytoplasm)
+    elif (counter is None and prep.lamp.method == "auto-percentile"
+          and _stained_gaps(xgal_r, foreground, config.classify.min_positive_threshold)
+          and _close_packed(nuclei, d)):
+        # the lamp found no glass to fit, what lies between the cells is
+        # stained cytoplasm, and the nuclei lie close enough for sheet cells
+        extent = max(extent, SHEET_EXTENT_NUCLEI)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
