@@ -829,21 +829,6 @@ def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one()
 
 
 
-def test_cells_too_thin_to_hold_a_nucleus_are_dropped():
-    """A disc cell, and a half disc cut by the image border, are kept; a
-    needle (an X-gal crystal) and a sliver between two cells are not."""
-    yy, xx = np.mgrid[0:80, 0:160]
-    cells = np.zeros((80, 160), np.int32)
-    cells[np.hypot(yy - 40, xx - 30) < 12] = 1
-    cells[np.hypot(yy - 0, xx - 120) < 12] = 2  # (cut by the top border)
-    cells[50:53, 90:150] = 3  # a needle 3 px wide
-    cells[np.hypot(yy - 40, xx - 60) < 12] = 4
-    cells[(cells == 0) & (np.abs(xx - 45) < 2) & (np.abs(yy - 40) < 10)] = 5  # sliver between 1 and 4
-    out = segment.drop_thin_cells(cells, min_radius_px=5.0)
-    assert set(np.unique(out)) == {0, 1, 2, 4}
-    assert np.array_equal(out[np.isin(cells, [1, 2, 4])], cells[np.isin(cells, [1, 2, 4])])
-    assert np.array_equal(segment.drop_thin_cells(cells, min_radius_px=1.0), cells)
-
 def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
     """A weak blob (3-5 SDs) far from every nucleus found is a stained
     cell's missed nucleus when the X-gal encloses it; a pale patch in the

@@ -505,12 +505,6 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 
-# Brightfield: a "cell" whose inscribed radius is under this many nucleus
-# diameters cannot hold a nucleus: a sliver left between territories, an X-gal
-# crystal's needle on glass, a thread of debris (segment.drop_thin_cells). On
-# 150 development fields none of the 296 such cells matched a true cell.
-BRIGHTFIELD_MIN_CELL_RADIUS_NUCLEI = 0.5
-
 # Brightfield: a cell of which more than this share lies outside the foreground
 # is too faint to have a blur halo (its extent is a minimum reach around its
 # nucleus), and keeps its edge (segment.untrimmable_cells).
@@ -816,9 +810,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     if mode == "brightfield" and glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
         # a confluent sheet: no gaps between its cells
         cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
-    if mode == "brightfield":
-        # (a cell holds its nucleus: thinner is a sliver, a crystal, debris)
-        cells = segment.drop_thin_cells(cells, min_radius_px=BRIGHTFIELD_MIN_CELL_RADIUS_NUCLEI * d)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     # (the same nuclei, at full scale: their distance map holds)

@@ -1607,24 +1607,6 @@ def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, stain: np.ndarr
     return keep
 
 
-def drop_thin_cells(cells: np.ndarray, *, min_radius_px: float) -> np.ndarray:
-    """``cells`` without those whose inscribed radius (the largest distance
-    of one of their pixels to their edge: another label or background; the
-    image border does not count) is under ``min_radius_px``. A cell holds its
-    nucleus, so it is at least a nucleus wide; what is thinner is a sliver
-    left between territories, an X-gal crystal's needle or a thread of
-    debris."""
-    ids = _present(cells)
-    if ids.size == 0:
-        return cells
-    inner = filters.distance_transform((cells > 0) & ~morph.inner_boundaries(cells))
-    radius = np.asarray(ndi.maximum(inner, cells, ids)) + 1.0  # (the edge pixel itself)
-    thin = ids[radius < min_radius_px]
-    if thin.size == 0:
-        return cells
-    return np.where(_lut(thin, int(cells.max()) + 1)[cells], 0, cells).astype(cells.dtype)
-
-
 def fill_sheet_gaps(cells: np.ndarray, *, reach_px: float, glass: np.ndarray | None = None) -> np.ndarray:
     """Give the unclaimed pixels of a confluent sheet to the nearest cell.
 
