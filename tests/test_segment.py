@@ -828,7 +828,6 @@ def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one()
                                             diameter_px=d).max() == 0
 
 
-
 def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
     """A weak blob (3-5 SDs) far from every nucleus found is a stained
     cell's missed nucleus when the X-gal encloses it; a pale patch in the
@@ -867,6 +866,7 @@ def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
     assert np.array_equal(out[found > 0], found[found > 0])
     # with no response map (too little stain to measure it) nothing is added
     assert np.array_equal(segment.add_enclosed_stained_nuclei(found, None, xgal, diameter_px=d), found)
+
 
 def _confluent_brightfield(seed, setup="brightfield"):
     import dataclasses
@@ -952,6 +952,7 @@ def test_close_packed_nuclei_are_within_two_sheet_cells_reach():
     assert pipeline._close_packed(lattice(0.9 * reach), d)
     assert not pipeline._close_packed(lattice(1.2 * reach), d)
     assert not pipeline._close_packed(lattice(0.5 * reach, n=3), d)  # (too few nuclei to say)
+
 
 def test_a_brightfield_field_with_glass_is_not_a_sheet(monkeypatch):
     from sabgal import pipeline

@@ -701,8 +701,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         depth = segment.body_depth(foreground, nuclei)
         # (in a dense field a clump's rim is lined with unstained cells'
         # nuclei, and what lies out of the stain is no stained cell's margin)
-        rim_exempt = (broad < floor if glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION
-                      else None)
+        dense_clear = glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION
+        rim_exempt = broad < floor if dense_clear else None
         nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
                                          depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
                                          neck=BRIGHTFIELD_LOBE_NECK, exempt=rim_exempt)

@@ -917,14 +917,6 @@ def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: fl
     return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
 
 
-def _add_blob_nuclei(nuclei: np.ndarray, image: np.ndarray, region: np.ndarray, *, diameter_px: float,
-                     snr: float, spacing: float, accept=None) -> np.ndarray:
-    """:func:`_add_blob_peaks` of the :func:`blob_response` of ``image``
-    over ``region``."""
-    return _add_blob_peaks(nuclei, blob_response(image, region, diameter_px=diameter_px),
-                           diameter_px=diameter_px, snr=snr, spacing=spacing, accept=accept)
-
-
 def local_noise(image: np.ndarray, *, scale_px: float, region: np.ndarray | None = None) -> float:
     """Robust SD of ``image`` less its own Gaussian blur at ``scale_px``
     (every third pixel, over ``region``): the pixel-scale noise and fine
@@ -1097,15 +1089,10 @@ def _ring_fraction(mask: np.ndarray, coords: np.ndarray, radius: float, n: int =
     ``mask`` is True (points past the image edge are clamped to it) -- or,
     with ``below`` (one value per point), where ``mask`` (then an image) is
     below that point's value."""
-    ang = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
-    c = np.asarray(coords, dtype=np.float64)
-    yy = np.rint(c[:, :1] + radius * np.sin(ang)[None, :]).astype(np.intp)
-    xx = np.rint(c[:, 1:2] + radius * np.cos(ang)[None, :]).astype(np.intp)
-    np.clip(yy, 0, mask.shape[0] - 1, out=yy)
-    np.clip(xx, 0, mask.shape[1] - 1, out=xx)
+    ring = _ring_values(mask, coords, radius, n)
     if below is not None:
-        return (mask[yy, xx] < np.asarray(below)[:, None]).mean(axis=1)
-    return mask[yy, xx].mean(axis=1)
+        return (ring < np.asarray(below)[:, None]).mean(axis=1)
+    return ring.mean(axis=1)
 
 
 def _ring_values(image: np.ndarray, coords: np.ndarray, radius: float, n: int = 32) -> np.ndarray:
