@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["erode_square", "dilate_square", "open_square", "close_square", "erode_cross", "dilate_cross",
+__all__ = ["disc", "erode_square", "dilate_square", "open_square", "close_square", "erode_cross", "dilate_cross",
            "open_cross", "fill_holes", "inner_boundaries"]
 
 
@@ -131,6 +131,19 @@ def fill_holes(mask: np.ndarray, *, touching: np.ndarray | None = None,
     if not holes.any():
         return m.copy()
     return m | holes[lab]
+
+
+def disc(radius: float) -> np.ndarray:
+    """A uint8 structuring element: the pixel offsets within ``radius``
+    (Euclidean), so a dilation by it marks every pixel within ``radius`` of
+    the mask, exactly.
+
+    >>> disc(1.5).tolist()
+    [[1, 1, 1], [1, 1, 1], [1, 1, 1]]
+    """
+    r = int(np.floor(max(radius, 0.0)))
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    return ((y * y + x * x) <= radius * radius).astype(np.uint8)
 
 
 def inner_boundaries(labels: np.ndarray) -> np.ndarray:
