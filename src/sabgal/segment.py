@@ -1301,7 +1301,7 @@ def outline_strength(image: np.ndarray, *, sigma_px: float) -> np.ndarray:
     line = np.minimum(2 * spread, np.maximum(spread - half, 0))
     line -= np.sqrt(gr * gr + gc * gc) / np.float32(sigma_px)
     np.maximum(line, 0, out=line)
-    noise = 1.4826 * float(np.median(np.abs(hrc)))
+    noise = 1.4826 * float(np.median(np.abs(hrc[::2, ::2])))  # (a quarter of the pixels: the same to ~1 %)
     return line / np.float32(noise) if noise > 0 else np.zeros_like(line)
 
 
@@ -1353,9 +1353,10 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     if clear_px > 0 and nuclei.any():
         land[cv2.dilate((nuclei > 0).view(np.uint8), morph.disc(clear_px)).view(bool)] = 0
     # flooded: the band, from the core pixels that border it
+    # flooded: the band, from the core pixels that border it
     free = (markers == 0) & (cells > 0)
     zone = cv2.dilate(free.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & (cells > 0)
-    out = watershed(land, np.where(zone, markers, 0), mask=zone)
+    out = watershed(land, np.where(zone & ~free, markers, 0), mask=zone)
     return np.where(zone, out, cells).astype(cells.dtype, copy=False)
 
 
