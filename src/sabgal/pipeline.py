@@ -594,6 +594,29 @@ def segment_image(prep: StainedImage, *, nuclear: np.ndarray | None = None,
     return _segment(prep, nuclear=nuclear, config=config, od_sum=od_sum)[:4]
 
 
+def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, *, f: int,
+                         diameter_px: float) -> np.ndarray:
+    """:func:`segment.borders_on_outlines` with the outline map of ``grey``
+    (working scale ``f``, nucleus diameter ``diameter_px`` there), computed
+    only over the box holding the cells' shared borders, their bands and
+    the filter's reach (a sparse field's few touching cells)."""
+    sigma = max(1.0, OUTLINE_SIGMA_PX / f)
+    band = OUTLINE_BAND_NUCLEI * diameter_px
+    shared = segment.cell_cell_borders(cells)
+    if not shared.any():
+        return cells
+    rows, cols = np.flatnonzero(shared.any(axis=1)), np.flatnonzero(shared.any(axis=0))
+    margin = int(np.ceil(band + 2 * (4 * sigma + 1)))
+    box = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+           slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+    strength = segment.outline_strength(grey[box], sigma_px=sigma)
+    out = cells.copy()
+    out[box] = segment.borders_on_outlines(cells[box], nuclei[box], strength, band_px=band,
+                                           clear_px=OUTLINE_CLEAR_NUCLEI * diameter_px, low=OUTLINE_LOW,
+                                           high=OUTLINE_HIGH)
+    return out
+
+
 def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config | None,
              od_sum: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
     """:func:`segment_image`, plus the distance of each pixel to the nearest
@@ -829,9 +852,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     # where the cells' own edges show, the borders between touching cells
     # follow them rather than the distance between nuclei (last: which cells
     # there are was decided on the territories, only their shapes change)
-    strength = segment.outline_strength(grey_r, sigma_px=max(1.0, OUTLINE_SIGMA_PX / f))
-    cells = segment.borders_on_outlines(cells, nuclei, strength, band_px=OUTLINE_BAND_NUCLEI * d,
-                                        clear_px=OUTLINE_CLEAR_NUCLEI * d, low=OUTLINE_LOW, high=OUTLINE_HIGH)
+    cells = _borders_on_outlines(cells, nuclei, grey_r, f=f, diameter_px=d)
     cells = segment.relabel_sequential(cells)
     nuclei = np.where(nuclei > 0, cells, 0).astype(np.uint32)
     # (the same nuclei, at full scale: their distance map holds)

@@ -1353,7 +1353,6 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     if clear_px > 0 and nuclei.any():
         land[cv2.dilate((nuclei > 0).view(np.uint8), morph.disc(clear_px)).view(bool)] = 0
     # flooded: the band, from the core pixels that border it
-    # flooded: the band, from the core pixels that border it
     free = (markers == 0) & (cells > 0)
     zone = cv2.dilate(free.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & (cells > 0)
     out = watershed(land, np.where(zone & ~free, markers, 0), mask=zone)
