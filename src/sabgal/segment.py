@@ -1295,14 +1295,24 @@ def outline_strength(image: np.ndarray, *, sigma_px: float) -> np.ndarray:
     gc, gr = cv2.filter2D(sm, kernel=d1, **kw), cv2.filter2D(sm, kernel=d1.T, **kw)
     hcc, hrr = cv2.filter2D(sm, kernel=d2, **kw), cv2.filter2D(sm, kernel=d2.T, **kw)
     hrc = cv2.filter2D(sm, kernel=d1.T @ d1, **kw)
-    half = (hrr + hcc) / 2
-    spread = np.sqrt(np.square((hrr - hcc) / 2) + np.square(hrc))
-    # max(0, -lo) - max(0, -hi) with lo, hi = half -/+ spread
-    line = np.minimum(2 * spread, np.maximum(spread - half, 0))
-    line -= np.sqrt(gr * gr + gc * gc) / np.float32(sigma_px)
-    np.maximum(line, 0, out=line)
     noise = 1.4826 * float(np.median(np.abs(hrc[::2, ::2])))  # (a quarter of the pixels: the same to ~1 %)
-    return line / np.float32(noise) if noise > 0 else np.zeros_like(line)
+    if not noise > 0:
+        return np.zeros_like(sm)
+    # One OpenCV pass per step, into the maps already made: on a large field
+    # these float32 maps are memory-bound, and each fresh one costs its page
+    # faults again.
+    grad = cv2.magnitude(gr, gc, gr)
+    half_diff = cv2.addWeighted(hrr, 0.5, hcc, -0.5, 0.0, gc)
+    half = cv2.addWeighted(hrr, 0.5, hcc, 0.5, 0.0, hrr)
+    spread = cv2.magnitude(half_diff, hrc, hcc)
+    # max(0, -lo) - max(0, -hi) with lo, hi = half -/+ spread
+    line = cv2.subtract(spread, half, half_diff)
+    cv2.max(line, 0.0, line)
+    cv2.min(line, cv2.add(spread, spread, hrc), line)
+    cv2.scaleAdd(grad, -1.0 / float(sigma_px), line, line)
+    cv2.max(line, 0.0, line)
+    cv2.multiply(line, 1.0 / noise, line)
+    return line
 
 
 def cell_cell_borders(cells: np.ndarray) -> np.ndarray:
