@@ -27,8 +27,7 @@ from scipy import ndimage as ndi
 
 cv2.setNumThreads(1)
 
-__all__ = ["gaussian_filter", "gaussian_gradient", "gaussian_laplace", "hessian", "laplace", "grey_closing", "distance_transform",
-           "median"]
+__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing", "distance_transform", "median"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64
@@ -78,49 +77,6 @@ def gaussian_laplace(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
         kw = dict(borderType=cv2.BORDER_REFLECT)
         return (cv2.sepFilter2D(src, ddepth, d2, g, **kw) + cv2.sepFilter2D(src, ddepth, g, d2, **kw))
     return _apply(ndi.gaussian_laplace, image, sigma, **kwargs)
-
-
-def _gauss_d1(sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """The 1-D Gaussian of :func:`_gauss_kernels` and its first derivative,
-    reversed for cv2's correlation (so the filter convolves)."""
-    g, _ = _gauss_kernels(sigma)
-    r = (g.size - 1) // 2
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    return g, (-x / sigma ** 2 * g)[::-1].copy()
-
-
-def gaussian_gradient(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """(d/drow, d/dcol) of a 2-D image smoothed at ``sigma`` (float32,
-    reflected borders).
-
-    >>> gr, gc = gaussian_gradient(np.tile(np.arange(16, dtype=np.float32), (16, 1)), 1.0)
-    >>> round(float(gc[8, 8]), 3), round(float(gr[8, 8]), 3)
-    (1.0, 0.0)
-    """
-    src = np.ascontiguousarray(image, dtype=np.float32)
-    g, d1 = _gauss_d1(float(sigma))
-    kw = dict(borderType=cv2.BORDER_REFLECT)
-    return cv2.sepFilter2D(src, cv2.CV_32F, g, d1, **kw), cv2.sepFilter2D(src, cv2.CV_32F, d1, g, **kw)
-
-
-def hessian(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Gaussian-derivative Hessian of a 2-D float image at scale ``sigma``:
-    (d2/drow2, d2/dcol2, d2/drow dcol), each as float32, reflected borders
-    (the second derivatives as in :func:`gaussian_laplace`, whose sum they are).
-
-    >>> img = np.zeros((32, 32), np.float32); img[:, 16] = 1  # a vertical line
-    >>> hrr, hcc, hrc = hessian(img, 1.5)
-    >>> bool(hcc[16, 16] < -0.1 and abs(hrr[16, 16]) < 1e-4 and hrc[16, 16] == 0)
-    True
-    """
-    src = np.ascontiguousarray(image, dtype=np.float32)
-    g, d2 = _gauss_kernels(float(sigma))
-    _, d1 = _gauss_d1(float(sigma))
-    kw = dict(borderType=cv2.BORDER_REFLECT)
-    hrr = cv2.sepFilter2D(src, cv2.CV_32F, g, d2, **kw)
-    hcc = cv2.sepFilter2D(src, cv2.CV_32F, d2, g, **kw)
-    hrc = cv2.sepFilter2D(src, cv2.CV_32F, d1, d1, **kw)
-    return hrr, hcc, hrc
 
 
 def laplace(image: np.ndarray, **kwargs) -> np.ndarray:
