@@ -602,7 +602,7 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     the filter's reach (a sparse field's few touching cells)."""
     sigma = max(1.0, OUTLINE_SIGMA_PX / f)
     band = OUTLINE_BAND_NUCLEI * diameter_px
-    shared = segment.cell_cell_borders(cells)
+    shared = morph.inner_boundaries(cells, shared_only=True)
     if not shared.any():
         return cells
     rows, cols = np.flatnonzero(shared.any(axis=1)), np.flatnonzero(shared.any(axis=0))
@@ -613,7 +613,7 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     out = cells.copy()
     out[box] = segment.borders_on_outlines(cells[box], nuclei[box], strength, band_px=band,
                                            clear_px=OUTLINE_CLEAR_NUCLEI * diameter_px, low=OUTLINE_LOW,
-                                           high=OUTLINE_HIGH)
+                                           high=OUTLINE_HIGH, shared=shared[box])
     return out
 
 

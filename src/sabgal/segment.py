@@ -1315,23 +1315,9 @@ def outline_strength(image: np.ndarray, *, sigma_px: float) -> np.ndarray:
     return line
 
 
-def cell_cell_borders(cells: np.ndarray) -> np.ndarray:
-    """Cell pixels with a 4-neighbour in another cell (not background)."""
-    b = np.zeros(cells.shape, dtype=bool)
-    for axis in (0, 1):
-        a, c = (cells[1:], cells[:-1]) if axis == 0 else (cells[:, 1:], cells[:, :-1])
-        d = (a != c) & (a > 0) & (c > 0)
-        if axis == 0:
-            b[1:] |= d
-            b[:-1] |= d
-        else:
-            b[:, 1:] |= d
-            b[:, :-1] |= d
-    return b
-
-
 def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndarray, *, band_px: float,
-                        clear_px: float, low: float, high: float) -> np.ndarray:
+                        clear_px: float, low: float, high: float,
+                        shared: np.ndarray | None = None) -> np.ndarray:
     """Move the borders between touching cells onto the outlines the image shows.
 
     Territories drawn from nuclei put a border by distance; where the cells'
@@ -1345,11 +1331,15 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     the border it had. No line counts within ``clear_px`` of a nucleus (its
     own edge, the stain ringing it). Outer edges (cell against background)
     and cells with no core (small, nucleus-less) are left as they are.
+    ``shared``: the cells' shared borders
+    (``morph.inner_boundaries(cells, shared_only=True)``), when the caller
+    has them.
     """
     import cv2
 
     cells = np.asarray(cells)
-    shared = cell_cell_borders(cells)
+    if shared is None:
+        shared = morph.inner_boundaries(cells, shared_only=True)
     if not shared.any():
         return cells
     near = cv2.dilate(shared.view(np.uint8), morph.disc(band_px)).view(bool)
