@@ -189,6 +189,31 @@ def test_a_minority_of_unstained_cells_without_a_peak_of_its_own_still_anchors()
             assert np.mean(neg > t) < 0.05
 
 
+def test_a_tight_unstained_population_above_false_cells_at_zero_anchors():
+    """X-gal close to the cytoplasm's colour: 39 unstained cells all read
+    0.044-0.049 OD, 26 false cells on glass (specks, noise) read 0-0.006,
+    23 stained cells 0.085-0.29. The tight population above, not the
+    false cells below, is the unstained one: the threshold falls between
+    it and the stained cells (it fell at 0.023, every unstained cell
+    positive). Broad faint stain above unstained cells at zero -- stained
+    cells are never that alike -- still anchors on the cells at zero."""
+    from pathlib import Path
+
+    s = np.loadtxt(Path(__file__).parent / "data" / "scores" / "tight_unstained_above_false_cells.txt")
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.15)
+    assert src == "anchored" and 0.049 < t < 0.085, t
+    rng = np.random.default_rng(5)
+    junk = rng.uniform(0.0, 0.006, 26)
+    neg = rng.normal(0.0475, 0.001, 39)
+    pos = rng.uniform(0.085, 0.29, 23)
+    t, src = classify.negative_anchored_threshold(np.r_[junk, neg, pos], floor=0.03, positive_like=0.15)
+    assert src == "anchored" and neg.max() < t < 0.085, t
+    faint = rng.lognormal(np.log(0.05), 0.35, 39)
+    t, src = classify.negative_anchored_threshold(np.r_[rng.normal(0.003, 0.002, 26), faint, pos],
+                                                  floor=0.03, positive_like=0.15)
+    assert src == "anchored" and t < 0.035, t
+
+
 def test_unstained_cells_split_into_small_density_bumps_still_anchor():
     """A real score set (93 % positive): its 48 unstained cells (-0.005 to
     0.013 OD) show in the density as three small bumps, none holding 3 % of

@@ -425,6 +425,56 @@ def test_a_pale_rim_candidate_of_a_stained_cell_is_not_a_second_nucleus():
     assert set(np.unique(segment.drop_rim_nuclei(nuc, fg, min_depth_px=0.6 * 12, exempt=exempt))) == {0, 1, 3}
 
 
+def test_a_cell_whose_candidates_all_lie_on_its_margin_loses_them_to_its_top():
+    """A faint stained cell whose nucleus went unseen, with four candidates
+    on its margin (the stain fades to the edge): none is deep next to the
+    cell itself, so all go, and the cell is seeded at its top instead. Two
+    touching cells, each with a candidate on its margin, keep theirs: the
+    way to the other's top crosses a neck."""
+    yy, xx = np.mgrid[0:200, 0:200]
+    body = np.hypot(yy - 100, xx - 100) < 45
+    nuc = np.zeros(body.shape, np.int32)
+    for k, (cy, cx) in enumerate([(100, 63), (100, 137), (63, 100), (137, 100)], start=1):
+        nuc[np.hypot(yy - cy, xx - cx) < 4] = k
+    out = segment.drop_rim_nuclei(nuc, body, min_depth_px=0.6 * 13, rel_depth=0.5)
+    assert not out.any()
+    seeded = segment.add_lobe_seeds(out, segment.body_depth(body, out), min_radius_px=13)
+    ids = np.unique(seeded[seeded > 0])
+    assert ids.size == 1
+    cy, cx = np.argwhere(seeded == ids[0]).mean(axis=0)
+    assert abs(cy - 100) < 3 and abs(cx - 100) < 3
+    # without the relative rule (rel_depth 0) they all stay, as before
+    assert np.array_equal(segment.drop_rim_nuclei(nuc, body, min_depth_px=0.6 * 13), nuc)
+    # two cells joined by a narrow neck, each candidate off its own top
+    pair = (np.hypot(yy - 100, xx - 55) < 40) | (np.hypot(yy - 100, xx - 145) < 40)
+    pair &= ~((np.abs(xx - 100) < 3) & (np.abs(yy - 100) > 6))
+    two = np.zeros(pair.shape, np.int32)
+    two[np.hypot(yy - 100, xx - 40) < 4] = 1
+    two[np.hypot(yy - 100, xx - 160) < 4] = 2
+    assert set(np.unique(segment.drop_rim_nuclei(two, pair, min_depth_px=7.8, rel_depth=0.5))) == {0, 1, 2}
+
+
+def test_cells_showing_no_body_on_known_glass_are_dropped():
+    # a nucleus found in the glass's noise and the disc drawn round it: no
+    # foreground, mostly known glass. A faint real cell whose body the
+    # foreground misses lies off the glass mask and stays; so does a cell
+    # with a body.
+    cells = np.zeros((40, 120), np.int32)
+    cells[5:25, 5:25] = 1    # a cell with a body
+    cells[5:25, 45:65] = 2   # no body, on glass
+    cells[5:25, 85:105] = 3  # no body, not on glass (faint cytoplasm darkened the lamp estimate)
+    fg = np.zeros(cells.shape, bool)
+    fg[5:25, 5:25] = True
+    glass = np.zeros(cells.shape, bool)
+    glass[:, 30:75] = True
+    glass[0:3, :] = True
+    out = segment.drop_bodiless_cells(cells, fg, glass)
+    assert set(np.unique(out)) == {0, 1, 3}
+    # a sliver of body (10 % of its pixels) keeps a cell
+    fg[5:7, 45:65] = True
+    assert set(np.unique(segment.drop_bodiless_cells(cells, fg, glass))) == {0, 1, 2, 3}
+
+
 def test_blur_halo_is_trimmed_to_the_half_way_edge():
     # a disc cell (r = 14) blurred by the optics; a foreground taken a tenth
     # of the way up reaches ~2.5 px into the blur all round, so the cell is

@@ -292,6 +292,16 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     on that scale counts only if it lies below zero (the floors stay as they
     are); otherwise the clipped scale is used.
 
+    Stained cells are never all alike, unstained cells can be: a higher
+    mode (below 0.6 x ``positive_like``) whose cells lie within
+    :data:`TIGHT_SPREAD_OD` of it and outnumber the lowest mode's (and
+    :data:`TIGHT_MIN_CELLS`) is the unstained population -- a uniform haze,
+    or a cytoplasm colour close to X-gal's -- and the lowest mode is specks
+    and false cells on glass at zero X-gal, which are not anchored on. (On
+    a second renderer's field with a grey-navy X-gal, 39 unstained cells
+    read 0.044-0.049 OD and 26 false ones 0-0.006: the threshold fell between
+    the two, every unstained cell positive.)
+
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
     >>> t, src = negative_anchored_threshold(s, floor=0.03, positive_like=0.15)
@@ -359,12 +369,31 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         keep &= minority < peaks[0]
     minority = minority[keep]
     first = int(minority[0]) if minority.size else (int(peaks[0]) if peaks.size else -1)
+    # A tight population above the lowest, holding more cells, is the
+    # unstained cells (uniform haze or a cytoplasm colour close to X-gal's
+    # puts them all at one small positive score), and what lies below it is
+    # not cells: specks and false cells on glass read zero X-gal.
+    # Stained cells are never that alike.
+    tight_above = False
+    if first >= 0:
+        n_first = int(np.count_nonzero(np.abs(x - grid[first]) <= 2 * bw))
+        for pk in peaks[peaks > first]:
+            level = float(inv(grid[pk]))
+            members = s[np.abs(x - grid[pk]) <= 2 * bw]
+            if level > 0.6 * positive_like or members.size <= max(n_first, TIGHT_MIN_CELLS):
+                continue
+            if float(np.median(np.abs(members - level))) * 1.4826 <= TIGHT_SPREAD_OD:
+                first, tight_above = int(pk), True
+                break
     if first < 0:
         return float("nan"), "none"
     mode = float(inv(grid[first]))  # back to OD: unstained scores scatter additively
     if mode > 0.6 * positive_like:
         return float("nan"), "none"
     below = s[s <= mode]
+    if tight_above:
+        # (its spread from its own cells, not the ones below it)
+        below = below[np.abs(fwd(below) - grid[first]) <= 2 * bw]
     if below.size >= 5:
         spread = float(np.median(mode - below)) * 1.4826
     else:

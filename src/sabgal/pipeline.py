@@ -504,6 +504,11 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 # field's median cell (a speck's blur halo can double it; cells are far larger)
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
+# Brightfield: a "cell" under this share of whose pixels the image shows any
+# cell body, with at least this share on known glass, is a nucleus found in
+# the glass's noise and the territory drawn around it (segment.drop_bodiless_cells)
+BRIGHTFIELD_BODILESS_MAX_BODY = 0.05
+BRIGHTFIELD_BODILESS_MIN_GLASS = 0.2
 
 # The borders between touching cells move onto the cells' own edges where the
 # image shows them (segment.borders_on_outlines), in every set-up: a faint
@@ -845,7 +850,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         speck = segment.speck_area_limit(cells, min_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area,
                                          max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,
                                          fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
-        cells = segment.drop_specks_on_glass(cells, no_cells, max_area_px=speck)
+        # (a speck's surroundings are known glass, or simply show no cell
+        # body: the lamp's glass mask stops short of every dark object)
+        cells = segment.drop_specks_on_glass(cells, no_cells | ~foreground, max_area_px=speck)
+        cells = segment.drop_bodiless_cells(cells, foreground, no_cells,
+                                            max_body=BRIGHTFIELD_BODILESS_MAX_BODY,
+                                            min_glass=BRIGHTFIELD_BODILESS_MIN_GLASS)
     if mode == "brightfield" and glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
         # a confluent sheet: no gaps between its cells
         cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)

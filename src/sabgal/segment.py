@@ -60,6 +60,7 @@ __all__ = [
     "add_faint_stained_nuclei",
     "smoothed_stain",
     "merge_stained_fragments",
+    "drop_bodiless_cells",
 ]
 
 
@@ -1387,6 +1388,15 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     the cell, rather than the nucleus of a neighbour, which sits in a lobe
     of its own (see :func:`add_lobe_seeds`).
 
+    A piece whose every candidate is that shallow next to the piece's own
+    deepest point (the top of its depth map) is a cell whose nucleus went
+    unseen while its margin passed for nuclei (a faint stained cell whose
+    stain fades to the edge): its candidates are measured against that
+    top in the same way, and :func:`add_lobe_seeds` then seeds the cell at
+    its top. On a second renderer's plain-brightfield fields this took
+    detection F1 from 0.922 to 0.930 (8 fields; 0.969 to 0.970 on 20
+    others); on 60 of our own development fields it moved by -0.0005.
+
     ``exempt``: where a candidate's centre lies where this mask is True it
     is kept whatever its depth (it still counts as the deepest of its
     piece for the others).
@@ -1426,6 +1436,23 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
             q = np.rint(p0 + step * (0.5 * dep[i])[:, None]).astype(np.intp)
             slope = depth[q[:, 0], q[:, 1]] >= 1.25 * dep[i]
             drop[i[(_min_along(depth, p0, p1) >= neck * dep[i]) & slope]] = True
+    if rel_depth > 0:
+        # a piece whose every candidate lies on its slope (the deepest one
+        # less than rel_depth as deep as the piece itself): the candidates
+        # are one cell's margin -- its nucleus unseen -- and are measured
+        # against the top of the piece instead, where add_lobe_seeds puts
+        # the cell's seed
+        cand = (piece > 0) & (count <= max_per_piece) & ~drop
+        if cand.any():
+            which = np.unique(piece[cand])
+            top_depth = np.zeros(top.size, dtype=np.float64)
+            top_depth[which] = ndi.maximum(depth, comp, which)
+            i = np.flatnonzero(cand & (deepest < rel_depth * top_depth[piece]))
+            if i.size:
+                at = np.zeros((top.size, 2), dtype=np.float64)
+                at[which] = np.asarray(ndi.maximum_position(depth, comp, which), dtype=np.float64)
+                p0 = np.column_stack([cy[i], cx[i]]).astype(np.float64)
+                drop[i[_min_along(depth, p0, at[piece[i]]) >= neck * dep[i]]] = True
     if exempt is not None:
         drop &= ~exempt[cy, cx]
     if not drop.any():
@@ -1745,7 +1772,11 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     ``min_glass_fraction`` known ``glass``. Without a nuclear stain a dark
     speck of debris makes its own "nucleus" and a cell as big as itself;
     a real cell, even a faint one, reaches well past its nucleus. (A small
-    cell squeezed among others, its ring on cells, is kept.)
+    cell squeezed among others, its ring on cells, is kept.) ``glass`` may
+    be any mask of "no cell here": the brightfield pipeline passes known
+    glass or no cell body, since the lamp's glass mask stops short of every
+    dark object (on 40 synthetic fields, seed 7272, that took the cell-count
+    error from 8.0 to 7.1 %).
     """
     areas = np.bincount(cells.ravel())
     small = (areas > 0) & (areas <= max_area_px)
@@ -1762,6 +1793,43 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     if not drop.any():
         return cells
     return np.where(drop[cells], 0, cells).astype(cells.dtype)
+
+
+def drop_bodiless_cells(cells: np.ndarray, foreground: np.ndarray, glass: np.ndarray, *,
+                        max_body: float = 0.05, min_glass: float = 0.2) -> np.ndarray:
+    """Remove "cells" the image shows no body for, lying on known glass:
+    under ``max_body`` of their pixels in the cell-body ``foreground`` and
+    at least ``min_glass`` of them known ``glass``.
+
+    Without a nuclear stain, a noise blob on bare glass (JPEG blocks on a
+    sharp, sparse field) can pass for an unstained cell's nucleus, and the
+    territory drawn around it -- the least extent every nucleus gets, for
+    cells too faint to show -- makes a cell of a few nucleus areas, larger
+    than a speck. A faint real cell whose body the foreground misses still
+    lies off the lamp's glass (its cytoplasm darkens the glass estimate);
+    these lie on it. On 40 synthetic development fields (plain brightfield,
+    seed 7272) this removed 29 false cells and no true one; on 60 others
+    (seed 5151) nothing.
+
+    >>> cells = np.zeros((20, 40), np.int32); cells[2:10, 2:10] = 1; cells[2:10, 20:28] = 2
+    >>> fg = np.zeros_like(cells, bool); fg[2:10, 2:10] = True
+    >>> glass = ~fg
+    >>> np.unique(drop_bodiless_cells(cells, fg, glass)).tolist()
+    [0, 1]
+    """
+    cells = np.asarray(cells)
+    n = int(cells.max()) + 1
+    if n == 1:
+        return cells
+    flat = cells.ravel()
+    area = np.maximum(np.bincount(flat, minlength=n), 1)
+    body = np.bincount(flat, weights=np.asarray(foreground, dtype=bool).ravel(), minlength=n) / area
+    on_glass = np.bincount(flat, weights=np.asarray(glass, dtype=bool).ravel(), minlength=n) / area
+    drop = (body < max_body) & (on_glass >= min_glass)
+    drop[0] = False
+    if not drop.any():
+        return cells
+    return np.where(drop[cells], 0, cells).astype(cells.dtype, copy=False)
 
 
 def merge_stained_fragments(cells: np.ndarray, stain: np.ndarray, *, level: float,
