@@ -1278,3 +1278,27 @@ def test_borders_stay_where_no_outline_shows_and_outer_edges_never_move():
     # (noise alone bends it by a few px here and there, never far)
     assert np.abs(border - 50).mean() <= 1.5 and np.abs(border - 50).max() <= 5, border
     assert np.array_equal(out > 0, cells > 0)
+
+
+def test_glass_near_nuclei_at_half_their_spacing_tells_a_sheet_of_large_cells_from_a_sparse_field():
+    """A sheet of large faint cells (nuclei every 60 px, d = 12) whose
+    cytoplasm the lamp took for glass beyond 1.5 diameters from each
+    nucleus: little of that "glass" is within a diameter of a nucleus, but
+    within half the spacing it lies as often as anywhere. A sparse clump of
+    the same cells has its glass farther out."""
+    yy, xx = np.mgrid[0:360, 0:360]
+    nuc = np.zeros(yy.shape, np.int32)
+    k = 0
+    for cy in range(30, 360, 60):
+        for cx in range(30, 360, 60):
+            k += 1
+            nuc[np.hypot(yy - cy, xx - cx) < 6] = k
+    dist = ndi.distance_transform_edt(nuc == 0)
+    sheet_glass = dist > 18
+    spacing = segment.median_neighbour_distance(nuc)
+    assert abs(spacing - 60) < 1
+    assert segment.glass_near_nuclei_ratio(sheet_glass, nuc, diameter_px=12) < 0.6
+    assert segment.glass_near_nuclei_ratio(sheet_glass, nuc, diameter_px=0.5 * spacing) >= 0.85
+    clump = np.where((yy < 180) & (xx < 180), nuc, 0)
+    sparse_glass = ndi.distance_transform_edt(clump == 0) > 40
+    assert segment.glass_near_nuclei_ratio(sparse_glass, clump, diameter_px=0.5 * spacing) < 0.85

@@ -570,6 +570,11 @@ SHEET_ON_CELLS_GLASS_FRACTION = 0.5
 # development fields, sheets 0.67-1.16x), means lying within one nucleus
 # diameter of the nuclei at this many times its field-wide rate or more.
 BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
+# ... or, the cells large (their cytoplasm mostly more than a diameter from the
+# nucleus), within half the nuclei's median spacing of them at this many times
+# its field-wide rate: glass between cells lies farther out (sparse and
+# clustered development fields 0.10-0.77x; sheets of large cells 0.88-1.22x)
+BRIGHTFIELD_SHEET_SPACING_RATIO = 0.85
 
 
 def _close_packed(nuclei: np.ndarray, diameter_px: float) -> bool:
@@ -728,6 +733,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             # sparse field's glass "among" them: a sheet needs more)
             sheet_mask = on_cells and segment.glass_near_nuclei_ratio(
                 background, nuclei, diameter_px=d, dist=ndist) > BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO
+            if on_cells and not sheet_mask:
+                # large cells: their faint cytoplasm lies mostly beyond a
+                # diameter from their nuclei, but still as near them as
+                # any of the field is -- within half the nuclei's spacing
+                spacing = segment.median_neighbour_distance(nuclei)
+                sheet_mask = spacing is not None and segment.glass_near_nuclei_ratio(
+                    background, nuclei, diameter_px=0.5 * spacing) >= BRIGHTFIELD_SHEET_SPACING_RATIO
         enclosed = background if background is not None and not on_cells else None
         smoothed = filters.gaussian_filter(od_sum.astype(np.float32, copy=False), sigma_fg)
         glass_stats = segment.glass_level(smoothed, ignore=excluded)  # (the halo trim reads them again)
