@@ -1302,3 +1302,21 @@ def test_glass_near_nuclei_at_half_their_spacing_tells_a_sheet_of_large_cells_fr
     clump = np.where((yy < 180) & (xx < 180), nuc, 0)
     sparse_glass = ndi.distance_transform_edt(clump == 0) > 40
     assert segment.glass_near_nuclei_ratio(sparse_glass, clump, diameter_px=0.5 * spacing) < 0.85
+
+
+def test_the_glass_margin_the_lamp_leaves_is_glass_where_it_is_as_clear():
+    # the lamp's mask stops short of a small faint cell; the margin at the
+    # glass's level joins the glass, the cell's body (foreground) and its
+    # faint rim above that level do not
+    yy, xx = np.mgrid[0:60, 0:60]
+    r = np.hypot(yy - 30, xx - 30)
+    od = np.where(r < 10, 0.05, np.where(r < 12, 0.02, 0.0)).astype(np.float32)
+    fg = r < 10
+    glass = r > 17
+    out = segment.close_glass_margin(glass, fg, od, max_od=0.01, margin_px=4)
+    assert out[glass].all() and not out[fg].any()
+    assert out[(r > 13.6) & (r <= 17)].all()   # the clear margin
+    assert not out[(r >= 10) & (r < 12)].any()  # the faint rim
+    # nothing farther than the margin from the mask is touched
+    far = segment.close_glass_margin(glass, fg, od, max_od=0.01, margin_px=2)
+    assert not far[(r > 12) & (r < 14.5)].any()
