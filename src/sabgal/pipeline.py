@@ -501,7 +501,8 @@ BRIGHTFIELD_LOBE_NECK = 0.7
 # areas is a speck of debris: a cell's body reaches well past its nucleus ...
 BRIGHTFIELD_SPECK_NUCLEI = 2.0
 # ... nor, up to this many nucleus areas, bigger than this fraction of the
-# field's median cell (a speck's blur halo can double it; cells are far larger)
+# field's median cell holding a nucleus (a speck's blur halo can double it;
+# cells are far larger)
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
 # Brightfield: the lamp's glass mask (4 px blocks, eroded by one) stops this
@@ -872,7 +873,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = np.where(merged != cells, 0, nuclei).astype(nuclei.dtype)
         cells = merged
     if mode == "brightfield" and no_cells is not None:
-        speck = segment.speck_area_limit(cells, min_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area,
+        # (the field's cells are those holding a nucleus: a crowd of specks,
+        # which hold none, would drag the median down to their own size)
+        nucleated = np.zeros(int(cells.max()) + 1, dtype=bool)
+        nucleated[cells[nuclei > 0]] = True
+        nucleated[0] = False
+        speck = segment.speck_area_limit(np.where(nucleated[cells], cells, 0),
+                                         min_px=BRIGHTFIELD_SPECK_NUCLEI * nuc_area,
                                          max_px=BRIGHTFIELD_SPECK_MAX_NUCLEI * nuc_area,
                                          fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
         # (a speck's surroundings are known glass, or simply show no cell
