@@ -1320,3 +1320,26 @@ def test_the_glass_margin_the_lamp_leaves_is_glass_where_it_is_as_clear():
     # nothing farther than the margin from the mask is touched
     far = segment.close_glass_margin(glass, fg, od, max_od=0.01, margin_px=2)
     assert not far[(r > 12) & (r < 14.5)].any()
+
+
+def test_small_clear_cells_touching_glass_are_dropped_but_not_stained_or_large_ones():
+    # a cluster of three noise "cells" on glass (touching one another, so no
+    # ring of glass round each), a small stained fragment, a large faint cell
+    cells = np.zeros((40, 100), np.int32)
+    cells[5:12, 5:12] = 1
+    cells[5:12, 12:19] = 2
+    cells[12:19, 5:12] = 3
+    cells[5:12, 40:47] = 4    # stained
+    cells[5:35, 60:95] = 5    # large
+    glass = np.zeros(cells.shape, bool)
+    glass[:, :30] = True
+    glass[:, 40:] = True
+    glass[5:35, 60:95] = False
+    glass[5:8, 60:95] = True  # its edge on glass
+    stain = np.zeros(cells.shape, np.float32)
+    stain[5:12, 40:47] = 0.1
+    out = segment.drop_small_clear_cells_on_glass(cells, glass, stain, max_area_px=4 * 30)
+    assert set(np.unique(out)) == {0, 4, 5}
+    # a small clear cell off the glass (among cells) stays
+    assert set(np.unique(segment.drop_small_clear_cells_on_glass(cells, np.zeros_like(glass), stain,
+                                                                  max_area_px=120))) == {0, 1, 2, 3, 4, 5}

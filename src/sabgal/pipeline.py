@@ -516,6 +516,14 @@ BRIGHTFIELD_GLASS_MARGIN_SD = 2.0
 # the glass's noise and the territory drawn around it (segment.drop_bodiless_cells)
 BRIGHTFIELD_BODILESS_MAX_BODY = 0.05
 BRIGHTFIELD_BODILESS_MIN_GLASS = 0.2
+# Brightfield: nor is a "cell" smaller than this many nucleus areas, clear of
+# X-gal (mean under this fraction of the positivity floor), with at least this
+# share of it on known glass: a real cell's body reaches well past its nucleus,
+# and one that small on glass is a noise blob or speck and its territory
+# (segment.drop_small_clear_cells_on_glass)
+BRIGHTFIELD_SMALL_CELL_NUCLEI = 4.0
+BRIGHTFIELD_SMALL_CELL_STAIN = 1 / 3
+BRIGHTFIELD_SMALL_CELL_MIN_GLASS = 0.1
 
 # The borders between touching cells move onto the cells' own edges where the
 # image shows them (segment.borders_on_outlines), in every set-up: a faint
@@ -888,6 +896,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         cells = segment.drop_bodiless_cells(cells, foreground, no_cells,
                                             max_body=BRIGHTFIELD_BODILESS_MAX_BODY,
                                             min_glass=BRIGHTFIELD_BODILESS_MIN_GLASS)
+        cells = segment.drop_small_clear_cells_on_glass(
+            cells, no_cells, xgal_r, max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
+            min_glass=BRIGHTFIELD_SMALL_CELL_MIN_GLASS, max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
     if mode == "brightfield" and glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
         # a confluent sheet: no gaps between its cells
         cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
