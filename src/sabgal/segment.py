@@ -1823,15 +1823,24 @@ def drop_small_clear_cells_on_glass(cells: np.ndarray, glass: np.ndarray, stain:
     [0, 1, 3]
     """
     cells = np.asarray(cells)
-    n = int(cells.max()) + 1
-    if n == 1:
+    if not cells.any():
         return cells
+    area, (on_glass, mean_stain) = _cell_means(cells, np.asarray(glass, dtype=bool),
+                                               np.maximum(np.asarray(stain, dtype=np.float64), 0))
+    return _drop_cells(cells, (area < max_area_px) & (on_glass >= min_glass) & (mean_stain < max_stain))
+
+
+def _cell_means(cells: np.ndarray, *maps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each label's area (at least 1) and the mean of each of ``maps`` over it."""
     flat = cells.ravel()
+    n = int(cells.max()) + 1
     area = np.maximum(np.bincount(flat, minlength=n), 1)
-    on_glass = np.bincount(flat, weights=np.asarray(glass, dtype=bool).ravel(), minlength=n) / area
-    mean_stain = np.bincount(flat, weights=np.maximum(np.asarray(stain, dtype=np.float64), 0).ravel(),
-                             minlength=n) / area
-    drop = (area < max_area_px) & (on_glass >= min_glass) & (mean_stain < max_stain)
+    return area, [np.bincount(flat, weights=np.asarray(m).ravel(), minlength=n) / area for m in maps]
+
+
+def _drop_cells(cells: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """``cells`` with the labels where ``drop`` (one flag per label) is True set to 0."""
+    drop = np.asarray(drop, dtype=bool).copy()
     drop[0] = False
     if not drop.any():
         return cells
@@ -1893,18 +1902,10 @@ def drop_bodiless_cells(cells: np.ndarray, foreground: np.ndarray, glass: np.nda
     [0, 1]
     """
     cells = np.asarray(cells)
-    n = int(cells.max()) + 1
-    if n == 1:
+    if not cells.any():
         return cells
-    flat = cells.ravel()
-    area = np.maximum(np.bincount(flat, minlength=n), 1)
-    body = np.bincount(flat, weights=np.asarray(foreground, dtype=bool).ravel(), minlength=n) / area
-    on_glass = np.bincount(flat, weights=np.asarray(glass, dtype=bool).ravel(), minlength=n) / area
-    drop = (body < max_body) & (on_glass >= min_glass)
-    drop[0] = False
-    if not drop.any():
-        return cells
-    return np.where(drop[cells], 0, cells).astype(cells.dtype, copy=False)
+    _, (body, on_glass) = _cell_means(cells, np.asarray(foreground, dtype=bool), np.asarray(glass, dtype=bool))
+    return _drop_cells(cells, (body < max_body) & (on_glass >= min_glass))
 
 
 def merge_stained_fragments(cells: np.ndarray, stain: np.ndarray, *, level: float,
