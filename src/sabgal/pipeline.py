@@ -556,8 +556,9 @@ BRIGHTFIELD_SHEET_GAP_NUCLEI = 1.0
 
 # Without a counterstain (plain brightfield, or DAPI beside such an image): when
 # the lamp estimate (from the image itself) was fitted to bare glass it found on
-# less than this share of the field, the field is a confluent sheet: the faint
-# unstained cells are what the foreground calls glass, and each cell reaches at
+# less than this share of the field, the field is a confluent sheet (with or
+# without a counterstain): the faint cell bodies are what the foreground calls
+# glass, and each cell reaches at
 # least SHEET_EXTENT_NUCLEI nucleus diameters from its nucleus, capped at half
 # the gap to its nearest neighbour (segment_cells' min_extent_nuclei), instead
 # of segment.min_cell_extent_nuclei. A lamp that found no glass to fit (its
@@ -816,13 +817,15 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     seeds = nuclei
     extent = seg.min_cell_extent_nuclei
     glass_share = prep.lamp.background_fraction
-    if counter is None and prep.lamp.method == "auto" and (
-            # the lamp was fitted to bare glass and found little of it ...
+    if prep.lamp.method == "auto" and (
+            # the lamp was fitted to bare glass and found little of it (with
+            # a counterstain too: the cells meet, their faint bodies at the
+            # level the foreground calls glass) ...
             glass_share < SHEET_GLASS_FRACTION
-            # ... or what it took for glass lies on the cells
-            or (sheet_mask and glass_share < SHEET_ON_CELLS_GLASS_FRACTION)):
+            # ... or, without a counterstain, what it took for glass lies on the cells
+            or (counter is None and sheet_mask and glass_share < SHEET_ON_CELLS_GLASS_FRACTION)):
         # a confluent sheet, whose unstained cells (as faint as the "glass"
-        # level without a counterstain) meet their neighbours
+        # level) meet their neighbours
         extent = max(extent, SHEET_EXTENT_NUCLEI)
         if on_cells:
             no_cells = excluded  # (that "glass" is their cytoplasm)
