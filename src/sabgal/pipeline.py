@@ -505,12 +505,12 @@ BRIGHTFIELD_SPECK_NUCLEI = 2.0
 # cells are far larger)
 BRIGHTFIELD_SPECK_CELL_FRACTION = 0.15
 BRIGHTFIELD_SPECK_MAX_NUCLEI = 5.0
-# Brightfield: the lamp's glass mask (4 px blocks, eroded by one) stops this
-# many px (full resolution) short of every object; pixels in that margin, off
-# the foreground, within this many glass noise SDs of the glass level are
-# glass too (segment.close_glass_margin)
-BRIGHTFIELD_GLASS_MARGIN_PX = 4.0
-BRIGHTFIELD_GLASS_MARGIN_SD = 2.0
+# The lamp's glass mask (4 px blocks, eroded by one) stops this many px (full
+# resolution) short of every object; pixels in that margin, off the foreground,
+# within this many glass noise SDs of the glass level are glass too, in every
+# set-up (segment.close_glass_margin)
+GLASS_MARGIN_PX = 4.0
+GLASS_MARGIN_SD = 2.0
 # Brightfield: a "cell" under this share of whose pixels the image shows any
 # cell body, with at least this share on known glass, is a nucleus found in
 # the glass's noise and the territory drawn around it (segment.drop_bodiless_cells)
@@ -835,13 +835,14 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # the lamp found no glass to fit, what lies between the cells is
         # stained cytoplasm, and the nuclei lie close enough for sheet cells
         extent = max(extent, SHEET_EXTENT_NUCLEI)
-    if mode == "brightfield" and background is not None and no_cells is not None and no_cells is not excluded:
+    if background is not None and no_cells is not None and no_cells is not excluded:
         # the lamp's glass mask is made of blocks and stops short of every
         # object; what lies in that margin at the glass's own level is glass
+        # (every set-up: the least extent of a small, faint cell claims it)
         glass_level_od, glass_sd = glass_stats
         no_cells = segment.close_glass_margin(no_cells, foreground, smoothed,
-                                              max_od=glass_level_od + BRIGHTFIELD_GLASS_MARGIN_SD * glass_sd,
-                                              margin_px=max(1, round(BRIGHTFIELD_GLASS_MARGIN_PX / f)))
+                                              max_od=glass_level_od + GLASS_MARGIN_SD * glass_sd,
+                                              margin_px=max(1, round(GLASS_MARGIN_PX / f)))
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
