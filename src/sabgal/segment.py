@@ -1791,10 +1791,7 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     n = areas.size
     ring_px = np.bincount(owner, minlength=n)
     on_glass = np.bincount(owner, weights=glass[ring], minlength=n)
-    drop = small & (ring_px > 0) & (on_glass >= min_glass_fraction * np.maximum(ring_px, 1))
-    if not drop.any():
-        return cells
-    return np.where(drop[cells], 0, cells).astype(cells.dtype)
+    return _drop_cells(cells, small & (ring_px > 0) & (on_glass >= min_glass_fraction * np.maximum(ring_px, 1)))
 
 
 def drop_small_clear_cells_on_glass(cells: np.ndarray, glass: np.ndarray, stain: np.ndarray, *,
