@@ -82,6 +82,53 @@ def test_refine_vector_rejects_far_colours():
     assert not ok and np.allclose(vec, stains.XGAL)
 
 
+def _cells_and_stain(neutral, xgal, *, noise=0.004, seed=0):
+    """A field of faint cells of colour ``neutral`` (0.04 OD), a third of
+    them holding X-gal (0.25 OD) of colour ``xgal``, on glass, with noise."""
+    rng = np.random.default_rng(seed)
+    od = np.zeros((240, 320, 3), np.float32)
+    for i, (y, x) in enumerate([(y, x) for y in range(20, 240, 50) for x in range(20, 320, 50)]):
+        od[y:y + 36, x:x + 36] += 0.04 * stains.normalize(neutral)
+        if i % 3 == 0:
+            od[y + 6:y + 30, x + 6:x + 30] += 0.25 * stains.normalize(xgal)
+    return od + rng.normal(0, noise, od.shape).astype(np.float32)
+
+
+def test_the_cells_own_colour_is_found_beside_a_nearly_grey_xgal():
+    bluish, navy = stains.normalize([0.50, 0.55, 0.65]), stains.normalize([0.62, 0.62, 0.48])
+    assert stains.angle_deg(navy, stains.GREY) < 8  # too close to grey to unmix
+    vec, ok = stains.estimate_neutral_vector(_cells_and_stain(bluish, navy), navy)
+    assert ok and stains.angle_deg(vec, bluish) < 1.5
+    model = stains.StainModel.build(navy, "none", min_grey_angle_deg=8.0, neutral=vec)
+    assert model.has_grey
+    # the cells then read as grey, not as X-gal
+    c = stains.unmix(0.04 * bluish, model.matrix)
+    assert abs(c[0]) < 0.002 and c[1] == pytest.approx(0.04, abs=0.002)
+    assert not stains.StainModel.build(navy, "none", min_grey_angle_deg=8.0).has_grey
+
+
+def test_no_neutral_colour_from_bare_glass_or_stain_alone():
+    rng = np.random.default_rng(1)
+    glass = rng.normal(0, 0.003, (200, 200, 3)).astype(np.float32)
+    vec, ok = stains.estimate_neutral_vector(glass, stains.XGAL)
+    assert not ok and np.allclose(vec, stains.GREY)
+    stain = np.zeros((200, 200, 3), np.float32)
+    stain[50:150, 50:150] = 0.3 * stains.XGAL
+    assert not stains.estimate_neutral_vector(stain, stains.XGAL)[1]
+
+
+def test_a_counterstain_is_not_taken_for_the_cells_colour():
+    # faint red nuclei filling a large part of each cell (1.6 degrees off
+    # without ``avoid``)
+    red = stains.NUCLEAR_FAST_RED
+    od = _cells_and_stain([0.56, 0.58, 0.59], [0.62, 0.62, 0.48])
+    for y in range(25, 240, 50):
+        for x in range(25, 320, 50):
+            od[y:y + 20, x:x + 20] += 0.05 * red
+    vec, ok = stains.estimate_neutral_vector(od, [0.62, 0.62, 0.48], avoid=(red,))
+    assert ok and stains.angle_deg(vec, [0.56, 0.58, 0.59]) < 1.0
+
+
 hyp = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 

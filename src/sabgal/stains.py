@@ -175,7 +175,7 @@ class StainModel:
 
     @classmethod
     def build(cls, xgal, counterstain_name: str, counterstain_vec=None, *, xgal_ref=XGAL,
-              counterstain_ref=None, min_grey_angle_deg: float = 0.0) -> "StainModel":
+              counterstain_ref=None, min_grey_angle_deg: float = 0.0, neutral=GREY) -> "StainModel":
         """Stain model for X-gal (+ counterstain) (+ neutral grey).
 
         The grey channel is left out when X-gal lies within
@@ -183,18 +183,21 @@ class StainModel:
         angle of the plane of X-gal and the counterstain: separating them would
         amplify noise (and JPEG colour blocks) many-fold, a worse error than
         letting the faint neutral density of cells read as a little X-gal.
+        ``neutral``: the colour of the grey channel (pure grey, or the
+        unstained cells' own colour from :func:`estimate_neutral_vector`).
         """
         xgal = normalize(xgal)
-        use_grey = angle_deg(xgal, GREY) >= min_grey_angle_deg
+        grey = normalize(neutral)
+        use_grey = angle_deg(xgal, grey) >= min_grey_angle_deg
         if use_grey and counterstain_vec is not None and counterstain_name != "none":
             # complementary colours (teal X-gal + a red counterstain) mix to
             # grey: then grey lies in their plane and cannot be told apart
             normal = normalize(np.cross(xgal, normalize(counterstain_vec)))
-            off_plane = 90.0 - angle_deg(normal, GREY) if normal @ GREY >= 0 else angle_deg(normal, GREY) - 90.0
+            off_plane = 90.0 - angle_deg(normal, grey) if normal @ grey >= 0 else angle_deg(normal, grey) - 90.0
             use_grey = off_plane >= min_grey_angle_deg / 2
         if counterstain_name == "none" or counterstain_vec is None:
             if use_grey:
-                matrix, names = stain_matrix(xgal, GREY), ("xgal", "grey", "residual")
+                matrix, names = stain_matrix(xgal, grey), ("xgal", "grey", "residual")
             else:
                 u = normalize(np.cross(xgal, GREY))
                 matrix, names = stain_matrix(xgal, u), ("xgal", "residual", "residual2")
@@ -202,7 +205,7 @@ class StainModel:
             counterstain_name = "none"
         else:
             if use_grey:
-                matrix, names = stain_matrix(xgal, counterstain_vec, GREY), ("xgal", "counterstain", "grey")
+                matrix, names = stain_matrix(xgal, counterstain_vec, grey), ("xgal", "counterstain", "grey")
             else:
                 matrix, names = stain_matrix(xgal, counterstain_vec), ("xgal", "counterstain", "residual")
             ref = counterstain_vec if counterstain_ref is None else counterstain_ref
@@ -472,4 +475,69 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     vec = normalize(np.cos(sat_r) * GREY + np.sin(sat_r) * (np.cos(hue_r) * e1 + np.sin(hue_r) * e2))
     if np.any(vec < 0) or angle_deg(vec, ref) > max_angle_deg:
         return ref, False
+    return vec, True
+
+
+# The unstained cells' own colour (estimate_neutral_vector): OD is read on
+# blocks this many pixels square (noise down ~4x), from blocks whose OD norm
+# is at least NEUTRAL_MIN_OD (faint cytoplasm, not glass) and below the
+# NEUTRAL_MAX_QUANTILE of such blocks (debris, dense stain).
+NEUTRAL_BLOCK_PX = 4
+NEUTRAL_MIN_OD = 0.012
+NEUTRAL_MAX_QUANTILE = 0.9
+# ... and accepted only within this angle of pure grey.
+NEUTRAL_MAX_ANGLE_DEG = 12.0
+
+
+def estimate_neutral_vector(od: np.ndarray, xgal, *, avoid=(), min_blocks: int = 200) -> tuple[np.ndarray, bool]:
+    """The colour of the cells' own (unstained) density in this image.
+
+    Unstained cytoplasm and nuclei absorb and scatter a little light with
+    no strong hue, but not exactly neutral grey: scattering takes a little
+    more blue, a lamp's spectrum or a mounting medium tints it. When X-gal
+    is nearly grey (a grey-navy stain) the difference matters: X-gal and
+    "grey" are then too close to unmix, while X-gal and the cells' actual
+    colour may lie on opposite sides of grey and far enough apart.
+
+    Faint absorbing blocks (``NEUTRAL_BLOCK_PX`` square, OD norm from
+    ``NEUTRAL_MIN_OD`` up to the ``NEUTRAL_MAX_QUANTILE`` of such blocks)
+    are split into X-gal-like and other by their hue (2-means on the
+    chromaticity plane perpendicular to grey, the X-gal centre held at
+    X-gal's own colour, and one more held at each colour in ``avoid``: a
+    counterstain); the median colour of the others is the cells' colour. Accepted with at least ``min_blocks`` such blocks and within
+    ``NEUTRAL_MAX_ANGLE_DEG`` of grey; else pure grey and False.
+    """
+    xgal = normalize(xgal)
+    b = NEUTRAL_BLOCK_PX
+    h, w = od.shape[0] // b * b, od.shape[1] // b * b
+    if h == 0 or w == 0:
+        return GREY, False
+    blocks = od[:h, :w].reshape(h // b, b, w // b, b, 3).mean(axis=(1, 3), dtype=np.float32).reshape(-1, 3)
+    norms = _row_norms(blocks)
+    sel = norms >= NEUTRAL_MIN_OD
+    if np.count_nonzero(sel) < min_blocks:
+        return GREY, False
+    sel &= norms <= np.quantile(norms[sel], NEUTRAL_MAX_QUANTILE)
+    d = blocks[sel] / norms[sel, None]
+    e1, e2 = _chroma_basis(xgal)
+    pts = np.column_stack([d @ e1, d @ e2])
+    fixed = [np.array([v @ e1, v @ e2]) for v in (xgal, *(normalize(a) for a in avoid))]
+    cb = np.zeros(2)
+    for _ in range(20):
+        near = ((pts - cb) ** 2).sum(axis=1)
+        other = np.ones(len(pts), dtype=bool)
+        for c in fixed:
+            other &= near < ((pts - c) ** 2).sum(axis=1)
+        if np.count_nonzero(other) < min_blocks:
+            return GREY, False
+        new = np.median(pts[other], axis=0)
+        if np.allclose(new, cb, atol=1e-5):
+            break
+        cb = new
+    r2 = float(cb @ cb)
+    if r2 >= 1:
+        return GREY, False
+    vec = normalize(np.sqrt(1 - r2) * GREY + cb[0] * e1 + cb[1] * e2)
+    if np.any(vec < 0) or angle_deg(vec, GREY) > NEUTRAL_MAX_ANGLE_DEG:
+        return GREY, False
     return vec, True
