@@ -187,3 +187,18 @@ def test_rendered_hematoxylin_fields_are_recognised_and_plain_brightfield_ones_n
                             senescent_fraction=0.7)
     st = pipeline.prepare_image(synth.render_field(p, np.random.default_rng(p.seed)).rgb)
     assert st.mode == "brightfield" and not any("hematoxylin" in w for w in st.warnings)
+
+
+def test_prepare_image_unmixes_a_grey_navy_xgal_against_the_cells_own_colour():
+    from sabgal import pipeline
+
+    bluish, navy = stains.normalize([0.50, 0.55, 0.65]), stains.normalize([0.62, 0.62, 0.48])
+    od = _cells_and_stain(bluish, navy, noise=0.002)
+    lamp = np.array([0.92, 0.9, 0.95], np.float32)
+    rgb = np.clip(lamp * 10.0 ** (-od) * 255, 0, 255).astype(np.uint8)
+    st = pipeline.prepare_image(rgb)
+    assert st.model.has_grey and any("cells' own colour" in w for w in st.warnings)
+    # an unstained cell's body reads as grey, hardly as X-gal; a stained one as X-gal
+    body, stained = (slice(26, 50), slice(76, 100)), (slice(30, 46), slice(30, 46))
+    assert abs(float(np.median(st.xgal[body]))) < 0.01 < 0.03 < float(np.median(st.grey[body]))
+    assert float(np.median(st.xgal[stained])) > 0.2

@@ -291,22 +291,19 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
             od, xgal_ref, avoid=() if cs_used is None else (cs_used,), max_angle_deg=sc.max_xgal_angle_deg)
     model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
                                     min_grey_angle_deg=sc.min_grey_angle_deg)
-    neutral_note = ""
     if not model.has_grey:
-        # X-gal nearly grey: the cells' own colour may still be far enough
-        # from it to unmix against (it is rarely exactly grey)
+        # grey too close to X-gal (or to its plane with the counterstain) to
+        # unmix: the cells' own colour, rarely exactly grey, may not be
         neutral, found = stains.estimate_neutral_vector(od, xgal_vec, avoid=() if cs_used is None else (cs_used,))
         if found:
             alt = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
                                           min_grey_angle_deg=sc.min_grey_angle_deg, neutral=neutral)
             if alt.has_grey:
                 model = alt
-                neutral_note = (f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from "
+                warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from "
                                 f"neutral grey: the grey channel takes the cells' own colour instead, "
                                 f"{stains.angle_deg(xgal_vec, neutral):.0f} degrees from X-gal")
     conc = stains.unmix(od, model.matrix)
-    if neutral_note:
-        warnings.append(neutral_note)
     if not model.has_grey:
         warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from neutral "
                         "grey: no separate grey channel, so dark debris can add to X-gal")
