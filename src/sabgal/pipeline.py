@@ -562,7 +562,10 @@ BRIGHTFIELD_TRIM_MAX_OUTSIDE = 0.1
 # than this share of the field, the field is one confluent sheet: what the
 # foreground leaves between its cells, up to this many nucleus diameters from
 # a cell and off the glass the lamp saw, is their faint margins
-# (segment.fill_sheet_gaps).
+# (segment.fill_sheet_gaps). So is it in a field the lamp found no glass in
+# whose gaps between cells are stained (the stained-sheet test below,
+# SHEET_GAP_STAIN_FRACTION): there the cells were drawn as discs of the sheet
+# extent with unassigned stained cytoplasm between them.
 BRIGHTFIELD_CONFLUENT_GLASS_FRACTION = 0.05
 BRIGHTFIELD_SHEET_GAP_NUCLEI = 1.0
 
@@ -828,6 +831,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     xs = filters.gaussian_filter(np.maximum(xgal_r, 0).astype(np.float32), max(1.0, d / 4))
     seeds = nuclei
     extent = seg.min_cell_extent_nuclei
+    stained_sheet = False
     glass_share = prep.lamp.background_fraction
     if prep.lamp.method == "auto" and (
             # the lamp was fitted to bare glass and found little of it (with
@@ -847,6 +851,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # the lamp found no glass to fit, what lies between the cells is
         # stained cytoplasm, and the nuclei lie close enough for sheet cells
         extent = max(extent, SHEET_EXTENT_NUCLEI)
+        stained_sheet = True
     if background is not None and no_cells is not None and no_cells is not excluded:
         # the lamp's glass mask is made of blocks and stops short of every
         # object; what lies in that margin at the glass's own level is glass
@@ -915,8 +920,10 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         cells = segment.drop_small_clear_cells_on_glass(
             cells, no_cells, xgal_r, max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
             min_glass=BRIGHTFIELD_SMALL_CELL_MIN_GLASS, max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
-    if mode == "brightfield" and glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION:
-        # a confluent sheet: no gaps between its cells
+    if mode == "brightfield" and ((glass_fitted and glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION)
+                                  or stained_sheet):
+        # a confluent sheet (little glass, or none and stained cytoplasm
+        # between the cells): no gaps between its cells
         cells = segment.fill_sheet_gaps(cells, reach_px=BRIGHTFIELD_SHEET_GAP_NUCLEI * d, glass=no_cells)
     # where the cells' own edges show, the borders between touching cells
     # follow them rather than the distance between nuclei (last: which cells
