@@ -360,6 +360,13 @@ def _glass(lum: np.ndarray, fit: np.ndarray, noise: float, smooth: np.ndarray, *
 ESCALATE_DEGREE_BY = 2
 # ... and is kept when it finds at least this share of the field bare glass.
 ESCALATED_MIN_GLASS = 0.05
+# ... and it is tried too when the fit found bare glass on less than this share
+# of the field (as the pipeline's SHEET_GLASS_FRACTION), and kept when it finds
+# at least ESCALATE_GAIN times as much: one fresh JPEG field with 53 % glass,
+# 5 % found by the quadratic and 42 % by the quartic (0.1 % of it on cells);
+# the development sheets' quartic fits found no more than their quadratic ones.
+ESCALATE_BELOW_GLASS = 0.15
+ESCALATE_GAIN = 2.0
 
 
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
@@ -370,16 +377,25 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     (:func:`_fit_lamp`); when that finds too little bare glass (it falls
     back to the bright-percentile guess), a model ``ESCALATE_DEGREE_BY``
     degrees more flexible is tried and kept if it finds at least
-    ``ESCALATED_MIN_GLASS`` of the field bare glass. ``at_max``
+    ``ESCALATED_MIN_GLASS`` of the field bare glass. So it is when the fit
+    finds glass on under ``ESCALATE_BELOW_GLASS`` of the field (the
+    pipeline would call the field a confluent sheet): the flexible model is
+    kept if it finds ``ESCALATE_GAIN`` times as much (a steep fall-off the
+    quadratic misses by a few tenths of a per cent leaves most of the glass
+    outside its few-noise-SD window; a sheet's faint cytoplasm does not
+    become glass under a more flexible model). ``at_max``
     (``rgb >= rgb.max()``, (M, N, 3) bool) when the caller has it already.
     """
     if at_max is None:
         rgb = np.asarray(rgb, dtype=np.float32)
         at_max = rgb >= rgb.max()
     lamp = _fit_lamp(rgb, block_px=block_px, degree=degree, at_max=at_max)
-    if lamp.method == "auto-percentile" and 0 < degree < 6:
+    scarce = lamp.method == "auto" and lamp.background_fraction < ESCALATE_BELOW_GLASS
+    if (lamp.method == "auto-percentile" or scarce) and 0 < degree < 6:
         flexible = _fit_lamp(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY), at_max=at_max)
-        if flexible.method == "auto" and flexible.background_fraction >= ESCALATED_MIN_GLASS:
+        need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
+            ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
+        if flexible.method == "auto" and flexible.background_fraction >= need:
             return flexible
     return lamp
 
