@@ -527,7 +527,11 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray
         for c in range(3):
             coef = _robust_polyfit(py, px, small[..., c][sel], degree)
             if coef is None:
-                coef = _robust_polyfit(py, px, small[..., c][sel], 0)
+                # too few glass blocks for the model: a flat lamp (the
+                # constant is the first term)
+                flat = _robust_polyfit(py, px, small[..., c][sel], 0)
+                coef = np.zeros(a.shape[1])
+                coef[0] = flat[0] if flat is not None else np.median(small[..., c][sel])
             fit = (a @ coef).reshape(sm, sn)
             chans.append(fit)
             r = np.log10(np.maximum(small[..., c][sel], 1e-6) / np.maximum(fit[sel], 1e-6))
