@@ -1842,17 +1842,25 @@ def drop_small_clear_cells_on_glass(cells: np.ndarray, glass: np.ndarray, stain:
     cells = np.asarray(cells)
     if not cells.any():
         return cells
-    area, (on_glass, mean_stain) = _cell_means(cells, np.asarray(glass, dtype=bool),
-                                               np.maximum(np.asarray(stain, dtype=np.float64), 0))
+    area, (on_glass, mean_stain) = _cell_means(cells, np.asarray(glass, dtype=bool), np.maximum(stain, 0))
     return _drop_cells(cells, (area < max_area_px) & (on_glass >= min_glass) & (mean_stain < max_stain))
 
 
 def _cell_means(cells: np.ndarray, *maps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Each label's area (at least 1) and the mean of each of ``maps`` over it."""
+    """Each label's area (at least 1) and the mean of each of ``maps`` over it
+    (label 0, the background, gets 0: only the cells' pixels are read, and a
+    boolean map is counted rather than summed as weights)."""
     flat = cells.ravel()
     n = int(cells.max()) + 1
-    area = np.maximum(np.bincount(flat, minlength=n), 1)
-    return area, [np.bincount(flat, weights=np.asarray(m).ravel(), minlength=n) / area for m in maps]
+    on = flat != 0
+    lab = flat[on]
+    area = np.maximum(np.bincount(lab, minlength=n), 1)
+    means = []
+    for m in maps:
+        m = np.asarray(m).ravel()[on]
+        total = np.bincount(lab[m], minlength=n) if m.dtype == bool else np.bincount(lab, weights=m, minlength=n)
+        means.append(total / area)
+    return area, means
 
 
 def _drop_cells(cells: np.ndarray, drop: np.ndarray) -> np.ndarray:
