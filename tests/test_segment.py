@@ -1352,6 +1352,35 @@ def test_small_clear_cells_touching_glass_are_dropped_but_not_stained_or_large_o
                                                                   max_area_px=120))) == {0, 1, 2, 3, 4, 5}
 
 
+def test_dense_specks_are_dropped_but_not_stained_large_or_ordinary_ones():
+    # twelve ordinary cells (nucleus 0.05 OD), two small cells round dark
+    # specks (0.2 OD), a small stained cell round a dense spot, a large cell
+    # with a dense nucleus
+    cells = np.zeros((60, 200), np.int32)
+    nuclei = np.zeros_like(cells)
+    grey = np.zeros(cells.shape, np.float32)
+    stain = np.zeros(cells.shape, np.float32)
+    for i in range(12):
+        y, x = (i // 6) * 20, (i % 6) * 20
+        cells[y:y + 18, x:x + 18] = i + 1
+        nuclei[y + 6:y + 12, x + 6:x + 12] = i + 1
+        grey[y + 6:y + 12, x + 6:x + 12] = 0.05
+    for lab, x in ((13, 125), (14, 140), (15, 155)):
+        cells[5:12, x:x + 7] = lab
+        nuclei[7:10, x + 2:x + 5] = lab
+        grey[7:10, x + 2:x + 5] = 0.2
+    stain[5:12, 155:162] = 0.1  # 15: stained
+    cells[20:58, 125:190] = 16
+    nuclei[35:41, 150:156] = 16
+    grey[35:41, 150:156] = 0.2
+    out = segment.drop_dense_specks(cells, nuclei, grey, stain, max_area_px=4 * 36)
+    assert set(np.unique(out)) == set(range(17)) - {13, 14}
+    # too few nuclei to know what a nucleus looks like: nothing dropped
+    few = np.where(cells > 10, cells, 0)
+    assert set(np.unique(segment.drop_dense_specks(few, np.where(few > 0, nuclei, 0), grey, stain,
+                                                   max_area_px=144))) == {0, 11, 12, 13, 14, 15, 16}
+
+
 def test_a_stained_sheet_without_glass_is_tiled_not_drawn_as_discs():
     """A confluent plain-brightfield field of faintly stained cells (no bare
     glass for the lamp; stained cytoplasm between the nuclei): its cells meet.
