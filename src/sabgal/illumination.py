@@ -108,13 +108,17 @@ def _block_moments(image: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _poly_terms(yy: np.ndarray, xx: np.ndarray, degree: int) -> np.ndarray:
-    cols = [yy ** i * xx ** j for i in range(degree + 1) for j in range(degree + 1 - i)]
+    # (each power formed once: the same values as yy ** i * xx ** j term by term)
+    ypow = [yy ** i for i in range(degree + 1)]
+    xpow = [xx ** j for j in range(degree + 1)]
+    cols = [ypow[i] * xpow[j] for i in range(degree + 1) for j in range(degree + 1 - i)]
     return np.stack(cols, axis=-1)
 
 
-def _robust_polyfit(yy, xx, values, degree, weights=None, iterations=3):
-    """Least-squares polynomial surface with iterative trimming of outliers."""
-    a = _poly_terms(yy, xx, degree)
+def _robust_polyfit(yy, xx, values, degree, weights=None, iterations=3, terms=None):
+    """Least-squares polynomial surface with iterative trimming of outliers.
+    ``terms``: ``_poly_terms(yy, xx, degree)``, when the caller has it."""
+    a = _poly_terms(yy, xx, degree) if terms is None else terms
     keep = np.ones(values.shape[0], dtype=bool)
     coef = None
     for _ in range(iterations):
@@ -521,11 +525,12 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray
         sel[::step, ::step] = True
         sel &= bg
         py, px = yy[sel], xx[sel]
-        a = _poly_terms(yy.ravel(), xx.ravel(), degree)
+        a = a_full
+        a_sel = a_full[sel.ravel()]
         chans = []
         resids = []
         for c in range(3):
-            coef = _robust_polyfit(py, px, small[..., c][sel], degree)
+            coef = _robust_polyfit(py, px, small[..., c][sel], degree, terms=a_sel)
             if coef is None:
                 # too few glass blocks for the model: a flat lamp (the
                 # constant is the first term)
