@@ -393,18 +393,58 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     if at_max is None:
         rgb = np.asarray(rgb, dtype=np.float32)
         at_max = rgb >= rgb.max()
-    lamp = _fit_lamp(rgb, block_px=block_px, degree=degree, at_max=at_max)
+    # (both fits compared at block resolution: only the one kept is brought
+    # to full resolution)
+    lamp = _fit_lamp_small(rgb, block_px=block_px, degree=degree, at_max=at_max)
     scarce = lamp.method == "auto" and lamp.background_fraction < ESCALATE_BELOW_GLASS
     if (lamp.method == "auto-percentile" or scarce) and 0 < degree < 6:
-        flexible = _fit_lamp(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY), at_max=at_max)
+        flexible = _fit_lamp_small(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY),
+                                   at_max=at_max)
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
-            return flexible
-    return lamp
+            return _full_lamp(flexible)
+    return _full_lamp(lamp)
+
+
+@dataclass(frozen=True)
+class _LampFit:
+    """A lamp fit on the block-reduced image (:func:`_fit_lamp_small`), before
+    it is brought to full resolution (:func:`_full_lamp`)."""
+
+    lamp_small: np.ndarray  # (m', n', 3)
+    background_fraction: float
+    residual: float
+    method: str
+    background_small: np.ndarray | None  # (m', n') bool, None for the percentile fallback
+    shape: tuple[int, int]
+    factor: int
 
 
 def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
+    """The lamp from the image itself, with a vignetting model of ``degree``
+    (:func:`_fit_lamp_small`, at full resolution)."""
+    return _full_lamp(_fit_lamp_small(rgb, block_px=block_px, degree=degree, at_max=at_max))
+
+
+def _full_lamp(fit: _LampFit) -> Lamp:
+    """A block-reduced lamp fit brought to the image's resolution."""
+    m, n = fit.shape
+    f = fit.factor
+    lamp_small = np.maximum(fit.lamp_small, 1e-4).astype(np.float32)
+    image = upsample_bilinear(lamp_small, (m, n)) if f > 1 else lamp_small
+    lum_fit = lamp_small.mean(axis=-1)
+    nonuni = float((lum_fit.max() - lum_fit.min()) / max(lum_fit.mean(), 1e-6))
+    bg_full = None
+    if fit.background_small is not None:
+        bg_full = np.zeros((m, n), dtype=bool)
+        up = np.repeat(np.repeat(fit.background_small, f, axis=0), f, axis=1)
+        bg_full[: up.shape[0], : up.shape[1]] = up
+    return Lamp(image.astype(np.float32, copy=False), fit.background_fraction, nonuni, fit.residual, fit.method,
+                bg_full)
+
+
+def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> _LampFit:
     """The lamp from the image itself, with a vignetting model of ``degree``.
 
     Parameters
@@ -420,7 +460,7 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray
 
     Returns
     -------
-    Lamp
+    _LampFit
 
     Notes
     -----
@@ -544,13 +584,4 @@ def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray
         lamp_small = np.stack(chans, axis=-1)
         resid = float(np.mean(resids))
         method = "auto"
-    lamp_small = np.maximum(lamp_small, 1e-4).astype(np.float32)
-    image = upsample_bilinear(lamp_small, (m, n)) if f > 1 else lamp_small
-    lum_fit = lamp_small.mean(axis=-1)
-    nonuni = float((lum_fit.max() - lum_fit.min()) / max(lum_fit.mean(), 1e-6))
-    bg_full = None
-    if frac >= min_frac:
-        bg_full = np.zeros((m, n), dtype=bool)
-        up = np.repeat(np.repeat(bg, f, axis=0), f, axis=1)
-        bg_full[: up.shape[0], : up.shape[1]] = up
-    return Lamp(image.astype(np.float32, copy=False), frac, nonuni, resid, method, bg_full)
+    return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, (m, n), f)
