@@ -80,21 +80,28 @@ def test_a_white_scale_bar_does_not_move_the_lamp():
     np.testing.assert_allclose(np.median((lamp.image / ref.image)[keep], axis=0), 1.0, atol=0.01)
 
 
-def test_strong_non_quadratic_vignetting_still_finds_the_glass():
-    # a steep quartic fall-off to the corners (as off-axis optics give) leaves
-    # a quadratic lamp model crossing the glass: the estimate escalates to a
-    # more flexible model instead of falling back to a percentile guess
+def _quartic_field(strength: float, noise: float):
+    """60 faint discs (0.08 OD) on glass under a quartic vignetting fall-off
+    ``exp(-strength r^4)``: (image float32, lamp, od)."""
     rng = np.random.default_rng(2)
     m, n = 512, 680
     yy, xx = np.mgrid[0:m, 0:n]
     r = np.hypot((yy - m / 2) / (m / 2), (xx - n / 2) / (n / 2)) / np.sqrt(2)
-    lamp = 0.9 * np.exp(-0.8 * r ** 4)
+    lamp = 0.9 * np.exp(-strength * r ** 4)
     od = np.zeros((m, n))
     for _ in range(60):
         cy, cx, rad = rng.uniform(0, m), rng.uniform(0, n), rng.uniform(12, 25)
         od[np.hypot(yy - cy, xx - cx) < rad] = 0.08
-    img = (lamp * 10 ** -od)[..., None] * np.array([1.0, 0.95, 0.97]) + rng.normal(0, 0.0008, (m, n, 3))
-    est = illumination.estimate_lamp(img.astype(np.float32))
+    img = (lamp * 10 ** -od)[..., None] * np.array([1.0, 0.95, 0.97]) + rng.normal(0, noise, (m, n, 3))
+    return img.astype(np.float32), lamp, od
+
+
+def test_strong_non_quadratic_vignetting_still_finds_the_glass():
+    # a steep quartic fall-off to the corners (as off-axis optics give) leaves
+    # a quadratic lamp model crossing the glass: the estimate escalates to a
+    # more flexible model instead of falling back to a percentile guess
+    img, lamp, od = _quartic_field(0.8, 0.0008)
+    est = illumination.estimate_lamp(img)
     assert est.method == "auto" and est.background_fraction > 0.1
     glass = (od == 0)
     err = np.log10(est.image[..., 0] / lamp)
@@ -105,17 +112,7 @@ def test_a_quadratic_fit_that_finds_little_glass_gives_way_to_a_flexible_one():
     # a milder quartic fall-off with little noise: the quadratic model finds
     # glass, but only on 3 % of the field (a confluent sheet, to the
     # pipeline); the quartic one finds most of the 83 % there is
-    rng = np.random.default_rng(2)
-    m, n = 512, 680
-    yy, xx = np.mgrid[0:m, 0:n]
-    r = np.hypot((yy - m / 2) / (m / 2), (xx - n / 2) / (n / 2)) / np.sqrt(2)
-    lamp = 0.9 * np.exp(-0.2 * r ** 4)
-    od = np.zeros((m, n))
-    for _ in range(60):
-        cy, cx, rad = rng.uniform(0, m), rng.uniform(0, n), rng.uniform(12, 25)
-        od[np.hypot(yy - cy, xx - cx) < rad] = 0.08
-    img = ((lamp * 10 ** -od)[..., None] * np.array([1.0, 0.95, 0.97])
-           + rng.normal(0, 0.0005, (m, n, 3))).astype(np.float32)
+    img, _, od = _quartic_field(0.2, 0.0005)
     quadratic = illumination._fit_lamp(img, block_px=48, degree=2, at_max=img >= img.max())
     assert quadratic.method == "auto" and quadratic.background_fraction < illumination.ESCALATE_BELOW_GLASS
     est = illumination.estimate_lamp(img)
