@@ -393,13 +393,13 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     if at_max is None:
         rgb = np.asarray(rgb, dtype=np.float32)
         at_max = rgb >= rgb.max()
-    # (both fits compared at block resolution: only the one kept is brought
-    # to full resolution)
-    lamp = _fit_lamp_small(rgb, block_px=block_px, degree=degree, at_max=at_max)
+    # (both fits read the same block statistics and are compared at block
+    # resolution: only the one kept is brought to full resolution)
+    blocks = _lamp_blocks(rgb, at_max)
+    lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
     scarce = lamp.method == "auto" and lamp.background_fraction < ESCALATE_BELOW_GLASS
     if (lamp.method == "auto-percentile" or scarce) and 0 < degree < 6:
-        flexible = _fit_lamp_small(rgb, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY),
-                                   at_max=at_max)
+        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
@@ -424,7 +424,7 @@ class _LampFit:
 def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
     """The lamp from the image itself, with a vignetting model of ``degree``
     (:func:`_fit_lamp_small`, at full resolution)."""
-    return _full_lamp(_fit_lamp_small(rgb, block_px=block_px, degree=degree, at_max=at_max))
+    return _full_lamp(_fit_lamp_small(_lamp_blocks(rgb, at_max), block_px=block_px, degree=degree))
 
 
 def _full_lamp(fit: _LampFit) -> Lamp:
@@ -444,19 +444,58 @@ def _full_lamp(fit: _LampFit) -> Lamp:
                 bg_full)
 
 
-def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> _LampFit:
+@dataclass(frozen=True)
+class _LampBlocks:
+    """What every lamp fit of one image reads (:func:`_lamp_blocks`), whatever
+    its model's degree: the block-reduced image and its glass noise."""
+
+    small: np.ndarray  # (m', n', 3) block means
+    lum: np.ndarray  # (m', n') their mean over R, G, B
+    yy: np.ndarray  # (m', n') block centres, -1..1
+    xx: np.ndarray
+    noise: float  # relative noise of one block mean, from the smoothest blocks' texture
+    smooth: np.ndarray  # (m', n') bool: texture at the smooth-glass level
+    unclipped: np.ndarray  # (m', n') bool: smooth and clear of clipped pixels
+    shape: tuple[int, int]
+    factor: int
+
+
+def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
+    """The image reduced 4x by block means (noise drops, speed rises), each
+    block's texture (SD within it) against the image's smooth-glass level,
+    and the blocks clear of clipped pixels (``at_max``: ``rgb >= rgb.max()``,
+    a white scale bar or label burnt in)."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    m, n = rgb.shape[:2]
+    f = 4 if min(m, n) >= 128 else 1
+    small, sq = _block_moments(rgb, f) if f > 1 else (rgb, rgb * rgb)  # (m', n', 3) means
+    lum = small.mean(axis=-1)
+    texture = np.sqrt(np.maximum(sq.mean(axis=-1) - (small * small).mean(axis=-1), 0)) / np.maximum(lum, 1e-6)
+    sm, sn = lum.shape
+    yy, xx = np.mgrid[0:sm, 0:sn].astype(np.float64)
+    yy = (yy + 0.5) / sm * 2 - 1
+    xx = (xx + 0.5) / sn * 2 - 1
+    tex_ref = float(np.percentile(texture, 20))
+    noise = max(tex_ref / f, 1e-4)  # relative noise of one block mean
+    tex_spread = float(np.median(np.abs(texture - tex_ref))) * 1.4826 + 1e-6
+    smooth = texture < tex_ref + 4 * tex_spread
+    saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
+    clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
+    clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)
+    return _LampBlocks(small, lum, yy, xx, noise, smooth, smooth & ~clipped, (m, n), f)
+
+
+def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int) -> _LampFit:
     """The lamp from the image itself, with a vignetting model of ``degree``.
 
     Parameters
     ----------
-    rgb : (M, N, 3) float ndarray
-        Linear RGB intensities (any scale).
+    blocks : _LampBlocks
+        The image's block statistics (:func:`_lamp_blocks`).
     block_px : int
         Tile size used for the first, percentile-based guess.
     degree : int
         Degree of the polynomial vignetting model per channel.
-    at_max : (M, N, 3) bool ndarray
-        ``rgb >= rgb.max()`` (clipped pixels take no part in step 3).
 
     Returns
     -------
@@ -478,17 +517,10 @@ def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.n
        (0.5 % when found in step 3; a confluent sheet), the percentile guess
        is used, scaled per channel.
     """
-    rgb = np.asarray(rgb, dtype=np.float32)
-    m, n = rgb.shape[:2]
-    f = 4 if min(m, n) >= 128 else 1
-    small, sq = _block_moments(rgb, f) if f > 1 else (rgb, rgb * rgb)  # (m', n', 3) means
-    lum = small.mean(axis=-1)
-    texture = np.sqrt(np.maximum(sq.mean(axis=-1) - (small * small).mean(axis=-1), 0)) / np.maximum(lum, 1e-6)
-
+    small, lum, yy, xx = blocks.small, blocks.lum, blocks.yy, blocks.xx
+    noise, smooth, unclipped = blocks.noise, blocks.smooth, blocks.unclipped
+    f = blocks.factor
     sm, sn = lum.shape
-    yy, xx = np.mgrid[0:sm, 0:sn].astype(np.float64)
-    yy = (yy + 0.5) / sm * 2 - 1
-    xx = (xx + 0.5) / sn * 2 - 1
 
     # 1. First guess: bright percentile per tile.
     b = max(2, block_px // f)
@@ -506,11 +538,7 @@ def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.n
     # 2. Background = the upper envelope of brightness: iteratively refit the
     #    smooth surface to the pixels at or above it (within the noise of a
     #    block mean), so cells (darker) drop out and bare glass remains.
-    tex_ref = float(np.percentile(texture, 20))
-    noise = max(tex_ref / f, 1e-4)  # relative noise of one block mean
     a_full = _poly_terms(yy.ravel(), xx.ravel(), degree)
-    tex_spread = float(np.median(np.abs(texture - tex_ref))) * 1.4826 + 1e-6
-    smooth = texture < tex_ref + 4 * tex_spread
     fit = _envelope_fit(lum, a_full, guess.ravel(), noise)
     bg = _glass(lum, fit, noise, smooth)
     # The texture-based noise can be too low: JPEG flattens bare glass
@@ -532,10 +560,6 @@ def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.n
     #    Clipped blocks (pixels at the image's maximum, and their neighbours)
     #    take no part: a white scale bar or label is brighter than glass but
     #    says nothing about the lamp.
-    saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
-    clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
-    clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)
-    unclipped = smooth & ~clipped
     fit_hi = _refit_upper(lum, a_full, fit, noise, unclipped)
     min_frac = 0.02
     if fit_hi is not None:
@@ -565,7 +589,6 @@ def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.n
         sel[::step, ::step] = True
         sel &= bg
         py, px = yy[sel], xx[sel]
-        a = a_full
         a_sel = a_full[sel.ravel()]
         chans = []
         resids = []
@@ -575,13 +598,13 @@ def _fit_lamp_small(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.n
                 # too few glass blocks for the model: a flat lamp (the
                 # constant is the first term)
                 flat = _robust_polyfit(py, px, small[..., c][sel], 0)
-                coef = np.zeros(a.shape[1])
+                coef = np.zeros(a_full.shape[1])
                 coef[0] = flat[0] if flat is not None else np.median(small[..., c][sel])
-            fit = (a @ coef).reshape(sm, sn)
+            fit = (a_full @ coef).reshape(sm, sn)
             chans.append(fit)
             r = np.log10(np.maximum(small[..., c][sel], 1e-6) / np.maximum(fit[sel], 1e-6))
             resids.append(np.median(np.abs(r - np.median(r))) * 1.4826)
         lamp_small = np.stack(chans, axis=-1)
         resid = float(np.mean(resids))
         method = "auto"
-    return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, (m, n), f)
+    return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, blocks.shape, f)
