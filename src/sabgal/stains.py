@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from sabgal import filters
+from sabgal.illumination import block_reduce_mean
 from sabgal.measure import convex_areas
 
 __all__ = [
@@ -508,11 +509,9 @@ def estimate_neutral_vector(od: np.ndarray, xgal, *, avoid=(), min_blocks: int =
     ``NEUTRAL_MAX_ANGLE_DEG`` of grey; else pure grey and False.
     """
     xgal = normalize(xgal)
-    b = NEUTRAL_BLOCK_PX
-    h, w = od.shape[0] // b * b, od.shape[1] // b * b
-    if h == 0 or w == 0:
+    if min(od.shape[:2]) < NEUTRAL_BLOCK_PX:
         return GREY, False
-    blocks = od[:h, :w].reshape(h // b, b, w // b, b, 3).mean(axis=(1, 3), dtype=np.float32).reshape(-1, 3)
+    blocks = block_reduce_mean(od, NEUTRAL_BLOCK_PX).reshape(-1, 3)
     norms = _row_norms(blocks)
     sel = norms >= NEUTRAL_MIN_OD
     if np.count_nonzero(sel) < min_blocks:
