@@ -521,22 +521,37 @@ def test_blur_halo_trim_leaves_kept_cells_alone():
     assert np.array_equal(out == 2, cells == 2)
 
 
-def test_untrimmable_cells_are_faint_or_stained():
-    # cell 1: a body in the foreground, unstained -> trimmable; cell 2: mostly
-    # outside the foreground (a minimum reach around a faint cell's nucleus);
-    # cell 3: stained (its body level is the perinuclear stain's)
+def test_untrimmable_cells_are_the_faint_ones():
+    # cell 1: a body in the foreground -> trimmable; cell 2: mostly outside
+    # the foreground (a minimum reach around a faint cell's nucleus) -> kept;
+    # cell 3: stained, a body in the foreground -> trimmable too
     cells = np.zeros((10, 30), np.int32)
     cells[:, :10], cells[:, 10:20], cells[:, 20:] = 1, 2, 3
     fg = np.ones(cells.shape, bool)
     fg[:, 10:17] = False
-    stain = np.zeros(cells.shape, np.float32)
-    stain[:, 20:] = 0.1
-    keep = segment.untrimmable_cells(cells, fg, stain, stain_level=0.03)
-    assert keep.tolist() == [False, False, True, True]
+    keep = segment.untrimmable_cells(cells, fg)
+    assert keep.tolist() == [False, False, True, False]
     # a small share outside (the blur halo itself reaches past a smoothed mask) is no reason
     fg[:, 10:17] = True
     fg[0, 10] = False
-    assert segment.untrimmable_cells(cells, fg, stain, stain_level=0.03).tolist() == [False, False, False, True]
+    assert not segment.untrimmable_cells(cells, fg).any()
+
+
+def test_blur_halo_trim_of_a_stained_cell_keeps_its_pale_margin():
+    # a stained cell: pale margin (0.06 OD) rising to a perinuclear stain
+    # (0.4 OD) near its nucleus, blurred; the foreground limit reaches into
+    # the blur. Its level is read next to its edge, away from the nucleus:
+    # the margin's, so it comes back to its true size, margin kept
+    yy, xx = np.mgrid[0:120, 0:120]
+    r = np.hypot(yy - 60, xx - 60)
+    true = r < 25
+    body = np.where(true, 0.06 + 0.34 * np.clip(1 - r / 10, 0, 1), 0.0)
+    signal = ndi.gaussian_filter(body, 2.0).astype(np.float32)
+    cells = (signal > 0.005).astype(np.int32)
+    nuclei = (r < 4).astype(np.int32)
+    assert (cells == 1).sum() > 1.15 * true.sum()
+    out = segment.trim_blur_halo(cells, nuclei, signal, 0.0, band_px=5, min_cut=0.02)
+    assert abs((out == 1).sum() - true.sum()) < 0.04 * true.sum()
 
 
 def test_sheet_gaps_go_to_the_nearest_cell_but_not_onto_glass():

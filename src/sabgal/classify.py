@@ -415,6 +415,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         # a tight-looking bottom of scores scattered across zero is not them
         # (a tight population's own spread measured, not the minimum)
         return float("nan"), "none"
+    floor_abs = floor
     if tight:
         floor = min(floor, max(mode + 0.02, TIGHT_FLOOR_FRACTION * floor))
     t = max(mode + max(k * spread, 0.02), floor)
@@ -478,7 +479,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
         if n0 >= 10 and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            low_floor = GAP_FLOOR_FRACTION * floor
+            low_floor = min(floor, GAP_FLOOR_FRACTION * floor_abs)
             t = max(mode + z * spread, shoulder, low_floor)
     return max(t, low_floor), "anchored"
 

@@ -885,10 +885,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                         else filters.distance_transform(~nucleus_mask))
     elif trim:
         # the brightfield foreground crosses the blur around a cell's body at
-        # its low limit too; but a faint cell's reach and a stained cell's
-        # pale margin are no blur
-        keep = segment.untrimmable_cells(cells, foreground, xs, stain_level=floor,
-                                         max_outside=BRIGHTFIELD_TRIM_MAX_OUTSIDE)
+        # its low limit too; but a faint cell's reach is no blur. (Stained
+        # cells are trimmed too: their level is read next to their edge,
+        # away from the nucleus, so their pale margin, not the perinuclear
+        # stain, sets it; small stained cells kept 1.5x their true area.)
+        keep = segment.untrimmable_cells(cells, foreground, max_outside=BRIGHTFIELD_TRIM_MAX_OUTSIDE)
     if trim:
         # the foreground reaches out into the blur around each cell: edges
         # go back to half way up (segment.trim_blur_halo)

@@ -1718,27 +1718,23 @@ def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, 
     return out
 
 
-def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, stain: np.ndarray, *,
-                      stain_level: float, max_outside: float = 0.1) -> np.ndarray:
+def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, *, max_outside: float = 0.1) -> np.ndarray:
     """Brightfield cells whose edge is not a blurred step of their own body
     (per label, for :func:`trim_blur_halo`'s ``keep``): cells of which more
-    than ``max_outside`` lies outside the ``foreground`` (too faint to stand
-    out of the glass: their extent is a minimum reach around a nucleus, not
-    a body with a blurred edge) and stained cells (mean ``stain``, smoothed
-    X-gal OD, above ``stain_level``: their body level is the perinuclear
-    stain's, and half way up it lies well inside the cell's pale margin).
+    than ``max_outside`` lies outside the ``foreground`` -- too faint to
+    stand out of the glass: their extent is a minimum reach around a
+    nucleus, not a body with a blurred edge.
 
     >>> cells = np.zeros((1, 8), np.int32); cells[0, :4] = 1; cells[0, 4:] = 2
     >>> fg = np.ones((1, 8), bool); fg[0, :2] = False
-    >>> untrimmable_cells(cells, fg, np.zeros((1, 8)), stain_level=0.03).tolist()
+    >>> untrimmable_cells(cells, fg).tolist()
     [False, True, False]
     """
     n = int(cells.max()) + 1
     flat = cells.ravel()
     area = np.bincount(flat, minlength=n)
     outside = np.bincount(flat[~foreground.ravel()], minlength=n)
-    stain_sum = np.bincount(flat, weights=np.asarray(stain, dtype=np.float64).ravel(), minlength=n)
-    keep = (outside > max_outside * area) | (stain_sum > stain_level * area)
+    keep = outside > max_outside * area
     keep[0] = False
     return keep
 
