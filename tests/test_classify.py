@@ -163,6 +163,24 @@ def test_faint_positives_just_above_tight_unstained_cells_below_zero_are_called(
     assert tb >= 0.015, tb
 
 
+def test_a_tight_population_s_lowered_floor_is_not_halved_again_by_its_haze_tail():
+    """Unstained cells very tight at 0 OD (37, spread < 0.001 OD) with a
+    haze tail of as many up to 0.014 OD, and two stained cells (one
+    development field: 84 cells, 2 positive). The tight-population rule
+    lowers the floor to mode + 0.02 OD; the excess-cells rule, which takes a
+    tail that outnumbers a Gaussian's for faint positives, then halved that
+    floor again, into the tail (34 cells positive). It comes down to half
+    the absolute floor at most."""
+    rng = np.random.default_rng(5)
+    tight = rng.normal(0.0003, 0.0007, 37)
+    tail = np.linspace(0.006, 0.014, 38)
+    strong = np.array([0.18, 0.25])
+    s = np.r_[tight, tail, strong]
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored" and t >= 0.015, t
+    assert np.count_nonzero(s > t) == 2
+
+
 def test_a_few_unstained_cells_anchor_a_mostly_stained_field():
     # four unstained cells, fifty faintly to clearly stained: the unstained
     # cells' spread comes from their own scores, not a generic default
