@@ -41,6 +41,10 @@ def test_run_on_sample_data_writes_the_contract(sample_run):
         assert set(c["cell_id"]) == set(np.unique(lab)) - {0}
         assert set(np.unique(nuc)) - {0} <= set(c["cell_id"])
         assert row["n_sabgal_positive"] == c["sabgal_positive"].sum()
+        # the per-image enlarged rule is shown: factor x the recorded reference area
+        ref = row["enlarged_reference_area_px"]
+        assert ref > 0 and np.isnan(row["enlarged_threshold_px"])
+        assert (c["enlarged"].astype(bool) == (c["area_px"] > 1.8 * ref)).all()
     run = json.loads((sample_run / "run.json").read_text())
     assert run["sabgal_version"] == __version__
     assert run["config"]["classify"]["senescent_rule"] == "positive_and_enlarged"

@@ -989,6 +989,14 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
         row["positive_threshold_source"] = th.positive_source if src_img == "set" else src_img
         row["enlarged_threshold_px"] = th.enlarged_area_px
         row["enlarged_threshold_source"] = th.enlarged_source
+        # (per image: the area its enlarged_factor multiplies, shown so a
+        # reader can check it against the image's normal cells)
+        grp = by_image.get(rec["image"])
+        per_image_area = th.enlarged_area_px is None and not (
+            th.enlarged_area_um2 is not None and grp is not None and grp["area_um2"].notna().all())
+        row["enlarged_reference_area_px"] = (
+            classify.reference_area(grp, grp["sabgal_positive"].to_numpy(dtype=bool))
+            if per_image_area and grp is not None and len(grp) and row["status"] == "ok" else float("nan"))
         rows.append(row)
     images = pd.DataFrame(rows)
     lead = ["image", *meta_cols, *classify.SUMMARY_COLUMNS, "status", "error"]

@@ -554,7 +554,7 @@ def learn_thresholds(cells: pd.DataFrame, config: ClassifyConfig) -> Thresholds:
                       enlarged_source=enl_src)
 
 
-def _reference_area(cells: pd.DataFrame, positive: np.ndarray) -> float:
+def reference_area(cells: pd.DataFrame, positive: np.ndarray) -> float:
     """Median area (px) of the image's SA-β-gal negative cells (those not cut
     by the border when there are 8 or more), falling back to the smallest
     half of all cells when fewer than 3 are negative. A mostly stained field
@@ -601,7 +601,7 @@ def classify_cells(cells: pd.DataFrame, thresholds: Thresholds, *, rule: str = "
             groups = (out.groupby(image_column, sort=False).indices
                       if image_column and image_column in out else {None: np.arange(len(out))})
             for idx in groups.values():
-                ref = _reference_area(out.iloc[idx], pos[idx])
+                ref = reference_area(out.iloc[idx], pos[idx])
                 enl[idx] = out["area_px"].to_numpy()[idx] > thresholds.enlarged_factor * ref
     out["sabgal_positive"] = pos
     out["enlarged"] = enl
