@@ -379,6 +379,37 @@ def test_blue_cytoplasm_goes_to_the_stained_cell():
         assert ndi.label(aware == k)[1] == 1
 
 
+def test_stained_nuclei_level_rises_above_spill_on_unstained_rings():
+    """A dense field: 24 stained cells (perinuclear ring 0.12-0.3 OD) and 16
+    unstained ones, of which 6 wedged between stained neighbours read
+    0.035-0.06 OD of spilled stain on their ring, over the 0.03 OD floor.
+    The field's own ring means show the unstained population and where it
+    ends: those 6 are not taken for stained. A field of only stained cells,
+    or too few nuclei to learn from, keeps the floor."""
+    rng = np.random.default_rng(2)
+    shape, step = (200, 320), 40
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    nuclei = np.zeros(shape, np.int32)
+    centres = [(20 + step * i, 20 + step * j) for i in range(5) for j in range(8)]
+    for k, (cy, cx) in enumerate(centres, 1):
+        nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= 5 ** 2] = k
+    ring_value = np.r_[rng.uniform(0.12, 0.3, 24), rng.uniform(0.005, 0.02, 10), rng.uniform(0.035, 0.06, 6)]
+    order = rng.permutation(40)
+    value = np.zeros(41)
+    value[1:] = ring_value[order]
+    _, (iy, ix) = segment.distance_with_indices(nuclei == 0)
+    owner = nuclei[iy, ix]
+    xs = value[owner].astype(np.float32)
+    truly = np.flatnonzero(value[1:] >= 0.12) + 1
+    learnt = segment.stained_nuclei(nuclei, xs, level=0.03, ring_px=4)
+    fixed = segment.stained_nuclei(nuclei, xs, level=0.03, ring_px=4, learn=False)
+    assert sorted(learnt.tolist()) == sorted(truly.tolist())
+    assert len(fixed) == 30
+    # all stained: nothing to anchor on, the floor holds
+    xs_all = np.where(owner > 0, 0.2, 0).astype(np.float32)
+    assert len(segment.stained_nuclei(nuclei, xs_all, level=0.03, ring_px=4)) == 40
+
+
 def test_brightfield_debris_specks_on_glass_are_not_cells():
     # four cells and four dark specks of debris on the glass between them; a
     # "cell" no bigger than twice a nucleus is a speck, not a cell
