@@ -328,6 +328,21 @@ def test_area_panel_follows_the_enlargement_rule(tmp_path, monkeypatch):
     assert seen[-1][1] == "cell area (px)"
 
 
+def test_relative_area_uses_the_reference_the_run_recorded():
+    # the panel's "area / reference" is the one the calls used (images.csv's
+    # enlarged_reference_area_px); results without it fall back to the median
+    # of the image's negative, non-border cells
+    from sabgal.report import _reference_area
+
+    cells = pd.DataFrame({"image": ["a"] * 5 + ["b"] * 3, "area_px": [100, 200, 300, 900, 50, 400, 600, 800],
+                          "sabgal_positive": [False, False, False, True, False, False, False, True],
+                          "touches_border": [False, False, False, False, True, False, False, False]})
+    images = pd.DataFrame({"image": ["a", "b"], "enlarged_reference_area_px": [150.0, np.nan]})
+    ref = _reference_area(cells, images)
+    assert ref.tolist() == [150.0] * 5 + [500.0] * 3
+    assert _reference_area(cells).tolist() == [200.0] * 5 + [500.0] * 3
+
+
 def test_methods_text_describes_the_anchored_per_image_threshold():
     # images.csv says which threshold each image used: the anchored one
     # (per image) or the set's (here a mixture crossing); both are described,

@@ -600,14 +600,20 @@ def _cell_groups(tables: RunTables) -> list[tuple[str, str, pd.DataFrame]]:
     return [(f"all cells (n = {len(cells):,})", "#333333", cells)]
 
 
-def _reference_area(cells: pd.DataFrame) -> pd.Series:
-    """Per cell: the median area of its image's SA-β-gal-negative, non-border cells."""
+def _reference_area(cells: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.Series:
+    """Per cell: the area its image's enlarged rule multiplies -- the
+    ``enlarged_reference_area_px`` the run recorded in images.csv, where it
+    did; else (results of an older version) the median area of the image's
+    SA-β-gal-negative, non-border cells."""
+    recorded = pd.Series(dtype=float)
+    if images is not None and "enlarged_reference_area_px" in images:
+        recorded = pd.to_numeric(images.set_index("image")["enlarged_reference_area_px"], errors="coerce")
     neg = cells[~cells["sabgal_positive"].astype(bool)]
     if "touches_border" in neg:
         inner = neg[~neg["touches_border"].astype(bool)]
         neg = inner if len(inner) else neg
     med = neg.groupby("image")["area_px"].median()
-    return cells["image"].map(med)
+    return cells["image"].map(recorded).fillna(cells["image"].map(med))
 
 
 def _NullLocator() -> Any:
@@ -686,7 +692,7 @@ def fig_distributions(tables: RunTables) -> str | None:
         lines = sorted({round(float(v), 1) for v in fixed})
         xlabel, title = "cell area (px)", "per-cell area"
     else:
-        ref = _reference_area(cells)
+        ref = _reference_area(cells, images)
         rel = cells["area_px"] / ref
         values = [rel.loc[g.index].to_numpy(dtype=float) for _, _, g in groups]
         lines = [factor]
