@@ -36,6 +36,12 @@ def test_enlarged_is_relative_to_negative_cells_of_the_same_image():
     out = classify.classify_cells(t, th)
     assert out.groupby("image")["enlarged"].sum().tolist() == [1, 1]
     assert out["senescent"].sum() == 2  # the big positive cell in each image
+    # the reference each image's calls were made against (recorded per image by a run)
+    ref = classify.enlarged_reference(t, out["sabgal_positive"].to_numpy(), th)
+    assert ref.tolist() == [100.0] * 12 + [400.0] * 12
+    assert (out["enlarged"].to_numpy() == (t["area_px"].to_numpy() > th.enlarged_factor * ref)).all()
+    fixed = classify.Thresholds(0.2, "config", th.measure, 1.8, enlarged_area_px=300.0)
+    assert classify.enlarged_reference(t, out["sabgal_positive"].to_numpy(), fixed) is None
 
 
 def test_senescent_rules():

@@ -958,11 +958,17 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     by_plate = plate_thresholds(cells, config)
     parts = []
     per_image: dict[str, tuple[float, str]] = {}
+    # (per image, the area its enlarged calls were made against, as they
+    # were made: before any reviewer's corrections)
+    references: dict[str, float] = {}
     for plate_name, idx in (cells.groupby("plate", sort=False).indices.items() if len(cells) else []):
         th = by_plate[str(plate_name)][0]
         if cc.positive_threshold == "auto" and th.positive_source != "controls" and cc.threshold_scope == "image":
             per_image.update(classify.image_thresholds(cells.iloc[idx], cc, th.positive))
         part = classify.classify_cells(cells.iloc[idx], th, rule=cc.senescent_rule, per_image=per_image)
+        ref = classify.enlarged_reference(part, part["sabgal_positive"].to_numpy(dtype=bool), th)
+        if ref is not None:
+            references.update(zip(part["image"], ref))
         parts.append(part)
     if parts:
         cells = pd.concat(parts).sort_index()
@@ -989,14 +995,8 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
         row["positive_threshold_source"] = th.positive_source if src_img == "set" else src_img
         row["enlarged_threshold_px"] = th.enlarged_area_px
         row["enlarged_threshold_source"] = th.enlarged_source
-        # (per image: the area its enlarged_factor multiplies, shown so a
-        # reader can check it against the image's normal cells)
-        grp = by_image.get(rec["image"])
-        per_image_area = th.enlarged_area_px is None and not (
-            th.enlarged_area_um2 is not None and grp is not None and grp["area_um2"].notna().all())
-        row["enlarged_reference_area_px"] = (
-            classify.reference_area(grp, grp["sabgal_positive"].to_numpy(dtype=bool))
-            if per_image_area and grp is not None and len(grp) and row["status"] == "ok" else float("nan"))
+        # (shown so a reader can check it against the image's normal cells)
+        row["enlarged_reference_area_px"] = references.get(rec["image"], float("nan"))
         rows.append(row)
     images = pd.DataFrame(rows)
     lead = ["image", *meta_cols, *classify.SUMMARY_COLUMNS, "status", "error"]

@@ -37,6 +37,7 @@ __all__ = [
     "negative_anchored_threshold",
     "image_thresholds",
     "classify_cells",
+    "enlarged_reference",
     "summarize",
     "SUMMARY_COLUMNS",
     "SENESCENT_RULES",
@@ -573,6 +574,24 @@ def reference_area(cells: pd.DataFrame, positive: np.ndarray) -> float:
     return float("nan")
 
 
+def enlarged_reference(cells: pd.DataFrame, positive: np.ndarray, thresholds: Thresholds, *,
+                       image_column: str | None = "image") -> np.ndarray | None:
+    """Per cell, the area its image's ``enlarged_factor`` multiplies
+    (:func:`reference_area` of that image's cells, with ``positive`` their
+    calls); None when the thresholds fix an area instead (µm² when every
+    cell has one, else px). What :func:`classify_cells` calls enlarged by,
+    and what a run records per image."""
+    if ((thresholds.enlarged_area_um2 is not None and cells["area_um2"].notna().all())
+            or thresholds.enlarged_area_px is not None):
+        return None
+    ref = np.full(len(cells), np.nan)
+    groups = (cells.groupby(image_column, sort=False).indices
+              if image_column and image_column in cells else {None: np.arange(len(cells))})
+    for idx in groups.values():
+        ref[idx] = reference_area(cells.iloc[idx], positive[idx])
+    return ref
+
+
 def classify_cells(cells: pd.DataFrame, thresholds: Thresholds, *, rule: str = "positive_and_enlarged",
                    image_column: str | None = "image",
                    per_image: dict[str, tuple[float, str]] | None = None) -> pd.DataFrame:
@@ -593,16 +612,13 @@ def classify_cells(cells: pd.DataFrame, thresholds: Thresholds, *, rule: str = "
     pos = np.nan_to_num(score, nan=0.0) > cut
     enl = np.zeros(len(out), dtype=bool)
     if len(out):
-        if thresholds.enlarged_area_um2 is not None and out["area_um2"].notna().all():
+        ref = enlarged_reference(out, pos, thresholds, image_column=image_column)
+        if ref is not None:
+            enl = out["area_px"].to_numpy() > thresholds.enlarged_factor * ref
+        elif thresholds.enlarged_area_um2 is not None and out["area_um2"].notna().all():
             enl = out["area_um2"].to_numpy() > thresholds.enlarged_area_um2
-        elif thresholds.enlarged_area_px is not None:
-            enl = out["area_px"].to_numpy() > thresholds.enlarged_area_px
         else:
-            groups = (out.groupby(image_column, sort=False).indices
-                      if image_column and image_column in out else {None: np.arange(len(out))})
-            for idx in groups.values():
-                ref = reference_area(out.iloc[idx], pos[idx])
-                enl[idx] = out["area_px"].to_numpy()[idx] > thresholds.enlarged_factor * ref
+            enl = out["area_px"].to_numpy() > thresholds.enlarged_area_px
     out["sabgal_positive"] = pos
     out["enlarged"] = enl
     out["senescent"] = SENESCENT_RULES[rule](pos, enl)
