@@ -47,6 +47,9 @@ __all__ = [
     "brightfield_foreground",
     "untrimmable_cells",
     "pale_cell_pockets",
+    "PolarPaths",
+    "polar_outline_paths",
+    "outlined_cells",
     "suppress_close_nuclei",
     "median_neighbour_distance",
     "unstained_nucleus_evidence",
@@ -1366,6 +1369,177 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     return np.where(zone, out, cells).astype(cells.dtype, copy=False)
 
 
+class PolarPaths(NamedTuple):
+    """Closed paths around nuclei (:func:`polar_outline_paths`)."""
+
+    ids: np.ndarray  # (N,) nucleus labels
+    centres: np.ndarray  # (N, 2) row, col (px)
+    theta: np.ndarray  # (K,) ray angles (radians)
+    radius: np.ndarray  # (N, K) the path's distance from the centre along each ray (px)
+    strength: np.ndarray  # (N, K) the outline strength the path crosses on each ray
+
+
+def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: float, n_rays: int = 64,
+                        max_radius_nuclei: float = 4.0, max_step_px: int = 2,
+                        barrier: np.ndarray | None = None, chunk: int = 512) -> PolarPaths:
+    """Per nucleus, the closed path around it along the strongest outline.
+
+    ``n_rays`` rays leave each nucleus's centre, sampled every pixel out to
+    ``max_radius_nuclei`` nucleus diameters on the ``strength`` map
+    (:func:`outline_strength`: a thin dark line scores its noise units). A
+    ray stops where it enters another nucleus or a ``barrier`` pixel -- past
+    that lies another cell -- and nothing within a quarter diameter of the
+    nucleus's own edge counts (its rim): both score -2 per sample, so no
+    path goes there; outside the image scores 0 (a cell cut by the border
+    ends there). Dynamic programming over the angles then finds, per
+    nucleus, the path r(theta) of greatest summed strength whose radius
+    moves by at most ``max_step_px`` between neighbouring rays (the outline
+    of a cell is a smooth closed curve round its nucleus), over one and a
+    half turns, keeping the last turn so the path meets itself. A faint
+    outline with gaps is still followed (the path bridges a gap at the
+    radius on either side), where a threshold on the map would leak through
+    every gap. Nuclei are taken ``chunk`` at a time (memory).
+
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> ring = (np.abs(np.hypot(yy - 32, xx - 32) - 15) < 1).astype(np.float32) * 5
+    >>> nuc = (np.hypot(yy - 32, xx - 32) < 4).astype(np.int32)
+    >>> p = polar_outline_paths(ring, nuc, diameter_px=8)
+    >>> bool(np.all(np.abs(p.radius - 15) <= 1.5)), bool(p.strength.mean() > 4)
+    (True, True)
+    """
+    z = np.asarray(strength, dtype=np.float32)
+    nuclei = np.asarray(nuclei)
+    ids = _present(nuclei)
+    cents = _centroids(nuclei, ids) if ids.size else np.zeros((0, 2))
+    theta = np.arange(n_rays) * (2 * np.pi / n_rays)
+    d = float(diameter_px)
+    t = np.arange(1, int(np.ceil(max_radius_nuclei * d)) + 1, dtype=np.float32)
+    radius = np.zeros((ids.size, n_rays), dtype=np.float32)
+    along = np.zeros((ids.size, n_rays), dtype=np.float32)
+    if ids.size == 0:
+        return PolarPaths(ids, cents, theta, radius, along)
+    own_r = np.sqrt(np.bincount(nuclei.ravel(), minlength=int(ids.max()) + 1)[ids] / np.pi)
+    sin, cos = np.sin(theta).astype(np.float32), np.cos(theta).astype(np.float32)
+    h, w = z.shape
+    n_t, step = t.size, int(max_step_px)
+    turns = n_rays + n_rays // 2
+    for lo in range(0, ids.size, chunk):
+        sl = slice(lo, min(lo + chunk, ids.size))
+        c = cents[sl].astype(np.float32)
+        n = c.shape[0]
+        iy = np.rint(c[:, 0, None, None] + sin[None, :, None] * t).astype(np.int32)
+        ix = np.rint(c[:, 1, None, None] + cos[None, :, None] * t).astype(np.int32)
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        np.clip(iy, 0, h - 1, out=iy)
+        np.clip(ix, 0, w - 1, out=ix)
+        zz = z[iy, ix]
+        lab = nuclei[iy, ix]
+        blocked = (lab != 0) & (lab != ids[sl, None, None])
+        if barrier is not None:
+            blocked |= barrier[iy, ix]
+        blocked &= inside
+        off = np.logical_or.accumulate(blocked, axis=2)
+        off |= t < (own_r[sl, None, None] + 0.25 * d)
+        zz[off] = -2.0
+        zz[~inside] = 0.0
+        # forward: best summed strength reaching each radius at each angle
+        scores = np.empty((turns, n, n_t), dtype=np.float32)
+        scores[0] = zz[:, 0]
+        pad = np.full((n, n_t + 2 * step), -np.inf, dtype=np.float32)
+        for j in range(1, turns):
+            pad[:, step: step + n_t] = scores[j - 1]
+            best = pad[:, 0: n_t].copy()
+            for k in range(1, 2 * step + 1):
+                np.maximum(best, pad[:, k: k + n_t], out=best)
+            scores[j] = best + zz[:, j % n_rays]
+        # back: from the best end, the neighbouring radius each step came from
+        rows = np.arange(n)
+        pos = np.empty((turns, n), dtype=np.intp)
+        pos[-1] = np.argmax(scores[-1], axis=1)
+        offsets = np.arange(-step, step + 1)
+        for j in range(turns - 1, 0, -1):
+            cand = pos[j][:, None] + offsets[None, :]
+            valid = (cand >= 0) & (cand < n_t)
+            prev = np.where(valid, scores[j - 1][rows[:, None], cand.clip(0, n_t - 1)], -np.inf)
+            pos[j - 1] = cand[rows, np.argmax(prev, axis=1)]
+        last = pos[turns - n_rays:]  # angles (turns - n_rays .. turns - 1) % n_rays
+        order = np.argsort(np.arange(turns - n_rays, turns) % n_rays)
+        idx = last[order].T
+        radius[sl] = t[idx]
+        along[sl] = zz[rows[:, None], np.arange(n_rays)[None, :], idx]
+    return PolarPaths(ids, cents, theta, radius, along)
+
+
+def outlined_cells(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: float, density: np.ndarray,
+                   density_sd: float, clear: np.ndarray | None = None, barrier: np.ndarray | None = None,
+                   min_strength: float = 2.0, field_strength: float = 1.5, side_px: float = 4.0,
+                   max_step_sd: float = 2.0, field_step_sd: float = 1.0, min_nuclei: int = 10) -> np.ndarray:
+    """Cells whose own outline shows where their body does not: the mask of
+    the star-shaped regions closed by their outlines.
+
+    Some unstained cells are as clear as glass inside, or at the level a
+    lamp fitted to their faint cytoplasm calls glass, yet show a thin dark
+    outline; a threshold on density sees only the nucleus and a scrap of
+    the outline, and the cell comes out a small disc. Around each nucleus
+    whose centre lies in ``clear`` (out of the X-gal: a stained cell shows
+    its body), :func:`polar_outline_paths` finds the closed path along the
+    strongest outline (rays stop at ``barrier``: the stain of a neighbour).
+    A path is a cell's outline when the ``strength`` it crosses averages
+    ``min_strength`` noise units or more and it is a *line*, not the edge
+    of a body denser than its surroundings (which the foreground already
+    follows, and where the path can wander): the ``density`` (smoothed OD)
+    ``side_px`` inside the path exceeds that outside by at most
+    ``max_step_sd`` x ``density_sd`` (median over the rays). The field must
+    show such outlines at all: the median path around its clear nuclei
+    (``min_nuclei`` or more) averages ``field_strength`` or more, and the
+    median step of the paths strong enough is at most ``field_step_sd`` --
+    else nothing (fields of soft-edged cells, whose edges the map answers
+    too, with steps of 4-10 SDs).
+
+    >>> yy, xx = np.mgrid[:120, :120]
+    >>> z = np.zeros((120, 120), np.float32); nuc = np.zeros((120, 120), np.int32)
+    >>> for k, (cy, cx) in enumerate([(30, 30), (30, 90), (90, 30), (90, 90)]):
+    ...     r = np.hypot(yy - cy, xx - cx)
+    ...     z[np.abs(r - 20) < 1] = 4; nuc[r < 4] = k + 1
+    >>> m = outlined_cells(z, nuc, diameter_px=8, density=np.zeros_like(z), density_sd=0.01, min_nuclei=4)
+    >>> int(m[30, 45]), int(m[30, 55]), int(m.sum() > 4 * 3.14 * 18 ** 2)
+    (1, 0, 1)
+    """
+    import cv2
+
+    out = np.zeros(np.asarray(strength).shape, dtype=bool)
+    nuclei = np.asarray(nuclei)
+    ids = _present(nuclei)
+    if clear is not None and ids.size:
+        c = np.rint(_centroids(nuclei, ids)).astype(np.intp)
+        ids = ids[clear[c[:, 0], c[:, 1]]]
+        nuclei = np.where(_lut(ids, int(nuclei.max()) + 1)[nuclei], nuclei, 0)
+    if ids.size < min_nuclei:
+        return out
+    paths = polar_outline_paths(strength, nuclei, diameter_px=diameter_px, barrier=barrier)
+    mean = paths.strength.mean(axis=1)
+    if np.median(mean) < field_strength:
+        return out
+    cy, cx = paths.centres[:, 0, None], paths.centres[:, 1, None]
+    sin, cos = np.sin(paths.theta)[None], np.cos(paths.theta)[None]
+
+    def density_at(r: np.ndarray) -> np.ndarray:
+        yy = np.rint(cy + sin * r).astype(np.intp).clip(0, out.shape[0] - 1)
+        xx = np.rint(cx + cos * r).astype(np.intp).clip(0, out.shape[1] - 1)
+        return density[yy, xx]
+
+    step = np.median(density_at(paths.radius - side_px) - density_at(paths.radius + side_px), axis=1)
+    step = step / max(float(density_sd), 1e-6)
+    lined = mean >= min_strength
+    if not lined.any() or np.median(step[lined]) > field_step_sd:
+        return out
+    ok = lined & (step <= max_step_sd)
+    for k in np.flatnonzero(ok):
+        pts = np.stack([cx[k, 0] + cos[0] * paths.radius[k], cy[k, 0] + sin[0] * paths.radius[k]], axis=1)
+        cv2.fillPoly(out.view(np.uint8), [np.rint(pts).astype(np.int32)], 1)
+    return out
+
+
 def body_depth(foreground: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     """Distance to the edge of the cell bodies: the foreground with the
     nuclei, holes filled (float32)."""
@@ -1765,6 +1939,20 @@ def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, *, max_outside:
     keep = outside > max_outside * area
     keep[0] = False
     return keep
+
+
+def mostly_within(cells: np.ndarray, mask: np.ndarray, *, share: float = 0.5) -> np.ndarray:
+    """Per label of ``cells``, whether at least ``share`` of it lies in ``mask``.
+
+    >>> cells = np.array([[1, 1, 2, 2]]); mask = np.array([[True, False, False, False]])
+    >>> mostly_within(cells, mask).tolist()
+    [False, True, False]
+    """
+    n = int(cells.max()) + 1
+    inside = np.bincount(cells[mask].ravel(), minlength=n)
+    out = inside >= share * np.bincount(cells.ravel(), minlength=n)
+    out[0] = False
+    return out
 
 
 def fill_sheet_gaps(cells: np.ndarray, *, reach_px: float, glass: np.ndarray | None = None) -> np.ndarray:
