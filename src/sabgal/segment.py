@@ -1432,11 +1432,14 @@ def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px
         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
         np.clip(iy, 0, h - 1, out=iy)
         np.clip(ix, 0, w - 1, out=ix)
-        zz = z[iy, ix]
-        lab = nuclei[iy, ix]
+        flat = iy.astype(np.intp)
+        flat *= w
+        flat += ix
+        zz = z.take(flat)
+        lab = nuclei.take(flat)
         blocked = (lab != 0) & (lab != ids[sl, None, None])
         if barrier is not None:
-            blocked |= barrier[iy, ix]
+            blocked |= barrier.take(flat)
         blocked &= inside
         off = np.logical_or.accumulate(blocked, axis=2)
         off |= t < (own_r[sl, None, None] + 0.25 * d)
