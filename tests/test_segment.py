@@ -893,37 +893,6 @@ def test_small_stained_piece_goes_back_to_the_stained_cell_it_lies_against():
     assert np.array_equal(segment.merge_stained_fragments(cells, stain * 0, level=0.03), cells)
 
 
-def test_faint_stained_nuclei_are_added_in_the_blue_but_not_beside_a_found_one():
-    """In brightfield a faintly stained cell's nucleus is a shallow pale hole
-    in thin blue, which the threshold set by strongly stained cells misses:
-    it is added. Inside a stained cell whose nucleus is already found nothing
-    is added, and nothing where there is no X-gal."""
-    rng = np.random.default_rng(8)
-    shape, d = (240, 320), 12.0
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    xgal = np.zeros(shape, np.float32)
-    nmap = rng.normal(0, 0.004, shape).astype(np.float32)
-    found = np.zeros(shape, np.int32)
-    faint = [(60, 60), (60, 170), (170, 80)]
-    strong = [(180, 240)]
-    for cy, cx in faint + strong:
-        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        level = 0.4 if (cy, cx) in strong else 0.08
-        xgal += level * ((r2 <= (2.5 * d) ** 2) & (r2 > (d / 2) ** 2))
-        nmap += (level / 2) * (r2 <= (d / 2) ** 2)  # the pale hole, in the map
-    found[(yy - 180) ** 2 + (xx - 240) ** 2 <= (d / 2) ** 2] = 1
-    nmap = ndi.gaussian_filter(nmap, 1.0)
-    out = segment.add_faint_stained_nuclei(found, nmap, xgal, diameter_px=d)
-    new = np.setdiff1d(np.unique(out), [0, 1])
-    assert new.size == len(faint)
-    cents = np.array(ndi.center_of_mass(out > 1, out, new))
-    for cy, cx in faint:
-        assert np.min(np.hypot(cents[:, 0] - cy, cents[:, 1] - cx)) < 3
-    assert (out[found > 0] == 1).all()
-    assert segment.add_faint_stained_nuclei(np.zeros(shape, np.int32), nmap, np.zeros(shape, np.float32),
-                                            diameter_px=d).max() == 0
-
-
 def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
     """A weak blob (3-5 SDs) far from every nucleus found is a stained
     cell's missed nucleus when the X-gal encloses it; a pale patch in the

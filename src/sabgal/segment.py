@@ -60,7 +60,6 @@ __all__ = [
     "blob_response",
     "add_unstained_nuclei",
     "drop_stain_edge_nuclei",
-    "add_faint_stained_nuclei",
     "smoothed_stain",
     "merge_stained_fragments",
     "drop_bodiless_cells",
@@ -1116,40 +1115,10 @@ def stained_blob_response(nuclear_map: np.ndarray, xgal: np.ndarray, *, diameter
     """:func:`blob_response` of a brightfield ``nuclear_map`` over the
     stained part of the field (``xgal`` smoothed at d / 2 -- ``smoothed``
     when the caller has it -- at least ``min_xgal`` OD): what
-    :func:`add_faint_stained_nuclei` and :func:`add_enclosed_stained_nuclei`
-    read."""
+    :func:`add_enclosed_stained_nuclei` reads."""
     d = float(diameter_px)
     stained = (smoothed_stain(xgal, d / 2) if smoothed is None else smoothed) >= min_xgal
     return blob_response(nuclear_map, stained, diameter_px=d)
-
-
-def add_faint_stained_nuclei(nuclei: np.ndarray, nuclear_map: np.ndarray, xgal: np.ndarray, *,
-                             diameter_px: float, snr: float = 5.0, min_xgal: float = 0.03,
-                             spacing: float = 2.0, smoothed: np.ndarray | None = None,
-                             response: np.ndarray | None = None) -> np.ndarray:
-    """Add the nuclei of faintly stained cells that one threshold over a
-    brightfield nuclear map misses.
-
-    A faintly stained cell's nucleus is a shallow pale hole in a thin blue,
-    a fraction of the contrast of a strongly stained cell's, which sets the
-    threshold; and :func:`add_unstained_nuclei` does not look where there is
-    X-gal. Here they are sought as peaks of the scale-normalised LoG of the
-    ``nuclear_map`` at the nucleus scale, measured in robust SDs of that
-    response over the stained part of the field (smoothed ``xgal`` at least
-    ``min_xgal`` OD, where alone they are looked for: the stain's own
-    granular texture sets the noise), at least ``snr`` SDs strong, and more
-    than ``spacing`` diameters from every nucleus already found (so a
-    stained cell that has its nucleus gets no second one) and from each
-    other. Each becomes a disc of 0.45 diameters. In confluent fields the
-    nuclei of such cells are what keeps them from being absorbed by their
-    neighbours. ``smoothed``: ``smoothed_stain(xgal, d / 2)`` when the
-    caller has it; ``response``: :func:`stained_blob_response` of the same
-    arrays, likewise.
-    """
-    if response is None:
-        response = stained_blob_response(nuclear_map, xgal, diameter_px=diameter_px, min_xgal=min_xgal,
-                                         smoothed=smoothed)
-    return _add_blob_peaks(nuclei, response, diameter_px=diameter_px, snr=snr, spacing=spacing)
 
 
 def add_enclosed_stained_nuclei(nuclei: np.ndarray, response: np.ndarray | None, xgal: np.ndarray, *,
@@ -1157,8 +1126,8 @@ def add_enclosed_stained_nuclei(nuclei: np.ndarray, response: np.ndarray | None,
                                 min_xgal: float = 0.03, enclosure: float = 3.0, peak_reach: float = 1.25,
                                 smoothed: np.ndarray | None = None) -> np.ndarray:
     """Add the nuclei of stained cells that lie far from every nucleus found
-    and are weaker blobs than :func:`add_faint_stained_nuclei` accepts, when
-    the stain around them says they are a cell's own.
+    and are too weak blobs for the nuclear map's threshold, when the stain
+    around them says they are a cell's own.
 
     In a confluent stained sheet the whole field's granular stain sets the
     noise of the blob ``response`` (:func:`stained_blob_response`), and
