@@ -893,6 +893,32 @@ def test_small_stained_piece_goes_back_to_the_stained_cell_it_lies_against():
     assert np.array_equal(segment.merge_stained_fragments(cells, stain * 0, level=0.03), cells)
 
 
+def test_gaps_between_a_large_stained_cells_granules_are_not_nuclei():
+    """The nuclear map's threshold takes every pale hole in the blue: the
+    nucleus of a large stained cell (ringed by its stain), but also gaps
+    between its granules out in the cytoplasm. Only the nucleus stays; a
+    candidate out of the stain is not the stain's to judge."""
+    rng = np.random.default_rng(3)
+    shape, d = (200, 260), 10.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    r = np.hypot(yy - 100, xx - 100)
+    # perinuclear stain fading outwards, granular, with a clear nuclear hole
+    xgal = np.where(r < 60, 0.45 * np.exp(-r / 30), 0.0)
+    xgal *= 1 + 0.3 * ndi.gaussian_filter(rng.normal(0, 1, shape), 2) / 0.2
+    xgal[r < d / 2] = 0.01
+    xgal = np.clip(xgal, 0, None).astype(np.float32)
+    nuclei = np.zeros(shape, np.int32)
+    nuclei[r < d / 2] = 1
+    gaps = [(100, 140), (60, 120), (135, 75)]  # pale gaps 35-45 px out
+    for k, (cy, cx) in enumerate(gaps, start=2):
+        g = np.hypot(yy - cy, xx - cx) < d / 2
+        xgal[g] *= 0.6
+        nuclei[g] = k
+    nuclei[np.hypot(yy - 100, xx - 220) < d / 2] = 9  # an unstained cell's, on clear glass
+    out = segment.drop_unowned_stained_nuclei(nuclei, xgal, diameter_px=d)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 9]
+
+
 def test_enclosed_stained_nuclei_are_added_but_not_a_large_cells_pale_patch():
     """A weak blob (3-5 SDs) far from every nucleus found is a stained
     cell's missed nucleus when the X-gal encloses it; a pale patch in the
