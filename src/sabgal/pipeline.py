@@ -752,9 +752,14 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
         floor = config.classify.min_positive_threshold
-        # a pale hole in the blue is a nucleus only if the stain owns it
+        # a pale hole in the blue is a nucleus only if the stain owns it (the
+        # stain's maps, for this and the search for missed stained nuclei,
+        # made once, where the field has stain at all)
+        owner_maps = (segment.stain_maps(xgal_r, diameter_px=d, min_xgal=floor, smoothed=broad)
+                      if (broad >= floor).any() else None)
         nuclei = segment.drop_unowned_stained_nuclei(nuclei, xgal_r, diameter_px=d, min_xgal=floor,
-                                                     enclosure=BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE, smoothed=broad)
+                                                     enclosure=BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE, smoothed=broad,
+                                                     maps=owner_maps)
         # (searched twice in a dense field: what it measures is measured once)
         evidence = segment.unstained_nucleus_evidence(grey_r, xgal_r, diameter_px=d, max_xgal=floor,
                                                       smoothed=(fine, broad))
@@ -780,7 +785,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = segment.add_enclosed_stained_nuclei(nuclei, stained_z, xgal_r, diameter_px=d,
                                                      snr=BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR,
                                                      spacing=BRIGHTFIELD_ENCLOSED_NUCLEUS_SPACING,
-                                                     min_xgal=floor, smoothed=broad)
+                                                     min_xgal=floor, smoothed=broad, maps=owner_maps)
     excluded = against_excluded = prep.excluded
     if excluded is not None:
         excluded = _reduce(excluded.astype(np.float32), f) > 0.5
