@@ -434,9 +434,13 @@ BRIGHTFIELD_NUCLEUS_SPACING = 2.0
 BRIGHTFIELD_CLOSE_PAIR_FRACTION = 0.55
 BRIGHTFIELD_MIN_CLEAR_SPACING = 1.4
 # ... when the field is dense: the lamp estimate, fitted to bare glass, found
-# it on less than this share of the field. In a sparse field close pairs are
-# rare and the candidates' spacing is set by false ones (specks, texture in
-# large pale cells), which the closer spacing would let multiply.
+# it on less than this share of the field, or found none to fit at all (its
+# percentile fallback: a sheet; on a development field of touching unstained
+# cells 2.2 diameters apart, unstained-nucleus recall 0.52 -> 0.80, detection
+# F1 0.62 -> 0.86; 298 other brightfield fields unchanged or up). In a sparse
+# field close pairs are rare and the candidates' spacing is set by false ones
+# (specks, texture in large pale cells), which the closer spacing would let
+# multiply.
 BRIGHTFIELD_DENSE_GLASS_FRACTION = 0.5
 
 # Brightfield: in a sparse field (the lamp, fitted to bare glass, found it on
@@ -772,7 +776,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # (a lamp fitted to bare glass says how much of the field is glass; the
         # percentile fallback and a flat-field lamp say nothing)
         glass_fitted = prep.lamp.method == "auto"
-        dense = glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_DENSE_GLASS_FRACTION
+        dense = ((glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_DENSE_GLASS_FRACTION)
+                 or prep.lamp.method == "auto-percentile")
         sparse = glass_fitted and not dense
         nn = segment.median_neighbour_distance(nuclei) if dense else None
         if nn is not None:
