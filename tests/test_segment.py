@@ -1433,6 +1433,22 @@ def test_a_sheet_without_glass_finds_the_nuclei_of_touching_unstained_cells():
     assert f1 > 0.8, f1
 
 
+def test_a_sheet_whose_cytoplasm_reads_as_glass_finds_the_nuclei_in_its_lattice_gaps():
+    """A confluent plain-brightfield sheet (JPEG) of touching stained and
+    unstained cells whose faint cytoplasm the lamp took for glass (a quarter
+    of the field, lying by the nuclei more often than anywhere): the nucleus
+    searches' spacing and strength missed one nucleus in three, and their
+    cells were shared out among neighbours (detection F1 0.65, 385 of 564
+    cells). In such a sheet every gap in the lattice of nuclei is a cell."""
+    from sabgal.evaluate import match_labels
+
+    field, res, _ = _field_from_params("sheet_lattice_holes_field_params.json")
+    n_true, n_found = int(field.cell_labels.max()), int(res.cell_labels.max())
+    assert n_found > 0.8 * n_true, (n_found, n_true)
+    f1 = match_labels(field.cell_labels, res.cell_labels).f1
+    assert f1 > 0.78, f1
+
+
 def test_glass_near_nuclei_at_half_their_spacing_tells_a_sheet_of_large_cells_from_a_sparse_field():
     """A sheet of large faint cells (nuclei every 60 px, d = 12) whose
     cytoplasm the lamp took for glass beyond 1.5 diameters from each

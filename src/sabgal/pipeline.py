@@ -487,6 +487,23 @@ BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR = 3.0
 BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE = 2.0
 BRIGHTFIELD_ENCLOSED_NUCLEUS_SPACING = 2.5
 
+# Brightfield: where the lamp's glass mask lies among the nuclei and within a
+# diameter of them at least this many times its field-wide rate (glass avoids
+# nuclei, which cells surround: the "glass" is the faint cytoplasm of a sheet),
+# every gap in the lattice of nuclei holds a cell, and the nuclei the searches
+# missed there (too close for their spacing, or too weak) are sought again:
+# more than BRIGHTFIELD_HOLE_SPACING x the field's median nearest-neighbour
+# distance from every nucleus, unstained ones from BRIGHTFIELD_HOLE_UNSTAINED_SNR
+# noise SDs (the stained search keeps its strength and the stain's say). On 270
+# plain-brightfield development fields this ran on 9: detection F1 0.65 -> 0.84,
+# 0.81 -> 0.92, 0.89 -> 0.94 on the three sheets with missed nuclei, at most
+# 0.009 down on the others; fraction error summed over them down 2.9 pp; the
+# second renderer's fields unchanged (none that sheet-like). From a ratio of 0.8
+# instead, 16 fields ran it and detection F1 fell on seed 5151 (0.927 -> 0.926).
+BRIGHTFIELD_HOLE_NEAR_NUCLEI_RATIO = 1.0
+BRIGHTFIELD_HOLE_SPACING = 0.7
+BRIGHTFIELD_HOLE_UNSTAINED_SNR = 4.0
+
 # Brightfield: a stained cell of at most this share of the area of the stained
 # neighbour it shares the most border with, sharing at least this share of its
 # outline with it, is a piece of that neighbour cut off by a false "nucleus" (a
@@ -710,6 +727,26 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     return out
 
 
+def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | None, xgal: np.ndarray, *,
+                        diameter_px: float, min_xgal: float, smoothed: np.ndarray,
+                        maps: segment.StainMaps | None) -> np.ndarray:
+    """Nuclei of a brightfield sheet's cells in the gaps of its lattice of
+    nuclei: unstained ones (``unstained``: the pipeline's
+    :func:`segment.add_unstained_nuclei` with its maps) from
+    BRIGHTFIELD_HOLE_UNSTAINED_SNR, stained ones enclosed by their stain
+    (:func:`segment.add_enclosed_stained_nuclei`), each more than
+    BRIGHTFIELD_HOLE_SPACING x the median nearest-neighbour distance from
+    every nucleus."""
+    nn = segment.median_neighbour_distance(nuclei)
+    if nn is None:
+        return nuclei
+    spacing = BRIGHTFIELD_HOLE_SPACING * nn / diameter_px
+    nuclei = unstained(nuclei, spacing=spacing, snr=BRIGHTFIELD_HOLE_UNSTAINED_SNR)
+    return segment.add_enclosed_stained_nuclei(nuclei, stained_z, xgal, diameter_px=diameter_px,
+                                               snr=BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR, spacing=spacing,
+                                               min_xgal=min_xgal, smoothed=smoothed, maps=maps)
+
+
 def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config | None,
              od_sum: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
     """:func:`segment_image`, plus the distance of each pixel to the nearest
@@ -823,6 +860,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             # sparse field's glass "among" them: a sheet needs more)
             near_ratio = segment.glass_near_nuclei_ratio(background, nuclei, diameter_px=d, dist=ndist)
             sheet_mask = on_cells and near_ratio > BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO
+            if on_cells and near_ratio >= BRIGHTFIELD_HOLE_NEAR_NUCLEI_RATIO:
+                # a sheet for certain: every gap in its lattice of nuclei is a
+                # cell whose nucleus the searches' spacing or strength missed
+                nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
+                                             min_xgal=floor, smoothed=broad, maps=owner_maps)
             if not sheet_mask and (on_cells or near_ratio >= BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO):
                 # large cells: their faint cytoplasm lies mostly beyond a
                 # diameter from their nuclei (so the checks one diameter
