@@ -330,8 +330,9 @@ def test_area_panel_follows_the_enlargement_rule(tmp_path, monkeypatch):
 
 def test_relative_area_uses_the_reference_the_run_recorded():
     # the panel's "area / reference" is the one the calls used (images.csv's
-    # enlarged_reference_area_px); results without it fall back to the median
-    # of the image's negative, non-border cells
+    # enlarged_reference_area_px); results without it fall back to what the run
+    # would have recorded (classify.reference_area: with under 8 negative
+    # non-border cells, all negatives; under 3, the smallest half of the cells)
     from sabgal.report import _reference_area
 
     cells = pd.DataFrame({"image": ["a"] * 5 + ["b"] * 3, "area_px": [100, 200, 300, 900, 50, 400, 600, 800],
@@ -339,8 +340,8 @@ def test_relative_area_uses_the_reference_the_run_recorded():
                           "touches_border": [False, False, False, False, True, False, False, False]})
     images = pd.DataFrame({"image": ["a", "b"], "enlarged_reference_area_px": [150.0, np.nan]})
     ref = _reference_area(cells, images)
-    assert ref.tolist() == [150.0] * 5 + [500.0] * 3
-    assert _reference_area(cells).tolist() == [200.0] * 5 + [500.0] * 3
+    assert ref.tolist() == [150.0] * 5 + [400.0] * 3
+    assert _reference_area(cells).tolist() == [150.0] * 5 + [400.0] * 3
 
 
 def test_methods_text_describes_the_anchored_per_image_threshold():

@@ -603,17 +603,17 @@ def _cell_groups(tables: RunTables) -> list[tuple[str, str, pd.DataFrame]]:
 def _reference_area(cells: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.Series:
     """Per cell: the area its image's enlarged rule multiplies -- the
     ``enlarged_reference_area_px`` the run recorded in images.csv, where it
-    did; else (results of an older version) the median area of the image's
-    SA-β-gal-negative, non-border cells."""
+    did; else (results of an older version) what the run would have
+    recorded: :func:`sabgal.classify.reference_area` of the image's cells."""
+    from sabgal.classify import reference_area
+
     recorded = pd.Series(dtype=float)
     if images is not None and "enlarged_reference_area_px" in images:
         recorded = pd.to_numeric(images.set_index("image")["enlarged_reference_area_px"], errors="coerce")
-    neg = cells[~cells["sabgal_positive"].astype(bool)]
-    if "touches_border" in neg:
-        inner = neg[~neg["touches_border"].astype(bool)]
-        neg = inner if len(inner) else neg
-    med = neg.groupby("image")["area_px"].median()
-    return cells["image"].map(recorded).fillna(cells["image"].map(med))
+    table = cells if "touches_border" in cells else cells.assign(touches_border=False)
+    ref = {image: reference_area(g, g["sabgal_positive"].to_numpy(dtype=bool))
+           for image, g in table.groupby("image", sort=False)}
+    return cells["image"].map(recorded).fillna(cells["image"].map(ref))
 
 
 def _NullLocator() -> Any:
