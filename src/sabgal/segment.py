@@ -1994,11 +1994,8 @@ def untrimmable_cells(cells: np.ndarray, foreground: np.ndarray, *, max_outside:
     >>> untrimmable_cells(cells, fg).tolist()
     [False, True, False]
     """
-    n = int(cells.max()) + 1
-    flat = cells.ravel()
-    area = np.bincount(flat, minlength=n)
-    outside = np.bincount(flat[~foreground.ravel()], minlength=n)
-    keep = outside > max_outside * area
+    inside, area = _inside_and_area(cells, foreground)
+    keep = area - inside > max_outside * area
     keep[0] = False
     return keep
 
@@ -2010,11 +2007,16 @@ def mostly_within(cells: np.ndarray, mask: np.ndarray, *, share: float = 0.5) ->
     >>> mostly_within(cells, mask).tolist()
     [False, True, False]
     """
-    n = int(cells.max()) + 1
-    inside = np.bincount(cells[mask].ravel(), minlength=n)
-    out = inside >= share * np.bincount(cells.ravel(), minlength=n)
+    inside, area = _inside_and_area(cells, mask)
+    out = inside >= share * area
     out[0] = False
     return out
+
+
+def _inside_and_area(cells: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label of ``cells`` (0 too): its pixels in ``mask``, and all its pixels."""
+    n = int(cells.max()) + 1
+    return np.bincount(cells[mask].ravel(), minlength=n), np.bincount(cells.ravel(), minlength=n)
 
 
 def fill_sheet_gaps(cells: np.ndarray, *, reach_px: float, glass: np.ndarray | None = None) -> np.ndarray:
