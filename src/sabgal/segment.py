@@ -1440,7 +1440,8 @@ class PolarPaths(NamedTuple):
 
 def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: float, n_rays: int = 64,
                         max_radius_nuclei: float = 4.0, max_step_px: int = 2,
-                        barrier: np.ndarray | None = None, chunk: int = 512) -> PolarPaths:
+                        barrier: np.ndarray | None = None, chunk: int = 512,
+                        centres: np.ndarray | None = None) -> PolarPaths:
     """Per nucleus, the closed path around it along the strongest outline.
 
     ``n_rays`` rays leave each nucleus's centre, sampled every pixel out to
@@ -1457,7 +1458,9 @@ def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px
     half turns, keeping the last turn so the path meets itself. A faint
     outline with gaps is still followed (the path bridges a gap at the
     radius on either side), where a threshold on the map would leak through
-    every gap. Nuclei are taken ``chunk`` at a time (memory).
+    every gap. Nuclei are taken ``chunk`` at a time (memory). ``centres``:
+    the nuclei's centroids (:func:`_centroids`, in label order), when the
+    caller has them.
 
     >>> yy, xx = np.mgrid[:64, :64]
     >>> ring = (np.abs(np.hypot(yy - 32, xx - 32) - 15) < 1).astype(np.float32) * 5
@@ -1469,7 +1472,10 @@ def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px
     z = np.asarray(strength, dtype=np.float32)
     nuclei = np.asarray(nuclei)
     ids = _present(nuclei)
-    cents = _centroids(nuclei, ids) if ids.size else np.zeros((0, 2))
+    if centres is not None:
+        cents = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    else:
+        cents = _centroids(nuclei, ids) if ids.size else np.zeros((0, 2))
     theta = np.arange(n_rays) * (2 * np.pi / n_rays)
     d = float(diameter_px)
     t = np.arange(1, int(np.ceil(max_radius_nuclei * d)) + 1, dtype=np.float32)
@@ -1572,13 +1578,15 @@ def outlined_cells(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: flo
     out = np.zeros(np.asarray(strength).shape, dtype=bool)
     nuclei = np.asarray(nuclei)
     ids = _present(nuclei)
+    cents = _centroids(nuclei, ids) if ids.size else np.zeros((0, 2))
     if clear is not None and ids.size:
-        c = np.rint(_centroids(nuclei, ids)).astype(np.intp)
-        ids = ids[clear[c[:, 0], c[:, 1]]]
+        c = np.rint(cents).astype(np.intp)
+        keep = clear[c[:, 0], c[:, 1]]
+        ids, cents = ids[keep], cents[keep]
         nuclei = np.where(_lut(ids, int(nuclei.max()) + 1)[nuclei], nuclei, 0)
     if ids.size < min_nuclei:
         return out
-    paths = polar_outline_paths(strength, nuclei, diameter_px=diameter_px, barrier=barrier)
+    paths = polar_outline_paths(strength, nuclei, diameter_px=diameter_px, barrier=barrier, centres=cents)
     mean = paths.strength.mean(axis=1)
     if np.median(mean) < field_strength:
         return out
