@@ -263,6 +263,25 @@ def test_nucleus_size_falls_back_to_the_hole_size_without_a_profile_peak_near_it
     assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * 0.95 * hole)
 
 
+def test_nucleus_size_over_twice_the_holes_falls_back_the_same_way(monkeypatch):
+    """Where the cells' grey bodies outshine their faint nuclei, scale
+    selection reads whole cells (a second-renderer field: 43 px "nuclei",
+    7 cells found of 241). A nucleus is never twice the hole it leaves in a
+    stained cell: a blob size over HOLE_CHECK_MAX_RATIO x the holes' is
+    replaced by the profile's peak near the holes' size, else by the holes'
+    size; up to it, it is kept."""
+    from sabgal import pipeline
+
+    grey, xgal = _holes_field(n_specks=0)
+    hole = segment.stain_hole_diameter(_reduce_half(xgal))
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(2.5 * hole, 1.0), (1.1 * hole, 0.5)])
+    assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * 1.1 * hole)
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(2.5 * hole, 1.0)])
+    assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * hole)
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(1.9 * hole, 1.0), (1.1 * hole, 0.5)])
+    assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * 1.9 * hole)
+
+
 def _reduce_half(image):
     from sabgal.pipeline import _reduce
 

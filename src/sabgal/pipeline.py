@@ -211,7 +211,10 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     peak of the scale profile between 0.85x and 1.7x the holes' size, or,
     with no such peak (the nuclei only a shoulder of the profile), by the
     holes' size itself: within that range of hole readings, never further
-    from the truth than the blob size it replaces.
+    from the truth than the blob size it replaces. Nor is a nucleus much
+    larger than its hole: a blob size over ``HOLE_CHECK_MAX_RATIO`` x the
+    holes' (whole cells whose bodies outshine their faint nuclei) is
+    replaced the same way.
     """
     x2 = _reduce(np.maximum(xgal, 0), 2)
     m = _reduce(grey, 2) - x2
@@ -226,7 +229,7 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
         return 14.0
     d = peaks[0][0]
     hole = segment.stain_hole_diameter(x2, excluded=ex)
-    if hole is not None and d < HOLE_CHECK_RATIO * hole:
+    if hole is not None and not HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
         near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
         d = near[0][0] if near else hole
     return float(2 * d)
@@ -457,8 +460,14 @@ BRIGHTFIELD_PROMINENCE_SD = 5.0
 
 # Brightfield: a nucleus size read by scale selection is distrusted when under
 # this fraction of the stained cells' nuclear holes (segment.stain_hole_diameter;
-# brightfield_nucleus_diameter).
+# brightfield_nucleus_diameter) ...
 HOLE_CHECK_RATIO = 0.8
+# ... or over this multiple of them: holes read up to 40 % small (a nucleus up
+# to 1.7x its hole; development fields' strongest blobs up to 1.68x), so a
+# blob twice the holes' size is something larger -- whole cells, where their
+# bodies outshine faint nuclei (a second-renderer field of grey cells on grey
+# glass: "nuclei" of 43 px, 7 cells found of 241).
+HOLE_CHECK_MAX_RATIO = 2.0
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
