@@ -45,6 +45,11 @@ def test_run_on_sample_data_writes_the_contract(sample_run):
         ref = row["enlarged_reference_area_px"]
         assert ref > 0 and np.isnan(row["enlarged_threshold_px"])
         assert (c["enlarged"].astype(bool) == (c["area_px"] > 1.8 * ref)).all()
+    # where each nucleus size came from: the nuclei of a nuclear stain, or in
+    # plain brightfield the scale selection, checked by the stained cells' holes
+    by_setup = images.groupby("setup")["nucleus_size_source"].agg(set)
+    assert by_setup["counterstain"] == by_setup["fluorescence"] == {"nuclear_stain"}
+    assert by_setup["brightfield"] <= {"blobs_checked", "blobs_corrected", "holes", "blobs_unchecked"}
     run = json.loads((sample_run / "run.json").read_text())
     assert run["sabgal_version"] == __version__
     assert run["config"]["classify"]["senescent_rule"] == "positive_and_enlarged"

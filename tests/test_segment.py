@@ -282,6 +282,28 @@ def test_nucleus_size_over_twice_the_holes_falls_back_the_same_way(monkeypatch):
     assert pipeline.brightfield_nucleus_diameter(grey, xgal) == pytest.approx(2 * 1.9 * hole)
 
 
+def test_brightfield_nucleus_size_says_where_it_came_from(monkeypatch):
+    """images.csv's nucleus_size_source: whether the stained cells' nuclear
+    holes checked the scale selection's answer, replaced it, or were too
+    few to check it (the least sure answer: a field with few stained cells)."""
+    from sabgal import pipeline
+
+    grey, xgal = _holes_field(n_specks=0)
+    hole = segment.stain_hole_diameter(_reduce_half(xgal))
+    cases = [([(1.0 * hole, 1.0)], "blobs_checked", 2 * hole),
+             ([(2.5 * hole, 1.0), (1.1 * hole, 0.5)], "blobs_corrected", 2.2 * hole),
+             ([(0.5 * hole, 1.0)], "holes", 2 * hole),
+             ([], "default", 14.0)]
+    for peaks, source, size in cases:
+        monkeypatch.setattr(segment, "blob_diameters", lambda image, peaks=peaks: peaks)
+        d, src = pipeline.brightfield_nucleus_size(grey, xgal)
+        assert src == source and d == pytest.approx(size), (peaks, src, d)
+    # no stained cells: nothing to check the answer against
+    grey0, xgal0 = _holes_field(n_specks=0, stained=False)
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(9.0, 1.0)])
+    assert pipeline.brightfield_nucleus_size(grey0, xgal0) == (18.0, "blobs_unchecked")
+
+
 def _reduce_half(image):
     from sabgal.pipeline import _reduce
 

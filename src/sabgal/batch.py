@@ -856,6 +856,7 @@ def _flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
         "width_px": info.get("width_px"),
         "bit_depth": info.get("bit_depth"),
         "nucleus_diameter_px": info.get("nucleus_diameter_px"),
+        "nucleus_size_source": info.get("nucleus_size_source", ""),
         "xgal_vector_r": (info.get("xgal_vector") or [None] * 3)[0],
         "xgal_vector_g": (info.get("xgal_vector") or [None] * 3)[1],
         "xgal_vector_b": (info.get("xgal_vector") or [None] * 3)[2],

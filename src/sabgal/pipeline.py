@@ -189,7 +189,21 @@ def nuclear_map_brightfield(grey: np.ndarray, xgal: np.ndarray, *, sigma: float)
 
 def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
                                  excluded: np.ndarray | None = None) -> float:
-    """Typical nucleus diameter (px) without a nuclear stain.
+    """Typical nucleus diameter (px) without a nuclear stain
+    (:func:`brightfield_nucleus_size` without its source)."""
+    return brightfield_nucleus_size(grey, xgal, excluded=excluded)[0]
+
+
+def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *,
+                             excluded: np.ndarray | None = None) -> tuple[float, str]:
+    """Typical nucleus diameter (px) without a nuclear stain, and where it
+    came from (``nucleus_size_source`` in images.csv): ``"blobs_checked"``
+    (scale selection, within the range the stained cells' holes allow),
+    ``"blobs_unchecked"`` (scale selection, fewer than five holes to check
+    it against: a field with few stained cells, where the answer is least
+    sure), ``"blobs_corrected"`` or ``"holes"`` (out of that range, replaced
+    by the profile's peak near the holes' size or by that size) or
+    ``"default"``.
 
     Nuclei are the most contrasted compact objects of a brightfield field:
     denser than the cytoplasm around them (neutral density) in unstained
@@ -222,17 +236,19 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     if excluded is not None and excluded.any():
         ex = _reduce(excluded.astype(np.float32), 2) > 0
         if ex.all():
-            return 14.0
+            return 14.0, "default"
         m[ex] = filters.median(m[~ex])
     peaks = segment.blob_diameters(m)
     if not peaks:
-        return 14.0
+        return 14.0, "default"
     d = peaks[0][0]
     hole = segment.stain_hole_diameter(x2, excluded=ex)
-    if hole is not None and not HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
-        near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
-        d = near[0][0] if near else hole
-    return float(2 * d)
+    if hole is None:
+        return float(2 * d), "blobs_unchecked"
+    if HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
+        return float(2 * d), "blobs_checked"
+    near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
+    return (float(2 * near[0][0]), "blobs_corrected") if near else (float(2 * hole), "holes")
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -758,10 +774,13 @@ def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | N
 
 
 def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config | None,
-             od_sum: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None]:
+             od_sum: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None, str]:
     """:func:`segment_image`, plus the distance of each pixel to the nearest
     nucleus pixel of the returned nuclei when segmentation computed it on
-    those same nuclei (else None): measuring needs it again."""
+    those same nuclei (else None): measuring needs it again; and where the
+    nucleus size came from (``"config"``, ``"nuclear_stain"``, or
+    :func:`brightfield_nucleus_size`'s source)."""
     config = config or Config()
     seg = config.segment
     xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
@@ -774,11 +793,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     else:
         nmap = None
     if seg.nucleus_diameter_px > 0:
-        diameter = float(seg.nucleus_diameter_px)
+        diameter, size_source = float(seg.nucleus_diameter_px), "config"
     elif nmap is not None:
-        diameter = segment.estimate_nucleus_diameter(nmap)
+        diameter, size_source = segment.estimate_nucleus_diameter(nmap), "nuclear_stain"
     else:
-        diameter = brightfield_nucleus_diameter(grey, xgal, excluded=prep.excluded)
+        diameter, size_source = brightfield_nucleus_size(grey, xgal, excluded=prep.excluded)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
     grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)
@@ -1073,7 +1092,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nucleus_dist = None
     cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
     foreground = _expand(foreground, f, shape)
-    return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter, nucleus_dist
+    return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter, nucleus_dist, size_source
 
 
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
@@ -1121,8 +1140,8 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     prep = dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None))
 
     t = time.perf_counter()
-    cells, nuclei, foreground, diameter, nucleus_dist = _segment(prep, nuclear=nuclear, config=config,
-                                                                 od_sum=od_sum)
+    cells, nuclei, foreground, diameter, nucleus_dist, size_source = _segment(
+        prep, nuclear=nuclear, config=config, od_sum=od_sum)
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -1146,6 +1165,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "lamp_rgb": lamp_rgb,
         "xgal_background_od": round(xgal_bg, 4),
         "nucleus_diameter_px": round(diameter, 2),
+        "nucleus_size_source": size_source,
         "pixel_size_um": px,
         "height_px": int(height),
         "width_px": int(width),
