@@ -475,3 +475,24 @@ def test_nuclear_images_named_by_channel_token_pair_with_their_rgb_image(tmp_pat
         batch.discover_images([folder], config)
     with pytest.raises(ConfigError, match="companion_channels"):
         Config().replace(setup={"companion_channels": [["_w1"]]})
+
+
+def test_plate_nucleus_hints_are_per_plate_and_need_three_agreeing_checked_fields():
+    from sabgal.batch import plate_nucleus_hints
+
+    r = pd.DataFrame({
+        "key": ["p1a", "p1b", "p1c", "p1d", "p1e", "p2a", "p2b", "p2c", "p2d"],
+        "plate": ["P1"] * 5 + ["P2"] * 4,
+        "nucleus_diameter_px": [16.0, 15.0, 17.0, 40.0, 20.0, 30.0, 31.0, 29.0, 15.0],
+        "nucleus_size_source": ["blobs_checked", "holes", "blobs_corrected", "blobs_unchecked",
+                                "blobs_unchecked", "blobs_checked", "blobs_checked", "nuclear_stain",
+                                "blobs_unchecked"]})
+    # P1: 40 px is off its plate's 16, 20 px within 1.4x; P2 has two checked fields only
+    assert plate_nucleus_hints(r) == {"p1d": 16.0}
+    r.loc[r["key"] == "p2c", "nucleus_size_source"] = "holes"
+    assert plate_nucleus_hints(r) == {"p1d": 16.0, "p2d": 30.0}
+    assert plate_nucleus_hints(r.iloc[:0]) == {}
+    # checked sizes that disagree (fields at several magnifications): no plate size
+    r.loc[r["key"] == "p1c", "nucleus_diameter_px"] = 30.0
+    r.loc[r["key"] == "p1b", "nucleus_diameter_px"] = 9.0
+    assert plate_nucleus_hints(r) == {"p2d": 30.0}

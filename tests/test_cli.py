@@ -84,6 +84,48 @@ def test_rerun_skips_finished_images_and_force_redoes_them(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} != stamp
 
 
+def test_a_brightfield_field_without_stained_cells_takes_its_plates_nucleus_size(tmp_path):
+    """A plain-brightfield field with too few stained cells' nuclear holes to
+    check its nucleus size (a negative control) is analysed again with the
+    size of the plate's checked fields where its own disagrees; the result
+    records the hint, and a resumed run keeps it."""
+    import dataclasses
+
+    from sabgal import synth
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):  # fields whose stained cells' holes check their size
+        (src / f"A0{k + 1}_f1.png").write_bytes((ROOT / "sample_data" / "sample03_brightfield.png").read_bytes())
+    p = synth.random_params(np.random.default_rng(4), setup="brightfield", shape=(384, 512), jpeg=False)
+    p = dataclasses.replace(p, senescent_fraction=0.0, positive_only_fraction=0.0, file_format="png")
+    synth.write_field(synth.render_field(p, np.random.default_rng(p.seed)), src, "B01_f1",
+                      truth_dir=tmp_path / "truth")
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+    first = pd.read_csv(out / "images.csv").set_index("image")
+    checked = first.drop(index="B01_f1.png")
+    assert set(checked["nucleus_size_source"]) == {"blobs_checked"}
+    assert first.at["B01_f1.png", "nucleus_size_source"].startswith("blobs")
+    # say its own size came out far off and unchecked (as cell bodies or
+    # specks can make it): the next run analyses it again with the plate's
+    state = out / ".sabgal" / "B01_f1.json"
+    rec = json.loads(state.read_text())
+    rec["info"].update(nucleus_diameter_px=60.0, nucleus_size_source="blobs_unchecked")
+    state.write_text(json.dumps(rec))
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+    again = pd.read_csv(out / "images.csv").set_index("image")
+    row = again.loc["B01_f1.png"]
+    assert row["nucleus_size_hint_px"] == pytest.approx(checked["nucleus_diameter_px"].median(), abs=0.01)
+    assert row["nucleus_size_source"] in ("blobs_plate_checked", "blobs_plate_corrected", "plate")
+    assert 0.7 * row["nucleus_size_hint_px"] <= row["nucleus_diameter_px"] <= 1.4 * row["nucleus_size_hint_px"]
+    assert again.drop(index="B01_f1.png")["nucleus_size_hint_px"].isna().all()
+    # resumed: nothing is analysed again
+    stamp = {q.name: q.stat().st_mtime_ns for q in (out / "labels").iterdir()}
+    assert main(["run", str(src), "--out", str(out), "-j", "1", "-q"]) == 0
+    assert {q.name: q.stat().st_mtime_ns for q in (out / "labels").iterdir()} == stamp
+
+
 def test_same_input_same_config_same_output(tmp_path):
     src = ROOT / "sample_data" / "sample02_counterstain.tif"
     outs = []

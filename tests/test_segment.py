@@ -304,6 +304,29 @@ def test_brightfield_nucleus_size_says_where_it_came_from(monkeypatch):
     assert pipeline.brightfield_nucleus_size(grey0, xgal0) == (18.0, "blobs_unchecked")
 
 
+def test_a_field_without_holes_takes_its_plates_nucleus_size_where_its_own_disagrees(monkeypatch):
+    """With too few stained cells' holes, a plain-brightfield field's own
+    scale selection stands within PLATE_NUCLEUS_RANGE of the plate's size
+    (the hint); outside it, the profile's peak within that range is taken,
+    else the plate's size."""
+    from sabgal import pipeline
+
+    grey, xgal = _holes_field(n_specks=0, stained=False)
+    cases = [([(8.0, 1.0)], "blobs_plate_checked", 16.0),
+             ([(3.5, 1.0), (8.5, 0.6)], "blobs_plate_corrected", 17.0),
+             ([(24.0, 1.0), (7.0, 0.4)], "blobs_plate_corrected", 14.0),
+             ([(3.5, 1.0)], "plate", 16.0)]
+    for peaks, source, size in cases:
+        monkeypatch.setattr(segment, "blob_diameters", lambda image, peaks=peaks: peaks)
+        assert pipeline.brightfield_nucleus_size(grey, xgal, hint_px=16.0) == (size, source), peaks
+        assert pipeline.brightfield_nucleus_size(grey, xgal)[1] == "blobs_unchecked"
+    # a field with holes of its own ignores the hint
+    grey1, xgal1 = _holes_field(n_specks=0)
+    hole = segment.stain_hole_diameter(_reduce_half(xgal1))
+    monkeypatch.setattr(segment, "blob_diameters", lambda image: [(hole, 1.0)])
+    assert pipeline.brightfield_nucleus_size(grey1, xgal1, hint_px=60.0) == (pytest.approx(2 * hole), "blobs_checked")
+
+
 def _reduce_half(image):
     from sabgal.pipeline import _reduce
 

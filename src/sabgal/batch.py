@@ -442,8 +442,10 @@ def _peak_rss_mb() -> float | None:
 
 
 def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str,
-                  flat_field: np.ndarray | FlatFieldRef | None = None) -> dict[str, Any]:
+                  flat_field: np.ndarray | FlatFieldRef | None = None,
+                  nucleus_hint_px: float | None = None) -> dict[str, Any]:
     """Analyse one image set and commit its result; never raises for bad input.
+    ``nucleus_hint_px``: the plate's nucleus size (:func:`refine_nucleus_sizes`).
 
     Returns the per-image record (also written to ``DIR/.sabgal/<key>.json``).
     Runs in worker processes (local pool or Dask): takes only picklable
@@ -478,7 +480,8 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
             nuclear = nuc.pixels
         flat = _load_flat(flat_field.path, flat_field.digest) if isinstance(flat_field, FlatFieldRef) else flat_field
         res = analyze_image(img.pixels, nuclear=nuclear, config=config,
-                            pixel_size_um=img.pixel_size_um, flat_field=flat, classify_cells=False)
+                            pixel_size_um=img.pixel_size_um, flat_field=flat, classify_cells=False,
+                            nucleus_hint_px=nucleus_hint_px)
         info = res.info
         info["qc"]["saturated_fraction"] = img.saturated_fraction
         info["bit_depth"] = img.bit_depth
@@ -778,6 +781,102 @@ def run_batch(sets: list[ImageSet], config: Config, out_dir: str | os.PathLike[s
         yield from _run_pool(todo, cfg, out, refs, workers, executor_factory or default)
 
 
+# Nucleus sizes a plain-brightfield field may take from its plate: those its
+# stained cells' nuclear holes checked (pipeline.brightfield_nucleus_size).
+CHECKED_NUCLEUS_SOURCES = ("blobs_checked", "blobs_corrected", "holes")
+# A plate's nucleus size is the median of at least this many checked fields ...
+MIN_CHECKED_FIELDS = 3
+# ... whose sizes agree: interquartile range at most this fraction of the
+# median. One magnification gives nuclei within ~1.35x in diameter (normal to
+# senescent); a folder of fields taken at several magnifications, or rendered
+# at random ones, spreads far wider and has no one size to lend.
+PLATE_NUCLEUS_MAX_SPREAD = 0.25
+
+
+def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
+    """Per image key, the nucleus diameter (px) of its plate, for the
+    plain-brightfield fields whose own size nothing checked and lies outside
+    ``pipeline.PLATE_NUCLEUS_RANGE`` of it.
+
+    ``records``: one row per finished image, columns ``key``, ``plate``,
+    ``nucleus_diameter_px`` and ``nucleus_size_source``. A plate's size is
+    the median over its fields whose size the stained cells' holes checked
+    (:data:`CHECKED_NUCLEUS_SOURCES`, at least :data:`MIN_CHECKED_FIELDS`,
+    their interquartile range at most :data:`PLATE_NUCLEUS_MAX_SPREAD` of
+    it): the magnification is the same in every well, and a field with few
+    stained cells (a negative control) has no holes of its own. Images with
+    no plate in their names or plate map form one group, held to the same
+    agreement.
+
+    >>> r = pd.DataFrame({"key": list("abcde"), "plate": [""] * 5,
+    ...                   "nucleus_diameter_px": [16.0, 17.0, 15.0, 7.0, 16.5],
+    ...                   "nucleus_size_source": ["holes", "blobs_checked", "blobs_checked",
+    ...                                           "blobs_unchecked", "blobs_unchecked"]})
+    >>> plate_nucleus_hints(r)
+    {'d': 16.0}
+    """
+    from sabgal.pipeline import PLATE_NUCLEUS_RANGE
+
+    hints: dict[str, float] = {}
+    if not len(records):
+        return hints
+    lo, hi = PLATE_NUCLEUS_RANGE
+    for _, grp in records.groupby("plate", sort=False, dropna=False):
+        d = pd.to_numeric(grp["nucleus_diameter_px"], errors="coerce")
+        checked = d[grp["nucleus_size_source"].isin(CHECKED_NUCLEUS_SOURCES) & d.notna()]
+        if len(checked) < MIN_CHECKED_FIELDS:
+            continue
+        ref = float(np.median(checked))
+        q25, q75 = np.percentile(checked, [25, 75])
+        if q75 - q25 > PLATE_NUCLEUS_MAX_SPREAD * ref:
+            continue
+        off = (grp["nucleus_size_source"] == "blobs_unchecked") & ~d.between(lo * ref, hi * ref)
+        hints.update((k, ref) for k in grp.loc[off, "key"])
+    return hints
+
+
+def refine_nucleus_sizes(sets: list[ImageSet], config: Config, out_dir: str | os.PathLike[str], *,
+                         metadata: pd.DataFrame | None = None, workers: int = 1,
+                         flat_fields: dict[str, FlatFieldRef] | None = None) -> list[dict[str, Any]]:
+    """Analyse again, with their plate's nucleus size, the plain-brightfield
+    fields whose own size nothing checked and that disagree with it
+    (:func:`plate_nucleus_hints`); ``sabgal run`` calls it after the images'
+    first pass. Returns the new records. Their config digest is the run's,
+    so a resumed run counts them as finished. A field whose second analysis
+    fails is analysed again as before (its finished result is never lost)."""
+    out = Path(out_dir)
+    plates: dict[str, str] = {}
+    if metadata is not None and {"image", "plate"} <= set(metadata.columns):
+        plates = dict(zip(metadata["image"], metadata["plate"].astype(str)))
+    rows = []
+    for s in sets:
+        state_json, _ = _state_paths(out, s.key)
+        try:
+            rec = json.loads(state_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        info = rec.get("info") or {}
+        if rec.get("status") != "ok" or info.get("setup") != "brightfield":
+            continue
+        rows.append({"key": s.key, "plate": plates.get(s.image, ""), "nucleus_diameter_px": info.get("nucleus_diameter_px"),
+                     "nucleus_size_source": info.get("nucleus_size_source", "")})
+    hints = plate_nucleus_hints(pd.DataFrame(rows))
+    todo = [_absolute(s) for s in sets if s.key in hints]
+    if not todo:
+        return []
+    cfg = config_to_dict(config)
+    refs = flat_fields or {}
+
+    def one(s: ImageSet) -> dict[str, Any]:
+        rec = process_image(s, cfg, str(out), refs.get(s.key), nucleus_hint_px=hints[s.key])
+        return rec if rec.get("status") == "ok" else process_image(s, cfg, str(out), refs.get(s.key))
+
+    if workers <= 1:
+        return [one(s) for s in todo]
+    with _ThreadPool(min(workers, len(todo))) as pool:
+        return list(pool.map(one, todo))
+
+
 # --- calibration and tables ---------------------------------------------------------------
 def _min_control_cells(percentile: float) -> int:
     return max(MIN_CONTROL_CELLS, math.ceil(2.0 / (1.0 - percentile / 100.0)))
@@ -857,6 +956,7 @@ def _flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
         "bit_depth": info.get("bit_depth"),
         "nucleus_diameter_px": info.get("nucleus_diameter_px"),
         "nucleus_size_source": info.get("nucleus_size_source", ""),
+        "nucleus_size_hint_px": info.get("nucleus_size_hint_px"),
         "xgal_vector_r": (info.get("xgal_vector") or [None] * 3)[0],
         "xgal_vector_g": (info.get("xgal_vector") or [None] * 3)[1],
         "xgal_vector_b": (info.get("xgal_vector") or [None] * 3)[2],

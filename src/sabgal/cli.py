@@ -234,6 +234,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if rec.get("peak_rss_mb"):
                 peak_rss.append(float(rec["peak_rss_mb"]))
             progress.update(1)
+        # plain-brightfield fields with too few stained cells to size their
+        # nuclei by take their plate's size where theirs disagrees
+        again = batch.refine_nucleus_sizes(sets, config, out, metadata=metadata, workers=workers,
+                                           flat_fields=flats)
+        if again:
+            log.info("%d plain-brightfield field(s) analysed again with their plate's nucleus size", len(again))
     except KeyboardInterrupt:
         bar.close()
         print(f"sabgal: interrupted; finished images are kept in {out}. Rerun the same command to resume.",

@@ -194,8 +194,8 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
     return brightfield_nucleus_size(grey, xgal, excluded=excluded)[0]
 
 
-def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *,
-                             excluded: np.ndarray | None = None) -> tuple[float, str]:
+def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np.ndarray | None = None,
+                             hint_px: float | None = None) -> tuple[float, str]:
     """Typical nucleus diameter (px) without a nuclear stain, and where it
     came from (``nucleus_size_source`` in images.csv): ``"blobs_checked"``
     (scale selection, within the range the stained cells' holes allow),
@@ -204,6 +204,14 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *,
     sure), ``"blobs_corrected"`` or ``"holes"`` (out of that range, replaced
     by the profile's peak near the holes' size or by that size) or
     ``"default"``.
+
+    ``hint_px``: the nucleus size of the other fields of the plate, whose
+    holes checked theirs (:func:`sabgal.batch.plate_nucleus_hints`; the
+    magnification is the same in every well). Used only where this field
+    has too few holes: an answer within ``PLATE_NUCLEUS_RANGE`` of it stands
+    (``"blobs_plate_checked"``), else the profile's strongest peak within
+    that range is taken (``"blobs_plate_corrected"``), else the hint itself
+    (``"plate"``).
 
     Nuclei are the most contrasted compact objects of a brightfield field:
     denser than the cytoplasm around them (neutral density) in unstained
@@ -244,7 +252,13 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *,
     d = peaks[0][0]
     hole = segment.stain_hole_diameter(x2, excluded=ex)
     if hole is None:
-        return float(2 * d), "blobs_unchecked"
+        if not hint_px:
+            return float(2 * d), "blobs_unchecked"
+        lo, hi = PLATE_NUCLEUS_RANGE[0] * hint_px, PLATE_NUCLEUS_RANGE[1] * hint_px
+        if lo <= 2 * d <= hi:
+            return float(2 * d), "blobs_plate_checked"
+        near = [p for p in peaks[1:] if lo <= 2 * p[0] <= hi]
+        return (float(2 * near[0][0]), "blobs_plate_corrected") if near else (float(hint_px), "plate")
     if HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
         return float(2 * d), "blobs_checked"
     near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
@@ -484,6 +498,12 @@ HOLE_CHECK_RATIO = 0.8
 # bodies outshine faint nuclei (a second-renderer field of grey cells on grey
 # glass: "nuclei" of 43 px, 7 cells found of 241).
 HOLE_CHECK_MAX_RATIO = 2.0
+# A plain-brightfield field with too few stained cells' holes to check its
+# nucleus size against takes the plate's (brightfield_nucleus_size's hint_px)
+# where its own answer lies outside this range of it: the plate's fields share
+# the magnification, and senescent nuclei are up to ~1.35x the diameter of
+# normal ones (1.2-1.8x the area), so a field of mixed cells stays within it.
+PLATE_NUCLEUS_RANGE = (0.7, 1.4)
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
@@ -774,13 +794,13 @@ def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | N
 
 
 def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config | None,
-             od_sum: np.ndarray | None
+             od_sum: np.ndarray | None, nucleus_hint_px: float | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray | None, str]:
     """:func:`segment_image`, plus the distance of each pixel to the nearest
     nucleus pixel of the returned nuclei when segmentation computed it on
     those same nuclei (else None): measuring needs it again; and where the
     nucleus size came from (``"config"``, ``"nuclear_stain"``, or
-    :func:`brightfield_nucleus_size`'s source)."""
+    :func:`brightfield_nucleus_size`'s source, given ``nucleus_hint_px``)."""
     config = config or Config()
     seg = config.segment
     xgal, grey, counter, mode = prep.xgal, prep.grey, prep.counterstain, prep.mode
@@ -797,7 +817,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     elif nmap is not None:
         diameter, size_source = segment.estimate_nucleus_diameter(nmap), "nuclear_stain"
     else:
-        diameter, size_source = brightfield_nucleus_size(grey, xgal, excluded=prep.excluded)
+        diameter, size_source = brightfield_nucleus_size(grey, xgal, excluded=prep.excluded,
+                                                         hint_px=nucleus_hint_px)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
     grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)
@@ -1097,7 +1118,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
 
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
                   pixel_size_um: float | None = None, flat_field: np.ndarray | None = None,
-                  classify_cells: bool = True) -> ImageResult:
+                  classify_cells: bool = True, nucleus_hint_px: float | None = None) -> ImageResult:
     """Run the whole pipeline on one image.
 
     Parameters
@@ -1115,6 +1136,10 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     classify_cells : bool
         Add the calls with thresholds learnt from this image alone (a batch
         re-classifies with thresholds learnt from the whole set).
+    nucleus_hint_px : float, optional
+        The plate's nucleus diameter, for a plain-brightfield field whose own
+        is unchecked (:func:`brightfield_nucleus_size`; ``sabgal run`` passes
+        it, :func:`sabgal.batch.refine_nucleus_sizes`).
 
     Returns
     -------
@@ -1141,7 +1166,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 
     t = time.perf_counter()
     cells, nuclei, foreground, diameter, nucleus_dist, size_source = _segment(
-        prep, nuclear=nuclear, config=config, od_sum=od_sum)
+        prep, nuclear=nuclear, config=config, od_sum=od_sum, nucleus_hint_px=nucleus_hint_px)
     timings["segment_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -1166,6 +1191,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "xgal_background_od": round(xgal_bg, 4),
         "nucleus_diameter_px": round(diameter, 2),
         "nucleus_size_source": size_source,
+        "nucleus_size_hint_px": None if nucleus_hint_px is None else round(float(nucleus_hint_px), 2),
         "pixel_size_um": px,
         "height_px": int(height),
         "width_px": int(width),
