@@ -858,7 +858,8 @@ def refine_nucleus_sizes(sets: list[ImageSet], config: Config, out_dir: str | os
         info = rec.get("info") or {}
         if rec.get("status") != "ok" or info.get("setup") != "brightfield":
             continue
-        rows.append({"key": s.key, "plate": plates.get(s.image, ""), "nucleus_diameter_px": info.get("nucleus_diameter_px"),
+        rows.append({"key": s.key, "plate": plates.get(s.image, ""),
+                     "nucleus_diameter_px": info.get("nucleus_diameter_px"),
                      "nucleus_size_source": info.get("nucleus_size_source", "")})
     hints = plate_nucleus_hints(pd.DataFrame(rows))
     todo = [_absolute(s) for s in sets if s.key in hints]
