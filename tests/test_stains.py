@@ -202,3 +202,27 @@ def test_prepare_image_unmixes_a_grey_navy_xgal_against_the_cells_own_colour():
     body, stained = (slice(26, 50), slice(76, 100)), (slice(30, 46), slice(30, 46))
     assert abs(float(np.median(st.xgal[body]))) < 0.01 < 0.03 < float(np.median(st.grey[body]))
     assert float(np.median(st.xgal[stained])) > 0.2
+
+
+def test_xgal_colour_is_not_read_off_a_field_without_xgal():
+    """In a field with no X-gal (a negative control) the pixels clear of
+    grey are the cells' own faint tint and noise, whose hues scatter round
+    grey: the estimate keeps the reference, so the cells' neutral density
+    gets a grey channel of its own instead of reading as X-gal. A field
+    with X-gal, even a little, still has its colour estimated."""
+    rng = np.random.default_rng(7)
+    n = 200_000
+    tint = stains.normalize([0.547, 0.591, 0.593])  # unstained cells: a little less red absorbed
+    density = rng.uniform(0.05, 0.15, n)[:, None]
+    od = (density * tint + rng.normal(0, 0.006, (n, 3))).astype(np.float32).reshape(400, 500, 3)
+    vec, accepted = stains.estimate_stain_vector(od, stains.XGAL)
+    assert not accepted and np.allclose(vec, stains.normalize(stains.XGAL))
+    # 1 % of the pixels, on that sheet of unstained cells, carry an X-gal 11
+    # degrees from the reference (or a grey-navy one 6 degrees away)
+    for colour in ([0.85, 0.45, 0.30], [0.65, 0.62, 0.44]):
+        xgal = stains.normalize(colour)
+        k = rng.random(n) < 0.01
+        stained = od.reshape(n, 3).copy()
+        stained[k] += rng.uniform(0.1, 0.5, int(k.sum()))[:, None] * xgal
+        vec, accepted = stains.estimate_stain_vector(stained.reshape(400, 500, 3), stains.XGAL)
+        assert accepted and stains.angle_deg(vec, xgal) < 4, (colour, stains.angle_deg(vec, xgal))

@@ -405,6 +405,12 @@ def refine_vector(od: np.ndarray, concentration: np.ndarray, reference, *, max_a
 MAX_STAIN_PIXELS = 250_000
 
 
+# estimate_stain_vector: pixels at the stain's hue at least as strongly
+# coloured as the top 1 % at the opposite hue must outnumber those this many
+# times (noise alone: about once).
+STAIN_HUE_EXCESS = 3.0
+
+
 def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg: float = 25.0,
                           min_od: float = 0.1, min_pixels: int = 150, debug: bool = False) -> tuple[np.ndarray, bool]:
     """Estimate a stain's colour in this image from its own stained pixels
@@ -445,11 +451,25 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     polar = np.degrees(np.arccos(np.clip(d @ GREY, -1, 1)))
     az = np.degrees(np.arctan2(d @ e2, d @ e1))
     keep = (np.abs(az) < 75) & (polar > 3)
+    opposite = (np.abs(az) > 180 - 75) & (polar > 3)
     for other in avoid:
         o = normalize(other)
         keep &= (d @ ref) > (d @ o)
+        opposite &= (d @ ref) > (d @ o)
     if keep.sum() < min_pixels:
         return ref, False
+    # Noise scatters the hues of near-grey pixels evenly round grey; a stain
+    # gathers its pixels at its own hue. Where no more pixels near the
+    # reference hue than STAIN_HUE_EXCESS times those at the opposite hue are
+    # as strongly coloured as the top 1 % of the opposite ones (chroma: OD
+    # off the grey axis), the "stain" is noise and the cells' own faint tint
+    # -- a field without it, such as a negative control.
+    chroma_all = w * np.sqrt(np.maximum(1.0 - (d @ GREY) ** 2, 0.0))
+    if np.count_nonzero(opposite) >= 100:
+        level = np.percentile(chroma_all[opposite], 99)
+        n_opp = np.count_nonzero(chroma_all[opposite] > level)
+        if np.count_nonzero(chroma_all[keep] > level) < max(min_pixels, STAIN_HUE_EXCESS * n_opp):
+            return ref, False
     az_k, pol_k, w_k = az[keep], polar[keep], w[keep]
     chroma = w_k * np.sin(np.radians(pol_k))
     strong = chroma >= np.percentile(chroma, 50)
