@@ -425,7 +425,11 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     the most strongly stained granules are nearly pure X-gal. Pixels closer
     to a colour in ``avoid`` (the counterstain) than to the reference are
     left out. The estimate is accepted within ``max_angle_deg`` of the
-    reference.
+    reference, and only where the stain is there at all: noise and the
+    cells' own faint tint scatter hues round grey evenly, so the pixels at
+    the reference hue at least as coloured as the top 1 % at the opposite
+    hue must outnumber those ``STAIN_HUE_EXCESS`` times (a field with no
+    X-gal, such as a negative control, keeps the reference).
 
     Returns
     -------
