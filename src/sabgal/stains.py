@@ -468,14 +468,14 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     # as strongly coloured as the top 1 % of the opposite ones (chroma: OD
     # off the grey axis), the "stain" is noise and the cells' own faint tint
     # -- a field without it, such as a negative control.
-    chroma_all = w * np.sqrt(np.maximum(1.0 - (d @ GREY) ** 2, 0.0))
+    chroma_all = w * np.sin(np.radians(polar))
     if np.count_nonzero(opposite) >= 100:
         level = np.percentile(chroma_all[opposite], 99)
         n_opp = np.count_nonzero(chroma_all[opposite] > level)
         if np.count_nonzero(chroma_all[keep] > level) < max(min_pixels, STAIN_HUE_EXCESS * n_opp):
             return ref, False
-    az_k, pol_k, w_k = az[keep], polar[keep], w[keep]
-    chroma = w_k * np.sin(np.radians(pol_k))
+    az_k, pol_k = az[keep], polar[keep]
+    chroma = chroma_all[keep]
     strong = chroma >= np.percentile(chroma, 50)
     # Hue: the OD-weighted median hue of the strongly coloured pixels. When a
     # colour to avoid is present, pixels mixing both stains lie between the
