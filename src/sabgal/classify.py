@@ -255,6 +255,18 @@ TIGHT_SPREAD_OD = 0.002
 TIGHT_MIN_CELLS = 10
 TIGHT_FLOOR_FRACTION = 1 / 3
 
+# The excess rule's faint stained cells must lie above the threshold it
+# lowers to: a major population of scores (a density peak or shoulder at
+# least this fraction of the highest) centred between the unstained mode's
+# shoulder and that lowered threshold is a second component of the
+# unstained cells -- a confluent field's spill gives many a skewed upper
+# tail -- and keeps the threshold where it was. (A development field: a
+# component at 0.009 OD, 0.45 of the highest density, held most of 224
+# unstained cells the rule called positive; the noise peaks and the lower
+# slope of a stained mode under which unstained cells were correctly
+# separated stood at 0.01-0.16.)
+EXCESS_MIN_DENSITY = 0.25
+
 
 def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k: float = 4.0,
                                 min_cells: int = 15) -> tuple[float, str]:
@@ -275,7 +287,11 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     stained mode above it when the tail ends in one; or, when neither
     applies and far more cells lie between the shoulder and the threshold
     than a Gaussian tail of the unstained cells would hold, down to where
-    that tail holds half a cell (those cells are faintly stained). Never
+    that tail holds half a cell (those cells are faintly stained) -- when
+    the field has clearly stained cells (3, and 2 %, above the threshold)
+    and no major population of the scores is centred below that lower
+    threshold (:data:`EXCESS_MIN_DENSITY`: the unstained cells' own skewed
+    tail). Never
     below ``floor``, or half of it where the gap or the excess rule shows the
     faint stained cells apart; a demonstrably tight unstained population
     (:data:`TIGHT_SPREAD_OD`) brings the floor down to its own margin, mode
@@ -478,10 +494,27 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         n0 = 2 * int(np.count_nonzero(s <= mode))
         between = int(np.count_nonzero((s > shoulder) & (s <= t)))
         expected = n0 * (norm.sf(2.0) - norm.sf((t - mode) / spread))
-        if n0 >= 10 and between >= max(3, 3 * expected + 3):
+        # (faintly stained cells come with clearly stained ones: in a field
+        # with none above the threshold -- a negative control -- the cells
+        # past the shoulder are the unstained cells' own tail)
+        stained = np.count_nonzero(s > t) >= max(3, 0.02 * s.size)
+        if n0 >= 10 and stained and between >= max(3, 3 * expected + 3):
             z = float(norm.isf(0.5 / n0))
-            low_floor = min(floor, GAP_FLOOR_FRACTION * floor_abs)
-            t = max(mode + z * spread, shoulder, low_floor)
+            lowered_floor = min(floor, GAP_FLOOR_FRACTION * floor_abs)
+            lowered = max(mode + z * spread, shoulder, lowered_floor)
+            # ... unless the excess has its centre below that lower
+            # threshold: a major population (a peak or shoulder of the
+            # density, EXCESS_MIN_DENSITY of its highest) between the
+            # unstained mode's shoulder and the lowered threshold is a second
+            # component of the unstained cells (spill, haze), which the lower
+            # threshold would cut in two, not faintly stained cells above it
+            d2 = np.zeros_like(dens)
+            d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+            cand = _modes_and_shoulders(dens, d2)
+            lo_x, hi_x = fwd([shoulder, lowered])
+            split = cand[(grid[cand] > lo_x) & (grid[cand] < hi_x) & (dens[cand] >= EXCESS_MIN_DENSITY * dens.max())]
+            if not split.size:
+                low_floor, t = lowered_floor, lowered
     return max(t, low_floor), "anchored"
 
 
