@@ -1641,3 +1641,47 @@ def test_a_stained_sheet_without_glass_is_tiled_not_drawn_as_discs():
     sheet extent round their nuclei, covering 57 % of the cells' true area."""
     _, _, covered = _field_from_params("stained_sheet_field_params.json")
     assert covered > 0.75, covered
+
+
+def _whole_cells_field(*, glass_ring: bool):
+    """Dense, uniform cell bodies (48 px) on bright glass, each with a
+    darker nucleus (14 px) inside: the bodies outshine the nuclei at every
+    scale. Returns (grey OD, X-gal OD, the lamp's glass mask) -- the mask
+    either the glass around the cells, or (``glass_ring=False``) a field
+    where the cells' surroundings are not glass (faint cytoplasm)."""
+    rng = np.random.default_rng(4)
+    h, w = 480, 640
+    yy, xx = np.mgrid[:h, :w]
+    grey = np.zeros((h, w), np.float32)
+    cells = np.zeros((h, w), bool)
+    for cy in range(50, h - 40, 95):
+        for cx in range(50, w - 40, 95):
+            cy2, cx2 = cy + rng.integers(-8, 9), cx + rng.integers(-8, 9)
+            body = (yy - cy2) ** 2 + (xx - cx2) ** 2 <= 24 ** 2
+            cells |= body
+            grey[body] += 0.25
+            grey[(yy - cy2 - 3) ** 2 + (xx - cx2 + 2) ** 2 <= 7 ** 2] += 0.12
+    grey += rng.normal(0, 0.004, grey.shape).astype(np.float32)
+    from scipy import ndimage as ndi
+
+    near = ndi.binary_dilation(cells, iterations=4)
+    glass = ~near if glass_ring else ~ndi.binary_dilation(cells, iterations=40)
+    return grey, np.zeros_like(grey), glass
+
+
+def test_nuclei_inside_whole_cells_on_glass_are_read_as_the_nuclei():
+    """Without stained cells' holes to check it, scale selection reads
+    uniformly dense cells on bright glass as the field's strongest blobs
+    (a second renderer's unstained fields: 48 px "nuclei", a handful of
+    cells found of 185). Those blobs are ringed by the lamp's glass; the
+    smaller peak inside them, off the glass, is the nuclei. Where the
+    blobs' surroundings are not glass, the strongest blob size stands."""
+    from sabgal import pipeline
+
+    grey, xgal, glass = _whole_cells_field(glass_ring=True)
+    d0, src0 = pipeline.brightfield_nucleus_size(grey, xgal)
+    assert src0 == "blobs_unchecked" and d0 > 35, d0
+    d, src = pipeline.brightfield_nucleus_size(grey, xgal, glass=glass)
+    assert src == "blobs_within_cells" and 10 <= d <= 18, (d, src)
+    _, _, no_ring = _whole_cells_field(glass_ring=False)
+    assert pipeline.brightfield_nucleus_size(grey, xgal, glass=no_ring) == (d0, "blobs_unchecked")

@@ -784,6 +784,8 @@ def run_batch(sets: list[ImageSet], config: Config, out_dir: str | os.PathLike[s
 # Nucleus sizes a plain-brightfield field may take from its plate: those its
 # stained cells' nuclear holes checked (pipeline.brightfield_nucleus_size).
 CHECKED_NUCLEUS_SOURCES = ("blobs_checked", "blobs_corrected", "holes")
+# (sizes no stained cell's hole checked: the plate's size may replace them)
+UNCHECKED_NUCLEUS_SOURCES = ("blobs_unchecked", "blobs_within_cells")
 # A plate's nucleus size is the median of at least this many checked fields ...
 MIN_CHECKED_FIELDS = 3
 # ... whose sizes agree: interquartile range at most this fraction of the
@@ -830,7 +832,7 @@ def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
         q25, q75 = np.percentile(checked, [25, 75])
         if q75 - q25 > PLATE_NUCLEUS_MAX_SPREAD * ref:
             continue
-        off = (grp["nucleus_size_source"] == "blobs_unchecked") & ~d.between(lo * ref, hi * ref)
+        off = grp["nucleus_size_source"].isin(UNCHECKED_NUCLEUS_SOURCES) & ~d.between(lo * ref, hi * ref)
         hints.update((k, ref) for k in grp.loc[off, "key"])
     return hints
 

@@ -195,7 +195,7 @@ def brightfield_nucleus_diameter(grey: np.ndarray, xgal: np.ndarray, *,
 
 
 def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np.ndarray | None = None,
-                             hint_px: float | None = None) -> tuple[float, str]:
+                             hint_px: float | None = None, glass: np.ndarray | None = None) -> tuple[float, str]:
     """Typical nucleus diameter (px) without a nuclear stain, and where it
     came from (``nucleus_size_source`` in images.csv): ``"blobs_checked"``
     (scale selection, within the range the stained cells' holes allow),
@@ -212,6 +212,16 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     (``"blobs_plate_checked"``), else the profile's strongest peak within
     that range is taken (``"blobs_plate_corrected"``), else the hint itself
     (``"plate"``).
+
+    ``glass``: the lamp estimate's bare-glass mask (full size), when it
+    found glass. Without holes to check against, whole cells can outshine
+    their nuclei: uniformly dense bodies on bright glass are the field's
+    strongest blobs. When the strongest blob size's blobs are ringed by
+    glass (median ``WHOLE_CELL_RING_GLASS`` of a circle just past their
+    edge) and the profile has a peak at most ``WHOLE_CELL_MAX_RATIO`` of
+    that size whose blobs lie off the glass (most centres), those are the
+    nuclei inside the cells (``"blobs_within_cells"``): a nucleus is ringed
+    by its cell's cytoplasm, not by glass.
 
     Nuclei are the most contrasted compact objects of a brightfield field:
     denser than the cytoplasm around them (neutral density) in unstained
@@ -252,8 +262,13 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     d = peaks[0][0]
     hole = segment.stain_hole_diameter(x2, excluded=ex)
     if hole is None:
+        source = "blobs_unchecked"
+        if glass is not None and glass.any():
+            inner = _nuclei_within_cells(m, _reduce(glass.astype(np.float32), 2) > 0.5, peaks)
+            if inner is not None:
+                d, source = inner, "blobs_within_cells"
         if not hint_px:
-            return float(2 * d), "blobs_unchecked"
+            return float(2 * d), source
         lo, hi = PLATE_NUCLEUS_RANGE[0] * hint_px, PLATE_NUCLEUS_RANGE[1] * hint_px
         if lo <= 2 * d <= hi:
             return float(2 * d), "blobs_plate_checked"
@@ -263,6 +278,23 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
         return float(2 * d), "blobs_checked"
     near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
     return (float(2 * near[0][0]), "blobs_corrected") if near else (float(2 * hole), "holes")
+
+
+def _nuclei_within_cells(m: np.ndarray, glass: np.ndarray, peaks: list[tuple[float, float]]) -> float | None:
+    """The size (px, the scale of ``m``) of the nuclei inside whole cells
+    when the strongest peak of ``peaks`` (:func:`segment.blob_diameters` of
+    ``m``) is the cells themselves: its blobs ringed by ``glass``, and a
+    smaller peak (at most WHOLE_CELL_MAX_RATIO of it) whose blobs lie
+    mostly off the glass; else None (:func:`brightfield_nucleus_size`)."""
+    d = peaks[0][0]
+    smaller = [p[0] for p in peaks[1:] if p[0] <= WHOLE_CELL_MAX_RATIO * d]
+    if not smaller:
+        return None
+    ring, _ = segment.blobs_on_glass(m, glass, diameter_px=d)
+    if ring < WHOLE_CELL_RING_GLASS:
+        return None
+    _, centres = segment.blobs_on_glass(m, glass, diameter_px=smaller[0])
+    return smaller[0] if centres < 0.5 else None
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -504,6 +536,18 @@ HOLE_CHECK_MAX_RATIO = 2.0
 # the magnification, and senescent nuclei are up to ~1.35x the diameter of
 # normal ones (1.2-1.8x the area), so a field of mixed cells stays within it.
 PLATE_NUCLEUS_RANGE = (0.7, 1.4)
+
+# Whole cells outshining their nuclei (brightfield_nucleus_size, no holes to
+# check): the strongest blobs are cells when a circle just past their edge
+# lies on the lamp's bare glass for at least this median share (on a second
+# renderer's unstained fields of dense cells on grey glass 0.58-1.0 where
+# the blobs were the cells, 0.06-0.42 where dense fields let cells touch;
+# 0 on our renderer's 30 unstained fields, whose nuclei lie in faint
+# cytoplasm), and the nuclei are a smaller peak of the profile, at most
+# this ratio of the cells' size (cells are rarely under twice their
+# nucleus' diameter; those fields read 0.25-0.40).
+WHOLE_CELL_RING_GLASS = 0.5
+WHOLE_CELL_MAX_RATIO = 0.6
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
@@ -818,7 +862,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         diameter, size_source = segment.estimate_nucleus_diameter(nmap), "nuclear_stain"
     else:
         diameter, size_source = brightfield_nucleus_size(grey, xgal, excluded=prep.excluded,
-                                                         hint_px=nucleus_hint_px)
+                                                         hint_px=nucleus_hint_px, glass=prep.lamp.background)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
     grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)

@@ -271,6 +271,39 @@ def blob_diameters(image: np.ndarray, *, min_px: float = 2.5, max_px: float = 40
     return sorted(out, key=lambda p: -p[1])
 
 
+def strongest_blobs(image: np.ndarray, *, diameter_px: float, top: int | None = None) -> np.ndarray:
+    """(k, 2) row, col of the ``top`` strongest bright blobs of ``image`` at
+    the scale of ``diameter_px``: the 3x3 local maxima of sigma^2 |LoG|
+    (sigma = diameter / (2 sqrt 2)) after a 3x3 median, strongest first --
+    the objects :func:`blob_diameters` measured at that size (``top`` as
+    there: one per 11,600 px, at least 5)."""
+    import cv2
+
+    if top is None:
+        top = max(5, int(round(np.size(image) / 11600)))
+    m = cv2.medianBlur(np.ascontiguousarray(image, dtype=np.float32), 3)
+    sigma = float(diameter_px) / (2 * np.sqrt(2))
+    r = (-(sigma ** 2)) * filters.gaussian_laplace(m, sigma)
+    ys, xs = np.nonzero((r >= cv2.dilate(r, np.ones((3, 3), np.uint8))) & (r > 0))
+    order = np.argsort(-r[ys, xs], kind="stable")[:top]
+    return np.stack([ys[order], xs[order]], axis=1)
+
+
+def blobs_on_glass(image: np.ndarray, glass: np.ndarray, *, diameter_px: float,
+                   top: int | None = None) -> tuple[float, float]:
+    """Where the strongest blobs of ``image`` at ``diameter_px``
+    (:func:`strongest_blobs`) lie relative to ``glass`` (bool, bare glass):
+    (the median over blobs of the fraction of a circle of 0.75 diameter
+    radius -- just past the blob's edge -- on glass, the fraction of blob
+    centres on glass); (0, 0) with no blob. Whole cells on glass are ringed
+    by it; a nucleus is ringed by its cell's cytoplasm."""
+    pts = strongest_blobs(image, diameter_px=diameter_px, top=top)
+    if not len(pts):
+        return 0.0, 0.0
+    ring = _ring_fraction(glass, pts, 0.75 * float(diameter_px))
+    return float(np.median(ring)), float(np.mean(glass[pts[:, 0], pts[:, 1]]))
+
+
 def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: float = 0.05,
                         min_holes: int = 5, excluded: np.ndarray | None = None) -> float | None:
     """Typical diameter (px) of the pale holes nuclei leave in stained cells.
