@@ -17,12 +17,15 @@ different and much simpler model that shares no code with ``sabgal.synth``:
   Gaussian blur 0.8-2 px, additive Gaussian noise, PNG or JPEG (75-95).
 
 Truth: cell labels and a positive flag per cell (every cell given X-gal is
-positive, however faint). The figures are scored as in ``accuracy.py``; they
+positive, however faint). ``--negative`` renders the same fields with no
+cell stained (negative controls: the geometry is drawn as before, no X-gal
+is put in), written to ``crosscheck_negative.json`` / ``_per_image.csv``. The figures are scored as in ``accuracy.py``; they
 are a sanity check of generality, not a second set of bars.
 
 Usage::
 
     python benchmarks/crosscheck.py --n 24 --seed 1000
+    python benchmarks/crosscheck.py --n 90 --seed 9000 --negative
 
 Writes ``benchmarks/results/crosscheck.json`` and ``crosscheck_per_image.csv``.
 """
@@ -95,8 +98,9 @@ def _place_cells(rng: np.random.Generator, shape: tuple[int, int]):
     return cells, nuclei, np.array(positive, dtype=bool)
 
 
-def render_field(seed: int, setup: str, out: Path, shape: tuple[int, int]) -> dict:
-    """Render one field and its truth into ``out/images`` and ``out/truth``."""
+def render_field(seed: int, setup: str, out: Path, shape: tuple[int, int], *, negative: bool = False) -> dict:
+    """Render one field and its truth into ``out/images`` and ``out/truth``
+    (``negative``: no cell stained)."""
     import tifffile
     from PIL import Image
     from scipy import ndimage as ndi
@@ -104,6 +108,8 @@ def render_field(seed: int, setup: str, out: Path, shape: tuple[int, int]) -> di
     rng = np.random.default_rng(seed)
     h, w = shape
     cells, nuclei, positive = _place_cells(rng, shape)
+    if negative:
+        positive = np.zeros_like(positive)
     bg_name = str(rng.choice(list(BACKGROUNDS)))
     bg = np.array(BACKGROUNDS[bg_name]) * rng.uniform(0.85, 1.05)
     xgal = _unit(XGAL_COLOURS[int(rng.integers(len(XGAL_COLOURS)))])
@@ -151,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     from sabgal import __version__
     from sabgal.cli import main as sabgal_main
 
-    args = argument_parser(__doc__, n=24, seed=1000, work="crosscheck").parse_args(argv)
+    ap = argument_parser(__doc__, n=24, seed=1000, work="crosscheck")
+    ap.add_argument("--negative", action="store_true", help="no cell stained (negative controls)")
+    args = ap.parse_args(argv)
+    name = "crosscheck_negative" if args.negative else "crosscheck"
 
     work = Path(args.work)
     if work.exists():
         shutil.rmtree(work)
     t0 = time.perf_counter()
-    manifest = pd.DataFrame([render_field(args.seed + i, SETUPS[i % 3], work, tuple(args.shape))
-                             for i in range(args.n)])
+    manifest = pd.DataFrame([render_field(args.seed + i, SETUPS[i % 3], work, tuple(args.shape),
+                                          negative=args.negative) for i in range(args.n)])
     t_render = time.perf_counter() - t0
     t0 = time.perf_counter()
     rc = sabgal_main(["run", str(work / "images"), "--out", str(work / "results"),
@@ -166,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     t_run = time.perf_counter() - t0
     per, summary, _ = score_run(manifest, work / "truth", work / "results")
     per = per.merge(manifest[["stem", "background", "xgal_vector"]], on="stem", how="left")
-    result = {"sabgal_version": __version__, "seed": args.seed, "n_images": args.n,
+    result = {"sabgal_version": __version__, "seed": args.seed, "n_images": args.n, "negative": args.negative,
               "shape": list(args.shape), "run_exit_code": rc, "render_s": round(t_render, 1),
               "run_s": round(t_run, 1), "summary": summary}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "crosscheck.json").write_text(json.dumps(result, indent=2) + "\n")
-    per.to_csv(out / "crosscheck_per_image.csv", index=False)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    per.to_csv(out / f"{name}_per_image.csv", index=False)
     print_summary(summary)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

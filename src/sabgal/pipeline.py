@@ -217,8 +217,8 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     found glass. Without holes to check against, whole cells can outshine
     their nuclei: uniformly dense bodies on bright glass are the field's
     strongest blobs. When the strongest blob size's blobs are ringed by
-    glass (median ``WHOLE_CELL_RING_GLASS`` of a circle just past their
-    edge) and the profile has a peak at most ``WHOLE_CELL_MAX_RATIO`` of
+    glass (median ``WHOLE_CELL_RING_GLASS`` of a circle one diameter from
+    their centres) and the profile has a peak at most ``WHOLE_CELL_MAX_RATIO`` of
     that size whose blobs lie off the glass (most centres), those are the
     nuclei inside the cells (``"blobs_within_cells"``): a nucleus is ringed
     by its cell's cytoplasm, not by glass.
@@ -538,12 +538,13 @@ HOLE_CHECK_MAX_RATIO = 2.0
 PLATE_NUCLEUS_RANGE = (0.7, 1.4)
 
 # Whole cells outshining their nuclei (brightfield_nucleus_size, no holes to
-# check): the strongest blobs are cells when a circle just past their edge
-# lies on the lamp's bare glass for at least this median share (on a second
-# renderer's unstained fields of dense cells on grey glass 0.58-1.0 where
-# the blobs were the cells, 0.06-0.42 where dense fields let cells touch;
-# 0 on our renderer's 30 unstained fields, whose nuclei lie in faint
-# cytoplasm), and the nuclei are a smaller peak of the profile, at most
+# check): the strongest blobs are cells when a circle one blob diameter from
+# their centres lies on the lamp's bare glass for at least this median share
+# (on a second renderer's unstained fields of dense cells on glass, drawn two
+# ways, 0.69-1.0 where the blobs were the cells -- at 0.75 diameters, 0.11-0.48
+# in five, the elongated cells read smaller than they are; at most 0.09 on our
+# renderer's 30 unstained fields, whose nuclei lie in faint cytoplasm), and
+# the nuclei are a smaller peak of the profile, at most
 # this ratio of the cells' size (cells are rarely under twice their
 # nucleus' diameter; those fields read 0.25-0.40).
 WHOLE_CELL_RING_GLASS = 0.5
@@ -960,11 +961,16 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 # cell whose nucleus the searches' spacing or strength missed
                 nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
                                              min_xgal=floor, smoothed=broad, maps=owner_maps)
-            if not sheet_mask and (on_cells or near_ratio >= BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO):
+            whole_cells_on_glass = size_source == "blobs_within_cells"
+            if not sheet_mask and not whole_cells_on_glass and (
+                    on_cells or near_ratio >= BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO):
                 # large cells: their faint cytoplasm lies mostly beyond a
                 # diameter from their nuclei (so the checks one diameter
                 # out may not see it on the cells), but still as near them
-                # as any of the field is -- within half the nuclei's spacing
+                # as any of the field is -- within half the nuclei's spacing.
+                # (Not where the nuclei were sized inside whole cells ringed
+                # by the glass: that glass lies between the cells, however
+                # evenly they are spread.)
                 spacing = segment.median_neighbour_distance(nuclei)
                 sheet_mask = spacing is not None and segment.glass_near_nuclei_ratio(
                     background, nuclei, diameter_px=0.5 * spacing) >= BRIGHTFIELD_SHEET_SPACING_RATIO

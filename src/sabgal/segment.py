@@ -293,14 +293,16 @@ def blobs_on_glass(image: np.ndarray, glass: np.ndarray, *, diameter_px: float,
                    top: int | None = None) -> tuple[float, float]:
     """Where the strongest blobs of ``image`` at ``diameter_px``
     (:func:`strongest_blobs`) lie relative to ``glass`` (bool, bare glass):
-    (the median over blobs of the fraction of a circle of 0.75 diameter
-    radius -- just past the blob's edge -- on glass, the fraction of blob
-    centres on glass); (0, 0) with no blob. Whole cells on glass are ringed
-    by it; a nucleus is ringed by its cell's cytoplasm."""
+    (the median over blobs of the fraction of a circle of one diameter
+    radius -- twice the blob's radius, past the edge of a whole cell, which
+    scale selection reads smaller than it is when elongated -- on glass,
+    the fraction of blob centres on glass); (0, 0) with no blob. Whole cells
+    on glass are ringed by it; a nucleus is ringed by its cell's cytoplasm
+    (cells are several times their nucleus' diameter)."""
     pts = strongest_blobs(image, diameter_px=diameter_px, top=top)
     if not len(pts):
         return 0.0, 0.0
-    ring = _ring_fraction(glass, pts, 0.75 * float(diameter_px))
+    ring = _ring_fraction(glass, pts, float(diameter_px))
     return float(np.median(ring)), float(np.mean(glass[pts[:, 0], pts[:, 1]]))
 
 
