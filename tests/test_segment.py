@@ -1685,3 +1685,27 @@ def test_nuclei_inside_whole_cells_on_glass_are_read_as_the_nuclei():
     assert src == "blobs_within_cells" and 10 <= d <= 18, (d, src)
     _, _, no_ring = _whole_cells_field(glass_ring=False)
     assert pipeline.brightfield_nucleus_size(grey, xgal, glass=no_ring) == (d0, "blobs_unchecked")
+
+
+def test_body_depth_leaves_glass_enclosed_by_touching_cells_unfilled():
+    """Six touching cell bodies in a ring around a pocket of bare glass:
+    filled, the pocket merges them into one deep body whose lobes vanish
+    (a second renderer's field: 28 of 120 cells lost to merged territories);
+    with the lamp's glass given, the pocket stays a hole and each body keeps
+    its own depth maximum."""
+    yy, xx = np.mgrid[:200, :200]
+    fg = np.zeros((200, 200), bool)
+    for a in np.linspace(0, 2 * np.pi, 6, endpoint=False):
+        fg |= (yy - 100 - 45 * np.sin(a)) ** 2 + (xx - 100 - 45 * np.cos(a)) ** 2 <= 26 ** 2
+    pocket = ((yy - 100) ** 2 + (xx - 100) ** 2 <= 12 ** 2) & ~fg
+    assert pocket.any()
+    none = np.zeros_like(fg, dtype=np.int32)
+    filled = segment.body_depth(fg, none)
+    kept = segment.body_depth(fg, none, glass=pocket)
+    assert filled[100, 100] > 40 and kept[100, 100] == 0
+    # each body's inner side now faces the glass: shallower there
+    for a in np.linspace(0, 2 * np.pi, 6, endpoint=False):
+        cy, cx = int(round(100 + 28 * np.sin(a))), int(round(100 + 28 * np.cos(a)))
+        assert kept[cy, cx] < filled[cy, cx]
+    # glass outside the pocket changes nothing
+    assert np.array_equal(segment.body_depth(fg, none, glass=~fg & (yy < 5)), filled)

@@ -1011,7 +1011,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             foreground = foreground | pale
             if background is not None:
                 background = background & ~pale
-        depth = segment.body_depth(foreground, nuclei)
+        # (in a dense field, glass the lamp saw enclosed by touching cells
+        # lies between them: left unfilled, so their bodies keep their own
+        # lobes; in a sparse one such "glass" is likelier a pale part of one
+        # large cell, or the inside of a ring-shaped speck)
+        depth = segment.body_depth(foreground, nuclei, glass=enclosed if dense else None)
         # (in a dense field a clump's rim is lined with unstained cells'
         # nuclei, and what lies out of the stain is no stained cell's margin)
         dense_clear = glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION

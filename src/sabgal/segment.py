@@ -1645,10 +1645,13 @@ def outlined_cells(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: flo
     return out
 
 
-def body_depth(foreground: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+def body_depth(foreground: np.ndarray, nuclei: np.ndarray, *, glass: np.ndarray | None = None) -> np.ndarray:
     """Distance to the edge of the cell bodies: the foreground with the
-    nuclei, holes filled (float32)."""
-    return filters.distance_transform(morph.fill_holes(foreground | (nuclei > 0)))
+    nuclei, holes filled (float32) -- but not a hole holding ``glass``
+    (bare glass the lamp estimate saw, when given): glass enclosed by a ring
+    of touching cells lies between them, and filled it would merge their
+    bodies into one deep piece with no lobes."""
+    return filters.distance_transform(morph.fill_holes(foreground | (nuclei > 0), unless=glass))
 
 
 def _label_max(image: np.ndarray, labels: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
