@@ -825,6 +825,23 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     return out
 
 
+def _outlined(grey: np.ndarray, nuclei: np.ndarray, *, f: int, d: float, smoothed: np.ndarray, glass_sd: float,
+              fine: np.ndarray, broad: np.ndarray, floor: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """(:func:`segment.outlined_cells` over the outline map of ``grey`` at
+    working scale ``f`` -- the mask, or None when it closes nothing -- and
+    that outline map, which the border step reuses). ``fine``, ``broad``:
+    X-gal smoothed at 1 px and half a nucleus; ``floor``: the positivity
+    floor (stained cells show their body; their stain bars an outline)."""
+    sigma_ol = max(1.0, OUTLINE_SIGMA_PX / f)
+    strength = segment.outline_strength(grey, sigma_px=sigma_ol)
+    outlined = segment.outlined_cells(
+        strength, nuclei, diameter_px=d, density=smoothed, density_sd=glass_sd,
+        clear=broad < floor, barrier=fine >= floor, side_px=2 * sigma_ol,
+        min_strength=OUTLINED_MIN_STRENGTH, field_strength=OUTLINED_FIELD_STRENGTH,
+        max_step_sd=OUTLINED_MAX_STEP_SD, field_step_sd=OUTLINED_FIELD_STEP_SD)
+    return (outlined if outlined.any() else None), strength
+
+
 def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | None, xgal: np.ndarray, *,
                         diameter_px: float, min_xgal: float, smoothed: np.ndarray,
                         maps: segment.StainMaps | None) -> np.ndarray:
@@ -990,19 +1007,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                     stats=glass_stats)
         if glass_fitted and prep.lamp.background_fraction < OUTLINED_MAX_GLASS_FRACTION:
             # cells clear inside but ringed by their outline are what it closes
-            sigma_ol = max(1.0, OUTLINE_SIGMA_PX / f)
-            strength = segment.outline_strength(grey_r, sigma_px=sigma_ol)
-            outlined = segment.outlined_cells(
-                strength, nuclei, diameter_px=d, density=smoothed, density_sd=glass_stats[1],
-                clear=broad < floor, barrier=fine >= floor, side_px=2 * sigma_ol,
-                min_strength=OUTLINED_MIN_STRENGTH, field_strength=OUTLINED_FIELD_STRENGTH,
-                max_step_sd=OUTLINED_MAX_STEP_SD, field_step_sd=OUTLINED_FIELD_STEP_SD)
-            if outlined.any():
+            outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
+                                           fine=fine, broad=broad, floor=floor)
+            if outlined is not None:
                 foreground = foreground | outlined
                 if background is not None:
                     background = background & ~outlined
-            else:
-                outlined = None
         # a pocket of "glass" holding its own nuclei, no larger than the
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)
@@ -1040,6 +1050,17 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
                                              texture=texture, background=background, smoothed=smoothed,
                                              stats=glass_stats)
+        if (background is not None and prep.lamp.method == "auto"
+                and prep.lamp.background_fraction < OUTLINED_MAX_GLASS_FRACTION):
+            # exact nuclei too: large cells as faint as the glass inside but
+            # ringed by their outline are what the outlines close
+            floor = config.classify.min_positive_threshold
+            outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
+                                           fine=segment.smoothed_stain(xgal_r, 1.0),
+                                           broad=segment.smoothed_stain(xgal_r, d / 2), floor=floor)
+            if outlined is not None:
+                foreground = foreground | outlined
+                background = background & ~outlined
     unseeded = "seed" if mode == "brightfield" else "drop"
     no_cells = background
     if excluded is not None:
@@ -1108,6 +1129,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nucleus_mask = nuclei > 0
         nucleus_dist = (nearest[0] if np.array_equal(nucleus_mask, seeds > 0)
                         else filters.distance_transform(~nucleus_mask))
+        if outlined is not None:
+            # (an outlined cell's edge is its outline, not a blurred step)
+            keep = segment.mostly_within(cells, outlined)
     elif trim:
         # the brightfield foreground crosses the blur around a cell's body at
         # its low limit too; but a faint cell's reach is no blur. (Stained
