@@ -19,15 +19,17 @@ different and much simpler model that shares no code with ``sabgal.synth``:
 Truth: cell labels and a positive flag per cell (every cell given X-gal is
 positive, however faint). ``--negative`` renders the same fields with no
 cell stained (negative controls: the geometry is drawn as before, no X-gal
-is put in), written to ``crosscheck_negative.json`` / ``_per_image.csv``. The figures are scored as in ``accuracy.py``; they
-are a sanity check of generality, not a second set of bars.
+is put in). The figures are scored as in ``accuracy.py``; they are a sanity
+check of generality, not a second set of bars.
 
 Usage::
 
     python benchmarks/crosscheck.py --n 24 --seed 1000
     python benchmarks/crosscheck.py --n 90 --seed 9000 --negative
 
-Writes ``benchmarks/results/crosscheck.json`` and ``crosscheck_per_image.csv``.
+Writes ``benchmarks/results/crosscheck.json`` and ``crosscheck_per_image.csv``
+(with ``--negative``: ``crosscheck_negative.json`` and
+``crosscheck_negative_per_image.csv``).
 """
 
 from __future__ import annotations

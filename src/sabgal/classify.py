@@ -135,6 +135,14 @@ def _local_maxima(dens: np.ndarray) -> np.ndarray:
     return np.flatnonzero((dens[1:-1] >= dens[:-2]) & (dens[1:-1] > dens[2:])) + 1
 
 
+def _second_difference(dens: np.ndarray) -> np.ndarray:
+    """A density's second difference (0 at both ends): negative where it
+    bends down (:func:`_modes_and_shoulders`)."""
+    d2 = np.zeros_like(dens)
+    d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    return d2
+
+
 def _modes_and_shoulders(dens: np.ndarray, d2: np.ndarray) -> np.ndarray:
     """Grid indices of a density's populations, lowest first: its local
     maxima, and its shoulders -- a concave stretch (a bump of its own) on
@@ -170,8 +178,7 @@ def _populations(x: np.ndarray, grid: np.ndarray, dens: np.ndarray, bw: float) -
     where the density has no dip there (a shoulder), up to where it bends up
     most (its most convex point).
     """
-    d2 = np.zeros_like(dens)
-    d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
+    d2 = _second_difference(dens)
     cand = _modes_and_shoulders(dens, d2)
     step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
     groups: list[list[int]] = []
@@ -508,9 +515,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
             # unstained mode's shoulder and the lowered threshold is a second
             # component of the unstained cells (spill, haze), which the lower
             # threshold would cut in two, not faintly stained cells above it
-            d2 = np.zeros_like(dens)
-            d2[1:-1] = dens[2:] - 2 * dens[1:-1] + dens[:-2]
-            cand = _modes_and_shoulders(dens, d2)
+            cand = _modes_and_shoulders(dens, _second_difference(dens))
             lo_x, hi_x = fwd([shoulder, lowered])
             split = cand[(grid[cand] > lo_x) & (grid[cand] < hi_x) & (dens[cand] >= EXCESS_MIN_DENSITY * dens.max())]
             if not split.size:
