@@ -1459,8 +1459,56 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     # flooded: the band, from the core pixels that border it
     free = (markers == 0) & (cells > 0)
     zone = cv2.dilate(free.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & (cells > 0)
-    out = watershed(land, np.where(zone & ~free, markers, 0), mask=zone)
-    return np.where(zone, out, cells).astype(cells.dtype, copy=False)
+    # (on 2x2 blocks: the band holds most of a dense field's pixels and the
+    # flood was most of the step's time; a border placed to the nearest block
+    # moves a cell's area by well under 1 %)
+    out = _flood_half(land, np.where(zone & ~free, markers, 0), zone)
+    return np.where(free, out, cells).astype(cells.dtype, copy=False)
+
+
+# A 2x2 block's land in the border flood is its highest pixel's, less this
+# share of the full scale (stretched back to 0-1): the highest of four pixels
+# of noise lies higher than one, and a band of pure noise, floored at 0 from
+# the outline map's low end, steered the border by 2-8 px (1-2 at full
+# resolution); from half way up the ramp, 0.6-2.8 px.
+HALF_FLOOD_LAND_FLOOR = 0.5
+
+
+def _flood_half(land: np.ndarray, seeds: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """``watershed(land, seeds, mask=zone)`` on 2x2 blocks, 4x fewer pixels
+    to flood: a block's land is its highest pixel's (a line 1 px wide
+    survives), floored at :data:`HALF_FLOOD_LAND_FLOOR`; its seed its first
+    seeded pixel's (row by row); it lies in the zone if any of its pixels
+    does. Each pixel then takes its block's label.
+
+    >>> land = np.zeros((2, 8)); land[:, 4] = 1.0
+    >>> seeds = np.zeros((2, 8), int); seeds[:, 0], seeds[:, 7] = 1, 2
+    >>> _flood_half(land, seeds, np.ones((2, 8), bool))[0].tolist()
+    [1, 1, 1, 1, 2, 2, 2, 2]
+    """
+    m, n = land.shape
+    pm, pn = m + (m % 2), n + (n % 2)
+
+    def quarters(a: np.ndarray, fill) -> list[np.ndarray]:
+        if (pm, pn) != (m, n):
+            a = np.pad(a, ((0, pm - m), (0, pn - n)), constant_values=fill)
+        return [a[0::2, 0::2], a[0::2, 1::2], a[1::2, 0::2], a[1::2, 1::2]]
+
+    q = quarters(np.asarray(land, dtype=np.float32), 0)
+    top = np.maximum(np.maximum(q[0], q[1]), np.maximum(q[2], q[3]))
+    land2 = np.clip((top - HALF_FLOOD_LAND_FLOOR) / (1 - HALF_FLOOD_LAND_FLOOR), 0, 1)
+    q = quarters(np.asarray(zone, dtype=bool), False)
+    zone2 = (q[0] | q[1]) | (q[2] | q[3])
+    q = quarters(seeds, 0)
+    seeds2 = q[0].copy()
+    for other in q[1:]:
+        np.copyto(seeds2, other, where=seeds2 == 0)
+    out2 = watershed(land2, seeds2, mask=zone2)
+    out = np.empty((pm, pn), dtype=out2.dtype)
+    for r in (0, 1):
+        for c in (0, 1):
+            out[r::2, c::2] = out2
+    return out[:m, :n]
 
 
 class PolarPaths(NamedTuple):
