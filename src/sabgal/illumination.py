@@ -269,6 +269,10 @@ UPPER_MAX_RISE = 0.2
 # the lamp model's misfit included); a brighter population spread wider is
 # bright cytoplasm, not glass.
 GLASS_ACCEPT_SPREAD = 0.008
+# Where the few-noise-SD window finds glass on less than this share of the
+# field, the brightest population's own histogram peak is tried for it
+# (_fit_lamp_small, step 2b; only where the plain fits leave the glass scarce).
+PEAK_GLASS_BELOW = 0.05
 
 
 def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float,
@@ -387,7 +391,11 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     kept if it finds ``ESCALATE_GAIN`` times as much (a steep fall-off the
     quadratic misses by a few tenths of a per cent leaves most of the glass
     outside its few-noise-SD window; a sheet's faint cytoplasm does not
-    become glass under a more flexible model). ``at_max``
+    become glass under a more flexible model). Where glass is still scarce
+    (or the fit fell back to the percentile guess), both degrees are fitted
+    again reading the glass off its own histogram peak (JPEG glass, faint
+    cells: :func:`_fit_lamp_small` step 2b), and a fit that finds more glass
+    that way (at least ``ESCALATED_MIN_GLASS``) is kept. ``at_max``
     (``rgb >= rgb.max()``, (M, N, 3) bool) when the caller has it already.
     """
     if at_max is None:
@@ -403,7 +411,16 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
-            return _full_lamp(flexible)
+            lamp = flexible
+    if lamp.method == "auto-percentile" or lamp.background_fraction < ESCALATE_BELOW_GLASS:
+        # glass still scarce: read off its histogram peak (step 2b), at both
+        # degrees, where that finds more than the fit kept
+        degs = sorted({degree, min(6, degree + ESCALATE_DEGREE_BY)}) if 0 < degree < 6 else [degree]
+        for deg in degs:
+            alt = _fit_lamp_small(blocks, block_px=block_px, degree=deg, peak=True)
+            if alt.glass_from_peak and alt.background_fraction > max(
+                    lamp.background_fraction if lamp.method == "auto" else 0.0, ESCALATED_MIN_GLASS):
+                lamp = alt
     return _full_lamp(lamp)
 
 
@@ -419,6 +436,7 @@ class _LampFit:
     background_small: np.ndarray | None  # (m', n') bool, None for the percentile fallback
     shape: tuple[int, int]
     factor: int
+    glass_from_peak: bool = False  # the glass read off its histogram peak (step 2b)
 
 
 def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
@@ -500,7 +518,7 @@ def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
     return _LampBlocks(small, lum, yy, xx, noise, smooth, smooth & ~clipped, (m, n), f)
 
 
-def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int) -> _LampFit:
+def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bool = False) -> _LampFit:
     """The lamp from the image itself, with a vignetting model of ``degree``.
 
     Parameters
@@ -523,6 +541,11 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int) -> _Lamp
        ``block_px``, fitted by a polynomial.
     2. Background = pixels within a few noise SDs of that guess whose local
        texture (SD within a 4x4 block) is at the image's smooth-glass level.
+    2b. (``peak``) If that finds glass on under ``PEAK_GLASS_BELOW`` of the
+       field, the brightest population's histogram peak relative to the fit
+       (:func:`_glass_peak`) sets the window instead, when it lies within
+       1 % of the fit and is flat to within ``GLASS_MAX_SPREAD``: JPEG reads
+       the glass far flatter in texture than it is from block to block.
     3. If smooth pixels remain clearly above that fit (at least 0.5 % of the
        field, 1 % brighter), the "glass" was faint cytoplasm: the surface is
        refitted to the brighter population and kept when it forms one flat
@@ -567,6 +590,19 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int) -> _Lamp
         bg_up = _glass(lum, fit_up, spread, smooth)
         if bg_up.mean() > bg.mean():
             fit, noise, bg = fit_up, spread, bg_up
+    # 2b. JPEG with faint cells: block texture reads the glass ~5x flatter
+    #     than its block-to-block spread, the few-noise-SD window catches
+    #     almost none of it, and the upper spread is read off a fit that
+    #     sits between glass and cells. The brightest population's own
+    #     peak gives both where the glass lies and how wide it is.
+    from_peak = False
+    if peak and bg.mean() < PEAK_GLASS_BELOW:
+        rel0 = _relative(lum, fit)
+        offset, spread = _glass_peak(rel0[unclipped.ravel() & (rel0 > -UPPER_MIN_EXCESS)])
+        if noise < spread <= GLASS_MAX_SPREAD and abs(offset) <= UPPER_MIN_EXCESS:
+            bg_pk = _glass(lum, fit, spread, unclipped, offset=offset)
+            if bg_pk.mean() > bg.mean():
+                noise, bg, from_peak = spread, bg_pk, True
     # 3. Smooth pixels clearly brighter than that glass mean it was not glass
     #    (faint cytoplasm of a confluent sheet, or glass the envelope never
     #    reached): refit to them, and keep the result if they form one flat
@@ -622,4 +658,5 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int) -> _Lamp
         lamp_small = np.stack(chans, axis=-1)
         resid = float(np.mean(resids))
         method = "auto"
-    return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, blocks.shape, f)
+    return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, blocks.shape, f,
+                    from_peak and method == "auto")
