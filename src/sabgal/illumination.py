@@ -405,9 +405,11 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     # resolution: only the one kept is brought to full resolution)
     blocks = _lamp_blocks(rgb, at_max)
     lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
+    plain = {degree: lamp}
     scarce = lamp.method == "auto" and lamp.background_fraction < ESCALATE_BELOW_GLASS
     if (lamp.method == "auto-percentile" or scarce) and 0 < degree < 6:
         flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
+        plain[min(6, degree + ESCALATE_DEGREE_BY)] = flexible
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
@@ -415,8 +417,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     if lamp.method == "auto-percentile" or lamp.background_fraction < ESCALATE_BELOW_GLASS:
         # glass still scarce: read off its histogram peak (step 2b), at both
         # degrees, where that finds more than the fit kept
-        degs = sorted({degree, min(6, degree + ESCALATE_DEGREE_BY)}) if 0 < degree < 6 else [degree]
-        for deg in degs:
+        for deg in sorted(d for d, fit in plain.items() if fit.peak_helps):
             alt = _fit_lamp_small(blocks, block_px=block_px, degree=deg, peak=True)
             if alt.glass_from_peak and alt.background_fraction > max(
                     lamp.background_fraction if lamp.method == "auto" else 0.0, ESCALATED_MIN_GLASS):
@@ -437,6 +438,7 @@ class _LampFit:
     shape: tuple[int, int]
     factor: int
     glass_from_peak: bool = False  # the glass read off its histogram peak (step 2b)
+    peak_helps: bool = False  # step 2b would find more glass (whether or not it was used)
 
 
 def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
@@ -595,13 +597,16 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     #     almost none of it, and the upper spread is read off a fit that
     #     sits between glass and cells. The brightest population's own
     #     peak gives both where the glass lies and how wide it is.
-    from_peak = False
-    if peak and bg.mean() < PEAK_GLASS_BELOW:
+    #     (Judged on every fit, used only with ``peak``: the caller refits
+    #     with it where the plain fits leave glass scarce and it would help.)
+    from_peak = peak_helps = False
+    if bg.mean() < PEAK_GLASS_BELOW:
         rel0 = _relative(lum, fit)
         offset, spread = _glass_peak(rel0[unclipped.ravel() & (rel0 > -UPPER_MIN_EXCESS)])
         if noise < spread <= GLASS_MAX_SPREAD and abs(offset) <= UPPER_MIN_EXCESS:
             bg_pk = _glass(lum, fit, spread, unclipped, offset=offset)
-            if bg_pk.mean() > bg.mean():
+            peak_helps = bool(bg_pk.mean() > bg.mean())
+            if peak and peak_helps:
                 noise, bg, from_peak = spread, bg_pk, True
     # 3. Smooth pixels clearly brighter than that glass mean it was not glass
     #    (faint cytoplasm of a confluent sheet, or glass the envelope never
@@ -659,4 +664,4 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
         resid = float(np.mean(resids))
         method = "auto"
     return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, blocks.shape, f,
-                    from_peak and method == "auto")
+                    from_peak and method == "auto", peak_helps)
