@@ -511,13 +511,21 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
     return record
 
 
-def _is_done(out_dir: Path, s: ImageSet, digest: str, flat_digest: str | None) -> bool:
-    state_json, state_cells = _state_paths(out_dir, s.key)
-    if not state_json.exists():
-        return False
+def _read_record(state_json: Path) -> dict[str, Any] | None:
+    """A finished image's record (``DIR/.sabgal/<key>.json``), or None where
+    there is none or it cannot be read (an interrupted write never leaves a
+    partial one: :func:`sabgal.io.atomic_path`)."""
     try:
         rec = json.loads(state_json.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # (json.JSONDecodeError is a ValueError)
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _is_done(out_dir: Path, s: ImageSet, digest: str, flat_digest: str | None) -> bool:
+    state_json, state_cells = _state_paths(out_dir, s.key)
+    rec = _read_record(state_json)
+    if rec is None:
         return False
     if rec.get("status") != "ok" or rec.get("config_digest") != digest:
         return False
@@ -852,10 +860,8 @@ def refine_nucleus_sizes(sets: list[ImageSet], config: Config, out_dir: str | os
         plates = dict(zip(metadata["image"], metadata["plate"].astype(str)))
     rows = []
     for s in sets:
-        state_json, _ = _state_paths(out, s.key)
-        try:
-            rec = json.loads(state_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        rec = _read_record(_state_paths(out, s.key)[0])
+        if rec is None:
             continue
         info = rec.get("info") or {}
         if rec.get("status") != "ok" or info.get("setup") != "brightfield":
@@ -1037,9 +1043,8 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
     records, tables = [], []
     for s in sets:
         state_json, state_cells = _state_paths(out, s.key)
-        try:
-            rec = json.loads(state_json.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        rec = _read_record(state_json)
+        if rec is None:
             rec = {"image": s.image, "status": "error", "error": f"{s.path}: no result (not processed)"}
         rec["image"] = s.image
         if rec.get("status") == "ok":
