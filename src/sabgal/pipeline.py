@@ -272,12 +272,18 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
         lo, hi = PLATE_NUCLEUS_RANGE[0] * hint_px, PLATE_NUCLEUS_RANGE[1] * hint_px
         if lo <= 2 * d <= hi:
             return float(2 * d), "blobs_plate_checked"
-        near = [p for p in peaks[1:] if lo <= 2 * p[0] <= hi]
-        return (float(2 * near[0][0]), "blobs_plate_corrected") if near else (float(hint_px), "plate")
+        near = _other_peak_within(peaks, lo / 2, hi / 2)
+        return (float(2 * near), "blobs_plate_corrected") if near is not None else (float(hint_px), "plate")
     if HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
         return float(2 * d), "blobs_checked"
-    near = [p for p in peaks[1:] if 0.85 * hole <= p[0] <= 1.7 * hole]
-    return (float(2 * near[0][0]), "blobs_corrected") if near else (float(2 * hole), "holes")
+    near = _other_peak_within(peaks, 0.85 * hole, 1.7 * hole)
+    return (float(2 * near), "blobs_corrected") if near is not None else (float(2 * hole), "holes")
+
+
+def _other_peak_within(peaks: list[tuple[float, float]], lo: float, hi: float) -> float | None:
+    """The strongest peak of ``peaks`` (:func:`segment.blob_diameters`, at
+    their scale) after the first whose size lies in [lo, hi], or None."""
+    return next((p[0] for p in peaks[1:] if lo <= p[0] <= hi), None)
 
 
 def _nuclei_within_cells(m: np.ndarray, glass: np.ndarray, peaks: list[tuple[float, float]]) -> float | None:
