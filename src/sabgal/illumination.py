@@ -34,6 +34,9 @@ class Lamp:
     method: which estimate was used.
     background: (M, N) bool mask of the pixels judged to be bare glass, or
       None when the estimate did not find any (confluent field, flat field).
+    glass_from_peak: the glass was read off its own histogram peak
+      (:func:`_fit_lamp_small` step 2b: JPEG glass, faint cells); such glass
+      can hold the insides of cells as clear as it.
     """
 
     image: np.ndarray | None  # (None once sabgal.pipeline.analyze_image has read what it needs)
@@ -42,6 +45,7 @@ class Lamp:
     residual_od: float
     method: str
     background: np.ndarray | None = None
+    glass_from_peak: bool = False
 
 
 def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -461,7 +465,7 @@ def _full_lamp(fit: _LampFit) -> Lamp:
         up = np.repeat(np.repeat(fit.background_small, f, axis=0), f, axis=1)
         bg_full[: up.shape[0], : up.shape[1]] = up
     return Lamp(image.astype(np.float32, copy=False), fit.background_fraction, nonuni, fit.residual, fit.method,
-                bg_full)
+                bg_full, fit.glass_from_peak)
 
 
 @dataclass(frozen=True)

@@ -702,11 +702,19 @@ OUTLINE_HIGH = 3.0
 # (seeds 5151, 2468, 9191, 7272, 6161, 5858) detection F1 rose in each set
 # (pooled 0.9153 -> 0.9230 on 5151, 0.911 -> 0.913 on 2468); one field of
 # faint outlined cells 0.73 -> 0.93; a second renderer's soft-edged cells
-# (no outlines) unchanged. (0.4 until the lamp learnt to find JPEG glass by
-# its histogram peak: the clear insides of outlined cells are then glass to
-# it, half a field of them; at 0.6 one such field 0.57 -> 0.72, no other
-# development field changed.)
-OUTLINED_MAX_GLASS_FRACTION = 0.6
+# (no outlines) unchanged.
+OUTLINED_MAX_GLASS_FRACTION = 0.4
+# ... or this where the lamp read its glass off the glass's own histogram peak
+# (JPEG glass, faint cells): the clear insides of outlined cells are glass to
+# it, half a field of them (one such field 0.57 -> 0.72). Not everywhere: in a
+# second renderer's sparse field at 0.6 a speck's "outline" made cells (0.86
+# -> 0.39, 7.7 -> 28.6 pp).
+OUTLINED_MAX_GLASS_FRACTION_PEAK = 0.6
+
+
+def _outlined_gate(lamp: illumination.Lamp) -> float:
+    """The glass share under which the outlined-cell step runs."""
+    return OUTLINED_MAX_GLASS_FRACTION_PEAK if lamp.glass_from_peak else OUTLINED_MAX_GLASS_FRACTION
 OUTLINED_MIN_STRENGTH = 2.0
 OUTLINED_FIELD_STRENGTH = 1.5
 OUTLINED_MAX_STEP_SD = 2.0
@@ -1014,7 +1022,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed, smoothed=smoothed,
                                                     stats=glass_stats)
-        if glass_fitted and prep.lamp.background_fraction < OUTLINED_MAX_GLASS_FRACTION:
+        if glass_fitted and prep.lamp.background_fraction < _outlined_gate(prep.lamp):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
                                            fine=fine, broad=broad, floor=floor)
@@ -1060,7 +1068,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                              texture=texture, background=background, smoothed=smoothed,
                                              stats=glass_stats)
         if (background is not None and prep.lamp.method == "auto"
-                and prep.lamp.background_fraction < OUTLINED_MAX_GLASS_FRACTION):
+                and prep.lamp.background_fraction < _outlined_gate(prep.lamp)):
             # exact nuclei too: large cells as faint as the glass inside but
             # ringed by their outline are what the outlines close
             floor = config.classify.min_positive_threshold
