@@ -279,6 +279,13 @@ GLASS_ACCEPT_SPREAD = 0.008
 PEAK_GLASS_BELOW = 0.05
 
 
+def _glass_peak_of(rel: np.ndarray, unclipped: np.ndarray) -> tuple[float, float]:
+    """:func:`_glass_peak` of the unclipped blocks (``rel``: flat, relative
+    to a lamp fit) that lie level with the fit or above it: the darker cells
+    below ``-UPPER_MIN_EXCESS`` are not in question."""
+    return _glass_peak(rel[unclipped.ravel() & (rel > -UPPER_MIN_EXCESS)])
+
+
 def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float,
                  smooth: np.ndarray) -> np.ndarray | None:
     """Refit the lamp to the smooth pixels well above it; None when there
@@ -410,15 +417,14 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     blocks = _lamp_blocks(rgb, at_max)
     lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
     plain = {degree: lamp}
-    scarce = lamp.method == "auto" and lamp.background_fraction < ESCALATE_BELOW_GLASS
-    if (lamp.method == "auto-percentile" or scarce) and 0 < degree < 6:
+    if _glass_scarce(lamp) and 0 < degree < 6:
         flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
         plain[min(6, degree + ESCALATE_DEGREE_BY)] = flexible
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
             lamp = flexible
-    if lamp.method == "auto-percentile" or lamp.background_fraction < ESCALATE_BELOW_GLASS:
+    if _glass_scarce(lamp):
         # glass still scarce: read off its histogram peak (step 2b), at both
         # degrees, where that finds more than the fit kept
         for deg in sorted(d for d, fit in plain.items() if fit.peak_helps):
@@ -427,6 +433,12 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
                     lamp.background_fraction if lamp.method == "auto" else 0.0, ESCALATED_MIN_GLASS):
                 lamp = alt
     return _full_lamp(lamp)
+
+
+def _glass_scarce(fit: "_LampFit") -> bool:
+    """The fit fell back to the percentile guess, or found bare glass on
+    under ``ESCALATE_BELOW_GLASS`` of the field (:func:`estimate_lamp`)."""
+    return fit.method == "auto-percentile" or fit.background_fraction < ESCALATE_BELOW_GLASS
 
 
 @dataclass(frozen=True)
@@ -605,8 +617,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     #     with it where the plain fits leave glass scarce and it would help.)
     from_peak = peak_helps = False
     if bg.mean() < PEAK_GLASS_BELOW:
-        rel0 = _relative(lum, fit)
-        offset, spread = _glass_peak(rel0[unclipped.ravel() & (rel0 > -UPPER_MIN_EXCESS)])
+        offset, spread = _glass_peak_of(_relative(lum, fit), unclipped)
         if noise < spread <= GLASS_MAX_SPREAD and abs(offset) <= UPPER_MIN_EXCESS:
             bg_pk = _glass(lum, fit, spread, unclipped, offset=offset)
             peak_helps = bool(bg_pk.mean() > bg.mean())
@@ -625,8 +636,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     if fit_hi is not None:
         # judged on what lies level with the new fit or above it: the sheet
         # below (a taller peak when glass is scarce) is not in question
-        rel_hi = _relative(lum, fit_hi)
-        offset, spread = _glass_peak(rel_hi[unclipped.ravel() & (rel_hi > -UPPER_MIN_EXCESS)])
+        offset, spread = _glass_peak_of(_relative(lum, fit_hi), unclipped)
         if spread <= GLASS_ACCEPT_SPREAD and offset >= -spread:
             bg_hi = _glass(lum, fit_hi, max(noise, spread), unclipped, offset=offset)
             if bg_hi.mean() >= UPPER_MIN_FRACTION:

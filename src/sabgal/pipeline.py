@@ -710,11 +710,6 @@ OUTLINED_MAX_GLASS_FRACTION = 0.4
 # second renderer's sparse field at 0.6 a speck's "outline" made cells (0.86
 # -> 0.39, 7.7 -> 28.6 pp).
 OUTLINED_MAX_GLASS_FRACTION_PEAK = 0.6
-
-
-def _outlined_gate(lamp: illumination.Lamp) -> float:
-    """The glass share under which the outlined-cell step runs."""
-    return OUTLINED_MAX_GLASS_FRACTION_PEAK if lamp.glass_from_peak else OUTLINED_MAX_GLASS_FRACTION
 # (2.0 until the outlined-cell gate followed the lamp's glass peak: at 1.75
 # a DAPI field of large faint outlined cells 0.69 -> 0.77 detection, a
 # brightfield field of clear outlined cells 0.72 -> 0.78, development sets'
@@ -844,6 +839,14 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
                                            clear_px=OUTLINE_CLEAR_NUCLEI * diameter_px, low=OUTLINE_LOW,
                                            high=OUTLINE_HIGH, shared=shared[box])
     return out
+
+
+def _glass_allows_outlines(lamp: illumination.Lamp) -> bool:
+    """The lamp found glass on little enough of the field for the
+    outlined-cell step (OUTLINED_MAX_GLASS_FRACTION, or
+    OUTLINED_MAX_GLASS_FRACTION_PEAK where it read the glass off its peak)."""
+    gate = OUTLINED_MAX_GLASS_FRACTION_PEAK if lamp.glass_from_peak else OUTLINED_MAX_GLASS_FRACTION
+    return lamp.background_fraction < gate
 
 
 def _outlined(grey: np.ndarray, nuclei: np.ndarray, *, f: int, d: float, smoothed: np.ndarray, glass_sd: float,
@@ -1026,7 +1029,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed, smoothed=smoothed,
                                                     stats=glass_stats)
-        if glass_fitted and prep.lamp.background_fraction < _outlined_gate(prep.lamp):
+        if glass_fitted and _glass_allows_outlines(prep.lamp):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
                                            fine=fine, broad=broad, floor=floor)
@@ -1071,8 +1074,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = segment.cell_foreground(od_sum, sigma_px=sigma_fg, sensitivity=seg.foreground_sensitivity,
                                              texture=texture, background=background, smoothed=smoothed,
                                              stats=glass_stats)
-        if (background is not None and prep.lamp.method == "auto"
-                and prep.lamp.background_fraction < _outlined_gate(prep.lamp)):
+        if background is not None and prep.lamp.method == "auto" and _glass_allows_outlines(prep.lamp):
             # exact nuclei too: large cells as faint as the glass inside but
             # ringed by their outline are what the outlines close
             floor = config.classify.min_positive_threshold
