@@ -366,6 +366,31 @@ def test_unstained_nuclei_are_added_where_there_is_no_xgal():
                                         diameter_px=d).max() == 0
 
 
+def test_a_dark_speck_on_glass_is_no_unstained_nucleus():
+    """Scale selection: a speck of debris far smaller than a nucleus but dark
+    enough to respond at the nucleus scale responds more at half that scale,
+    a nucleus-sized blob less; with the check on, only the nucleus is added
+    (without it, both)."""
+    rng = np.random.default_rng(11)
+    shape, d = (160, 240), 14.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    grey = rng.normal(0, 0.003, shape).astype(np.float32)
+    nucleus, speck = (80, 60), (80, 180)
+    grey += 0.04 * (((yy - nucleus[0]) ** 2 + (xx - nucleus[1]) ** 2) <= (d / 2) ** 2)
+    grey += 0.6 * (((yy - speck[0]) ** 2 + (xx - speck[1]) ** 2) <= 2.0 ** 2)
+    grey = ndi.gaussian_filter(grey, 1.0)
+    ratio = segment.finer_blob_ratio(grey, np.array([nucleus, speck]), d)
+    assert ratio[0] < 1.0 < 1.6 < ratio[1], ratio
+    none = np.zeros(shape, np.int32)
+    xgal = np.zeros(shape, np.float32)
+    both = segment.add_unstained_nuclei(none, grey, xgal, diameter_px=d)
+    assert np.unique(both).size == 3
+    out = segment.add_unstained_nuclei(none, grey, xgal, diameter_px=d, max_finer_ratio=1.6)
+    assert np.unique(out).size == 2
+    cy, cx = ndi.center_of_mass(out > 0)
+    assert np.hypot(cy - nucleus[0], cx - nucleus[1]) < 3
+
+
 def test_no_unstained_nucleus_at_the_edge_of_a_stained_cell():
     """A dense spot at the edge of a large stained cell, where the smoothed
     stain has faded below the floor, is not an unstained cell's nucleus: its

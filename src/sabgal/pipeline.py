@@ -559,6 +559,11 @@ WHOLE_CELL_MAX_RATIO = 0.6
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
 BRIGHTFIELD_DARK_NUCLEUS_SNR = 6.0
+# ... and is a blob of a nucleus's size: its response at half the nucleus
+# diameter at most this many times that at the diameter (a dark speck on the
+# glass, far smaller, responds more at the finer scale:
+# :func:`sabgal.segment.finer_blob_ratio`).
+BRIGHTFIELD_MAX_FINER_BLOB_RATIO = 1.6
 
 # Brightfield: a stained cell's nucleus (a pale hole in the blue) missed by the
 # threshold counts when its blob response on the nuclear map is this many robust
@@ -949,7 +954,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                       smoothed=(fine, broad))
         unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_r, xgal=xgal_r, diameter_px=d,
                                       snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=floor, smoothed=(fine, broad),
-                                      evidence=evidence)
+                                      evidence=evidence, max_finer_ratio=BRIGHTFIELD_MAX_FINER_BLOB_RATIO)
         nuclei = unstained(nuclei, spacing=BRIGHTFIELD_NUCLEUS_SPACING)
         # how close two nuclei out of the stain may be: from the field's spacing
         clear_spacing = BRIGHTFIELD_NUCLEUS_SPACING

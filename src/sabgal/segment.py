@@ -844,7 +844,16 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     has them."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
-    return _tidy_mask(sm > level + k * sd, glass=glass)
+    limit = level + k * sd
+    if BRIGHTFIELD_LOCAL_GLASS and glass is not None and np.count_nonzero(glass) > 500:
+        local = _local_glass_level(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
+        if BRIGHTFIELD_LOCAL_GLASS == "raise":
+            local = np.maximum(local, np.float32(level))
+        limit = local + np.float32(k * sd)
+    return _tidy_mask(sm > limit, glass=glass)
+
+
+BRIGHTFIELD_LOCAL_GLASS = False
 
 
 def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
@@ -1026,12 +1035,47 @@ def unstained_nucleus_evidence(grey: np.ndarray, xgal: np.ndarray, *, diameter_p
     return UnstainedEvidence(blob_response(grey, clear, diameter_px=d), density, noise)
 
 
+def finer_blob_ratio(image: np.ndarray, coords: np.ndarray, diameter_px: float) -> np.ndarray:
+    """Per point of ``coords`` ((k, 2) row, col): the scale-normalised blob
+    response (sigma^2 |LoG| after a 3x3 median, the strongest within 2 px)
+    of a blob half ``diameter_px`` across over that of one ``diameter_px``
+    across. Scale selection: a blob of diameter D responds most at
+    sigma = D / (2 sqrt 2), so a nucleus-sized blob gives well under 1 and
+    a speck far smaller than a nucleus -- dark enough to respond at the
+    nucleus scale too -- gives more (on development fields: nuclei 0.35-1.4,
+    specks on glass mostly 1.4-2.6)."""
+    import cv2
+
+    coords = np.asarray(coords, dtype=np.intp).reshape(-1, 2)
+    out = np.zeros(len(coords))
+    if not len(coords):
+        return out
+    img = np.asarray(image, dtype=np.float32)
+    rows, cols = img.shape
+    s1 = float(diameter_px) / (2 * np.sqrt(2))
+    s2 = s1 / 2
+    reach = int(4 * s1 + 0.5) + 2 + 2  # (kernel radius, the 2 px window, the median)
+    kernel = np.ones((5, 5), np.uint8)
+    for i, (y, x) in enumerate(coords):
+        y0, y1 = max(0, y - reach), min(rows, y + reach + 1)
+        x0, x1 = max(0, x - reach), min(cols, x + reach + 1)
+        patch = cv2.medianBlur(np.ascontiguousarray(img[y0:y1, x0:x1]), 3)
+        if min(patch.shape) <= 2 * int(4 * s1 + 0.5):
+            continue
+        at = (y - y0, x - x0)
+        r1 = cv2.dilate((-(s1 * s1)) * filters.gaussian_laplace(patch, s1), kernel)[at]
+        r2 = cv2.dilate((-(s2 * s2)) * filters.gaussian_laplace(patch, s2), kernel)[at]
+        out[i] = r2 / r1 if r1 > 0 else np.inf
+    return out
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
                          ring_nuclei: float = 0.75, max_ring_stained: float = 0.25,
                          min_ring_lower: float = 0.7, ring_contrast_sd: float = 5.0,
                          smoothed: tuple[np.ndarray, np.ndarray] | None = None,
-                         evidence: UnstainedEvidence | None = None) -> np.ndarray:
+                         evidence: UnstainedEvidence | None = None,
+                         max_finer_ratio: float = 0.0) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -1084,6 +1128,10 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
 
     def unstained_around(coords: np.ndarray) -> np.ndarray:
         ok = _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
+        if max_finer_ratio and len(coords):
+            # a nucleus-sized blob, not a speck far smaller whose darkness
+            # alone makes a response at the nucleus scale
+            ok &= finer_blob_ratio(grey, coords, d) <= max_finer_ratio
         if min_ring_lower > 0 and len(coords):
             # a nucleus is denser than its own cytoplasm all round; the end of a
             # faint, elongated cell body is level with the rest of the body on one side
