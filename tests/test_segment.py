@@ -902,6 +902,35 @@ def test_brightfield_foreground_keeps_glass_that_a_ring_of_cells_encloses():
     assert kept[ring & ~ndi.binary_dilation(~ring, iterations=3)].all()
 
 
+def test_brightfield_foreground_follows_glass_that_the_lamp_leaves_drifting():
+    """Uneven illumination no smooth lamp model follows leaves a band of bare
+    glass several noise SDs denser than the rest: against one field-wide
+    level it is all "cell". With the lamp's glass mask the limit follows the
+    glass level measured locally, so the band stays glass while the cells on
+    it and beside it are kept whole."""
+    rng = np.random.default_rng(21)
+    shape = (300, 400)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    od = rng.normal(0, 0.006, shape).astype(np.float32)
+    band = np.exp(-0.5 * ((xx - 330) / 90.0) ** 2).astype(np.float32)  # smooth, ~4 cells wide
+    od += 0.012 * band  # ~10 noise SDs of the smoothed glass
+    cells = np.zeros(shape, bool)
+    for cy, cx in [(80, 80), (220, 100), (150, 300), (60, 330)]:
+        cells |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 22 ** 2
+    od[cells] += 0.05
+    glass = ~ndi.binary_dilation(cells, iterations=4)
+    on_band = glass & (band > 0.8)
+    plain = segment.brightfield_foreground(od, sigma_px=2.0)
+    assert plain[on_band].mean() > 0.5  # the drifting glass taken for cells
+    fg = segment.brightfield_foreground(od, sigma_px=2.0, glass=glass)
+    assert fg[on_band].mean() < 0.02
+    inner = cells & ~ndi.binary_dilation(~cells, iterations=2)
+    assert fg[inner].all()
+    lab, n = ndi.label(fg)
+    sizes = np.bincount(lab.ravel())[1:]
+    assert np.count_nonzero(sizes > 100) == 4, sizes  # the cells (a noise speck or two aside)
+
+
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
     # a ring of six stained cells (foreground, each with its nucleus)
     # encloses a pocket holding the nucleus of an unstained cell too faint

@@ -841,19 +841,29 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     (thin cytoplasm) unless they hold known ``glass``: the bare glass that a
     ring of touching cells encloses. ``smoothed`` (``od_sum`` smoothed at
     ``sigma_px``) and ``stats`` (its :func:`glass_level`) when the caller
-    has them."""
+    has them.
+
+    With ``glass`` (the lamp's bare-glass mask, trusted by the caller), the
+    glass level is also measured around each pixel (:func:`_local_glass_level`):
+    where the lamp model leaves the glass drifting by more than the noise
+    limit itself over ``GLASS_DRIFT_SHARE`` or more of the glass (uneven
+    illumination no smooth polynomial follows), a single field-wide level
+    takes whole stretches of bare glass for cells, and the limit follows
+    the local level instead (never below the field-wide one). Below that
+    share it is left alone: the local mean of the mask also rises by a
+    noise SD or two beside cells (their halos, faint margins inside the
+    mask), and following it there trims real cells' edges."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     limit = level + k * sd
-    if BRIGHTFIELD_LOCAL_GLASS and glass is not None and np.count_nonzero(glass) > 500:
+    if glass is not None and np.count_nonzero(glass) > 500:
         local = _local_glass_level(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
-        if BRIGHTFIELD_LOCAL_GLASS == "raise":
-            local = np.maximum(local, np.float32(level))
-        limit = local + np.float32(k * sd)
+        if np.count_nonzero((local > limit) & glass) >= GLASS_DRIFT_SHARE * np.count_nonzero(glass):
+            limit = np.maximum(local, np.float32(level)) + np.float32(k * sd)
     return _tidy_mask(sm > limit, glass=glass)
 
 
-BRIGHTFIELD_LOCAL_GLASS = False
+GLASS_DRIFT_SHARE = 0.05
 
 
 def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
