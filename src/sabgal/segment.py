@@ -649,18 +649,26 @@ def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px
     pixels within about ``scale_px`` (Gaussian-weighted normalised
     convolution, on a reduced grid), drawn towards the field's ``level``
     where glass is scarce nearby."""
+    local, share, f = _local_glass_blocks(sm, glass, level, scale_px)
+    m, n = sm.shape
+    return upsample_bilinear(local, (local.shape[0] * f, local.shape[1] * f))[:m, :n]
+
+
+def _local_glass_blocks(sm: np.ndarray, glass: np.ndarray, level: float,
+                        scale_px: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_local_glass_level` on its reduced grid (blocks of ``f`` px,
+    the image padded to whole blocks), each block's share of ``glass``, and ``f``."""
     f = max(1, int(scale_px // 6))
     m, n = sm.shape
     pad = ((0, (-m) % f), (0, (-n) % f))
     g = np.pad(glass.astype(np.float32), pad)
     num = block_reduce_mean(np.pad(np.where(glass, sm, 0).astype(np.float32), pad), f)
-    w = block_reduce_mean(g, f)
+    share = block_reduce_mean(g, f)
     s = scale_px / f
     num = ndi.gaussian_filter(num, s, mode="nearest")
-    w = ndi.gaussian_filter(w, s, mode="nearest")
+    w = ndi.gaussian_filter(share, s, mode="nearest")
     w0 = np.float32(0.02)  # below ~2 % glass nearby, the field's level takes over
-    local = (num + w0 * np.float32(level)) / (w + w0)
-    return upsample_bilinear(local, (num.shape[0] * f, num.shape[1] * f))[:m, :n]
+    return (num + w0 * np.float32(level)) / (w + w0), share, f
 
 
 # Texture above this percentile of the glass's own texture can count as cell:
@@ -857,8 +865,12 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     limit = level + k * sd
     if glass is not None and np.count_nonzero(glass) > 500:
-        local = _local_glass_level(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
-        if np.count_nonzero((local > limit) & glass) >= GLASS_DRIFT_SHARE * np.count_nonzero(glass):
+        # (judged on the reduced grid the level is measured on: the full-size
+        # map is made only for a field that drifts)
+        local, share, f = _local_glass_blocks(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
+        if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
+            m, n = sm.shape
+            local = upsample_bilinear(local, (local.shape[0] * f, local.shape[1] * f))[:m, :n]
             limit = np.maximum(local, np.float32(level)) + np.float32(k * sd)
     return _tidy_mask(sm > limit, glass=glass)
 
