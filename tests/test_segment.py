@@ -1782,3 +1782,22 @@ def test_body_depth_leaves_glass_enclosed_by_touching_cells_unfilled():
         assert kept[cy, cx] < filled[cy, cx]
     # glass outside the pocket changes nothing
     assert np.array_equal(segment.body_depth(fg, none, glass=~fg & (yy < 5)), filled)
+
+
+def test_speck_limit_is_set_by_the_cells_not_by_a_crowd_of_specks():
+    """Specks that made "nuclei" of their own can outnumber a sparse field's
+    cells: the speck limit follows the cells holding most of the cell area
+    (area-weighted median), not the specks' own size."""
+    lab = np.zeros((400, 400), np.int32)
+    k = 0
+    for i in range(10):  # ten cells of 30 x 60 px
+        k += 1
+        lab[(i // 5) * 40:(i // 5) * 40 + 30, (i % 5) * 70:(i % 5) * 70 + 60] = k
+    for i in range(30):  # thirty specks of 4 x 5 px
+        k += 1
+        y, x = 200 + (i // 10) * 20, 10 + (i % 10) * 30
+        lab[y:y + 4, x:x + 5] = k
+    limit = segment.speck_area_limit(lab, min_px=10, max_px=1000, fraction=0.15)
+    assert limit == 0.15 * 1800
+    specks = segment.drop_specks_on_glass(lab, lab == 0, max_area_px=limit)
+    assert np.unique(specks).size - 1 == 10

@@ -2209,10 +2209,14 @@ def fill_sheet_gaps(cells: np.ndarray, *, reach_px: float, glass: np.ndarray | N
 def speck_area_limit(cells: np.ndarray, *, min_px: float, max_px: float, fraction: float,
                      min_cells: int = 10) -> float:
     """Largest area (px) of a speck of debris among ``cells``: ``fraction`` of
-    the median cell's area, kept between ``min_px`` and ``max_px`` (``min_px``
+    the typical cell's area, kept between ``min_px`` and ``max_px`` (``min_px``
     with fewer than ``min_cells`` cells to take a median of). A speck is far
     smaller than the cells of its field; a fixed limit in nucleus areas alone
     misses the specks whose blur halo doubles them in a field of large cells.
+    The typical area is the area-weighted median (:func:`_area_weighted_median`):
+    specks that made "nuclei" of their own can outnumber a sparse field's
+    cells, and pulled a plain median down to their own size (a negative-control
+    development field: 31 cells, 68 found; 37 with the weighting).
 
     >>> lab = np.zeros((100, 100), np.int32)
     >>> for i in range(10):
@@ -2224,7 +2228,20 @@ def speck_area_limit(cells: np.ndarray, *, min_px: float, max_px: float, fractio
     areas = areas[areas > 0]
     if areas.size < min_cells:
         return float(min_px)
-    return float(np.clip(fraction * np.median(areas), min_px, max(min_px, max_px)))
+    typical = _area_weighted_median(areas) if SPECK_AREA_WEIGHTED else float(np.median(areas))
+    return float(np.clip(fraction * typical, min_px, max(min_px, max_px)))
+
+
+SPECK_AREA_WEIGHTED = True
+
+
+def _area_weighted_median(areas: np.ndarray) -> float:
+    """The area of the object a pixel of them lies in, at the median pixel:
+    the cells that hold most of the field's cell area set it, however many
+    small specks there are."""
+    a = np.sort(np.asarray(areas, dtype=np.float64))
+    c = np.cumsum(a)
+    return float(a[np.searchsorted(c, 0.5 * c[-1])])
 
 
 def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: float,
