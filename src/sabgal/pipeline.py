@@ -603,6 +603,10 @@ BRIGHTFIELD_ENCLOSED_NUCLEUS_SPACING = 2.5
 # second renderer's fields unchanged (none that sheet-like). From a ratio of 0.8
 # instead, 16 fields ran it and detection F1 fell on seed 5151 (0.927 -> 0.926).
 BRIGHTFIELD_HOLE_NEAR_NUCLEI_RATIO = 1.0
+# So is a field in which the lamp found no glass to fit (its bright-percentile
+# fallback) and the foreground covers at least this share: no bare glass
+# anywhere, a sheet whose lamp estimate says nothing of where its cells lie.
+BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND = 0.9
 BRIGHTFIELD_HOLE_SPACING = 0.7
 BRIGHTFIELD_HOLE_UNSTAINED_SNR = 4.0
 
@@ -1001,7 +1005,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
-        on_cells = sheet_mask = False
+        on_cells = sheet_mask = filled = False
         if background is not None:
             ndist = filters.distance_within(nuclei, d)  # (both look one diameter out)
             on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
@@ -1012,6 +1016,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             if on_cells and near_ratio >= BRIGHTFIELD_HOLE_NEAR_NUCLEI_RATIO:
                 # a sheet for certain: every gap in its lattice of nuclei is a
                 # cell whose nucleus the searches' spacing or strength missed
+                filled = True
                 nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
                                              min_xgal=floor, smoothed=broad, maps=owner_maps)
             whole_cells_on_glass = size_source == "blobs_within_cells"
@@ -1042,6 +1047,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 foreground = foreground | outlined
                 if background is not None:
                     background = background & ~outlined
+        if (not filled and prep.lamp.method == "auto-percentile"
+                and float(np.mean(foreground)) >= BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND):
+            # no glass found, cells everywhere: every gap in the lattice of
+            # nuclei holds a cell, as in a sheet its lamp's glass shows
+            nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
+                                         min_xgal=floor, smoothed=broad, maps=owner_maps)
         # a pocket of "glass" holding its own nuclei, no larger than the
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)
