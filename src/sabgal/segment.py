@@ -2228,11 +2228,7 @@ def speck_area_limit(cells: np.ndarray, *, min_px: float, max_px: float, fractio
     areas = areas[areas > 0]
     if areas.size < min_cells:
         return float(min_px)
-    typical = _area_weighted_median(areas) if SPECK_AREA_WEIGHTED else float(np.median(areas))
-    return float(np.clip(fraction * typical, min_px, max(min_px, max_px)))
-
-
-SPECK_AREA_WEIGHTED = True
+    return float(np.clip(fraction * _area_weighted_median(areas), min_px, max(min_px, max_px)))
 
 
 def _area_weighted_median(areas: np.ndarray) -> float:
