@@ -1136,6 +1136,10 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     and 0.881 to 0.910 (16 others); on 150 of our own development fields
     detection F1 moved by at most 0.0003.
 
+    ``max_finer_ratio`` (0: off): nor is a peak whose blob is far smaller
+    than a nucleus -- a dark speck of debris, which its darkness alone makes
+    respond at the nucleus scale -- :func:`finer_blob_ratio` over this.
+
     ``smoothed``: ``(smoothed_stain(xgal, 1), smoothed_stain(xgal, d / 2))``
     when the caller has them (the brightfield pipeline shares them between
     its nucleus checks); ``evidence``: :func:`unstained_nucleus_evidence`
