@@ -1154,14 +1154,15 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
 
     def unstained_around(coords: np.ndarray) -> np.ndarray:
         ok = _ring_fraction(stained, coords, ring_nuclei * d) < max_ring_stained
-        if max_finer_ratio and len(coords):
-            # a nucleus-sized blob, not a speck far smaller whose darkness
-            # alone makes a response at the nucleus scale
-            ok &= finer_blob_ratio(grey, coords, d) <= max_finer_ratio
         if min_ring_lower > 0 and len(coords):
             # a nucleus is denser than its own cytoplasm all round; the end of a
             # faint, elongated cell body is level with the rest of the body on one side
             ok &= ring_prominence(ev.density, coords, ring_nuclei * d, ring_contrast_sd * ev.noise) >= min_ring_lower
+        if max_finer_ratio and ok.any():
+            # a nucleus-sized blob, not a speck far smaller whose darkness
+            # alone makes a response at the nucleus scale (measured last: a
+            # few patches per candidate still in)
+            ok[ok] = finer_blob_ratio(grey, coords[ok], d) <= max_finer_ratio
         return ok
 
     return _add_blob_peaks(nuclei, ev.response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around)
