@@ -1,0 +1,64 @@
+"""sabgal's answers must not depend on what the microscope, not the cells,
+changes: the lamp's colour and brightness, and the magnification.
+
+Every sample field (all three set-ups) is analysed as committed, under colour
+casts and a dimmer lamp, and resampled to twice the pixel count per cell; the
+cell count and the SA-β-gal positive fraction must stay put.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sabgal import io as sio
+from sabgal.pipeline import analyze_image
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+FIELDS = sorted(p for p in SAMPLES.glob("sample0*") if "_dapi" not in p.stem)
+CASTS = {
+    "bluish": (0.85, 0.95, 1.0),
+    "yellowish": (1.0, 0.97, 0.8),
+    "pinkish": (1.0, 0.85, 0.95),
+    "dim": (0.6, 0.6, 0.6),
+}
+
+
+def _load(path: Path):
+    img = sio.read_rgb(path).pixels
+    dapi = path.with_name(path.stem + "_dapi.tif")
+    return img, (sio.read_nuclear(dapi).pixels if dapi.exists() else None)
+
+
+def _answer(img, nuclear) -> tuple[int, float]:
+    cells = analyze_image(img, nuclear=nuclear).cells
+    return len(cells), float(cells["sabgal_positive"].mean())
+
+
+def _close(a: tuple[int, float], b: tuple[int, float]) -> bool:
+    return abs(a[0] - b[0]) <= max(3, 0.06 * b[0]) and abs(a[1] - b[1]) <= 0.05
+
+
+@pytest.mark.parametrize("path", FIELDS, ids=[p.stem for p in FIELDS])
+def test_a_colour_cast_or_a_dimmer_lamp_changes_nothing(path):
+    img, nuclear = _load(path)
+    base = _answer(img, nuclear)
+    assert base[0] > 20
+    for name, gains in CASTS.items():
+        cast = (img * np.asarray(gains, dtype=img.dtype)).astype(img.dtype)
+        got = _answer(cast, nuclear)
+        assert _close(got, base), (name, got, base)
+
+
+@pytest.mark.parametrize("path", FIELDS, ids=[p.stem for p in FIELDS])
+def test_twice_the_magnification_changes_nothing(path):
+    from skimage.transform import rescale
+
+    img, nuclear = _load(path)
+    base = _answer(img, nuclear)
+    big = rescale(img, 2.0, channel_axis=-1, order=1, preserve_range=True).astype(img.dtype)
+    big_nuc = None if nuclear is None else rescale(nuclear, 2.0, order=1, preserve_range=True).astype(nuclear.dtype)
+    got = _answer(big, big_nuc)
+    assert _close(got, base), (got, base)
