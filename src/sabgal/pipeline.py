@@ -1005,7 +1005,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
-        on_cells = sheet_mask = filled = False
+        on_cells = sheet_mask = False
         if background is not None:
             ndist = filters.distance_within(nuclei, d)  # (both look one diameter out)
             on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
@@ -1016,7 +1016,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             if on_cells and near_ratio >= BRIGHTFIELD_HOLE_NEAR_NUCLEI_RATIO:
                 # a sheet for certain: every gap in its lattice of nuclei is a
                 # cell whose nucleus the searches' spacing or strength missed
-                filled = True
                 nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
                                              min_xgal=floor, smoothed=broad, maps=owner_maps)
             whole_cells_on_glass = size_source == "blobs_within_cells"
@@ -1047,10 +1046,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 foreground = foreground | outlined
                 if background is not None:
                     background = background & ~outlined
-        if (not filled and prep.lamp.method == "auto-percentile"
+        if (prep.lamp.method == "auto-percentile"
                 and float(np.mean(foreground)) >= BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND):
             # no glass found, cells everywhere: every gap in the lattice of
-            # nuclei holds a cell, as in a sheet its lamp's glass shows
+            # nuclei holds a cell, as in a sheet its lamp's glass shows (such
+            # a lamp has no glass mask, so the search above has not run)
             nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
                                          min_xgal=floor, smoothed=broad, maps=owner_maps)
         # a pocket of "glass" holding its own nuclei, no larger than the

@@ -649,9 +649,14 @@ def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px
     pixels within about ``scale_px`` (Gaussian-weighted normalised
     convolution, on a reduced grid), drawn towards the field's ``level``
     where glass is scarce nearby."""
-    local, share, f = _local_glass_blocks(sm, glass, level, scale_px)
-    m, n = sm.shape
-    return upsample_bilinear(local, (local.shape[0] * f, local.shape[1] * f))[:m, :n]
+    local, _, f = _local_glass_blocks(sm, glass, level, scale_px)
+    return _blocks_to_full(local, f, sm.shape)
+
+
+def _blocks_to_full(small: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """A map on blocks of ``f`` px (:func:`_local_glass_blocks`) brought back
+    to the image's ``shape`` by bilinear interpolation."""
+    return upsample_bilinear(small, (small.shape[0] * f, small.shape[1] * f))[: shape[0], : shape[1]]
 
 
 def _local_glass_blocks(sm: np.ndarray, glass: np.ndarray, level: float,
@@ -869,9 +874,7 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
         # map is made only for a field that drifts)
         local, share, f = _local_glass_blocks(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
         if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
-            m, n = sm.shape
-            local = upsample_bilinear(local, (local.shape[0] * f, local.shape[1] * f))[:m, :n]
-            limit = np.maximum(local, np.float32(level)) + np.float32(k * sd)
+            limit = np.maximum(_blocks_to_full(local, f, sm.shape), np.float32(level)) + np.float32(k * sd)
     return _tidy_mask(sm > limit, glass=glass)
 
 
