@@ -362,6 +362,18 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
             od, xgal_ref, avoid=() if cs_used is None else (cs_used,), max_angle_deg=sc.max_xgal_angle_deg)
     model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
                                     min_grey_angle_deg=sc.min_grey_angle_deg)
+    if refined and not model.has_grey:
+        # an estimate too close to grey to unmix a grey channel sends all the
+        # cells' density to X-gal: it must rest on stain covering a real
+        # share of the field (a negative control's haze over dense nuclei
+        # reads as a near-grey "X-gal" from a few hundred pixels)
+        _, refined = stains.estimate_stain_vector(
+            od, xgal_ref, avoid=() if cs_used is None else (cs_used,), max_angle_deg=sc.max_xgal_angle_deg,
+            min_share=stains.NO_GREY_MIN_STAIN_SHARE)
+        if not refined:
+            xgal_vec = xgal_ref
+            model = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
+                                            min_grey_angle_deg=sc.min_grey_angle_deg)
     if not model.has_grey:
         # grey too close to X-gal (or to its plane with the counterstain) to
         # unmix: the cells' own colour, rarely exactly grey, may not be

@@ -410,9 +410,22 @@ MAX_STAIN_PIXELS = 250_000
 # times (noise alone: about once).
 STAIN_HUE_EXCESS = 3.0
 
+# An X-gal estimate too close to grey to unmix a grey channel is kept
+# (pipeline.prepare_image) only where the pixels it rests on (coloured,
+# within 20 degrees of its hue) cover at least this share of the field. A
+# negative control's faint haze over dense nuclei can pass the hue test on a
+# few hundred pixels and, mixed with the nuclei's grey density, read far
+# closer to grey than any X-gal (4 degrees): the cells' density then all
+# reads as X-gal and their nuclei vanish. Fields with stained cells had
+# 0.56 % or more, negative fields 0.11 % or less (development sets); where
+# the estimate leaves a grey channel, a few hundred pixels (crystals, haze)
+# gave the true colour to a degree, and are trusted.
+NO_GREY_MIN_STAIN_SHARE = 0.0025
+
 
 def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg: float = 25.0,
-                          min_od: float = 0.1, min_pixels: int = 150, debug: bool = False) -> tuple[np.ndarray, bool]:
+                          min_od: float = 0.1, min_pixels: int = 150, min_share: float = 0.0,
+                          debug: bool = False) -> tuple[np.ndarray, bool]:
     """Estimate a stain's colour in this image from its own stained pixels
     (X-gal from the blue ones, the counterstain from the nuclei).
 
@@ -429,7 +442,9 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     cells' own faint tint scatter hues round grey evenly, so the pixels at
     the reference hue at least as coloured as the top 1 % at the opposite
     hue must outnumber those ``STAIN_HUE_EXCESS`` times (a field with no
-    X-gal, such as a negative control, keeps the reference).
+    X-gal, such as a negative control, keeps the reference). So does one
+    whose pixels near the estimated hue cover under ``min_share`` of the
+    field (a stain too scarce to say what pure stain looks like).
 
     Returns
     -------
@@ -447,7 +462,8 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     # a regular subsample of the coloured pixels is as good as all of them
     # (medians and percentiles of hundreds of thousands), and sparse staining
     # keeps every pixel it has
-    sel = sel[:: -(-sel.size // MAX_STAIN_PIXELS)]
+    stride = -(-sel.size // MAX_STAIN_PIXELS)
+    sel = sel[::stride]
     d = flat[sel] / norms[sel, None]
     w = norms[sel]
     # orthonormal basis of the plane perpendicular to grey, e1 along the reference hue
@@ -490,7 +506,7 @@ def estimate_stain_vector(od: np.ndarray, reference, *, avoid=(), max_angle_deg:
     cw = np.cumsum(w_s[order])
     hue = float(a_s[order][min(np.searchsorted(cw, cw[-1] * q), a_s.size - 1)])
     near = np.abs(az_k - hue) < 20
-    if near.sum() < min_pixels:
+    if near.sum() < min_pixels or near.sum() * stride * step < min_share * od.shape[0] * od.shape[1]:
         return ref, False
     sat = float(np.percentile(pol_k[near], 95))
     if debug:
