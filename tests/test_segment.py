@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -1764,6 +1767,25 @@ def test_nuclei_inside_whole_cells_on_glass_are_read_as_the_nuclei():
     assert src == "blobs_within_cells" and 10 <= d <= 18, (d, src)
     _, _, no_ring = _whole_cells_field(glass_ring=False)
     assert pipeline.brightfield_nucleus_size(grey, xgal, glass=no_ring) == (d0, "blobs_unchecked")
+
+
+def test_nuclei_whose_nucleoli_outshine_them_are_read_as_the_nuclei():
+    """An unstained field (no holes to check the size against) whose
+    nucleoli, dense dots a third of the nucleus across, are its strongest
+    blobs: scale selection read the nuclei as 7.6 px against 18 and cut
+    each cell into pieces (detection F1 0.64; four more negative
+    development fields the same, one at 0). The nuclei are the next peak,
+    nearly as strong, and ringed by cytoplasm rather than glass."""
+    from sabgal import pipeline
+    from sabgal.evaluate import match_labels
+
+    field, res, _ = _field_from_params("nucleoli_negative_field_params.json", confluent=False)
+    true_d = json.loads((Path(__file__).parent / "data" / "nucleoli_negative_field_params.json").read_text())[
+        "nucleus_diameter_px"]
+    assert res.info["nucleus_size_source"] == "blobs_around_nucleoli"
+    assert 0.6 * true_d <= res.info["nucleus_diameter_px"] <= 1.3 * true_d, (res.info["nucleus_diameter_px"], true_d)
+    assert match_labels(field.cell_labels, res.cell_labels).f1 > 0.85
+    assert res.cells["sabgal_positive"].sum() <= 3
 
 
 def test_body_depth_leaves_glass_enclosed_by_touching_cells_unfilled():

@@ -221,7 +221,11 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     their centres) and the profile has a peak at most ``WHOLE_CELL_MAX_RATIO`` of
     that size whose blobs lie off the glass (most centres), those are the
     nuclei inside the cells (``"blobs_within_cells"``): a nucleus is ringed
-    by its cell's cytoplasm, not by glass.
+    by its cell's cytoplasm, not by glass. The other way, nucleoli (dense
+    dots a third to two thirds of the nucleus across) can outshine their
+    nuclei: a larger peak of the profile, at least half as strong, whose
+    blobs are not ringed by glass is then the nuclei
+    (``"blobs_around_nucleoli"``, :func:`_nuclei_around_nucleoli`).
 
     Nuclei are the most contrasted compact objects of a brightfield field:
     denser than the cytoplasm around them (neutral density) in unstained
@@ -264,9 +268,14 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     if hole is None:
         source = "blobs_unchecked"
         if glass is not None and glass.any():
-            inner = _nuclei_within_cells(m, _reduce(glass.astype(np.float32), 2) > 0.5, peaks)
+            glass2 = _reduce(glass.astype(np.float32), 2) > 0.5
+            inner = _nuclei_within_cells(m, glass2, peaks)
             if inner is not None:
                 d, source = inner, "blobs_within_cells"
+            else:
+                outer = _nuclei_around_nucleoli(m, glass2, peaks)
+                if outer is not None:
+                    d, source = outer, "blobs_around_nucleoli"
         if not hint_px:
             return float(2 * d), source
         lo, hi = PLATE_NUCLEUS_RANGE[0] * hint_px, PLATE_NUCLEUS_RANGE[1] * hint_px
@@ -301,6 +310,22 @@ def _nuclei_within_cells(m: np.ndarray, glass: np.ndarray, peaks: list[tuple[flo
         return None
     _, centres = segment.blobs_on_glass(m, glass, diameter_px=smaller[0])
     return smaller[0] if centres < 0.5 else None
+
+
+def _nuclei_around_nucleoli(m: np.ndarray, glass: np.ndarray, peaks: list[tuple[float, float]]) -> float | None:
+    """The size (px, the scale of ``m``) of the nuclei when the strongest
+    peak of ``peaks`` (:func:`segment.blob_diameters` of ``m``) is their
+    nucleoli: a larger peak, ``NUCLEOLUS_RATIO`` times the strongest's size
+    at most, at least ``NUCLEOLUS_PEAK_SHARE`` of its strength, whose blobs
+    are not ringed by ``glass`` (under ``WHOLE_CELL_RING_GLASS``: nuclei,
+    ringed by their cells' cytoplasm, not whole cells on glass); else None
+    (:func:`brightfield_nucleus_size`)."""
+    d, v = peaks[0]
+    for size, value in peaks[1:]:
+        if NUCLEOLUS_RATIO[0] * size <= d <= NUCLEOLUS_RATIO[1] * size and value >= NUCLEOLUS_PEAK_SHARE * v:
+            ring, _ = segment.blobs_on_glass(m, glass, diameter_px=size)
+            return size if ring < WHOLE_CELL_RING_GLASS else None
+    return None
 
 
 def _texture(od_sum: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -567,6 +592,18 @@ PLATE_NUCLEUS_RANGE = (0.7, 1.4)
 # nucleus' diameter; those fields read 0.25-0.40).
 WHOLE_CELL_RING_GLASS = 0.5
 WHOLE_CELL_MAX_RATIO = 0.6
+
+# Nucleoli outshining their nuclei (brightfield_nucleus_size, no holes to
+# check): dense dots a third to two thirds of the nucleus' diameter, darker
+# than the nucleus around them, are the strongest blobs of an unstained
+# field, and the nuclei (ringed by cytoplasm, not by glass) a second peak of
+# the profile at least NUCLEOLUS_PEAK_SHARE as strong, the strongest's size
+# within NUCLEOLUS_RATIO of its own (negative development fields: the
+# nuclei's peak 0.53-0.95 of the nucleoli's, 0.39-0.63 of its size; there
+# the nucleus size read 0.3-0.55x the truth and cells were cut to a tenth).
+# A whole cell's peak is fainter (under 0.5) or ringed by glass.
+NUCLEOLUS_RATIO = (0.3, 0.7)
+NUCLEOLUS_PEAK_SHARE = 0.5
 
 # Brightfield: an unstained cell's nucleus (a slightly denser spot where there is
 # no X-gal) counts when its blob response is this many robust noise SDs strong.
