@@ -381,3 +381,20 @@ def test_a_negative_control_s_unstained_tail_is_not_taken_for_faint_positives():
     s = np.interp(np.linspace(0, 1, 600), np.linspace(0, 1, len(q)), q)
     t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
     assert src == "anchored" and t >= 0.03 and not np.any(s > t), t
+
+
+def test_a_negative_control_whose_haze_reaches_the_floor_keeps_the_floor():
+    """A negative control with a strong haze (a fresh development field, 134
+    cells, 41 quantiles of its scores): most cells read near 0 OD, a third
+    of them 0.024-0.045. Cells past the floor (0.03) counted as "clearly
+    stained" for the excess rule, which halved the threshold (28 %
+    positive). Faint positives come with clearly stained cells, which lie
+    well past the threshold (EXCESS_STAINED_MARGIN_OD): here none does, and
+    the threshold stays at the floor."""
+    q = [-0.0171, -0.0097, -0.0094, -0.0088, -0.008, -0.0071, -0.0056, -0.0038, -0.0027, -0.0023, -0.0018,
+         -0.0016, -0.0014, -0.0007, -0.0, 0.0003, 0.0011, 0.0014, 0.0018, 0.002, 0.0023, 0.0028, 0.0034, 0.0042,
+         0.0049, 0.0062, 0.0068, 0.0088, 0.0107, 0.0155, 0.0192, 0.0247, 0.0266, 0.0276, 0.0283, 0.0297, 0.0305,
+         0.0329, 0.0348, 0.0392, 0.0447]
+    s = np.interp(np.linspace(0, 1, 134), np.linspace(0, 1, len(q)), q)
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored" and t >= 0.03, t
