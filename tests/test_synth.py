@@ -344,6 +344,26 @@ def test_generate_dataset_writes_manifest_and_cycles_setups(tmp_path):
     assert list(m2["params"]) == list(m["params"][:2])
 
 
+def test_negative_controls_are_the_same_fields_with_no_cell_stained(tmp_path):
+    """``negative``: each field's draw is kept (cells, lamp, format) but no
+    cell is senescent or positive; the unstained cells' haze stays under the
+    negative peak."""
+    pos = generate_dataset(tmp_path / "pos", n=3, seed=5, shape=(160, 200), setups=("brightfield",))
+    neg = generate_dataset(tmp_path / "neg", n=3, seed=5, shape=(160, 200), setups=("brightfield",), negative=True)
+    assert (neg["fraction_positive"] == 0).all() and (neg["fraction_senescent"] == 0).all()
+    for a, b in zip(pos["params"], neg["params"]):
+        pa, pb = json.loads(a), json.loads(b)
+        assert pb["senescent_fraction"] == pb["positive_only_fraction"] == 0
+        assert {k: v for k, v in pa.items() if "fraction" not in k} == {
+            k: v for k, v in pb.items() if "fraction" not in k}
+    for _, row in neg.iterrows():
+        t = pd.read_csv(tmp_path / "neg" / row["truth"])
+        assert not t["sabgal_positive"].any()
+        assert (t["xgal_od_peak"] <= synth._NEGATIVE_MAX_PEAK + 1e-6).all()
+    assert synth_main([str(tmp_path / "cli"), "--n", "1", "--shape", "96", "128", "--negative"]) == 0
+    assert pd.read_csv(tmp_path / "cli" / "manifest.csv")["fraction_positive"].eq(0).all()
+
+
 def test_synth_main_cli(tmp_path):
     rc = synth_main([str(tmp_path), "--n", "2", "--seed", "1", "--shape", "96", "128", "--setup", "brightfield",
                      "--formats", "png"])

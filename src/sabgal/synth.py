@@ -1640,6 +1640,7 @@ def generate_dataset(
     setups: Sequence[str] = SETUPS,
     formats: Sequence[str] = FORMATS,
     truth_dir: str | None = "truth",
+    negative: bool = False,
 ) -> pd.DataFrame:
     """Render and write ``n`` fields, cycling through ``setups``; write ``manifest.csv``.
 
@@ -1663,6 +1664,10 @@ def generate_dataset(
     truth_dir : str or None
         Sub-folder of ``out_dir`` for labels and truth tables (None: ``out_dir``
         itself), so that ``out_dir`` holds only pipeline inputs.
+    negative : bool
+        Negative controls: the same draws with no cell stained (no senescent
+        or positive-only cells; unstained cells keep their faint haze,
+        crystals and debris stay).
 
     Returns
     -------
@@ -1689,6 +1694,8 @@ def generate_dataset(
     for i in range(n):
         setup = setups[i % len(setups)]
         params = random_params(np.random.default_rng([seed, i]), setup=setup, shape=shape, formats=formats)
+        if negative:
+            params = dataclasses.replace(params, senescent_fraction=0.0, positive_only_fraction=0.0)
         field = render_field(params, np.random.default_rng(params.seed))
         stem = f"synth_{seed}_{i:04d}_{setup}"
         paths = write_field(field, out, stem, truth_dir=tdir)
@@ -1733,6 +1740,8 @@ def build_synth_parser(parser: argparse.ArgumentParser | None = None) -> argpars
                    help="imaging set-up; 'mixed' cycles through all three (default)")
     g.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS,
                    help="allowed file formats (default: tif png jpg)")
+    g.add_argument("--negative", action="store_true",
+                   help="negative controls: the same fields with no cell stained")
     return parser
 
 
@@ -1748,7 +1757,7 @@ def synth_main(argv: list[str] | None = None) -> int:
     setups = SETUPS if args.setup == "mixed" else (args.setup,)
     try:
         manifest = generate_dataset(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape),
-                                    setups=setups, formats=tuple(args.formats))
+                                    setups=setups, formats=tuple(args.formats), negative=args.negative)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
