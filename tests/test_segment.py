@@ -1245,9 +1245,11 @@ def test_a_brightfield_sheet_whose_lamp_glass_lies_around_its_nuclei_is_a_sheet(
     assert pipeline.SHEET_GLASS_FRACTION < res.info["background_fraction"] < pipeline.SHEET_ON_CELLS_GLASS_FRACTION
     assert _coverage(field, res) > 0.8
     # (without the rule -- and without the outlined-cell step, which closes
-    # this field's outlined cells on its own: 0.78)
+    # this field's outlined cells on its own: 0.78; its gate for glass on a
+    # sheet's cells is the peak-glass one)
     monkeypatch.setattr(pipeline, "SHEET_ON_CELLS_GLASS_FRACTION", 0.0)
     monkeypatch.setattr(pipeline, "OUTLINED_MAX_GLASS_FRACTION", 0.0)
+    monkeypatch.setattr(pipeline, "OUTLINED_MAX_GLASS_FRACTION_PEAK", 0.0)
     assert _coverage(field, analyze_image(field.rgb)) < 0.65
 
 
