@@ -224,8 +224,8 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     by its cell's cytoplasm, not by glass. The other way, nucleoli (dense
     dots a third to two thirds of the nucleus across) can outshine their
     nuclei: a larger peak of the profile, at least half as strong, whose
-    blobs are not ringed by glass is then the nuclei
-    (``"blobs_around_nucleoli"``, :func:`_nuclei_around_nucleoli`).
+    blobs are not ringed by glass, with a cell-sized peak beyond it, is then
+    the nuclei (``"blobs_around_nucleoli"``, :func:`_nuclei_around_nucleoli`).
 
     Nuclei are the most contrasted compact objects of a brightfield field:
     denser than the cytoplasm around them (neutral density) in unstained
@@ -318,8 +318,9 @@ def _nuclei_around_nucleoli(m: np.ndarray, glass: np.ndarray, peaks: list[tuple[
     nucleoli: a larger peak, ``NUCLEOLUS_RATIO`` times the strongest's size
     at most, at least ``NUCLEOLUS_PEAK_SHARE`` of its strength, whose blobs
     are not ringed by ``glass`` (under ``WHOLE_CELL_RING_GLASS``: nuclei,
-    ringed by their cells' cytoplasm, not whole cells on glass); else None
-    (:func:`brightfield_nucleus_size`)."""
+    ringed by their cells' cytoplasm, not whole cells on glass), with a peak
+    at least ``NUCLEOLUS_CELL_RATIO`` times its size beyond it (the cells);
+    else None (:func:`brightfield_nucleus_size`)."""
     d, v = peaks[0]
     for size, value in peaks[1:]:
         if NUCLEOLUS_RATIO[0] * size <= d <= NUCLEOLUS_RATIO[1] * size and value >= NUCLEOLUS_PEAK_SHARE * v:
