@@ -914,12 +914,12 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     return out
 
 
-def _glass_allows_outlines(lamp: illumination.Lamp, *, on_cells: bool = False) -> bool:
+def _glass_allows_outlines(lamp: illumination.Lamp, *, on_sheet: bool = False) -> bool:
     """The lamp found glass on little enough of the field for the
     outlined-cell step (OUTLINED_MAX_GLASS_FRACTION, or
     OUTLINED_MAX_GLASS_FRACTION_PEAK where it read the glass off its peak
-    or, ``on_cells``, its glass lies on a sheet's cells)."""
-    gate = OUTLINED_MAX_GLASS_FRACTION_PEAK if (lamp.glass_from_peak or on_cells) else OUTLINED_MAX_GLASS_FRACTION
+    or, ``on_sheet``, its glass lies on a sheet's cells)."""
+    gate = OUTLINED_MAX_GLASS_FRACTION_PEAK if (lamp.glass_from_peak or on_sheet) else OUTLINED_MAX_GLASS_FRACTION
     return lamp.background_fraction < gate
 
 
@@ -1103,7 +1103,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed, smoothed=smoothed,
                                                     stats=glass_stats)
-        if glass_fitted and _glass_allows_outlines(prep.lamp, on_cells=on_cells and sheet_mask):
+        if glass_fitted and _glass_allows_outlines(prep.lamp, on_sheet=on_cells and sheet_mask):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
                                            fine=fine, broad=broad, floor=floor)

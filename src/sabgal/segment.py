@@ -642,6 +642,9 @@ def background_stats(sm: np.ndarray, raw: np.ndarray, sigma_px: float,
 # The local glass level is averaged over about this many foreground smoothing
 # scales (sigma = nucleus diameter / 8, so ~4 nucleus diameters).
 LOCAL_GLASS_SCALE = 32.0
+# brightfield_foreground follows that level where the glass drifts past its
+# detection limit over at least this share of the lamp's glass mask.
+GLASS_DRIFT_SHARE = 0.05
 
 
 def _local_glass_level(sm: np.ndarray, glass: np.ndarray, level: float, scale_px: float) -> np.ndarray:
@@ -876,9 +879,6 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
         if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
             limit = np.maximum(_blocks_to_full(local, f, sm.shape), np.float32(level)) + np.float32(k * sd)
     return _tidy_mask(sm > limit, glass=glass)
-
-
-GLASS_DRIFT_SHARE = 0.05
 
 
 def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
