@@ -417,16 +417,42 @@ def _scale_bar(d: Any, w: int, h: int, scale: float, pixel_size_um: float, font:
 
 def write_overlay(path: str | os.PathLike[str], overlay: np.ndarray, *,
                   metadata: Mapping[str, str] | None = None) -> None:
-    """Write an overlay as PNG, atomically (``metadata`` goes into tEXt chunks)."""
-    from PIL import Image, PngImagePlugin
+    """Write an overlay as PNG, atomically (``metadata`` goes into tEXt chunks,
+    iTXt where a value is not Latin-1).
 
-    info = PngImagePlugin.PngInfo()
-    for k, v in (metadata or {}).items():
-        info.add_text(k, v)
+    Encoded by OpenCV's libpng with the "up" filter on every row at deflate
+    level 1: half the time of Pillow's encoder (which tries all five PNG
+    filters on every row) for a file no larger; the pixels are the same.
+    """
+    import cv2
+
+    arr = np.ascontiguousarray(np.asarray(overlay, dtype=np.uint8)[..., ::-1])  # OpenCV takes BGR
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                         cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    data = buf.tobytes()
+    # text chunks go right after the header chunk (8-byte signature + 25-byte IHDR)
+    chunks = b"".join(_png_text_chunk(k, v) for k, v in (metadata or {}).items())
     with sio.atomic_path(path) as tmp:
-        # level 1: half the encoding time of level 4 for a file ~8 % bigger (noisy micrographs)
-        Image.fromarray(np.asarray(overlay, dtype=np.uint8)).save(tmp, format="PNG", pnginfo=info,
-                                                                  compress_level=1)
+        Path(tmp).write_bytes(data[:33] + chunks + data[33:])
+
+
+def _png_text_chunk(key: str, value: str) -> bytes:
+    """A PNG tEXt chunk (iTXt, UTF-8, where ``value`` is not Latin-1).
+
+    >>> _png_text_chunk("k", "v")[4:8]
+    b'tEXt'
+    """
+    import struct
+    import zlib
+
+    try:
+        kind, body = b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    except UnicodeEncodeError:
+        # keyword, no compression, no language tag or translated keyword
+        kind, body = b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def save_overlay_base(path: str | os.PathLike[str], rgb: np.ndarray, cell_labels: np.ndarray,
