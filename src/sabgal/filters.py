@@ -19,6 +19,7 @@ padding never read) gives identical values at a fraction of the time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import cv2
@@ -183,10 +184,16 @@ def _distance_in_boxes(mask: np.ndarray, grown: list[tuple[int, int, int, int]])
     """Minimum over the boxes of each box's own distance transform (``inf``
     where no box reaches a True pixel)."""
     out = np.where(mask, np.float32(np.inf), np.float32(0))
+    if not grown:
+        return out
     m8 = np.ascontiguousarray(mask).view(np.uint8)
+    # one 64-byte-aligned buffer, each box's output a view of its start
+    # (repeatable bits: see distance_transform; an allocation per box cost
+    # more than many a small box's transform)
+    buf = _aligned_empty((max((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in grown),), np.float32)
     for y0, y1, x0, x1 in grown:
         sub = m8[y0:y1, x0:x1]
-        d = _aligned_empty(sub.shape, np.float32)  # (repeatable bits: see distance_transform)
+        d = buf[: sub.size].reshape(sub.shape)
         cv2.distanceTransform(sub, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, dst=d)
         view = out[y0:y1, x0:x1]
         np.minimum(view, d, out=view)
@@ -195,7 +202,7 @@ def _distance_in_boxes(mask: np.ndarray, grown: list[tuple[int, int, int, int]])
 
 def _aligned_empty(shape: tuple[int, int], dtype, align: int = 64) -> np.ndarray:
     """An uninitialised C-contiguous array whose data start on an ``align``-byte boundary."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     buf = np.empty(nbytes + align, dtype=np.uint8)
     start = -buf.ctypes.data % align
     return buf[start:start + nbytes].view(dtype).reshape(shape)
