@@ -458,13 +458,16 @@ def _png_text_chunk(key: str, value: str) -> bytes:
 def save_overlay_base(path: str | os.PathLike[str], rgb: np.ndarray, cell_labels: np.ndarray,
                       nucleus_labels: np.ndarray, *, max_px: int = 1024, min_px: int = 640) -> None:
     """Store the resized image (JPEG, quality 92) and labels for a later :func:`write_overlays`."""
-    from PIL import Image
+    import cv2
 
     base = resize_for_display(rgb, cell_labels, nucleus_labels, max_px=max_px, min_px=1)
-    buf = _bytesio.BytesIO()
-    Image.fromarray(base.rgb).save(buf, format="JPEG", quality=92)
+    # (OpenCV's libjpeg: the bytes Pillow writes at the same quality, without
+    # holding the GIL, which Pillow's encoder does in a worker thread)
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(base.rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise ValueError(f"{path}: JPEG encoding failed")
     with sio.atomic_path(path) as tmp:
-        _savez_fast(tmp, jpeg=np.frombuffer(buf.getvalue(), dtype=np.uint8), cells=base.cells,
+        _savez_fast(tmp, jpeg=jpeg.ravel(), cells=base.cells,
                     nuclei=base.nuclei, scale=np.float64(base.scale),
                     shape=np.array(base.shape, dtype=np.int64), min_px=np.int64(min_px))
 
