@@ -414,6 +414,17 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                 warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from "
                                 f"neutral grey: the grey channel takes the cells' own colour instead, "
                                 f"{stains.angle_deg(xgal_vec, neutral):.0f} degrees from X-gal")
+    if not model.has_grey and cs_used is None:
+        # Without a grey channel every cell's own density reads as X-gal:
+        # unstained nuclei turn into X-gal peaks (no longer nuclei) and
+        # unstained cells into faint positives. A noisier grey channel is
+        # the smaller error down to stains.GREY_MIN_ANGLE_DEG
+        alt = stains.StainModel.build(xgal_vec, cs_name, cs_used, xgal_ref=xgal_ref, counterstain_ref=cs_vec,
+                                      min_grey_angle_deg=min(sc.min_grey_angle_deg, stains.GREY_MIN_ANGLE_DEG))
+        if alt.has_grey:
+            model = alt
+            warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from "
+                            "neutral grey: X-gal and the cells' grey density are told apart less surely")
     conc = stains.unmix(od, model.matrix)
     if not model.has_grey:
         warnings.append(f"X-gal colour is {stains.angle_deg(xgal_vec, stains.GREY):.0f} degrees from neutral "
