@@ -16,6 +16,7 @@ Usage::
     python benchmarks/accuracy.py --n 6 --shape 512 640    # quick look
     python benchmarks/accuracy.py --setups brightfield --n 60 --seed 5151 --name accuracy_brightfield
     python benchmarks/accuracy.py --setups brightfield --n 40 --seed 6464 --negative
+    python benchmarks/accuracy.py --setups brightfield --n 40 --seed 5858 --xgal-grey-angle 4 9
 
 Writes ``benchmarks/results/accuracy.json`` and ``accuracy_per_image.csv``
 (``NAME.json`` and ``NAME_per_image.csv`` with ``--name``). ``--setups``
@@ -23,7 +24,10 @@ renders only the given set-ups: one set-up's figures over many more images
 than its third of a mixed set (the bars are per set-up). ``--negative``
 renders negative controls (no cell stained: the fraction error is then the
 false-positive rate; positive-call F1 is undefined and reads 0); the name
-defaults to ``accuracy_negative``.
+defaults to ``accuracy_negative``. ``--xgal-grey-angle LO HI`` renders a pale
+X-gal (each field's hue kept, LO-HI degrees from neutral grey: navy or pale
+teal, the hardest colours to tell from the cells' own grey density); the
+name defaults to ``accuracy_pale``.
 """
 
 from __future__ import annotations
@@ -119,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None,
                     help="result file name stem (default: accuracy, or accuracy_negative)")
     ap.add_argument("--negative", action="store_true", help="negative controls: no cell stained")
+    ap.add_argument("--xgal-grey-angle", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="pale X-gal, LO-HI degrees from neutral grey (its hue kept)")
     args = ap.parse_args(argv)
     if args.name is None:
-        args.name = "accuracy_negative" if args.negative else "accuracy"
+        args.name = ("accuracy_negative" if args.negative
+                     else "accuracy_pale" if args.xgal_grey_angle else "accuracy")
 
     work = Path(args.work)
     if work.exists():
@@ -129,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     images_dir, results_dir = work / "images", work / "results"
     t0 = time.perf_counter()
     manifest = generate_dataset(images_dir, n=args.n, seed=args.seed, shape=tuple(args.shape),
-                                setups=args.setups, truth_dir=str(work / "truth"), negative=args.negative)
+                                setups=args.setups, truth_dir=str(work / "truth"), negative=args.negative,
+                                xgal_grey_angle_deg=args.xgal_grey_angle)
     t_render = time.perf_counter() - t0
     cmd = ["run", str(images_dir), "--out", str(results_dir), "--workers", str(args.workers), "-q"]
     if args.config:
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": list(args.shape),
         "setups": list(args.setups),
         "negative": args.negative,
+        "xgal_grey_angle_deg": args.xgal_grey_angle,
         "run_exit_code": rc,
         "render_s": round(t_render, 1),
         "run_s": round(t_run, 1),

@@ -400,3 +400,22 @@ def test_committed_sample_data_matches_the_renderer():
     assert committed.shape == f.cell_labels.shape
     assert np.mean(committed == f.cell_labels) > 0.995  # tolerate last-ulp float differences across CPUs
     assert len(pd.read_csv(root / manifest.loc[i, "truth"])) == len(f.truth)
+
+
+def test_pale_xgal_keeps_each_fields_hue_at_the_asked_angle_from_grey(tmp_path):
+    """``xgal_grey_angle_deg``: the same draws with X-gal turned to within
+    the asked angle of neutral grey, its hue (direction round grey) kept."""
+    from sabgal.stains import GREY, angle_deg
+
+    plain = generate_dataset(tmp_path / "plain", n=3, seed=5, shape=(160, 200), setups=("brightfield",))
+    pale = generate_dataset(tmp_path / "pale", n=3, seed=5, shape=(160, 200), setups=("brightfield",),
+                            xgal_grey_angle_deg=(4.0, 6.0))
+    for a, b in zip(plain["params"], pale["params"]):
+        pa, pb = json.loads(a), json.loads(b)
+        va, vb = np.array(pa.pop("xgal_vector")), np.array(pb.pop("xgal_vector"))
+        assert pa == pb
+        assert 4.0 - 1e-6 <= angle_deg(vb, GREY) <= 6.0 + 1e-6
+        ha, hb = va - (va @ GREY) * GREY, vb - (vb @ GREY) * GREY
+        assert angle_deg(ha, hb) < 1e-3
+    with pytest.raises(ValueError, match="angle from grey"):
+        generate_dataset(tmp_path / "bad", n=1, seed=5, shape=(160, 200), xgal_grey_angle_deg=(6.0, 4.0))

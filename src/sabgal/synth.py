@@ -1631,6 +1631,22 @@ def _fraction(flags: pd.Series) -> float:
     return float(flags.mean()) if len(flags) else float("nan")
 
 
+def _with_grey_angle(params: FieldParams, angle_range: tuple[float, float]) -> FieldParams:
+    """``params`` with its X-gal turned towards (or away from) neutral grey,
+    its hue kept, to an angle from grey drawn in ``angle_range`` (degrees;
+    from a generator seeded by the field, so the rest of the field is
+    unchanged)."""
+    lo, hi = (float(a) for a in angle_range)
+    if not 0 < lo <= hi < 60:
+        raise ValueError(f"X-gal angle from grey must satisfy 0 < lo <= hi < 60 degrees, got {angle_range}")
+    grey = np.ones(3) / np.sqrt(3)
+    v = np.asarray(params.xgal_vector, dtype=np.float64)
+    hue = v - (v @ grey) * grey
+    hue /= np.linalg.norm(hue)
+    theta = np.radians(np.random.default_rng([params.seed, 7]).uniform(lo, hi))
+    return dataclasses.replace(params, xgal_vector=_unit(np.cos(theta) * grey + np.sin(theta) * hue))
+
+
 def generate_dataset(
     out_dir: str | os.PathLike[str],
     *,
@@ -1641,6 +1657,7 @@ def generate_dataset(
     formats: Sequence[str] = FORMATS,
     truth_dir: str | None = "truth",
     negative: bool = False,
+    xgal_grey_angle_deg: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Render and write ``n`` fields, cycling through ``setups``; write ``manifest.csv``.
 
@@ -1668,6 +1685,11 @@ def generate_dataset(
         Negative controls: the same draws with no cell stained (no senescent
         or positive-only cells; unstained cells keep their faint haze,
         crystals and debris stay).
+    xgal_grey_angle_deg : (float, float), optional
+        Pale X-gal: each field's X-gal keeps its drawn hue but lies this many
+        degrees from neutral grey (drawn uniformly in the range; the default
+        draws lie 5-27 degrees away, one in twenty under 8). A navy or pale teal precipitate close
+        to the grey of the cells' own density is the hardest colour to unmix.
 
     Returns
     -------
@@ -1696,6 +1718,8 @@ def generate_dataset(
         params = random_params(np.random.default_rng([seed, i]), setup=setup, shape=shape, formats=formats)
         if negative:
             params = dataclasses.replace(params, senescent_fraction=0.0, positive_only_fraction=0.0)
+        if xgal_grey_angle_deg is not None:
+            params = _with_grey_angle(params, xgal_grey_angle_deg)
         field = render_field(params, np.random.default_rng(params.seed))
         stem = f"synth_{seed}_{i:04d}_{setup}"
         paths = write_field(field, out, stem, truth_dir=tdir)
@@ -1742,6 +1766,8 @@ def build_synth_parser(parser: argparse.ArgumentParser | None = None) -> argpars
                    help="allowed file formats (default: tif png jpg)")
     g.add_argument("--negative", action="store_true",
                    help="negative controls: the same fields with no cell stained")
+    g.add_argument("--xgal-grey-angle", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="pale X-gal: its hue kept, LO-HI degrees from neutral grey (navy / pale teal)")
     return parser
 
 
@@ -1757,7 +1783,8 @@ def synth_main(argv: list[str] | None = None) -> int:
     setups = SETUPS if args.setup == "mixed" else (args.setup,)
     try:
         manifest = generate_dataset(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape),
-                                    setups=setups, formats=tuple(args.formats), negative=args.negative)
+                                    setups=setups, formats=tuple(args.formats), negative=args.negative,
+                                    xgal_grey_angle_deg=args.xgal_grey_angle)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
