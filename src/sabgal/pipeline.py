@@ -1286,17 +1286,28 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                          fraction=BRIGHTFIELD_SPECK_CELL_FRACTION)
         # (a speck's surroundings are known glass, or simply show no cell
         # body: the lamp's glass mask stops short of every dark object)
-        cells = segment.drop_specks_on_glass(cells, no_cells | ~foreground, max_area_px=speck)
-        cells = segment.drop_bodiless_cells(cells, foreground, no_cells,
-                                            max_body=BRIGHTFIELD_BODILESS_MAX_BODY,
-                                            min_glass=BRIGHTFIELD_BODILESS_MIN_GLASS)
-        cells = segment.drop_small_clear_cells_on_glass(
-            cells, no_cells, xgal_r, max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
-            min_glass=BRIGHTFIELD_SMALL_CELL_MIN_GLASS, max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
-        cells = segment.drop_dense_specks(cells, nuclei, grey_r, xgal_r,
-                                          max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
-                                          density_ratio=BRIGHTFIELD_DENSE_SPECK_RATIO,
-                                          max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
+        specks = segment.specks_on_glass(cells, no_cells | ~foreground, max_area_px=speck)
+        lattice = segment.speck_lattice(cells, specks)
+        if lattice is not None:
+            # hundreds of evenly spaced "specks": the nuclei of a sheet whose
+            # cytoplasm the lamp took for glass. Each is a nucleus, and its
+            # cell reaches half way to its neighbours (the rules for specks
+            # and small cells on glass do not apply: that glass is cells)
+            nuclei = np.where((nuclei == 0) & specks[cells], cells, nuclei).astype(nuclei.dtype)
+            cells = segment.fill_sheet_gaps(cells, reach_px=lattice, glass=excluded)
+            no_cells = excluded
+        else:
+            cells = segment._drop_cells(cells, specks)
+            cells = segment.drop_bodiless_cells(cells, foreground, no_cells,
+                                                max_body=BRIGHTFIELD_BODILESS_MAX_BODY,
+                                                min_glass=BRIGHTFIELD_BODILESS_MIN_GLASS)
+            cells = segment.drop_small_clear_cells_on_glass(
+                cells, no_cells, xgal_r, max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
+                min_glass=BRIGHTFIELD_SMALL_CELL_MIN_GLASS, max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
+            cells = segment.drop_dense_specks(cells, nuclei, grey_r, xgal_r,
+                                              max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
+                                              density_ratio=BRIGHTFIELD_DENSE_SPECK_RATIO,
+                                              max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
     if mode == "brightfield" and (
             (glass_fitted and (glass_share < BRIGHTFIELD_CONFLUENT_GLASS_FRACTION or (sheet_mask and on_cells)))
             or stained_sheet):

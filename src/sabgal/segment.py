@@ -2270,18 +2270,68 @@ def drop_specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: f
     dark object (on 40 synthetic fields, seed 7272, that took the cell-count
     error from 8.0 to 7.1 %).
     """
+    return _drop_cells(cells, specks_on_glass(cells, glass, max_area_px=max_area_px,
+                                              min_glass_fraction=min_glass_fraction))
+
+
+def specks_on_glass(cells: np.ndarray, glass: np.ndarray, *, max_area_px: float,
+                    min_glass_fraction: float = 0.5) -> np.ndarray:
+    """One flag per label of ``cells``: the objects :func:`drop_specks_on_glass`
+    removes (at most ``max_area_px``, their one-pixel outer ring at least
+    ``min_glass_fraction`` ``glass``)."""
     areas = np.bincount(cells.ravel())
     small = (areas > 0) & (areas <= max_area_px)
     small[0] = False
     if not small.any():
-        return cells
+        return small
     grown = ndi.grey_dilation(cells, size=(3, 3))
     ring = (cells == 0) & (grown > 0)
     owner = grown[ring]
     n = areas.size
     ring_px = np.bincount(owner, minlength=n)
     on_glass = np.bincount(owner, weights=glass[ring], minlength=n)
-    return _drop_cells(cells, small & (ring_px > 0) & (on_glass >= min_glass_fraction * np.maximum(ring_px, 1)))
+    return small & (ring_px > 0) & (on_glass >= min_glass_fraction * np.maximum(ring_px, 1))
+
+
+# Specks on "glass" that are the nuclei of a sheet (speck_lattice): at least
+# this many of them ...
+LATTICE_MIN_SPECKS = 100
+# ... spaced this evenly: the coefficient of variation of each one's distance
+# to the nearest other object. Debris and noise blobs fall where they may
+# (randomly placed points: 0.52); the nuclei of a sheet keep their distance.
+LATTICE_MAX_SPACING_CV = 0.25
+
+
+def speck_lattice(cells: np.ndarray, specks: np.ndarray, *, min_specks: int = LATTICE_MIN_SPECKS,
+                  max_spacing_cv: float = LATTICE_MAX_SPACING_CV) -> float | None:
+    """The spacing (px, median distance to the nearest other object) of the
+    ``specks`` (one flag per label of ``cells``) when they are the nuclei of
+    a confluent sheet rather than debris, else None.
+
+    Where a sheet's cytoplasm is as faint as glass (the lamp fitted to it)
+    and its nuclei too faint for the nucleus searches, each nucleus shows
+    only as a small dense object standing on "glass": hundreds of specks.
+    Debris and noise blobs are scattered at random; a sheet's nuclei are
+    spread evenly, each its cell's width from the next. At least
+    ``min_specks`` of them whose distances to their nearest neighbour (any
+    object) vary by at most ``max_spacing_cv`` are a lattice. (On 330
+    plain-brightfield development fields, four dropped 100 specks or more:
+    three with 96-99 % of them on true nuclei read a spacing CV of
+    0.14-0.23, the fourth, 65 %, 0.35; the debris fields with the most
+    specks next, 50-76, read 0.24-0.60.)
+    """
+    from scipy.spatial import cKDTree
+
+    specks = np.asarray(specks, dtype=bool)
+    if np.count_nonzero(specks) < min_specks:
+        return None
+    ids = _present(cells)
+    cents = _centroids(cells, ids)
+    dist, _ = cKDTree(cents).query(cents, k=2)
+    nn = dist[specks[ids], 1]
+    if nn.mean() <= 0 or nn.std() > max_spacing_cv * nn.mean():
+        return None
+    return float(np.median(nn))
 
 
 def drop_small_clear_cells_on_glass(cells: np.ndarray, glass: np.ndarray, stain: np.ndarray, *,
