@@ -1289,7 +1289,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         specks = segment.specks_on_glass(cells, no_cells | ~foreground, max_area_px=speck)
         lattice = segment.speck_lattice(cells, specks)
         if lattice is not None:
-            # hundreds of evenly spaced "specks": the nuclei of a sheet whose
+            # a hundred or more evenly spaced "specks": the nuclei of a sheet whose
             # cytoplasm the lamp took for glass. Each is a nucleus, and its
             # cell reaches half way to its neighbours (the rules for specks
             # and small cells on glass do not apply: that glass is cells)
@@ -1297,7 +1297,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             cells = segment.fill_sheet_gaps(cells, reach_px=lattice, glass=excluded)
             no_cells = excluded
         else:
-            cells = segment._drop_cells(cells, specks)
+            cells = segment.drop_labels(cells, specks)
             cells = segment.drop_bodiless_cells(cells, foreground, no_cells,
                                                 max_body=BRIGHTFIELD_BODILESS_MAX_BODY,
                                                 min_glass=BRIGHTFIELD_BODILESS_MIN_GLASS)
