@@ -1703,6 +1703,18 @@ def _field_from_params(name: str, *, confluent: bool = True, setup: str | None =
     return field, res, np.count_nonzero((res.cell_labels > 0) & true_cells) / np.count_nonzero(true_cells)
 
 
+def _assert_found(field, res, *, count_within: float, min_f1: float, fraction_within: float = 0.03) -> None:
+    """The result's cell count within ``count_within`` (a share) of the true
+    one, its detection F1 above ``min_f1`` and its fraction positive within
+    ``fraction_within`` of the truth."""
+    from sabgal.evaluate import match_labels
+
+    n_true, n_found = int(field.cell_labels.max()), int(res.cell_labels.max())
+    assert abs(n_found - n_true) <= count_within * n_true, (n_found, n_true)
+    assert match_labels(field.cell_labels, res.cell_labels).f1 > min_f1
+    assert abs(res.cells["sabgal_positive"].mean() - field.truth["sabgal_positive"].mean()) < fraction_within
+
+
 def test_a_sheet_of_large_faint_cells_whose_cytoplasm_reads_as_glass_is_tiled():
     """A confluent plain-brightfield sheet of large, mostly unstained cells
     whose cytoplasm is as pale as glass (the lamp fit took 22 % of the field
@@ -1792,17 +1804,11 @@ def test_a_navy_xgal_close_to_grey_keeps_a_grey_channel_for_the_cells_own_densit
     map (47 of 86 cells found) and the faintly dense ones were called
     positive (46.8 % against 30.2 %; 18.5 % against 12.5 %). A grey channel
     kept down to stains.GREY_MIN_ANGLE_DEG separates them well enough."""
-    from sabgal.evaluate import match_labels
-
     field, res, _ = _field_from_params(name, confluent=False)
     st = prepare_image(field.rgb)
     assert stains.angle_deg(st.model.matrix[0], stains.GREY) < 8.0  # (the case in question)
     assert st.model.has_grey
-    n_true, n_found = int(field.cell_labels.max()), int(res.cell_labels.max())
-    assert abs(n_found - n_true) <= 0.1 * n_true, (n_found, n_true)
-    assert match_labels(field.cell_labels, res.cell_labels).f1 > 0.8
-    true_frac = field.truth["sabgal_positive"].mean()
-    assert abs(res.cells["sabgal_positive"].mean() - true_frac) < 0.03
+    _assert_found(field, res, count_within=0.1, min_f1=0.8)
 
 
 def test_a_lattice_of_specks_is_a_sheets_nuclei_and_random_specks_are_not():
@@ -1839,13 +1845,8 @@ def test_a_sheet_whose_nuclei_show_only_as_specks_on_glass_keeps_its_cells():
     speck on "glass" and was dropped with the debris, leaving the stained
     cells (38 of 218 cells found, 47 % positive against 8 %). Evenly spaced
     by the hundred, the specks are the sheet's nuclei."""
-    from sabgal.evaluate import match_labels
-
     field, res, _ = _field_from_params("sheet_nuclei_as_specks_field_params.json", confluent=False)
-    n_true, n_found = int(field.cell_labels.max()), int(res.cell_labels.max())
-    assert abs(n_found - n_true) <= 0.1 * n_true, (n_found, n_true)
-    assert match_labels(field.cell_labels, res.cell_labels).f1 > 0.7
-    assert abs(res.cells["sabgal_positive"].mean() - field.truth["sabgal_positive"].mean()) < 0.03
+    _assert_found(field, res, count_within=0.1, min_f1=0.7)
 
 
 def test_a_dense_field_with_a_little_glass_gets_the_nuclei_in_its_lattice_gaps():
@@ -1855,13 +1856,8 @@ def test_a_dense_field_with_a_little_glass_gets_the_nuclei_in_its_lattice_gaps()
     searches found too few, and the cells between them were shared out
     among their neighbours (192 cells for 202, detection 0.83). Every gap
     in its lattice of nuclei is a cell, as in a sheet."""
-    from sabgal.evaluate import match_labels
-
     field, res, _ = _field_from_params("dense_sheet_glass_patches_field_params.json", confluent=False)
-    n_true, n_found = int(field.cell_labels.max()), int(res.cell_labels.max())
-    assert abs(n_found - n_true) <= 0.08 * n_true, (n_found, n_true)
-    assert match_labels(field.cell_labels, res.cell_labels).f1 > 0.9
-    assert abs(res.cells["sabgal_positive"].mean() - field.truth["sabgal_positive"].mean()) < 0.03
+    _assert_found(field, res, count_within=0.08, min_f1=0.9)
 
 
 def test_nuclei_whose_nucleoli_outshine_them_are_read_as_the_nuclei():

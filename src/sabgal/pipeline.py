@@ -1133,16 +1133,16 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 foreground = foreground | outlined
                 if background is not None:
                     background = background & ~outlined
-        if (prep.lamp.method == "auto-percentile"
-                and float(np.mean(foreground)) >= BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND):
-            # no glass found, cells everywhere: every gap in the lattice of
-            # nuclei holds a cell, as in a sheet its lamp's glass shows (such
-            # a lamp has no glass mask, so the search above has not run)
-            nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
-                                         min_xgal=floor, smoothed=broad, maps=owner_maps)
-        elif (not filled and prep.lamp.method == "auto" and prep.lamp.background_fraction < SHEET_GLASS_FRACTION
-              and float(np.mean(foreground)) >= BRIGHTFIELD_HOLE_DENSE_FOREGROUND):
-            # a dense field with a few patches of glass: as good as a sheet
+        covered = float(np.mean(foreground))
+        if (
+                # no glass found, cells everywhere: every gap in the lattice of
+                # nuclei holds a cell, as in a sheet its lamp's glass shows (such
+                # a lamp has no glass mask, so the search above has not run)
+                (prep.lamp.method == "auto-percentile" and covered >= BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND)
+                # a dense field with a few patches of glass: as good as a sheet
+                # (unless the search above ran)
+                or (not filled and prep.lamp.method == "auto" and prep.lamp.background_fraction < SHEET_GLASS_FRACTION
+                    and covered >= BRIGHTFIELD_HOLE_DENSE_FOREGROUND)):
             nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
                                          min_xgal=floor, smoothed=broad, maps=owner_maps)
         # a pocket of "glass" holding its own nuclei, no larger than the

@@ -1403,14 +1403,20 @@ def _add_discs(labels: np.ndarray, centres, radii) -> np.ndarray:
 def median_neighbour_distance(nuclei: np.ndarray, *, min_nuclei: int = 10) -> float | None:
     """Median distance (px) from each nucleus centre to the nearest other
     one: the field's nucleus spacing (None with fewer than ``min_nuclei``)."""
-    from scipy.spatial import cKDTree
-
     ids = _present(nuclei)
     if ids.size < max(2, min_nuclei):
         return None
-    cents = _centroids(nuclei, ids)
+    return float(np.median(_neighbour_distances(nuclei, ids)))
+
+
+def _neighbour_distances(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Distance (px) from the centre of each object ``ids`` of ``labels`` (at
+    least two) to the nearest other one's."""
+    from scipy.spatial import cKDTree
+
+    cents = _centroids(labels, ids)
     dist, _ = cKDTree(cents).query(cents, k=2)
-    return float(np.median(dist[:, 1]))
+    return dist[:, 1]
 
 
 def suppress_close_nuclei(nuclei: np.ndarray, score: np.ndarray, *, radius_px: float,
@@ -2320,15 +2326,11 @@ def speck_lattice(cells: np.ndarray, specks: np.ndarray, *, min_specks: int = LA
     0.14-0.23, the fourth, 65 %, 0.35; the debris fields with the most
     specks next, 50-76, read 0.24-0.60.)
     """
-    from scipy.spatial import cKDTree
-
     specks = np.asarray(specks, dtype=bool)
-    if np.count_nonzero(specks) < min_specks:
+    if np.count_nonzero(specks) < max(2, min_specks):
         return None
     ids = _present(cells)
-    cents = _centroids(cells, ids)
-    dist, _ = cKDTree(cents).query(cents, k=2)
-    nn = dist[specks[ids], 1]
+    nn = _neighbour_distances(cells, ids)[specks[ids]]
     if nn.mean() <= 0 or nn.std() > max_spacing_cv * nn.mean():
         return None
     return float(np.median(nn))
