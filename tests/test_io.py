@@ -25,6 +25,18 @@ def test_reads_png_jpeg_and_tiff_8_and_16_bit(tmp_path, rgb8):
     assert sio.read_rgb(tmp_path / "a.jpg").lossy
 
 
+@pytest.mark.parametrize("compression, lossy", [("lzw", False), ("zlib", False), ("zstd", False),
+                                                ("jpeg", True)])
+def test_reads_compressed_tiff(tmp_path, rgb8, compression, lossy):
+    # microscope software often writes LZW, some cameras JPEG inside the TIFF
+    p = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(p, rgb8, photometric="rgb", compression=compression)
+    d = sio.read_rgb(p)
+    assert d.pixels.shape == (64, 80, 3) and d.lossy is lossy
+    if not lossy:
+        assert np.array_equal(np.round(d.pixels * 255).astype(np.uint8), rgb8)
+
+
 def test_rgba_drops_alpha(tmp_path, rgb8):
     rgba = np.concatenate([rgb8, np.full((64, 80, 1), 255, np.uint8)], axis=-1)
     iio.imwrite(tmp_path / "a.png", rgba)

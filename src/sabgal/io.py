@@ -64,7 +64,8 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool]:
+    """(pixels, µm per pixel or None, whether the file's compression is lossy)."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_dir():
@@ -79,16 +80,26 @@ def _read_raw(path: Path) -> tuple[np.ndarray, float | None]:
             with tifffile.TiffFile(path) as tif:
                 arr = tif.asarray()
                 pixel_size = _tiff_pixel_size(tif)
-            return np.asarray(arr), pixel_size
+                lossy = _lossy_tiff(tif)
+            return np.asarray(arr), pixel_size, lossy
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path)), None
+        return np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg")
     except ImageReadError:
         raise
     except Exception as exc:  # decoder errors come in many types; report them as one line
         raise ImageReadError(
             f"{path}: cannot decode {ext or 'file'} (truncated or corrupt?): {_one_line(exc)}"
         ) from None
+
+
+def _lossy_tiff(tif: Any) -> bool:
+    """Whether the TIFF's first image is stored with a lossy codec (JPEG in
+    TIFF, as some microscope cameras write; WebP; JPEG 2000 / XL, lossy as
+    usually written). Decoding any of them, and LZW or Zstandard, needs
+    ``imagecodecs``, a core dependency."""
+    name = getattr(tif.pages[0].compression, "name", "")
+    return "JPEG" in name or "WEBP" in name
 
 
 def _tiff_pixel_size(tif: Any) -> float | None:
@@ -192,7 +203,7 @@ def read_rgb(path: str | os.PathLike[str]) -> ImageData:
         greyscale, wrong number of channels, float out of range or NaN.
     """
     p = Path(path)
-    arr, pixel_size = _read_raw(p)
+    arr, pixel_size, lossy = _read_raw(p)
     arr = _squeeze_pages(arr)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, M, N) TIFF
@@ -209,7 +220,7 @@ def read_rgb(path: str | os.PathLike[str]) -> ImageData:
             f"{p}: image is {arr.shape[0]}x{arr.shape[1]} px; need at least {MIN_SIZE_PX}x{MIN_SIZE_PX}")
     pixels, depth, sat = _to_float(arr, p)
     return ImageData(str(p), np.ascontiguousarray(pixels), depth, pixel_size, sat,
-                     lossy=p.suffix.lower() in (".jpg", ".jpeg"))
+                     lossy=lossy)
 
 
 def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
@@ -218,7 +229,7 @@ def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
     RGB files are accepted (a false-coloured export): the brightest channel is used.
     """
     p = Path(path)
-    arr, pixel_size = _read_raw(p)
+    arr, pixel_size, lossy = _read_raw(p)
     arr = _squeeze_pages(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].max(axis=-1)
@@ -230,7 +241,7 @@ def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
         raise ImageReadError(f"{p}: image is {arr.shape[0]}x{arr.shape[1]} px; need at least {MIN_SIZE_PX}x{MIN_SIZE_PX}")
     pixels, depth, sat = _to_float(arr, p)
     return ImageData(str(p), np.ascontiguousarray(pixels), depth, pixel_size, sat,
-                     lossy=p.suffix.lower() in (".jpg", ".jpeg"))
+                     lossy=lossy)
 
 
 def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
