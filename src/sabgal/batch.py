@@ -7,7 +7,7 @@ Layout of an output folder::
     DIR/images.csv  DIR/cells.csv  DIR/wells.csv  DIR/conditions.csv  DIR/run.json
     DIR/cellprofiler/Image.csv  DIR/cellprofiler/Cells.csv
     DIR/labels/<key>_cells.tif  DIR/labels/<key>_nuclei.tif
-    DIR/.sabgal/<key>.cells.csv   per-image measurements (no calls)
+    DIR/.sabgal/<key>.cells.npz   per-image measurements (no calls; sabgal.io.read_columns)
     DIR/.sabgal/<key>.json        per-image record, written last: its presence
                                   means the image is finished
     DIR/.sabgal/metadata.csv      plate / well / field / plate-map columns per image
@@ -34,6 +34,7 @@ import os
 import sys
 import time
 import traceback
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -427,9 +428,10 @@ def _file_signature(path: str) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _state_paths(out_dir: Path, key: str) -> tuple[Path, Path]:
+def state_paths(out_dir: Path, key: str) -> tuple[Path, Path]:
+    """An image's record and measurements under ``DIR/.sabgal/``."""
     state = out_dir / STATE_DIR
-    return state / f"{key}.json", state / f"{key}.cells.csv"
+    return state / f"{key}.json", state / f"{key}.cells.npz"
 
 
 def _peak_rss_mb() -> float | None:
@@ -486,11 +488,11 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
         info["qc"]["saturated_fraction"] = img.saturated_fraction
         info["bit_depth"] = img.bit_depth
         info["lossy_compression"] = img.lossy
-        state_json, state_cells = _state_paths(out, image_set.key)
+        state_json, state_cells = state_paths(out, image_set.key)
         if config.batch.write_labels:
             sio.write_labels(out / "labels" / f"{image_set.key}_cells.tif", res.cell_labels)
             sio.write_labels(out / "labels" / f"{image_set.key}_nuclei.tif", res.nucleus_labels)
-        sio.write_table(state_cells, res.cells)
+        sio.write_columns(state_cells, res.cells)
         if config.batch.overlays:
             _overlay.save_overlay_base(_overlay.base_path(out / STATE_DIR, image_set.key), img.pixels,
                                        res.cell_labels, res.nucleus_labels, max_px=config.qc.overlay_max_px)
@@ -506,7 +508,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
     record["elapsed_s"] = round(time.perf_counter() - t0, 4)
     record["cpu_s"] = round(time.process_time() - c0, 4)  # < elapsed_s when the CPU is shared
     record["peak_rss_mb"] = _peak_rss_mb()
-    state_json, _ = _state_paths(out, image_set.key)
+    state_json, _ = state_paths(out, image_set.key)
     sio.write_json(state_json, record)
     return record
 
@@ -523,7 +525,7 @@ def _read_record(state_json: Path) -> dict[str, Any] | None:
 
 
 def _is_done(out_dir: Path, s: ImageSet, digest: str, flat_digest: str | None) -> bool:
-    state_json, state_cells = _state_paths(out_dir, s.key)
+    state_json, state_cells = state_paths(out_dir, s.key)
     rec = _read_record(state_json)
     if rec is None:
         return False
@@ -566,7 +568,7 @@ def _absolute(s: ImageSet) -> ImageSet:
 def _died(s: ImageSet, out: Path, why: str) -> dict[str, Any]:
     rec = {"image": s.image, "key": s.key, "path": s.path, "nuclear_image": s.companion,
            "status": "error", "info": {}, "error": f"{s.path}: {why}"}
-    sio.write_json(_state_paths(out, s.key)[0], rec)
+    sio.write_json(state_paths(out, s.key)[0], rec)
     return rec
 
 
@@ -860,7 +862,7 @@ def refine_nucleus_sizes(sets: list[ImageSet], config: Config, out_dir: str | os
         plates = dict(zip(metadata["image"], metadata["plate"].astype(str)))
     rows = []
     for s in sets:
-        rec = _read_record(_state_paths(out, s.key)[0])
+        rec = _read_record(state_paths(out, s.key)[0])
         if rec is None:
             continue
         info = rec.get("info") or {}
@@ -1042,15 +1044,15 @@ def rebuild_tables(sets: list[ImageSet], config: Config, out_dir: str | os.PathL
 
     records, tables = [], []
     for s in sets:
-        state_json, state_cells = _state_paths(out, s.key)
+        state_json, state_cells = state_paths(out, s.key)
         rec = _read_record(state_json)
         if rec is None:
             rec = {"image": s.image, "status": "error", "error": f"{s.path}: no result (not processed)"}
         rec["image"] = s.image
         if rec.get("status") == "ok":
             try:
-                t = pd.read_csv(state_cells)
-            except (OSError, pd.errors.EmptyDataError) as exc:
+                t = sio.read_columns(state_cells)
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
                 rec.update(status="error", error=f"{s.path}: per-image result unreadable: {exc}")
                 t = None
             if t is not None:

@@ -294,6 +294,32 @@ def write_table(path: str | os.PathLike[str], table: Any) -> None:
             table.to_csv(tmp, index=False)
 
 
+def write_columns(path: str | os.PathLike[str], table: Any) -> None:
+    """Write a DataFrame of numeric, boolean and string columns as an
+    uncompressed ``.npz`` (one array per column, in order), atomically.
+
+    For the batch's per-image measurements (``DIR/.sabgal/<key>.cells.npz``):
+    exact values, and ~15x faster than CSV, whose float formatting holds
+    Python's lock and so stalled the other worker threads.
+    """
+    cols = {str(c): _column_array(table[c]) for c in table.columns}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **cols)
+
+
+def _column_array(col: Any) -> np.ndarray:
+    a = col.to_numpy()
+    return a.astype(str) if a.dtype == object else a
+
+
+def read_columns(path: str | os.PathLike[str]) -> Any:
+    """The DataFrame :func:`write_columns` wrote (no pickled objects are loaded)."""
+    import pandas as pd
+
+    with np.load(path, allow_pickle=False) as z:
+        return pd.DataFrame({k: z[k] for k in z.files})
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON (indented, keys in order given), atomically."""
     with atomic_path(path) as tmp:

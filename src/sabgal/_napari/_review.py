@@ -592,14 +592,14 @@ class ResultsFolder:
         return self.path / "labels" / f"{key}_cells.tif", self.path / "labels" / f"{key}_nuclei.tif"
 
     def _state_cells(self, image: str) -> Path:
-        return self.path / batch.STATE_DIR / f"{self.key(image)}.cells.csv"
+        return batch.state_paths(self.path, self.key(image))[1]
 
     def _measurements(self, image: str) -> pd.DataFrame:
         """Per-cell measurements without calls: the run's own per-image table
         (all cells, before corrections), else the rows of ``cells.csv``."""
         state = self._state_cells(image)
         if state.is_file():
-            t = pd.read_csv(state)
+            t = sio.read_columns(state)
         else:
             if self._cells is None:
                 self._cells = pd.read_csv(self.path / "cells.csv", dtype={"image": str})
@@ -695,7 +695,7 @@ class ResultsFolder:
             cells_path, nuclei_path = self._label_paths(review.image)
             sio.write_labels(cells_path, review.cell_labels)
             sio.write_labels(nuclei_path, review.nucleus_labels)
-            sio.write_table(self._state_cells(review.image), review.measurements)
+            sio.write_columns(self._state_cells(review.image), review.measurements)
             review.labels_edited = False
             self._cells = None
         log.info("saved %d correction(s) of %s to %s", len(mine), review.image, path)
