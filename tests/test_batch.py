@@ -110,6 +110,19 @@ def test_rerun_skips_finished_and_force_redoes(tmp_path):
     assert not any(r.get("skipped") for r in recs) and len(recs) == 2
 
 
+
+def test_a_damaged_per_image_result_is_an_error_row_not_a_crash(tmp_path):
+    _write_plate(tmp_path / "in", {"A01": 0.3, "A02": 0.3})
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "in"), "--out", str(out), "-j", "1", "-q"]) == 0
+    config = Config()
+    sets = batch.discover_images([tmp_path / "in"], config, exclude=[out])
+    batch.state_paths(out, sets[0].key)[1].write_bytes(b"not a zip")
+    images, cells = batch.rebuild_tables(sets, config, out)
+    bad = images.set_index("image").loc[sets[0].image]
+    assert bad["status"] == "error" and "per-image result unreadable" in bad["error"]
+    assert set(cells["image"]) == {sets[1].image}
+
 # --- error isolation ---------------------------------------------------------------------------
 def test_five_percent_corrupt_files_do_not_stop_the_run(tmp_path, capsys):
     wells = {f"{r}{c:02d}": 0.3 for r in "ABCD" for c in range(1, 11)}  # 40 images

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import imageio.v3 as iio
@@ -118,3 +119,13 @@ def test_labels_round_trip(tmp_path):
     lab = np.arange(100, dtype=np.uint32).reshape(10, 10)
     sio.write_labels(tmp_path / "l.tif", lab)
     assert np.array_equal(sio.read_labels(tmp_path / "l.tif"), lab)
+
+
+def test_columns_round_trip_exactly(tmp_path):
+    t = pd.DataFrame({"cell_id": np.arange(5, dtype=np.int64), "area_um2": [1.5, np.nan, 1 / 3, 2e-9, 7.0],
+                      "sabgal_positive": [True, False, True, False, False], "image": list("abcde")})
+    sio.write_columns(tmp_path / "t.npz", t)
+    back = sio.read_columns(tmp_path / "t.npz")
+    assert list(back.columns) == list(t.columns)
+    pd.testing.assert_frame_equal(back, t)
+
