@@ -96,12 +96,17 @@ def test_sigkill_then_rerun_processes_every_image_exactly_once(tmp_path):
     assert run["timings"]["images_processed"] == len(wells) - len(before)
 
 
-def test_rerun_skips_finished_and_force_redoes(tmp_path):
+def _finished_two_well_run(tmp_path: Path) -> tuple[Path, Config, list[batch.ImageSet]]:
+    """A finished ``sabgal run`` of two wells: (output folder, config, image sets)."""
     _write_plate(tmp_path / "in", {"A01": 0.3, "A02": 0.3})
     out = tmp_path / "out"
     assert main(["run", str(tmp_path / "in"), "--out", str(out), "-j", "1", "-q"]) == 0
     config = Config()
-    sets = batch.discover_images([tmp_path / "in"], config, exclude=[out])
+    return out, config, batch.discover_images([tmp_path / "in"], config, exclude=[out])
+
+
+def test_rerun_skips_finished_and_force_redoes(tmp_path):
+    out, config, sets = _finished_two_well_run(tmp_path)
     done, todo = batch.pending_images(sets, config, out)
     assert len(done) == 2 and todo == []
     recs = list(batch.run_batch(sets, config, out))
@@ -110,13 +115,8 @@ def test_rerun_skips_finished_and_force_redoes(tmp_path):
     assert not any(r.get("skipped") for r in recs) and len(recs) == 2
 
 
-
 def test_a_damaged_per_image_result_is_an_error_row_not_a_crash(tmp_path):
-    _write_plate(tmp_path / "in", {"A01": 0.3, "A02": 0.3})
-    out = tmp_path / "out"
-    assert main(["run", str(tmp_path / "in"), "--out", str(out), "-j", "1", "-q"]) == 0
-    config = Config()
-    sets = batch.discover_images([tmp_path / "in"], config, exclude=[out])
+    out, config, sets = _finished_two_well_run(tmp_path)
     batch.state_paths(out, sets[0].key)[1].write_bytes(b"not a zip")
     images, cells = batch.rebuild_tables(sets, config, out)
     bad = images.set_index("image").loc[sets[0].image]
