@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 cv2.setNumThreads(1)
 
-__all__ = ["gaussian_filter", "gaussian_laplace", "laplace", "grey_closing", "distance_transform", "median"]
+__all__ = ["gaussian_filter", "gaussian_laplace", "gaussian_laplace_ladder", "laplace", "grey_closing", "distance_transform", "median"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64
@@ -78,6 +78,72 @@ def gaussian_laplace(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
         kw = dict(borderType=cv2.BORDER_REFLECT)
         return (cv2.sepFilter2D(src, ddepth, d2, g, **kw) + cv2.sepFilter2D(src, ddepth, g, d2, **kw))
     return _apply(ndi.gaussian_laplace, image, sigma, **kwargs)
+
+
+# Kernels at least this long (sigma >= 2.4) go through the Fourier transform
+# in gaussian_laplace_ladder: one 2-D inverse transform costs about what a
+# 19-tap separable pass pair does on the same image (the forward transform
+# is shared), and the 101-tap passes of the largest rungs cost 8x that.
+LADDER_FFT_MIN_TAPS = 21
+
+
+def gaussian_laplace_ladder(image: np.ndarray, sigmas):
+    """:func:`gaussian_laplace` of a 2-D float image at each of ``sigmas``
+    in turn (a generator: one response held at a time).
+
+    Rungs whose kernel is at least ``LADDER_FFT_MIN_TAPS`` long are
+    filtered by multiplication in the Fourier domain, all from one forward
+    transform of the image padded by reflection (scipy's ``reflect``,
+    OpenCV's ``BORDER_REFLECT``) by the largest kernel radius, so the
+    circular convolution never wraps: the same sampled kernels and borders
+    as the direct filter, the values equal to float32 rounding (closer to
+    the exact float64 result than the direct float32 passes), and a scale
+    ladder of 20 rungs on a 1024 x 1024 image about 3x faster.
+
+    >>> img = np.zeros((64, 64), np.float32); img[20:30, 25:40] = 1
+    >>> all(np.allclose(a, gaussian_laplace(img, s), atol=1e-6)
+    ...     for a, s in zip(gaussian_laplace_ladder(img, [1.0, 3.0, 6.0]), [1.0, 3.0, 6.0]))
+    True
+    """
+    import scipy.fft as sfft
+
+    image = np.asarray(image)
+    sigmas = [float(s) for s in sigmas]
+    radii = [int(4.0 * s + 0.5) for s in sigmas]
+    direct = (image.ndim != 2 or image.dtype not in (np.float32, np.float64)
+              or min(image.shape, default=0) <= 2 * max(radii, default=0))
+    big = [r for r in radii if 2 * r + 1 >= LADDER_FFT_MIN_TAPS]
+    spectrum = None
+    for s, r in zip(sigmas, radii):
+        if direct or 2 * r + 1 < LADDER_FFT_MIN_TAPS:
+            yield gaussian_laplace(image, s)
+            continue
+        if spectrum is None:
+            pad = max(big)
+            m, n = image.shape
+            ly, lx = sfft.next_fast_len(m + 2 * pad, real=True), sfft.next_fast_len(n + 2 * pad, real=True)
+            padded = np.zeros((ly, lx), dtype=image.dtype)
+            padded[: m + 2 * pad, : n + 2 * pad] = np.pad(image, pad, mode="symmetric")
+            spectrum = sfft.rfft2(padded, workers=1)
+            product = np.empty_like(spectrum)
+            real = padded.dtype
+            del padded
+        g, d2 = _gauss_kernels(s)
+
+        def response(kernel: np.ndarray, length: int, half: bool) -> np.ndarray:
+            # the kernel centred on index 0 of a circular line, transformed
+            # (symmetric, so its transform is real)
+            line = np.zeros(length)
+            line[: r + 1], line[length - r:] = kernel[r:], kernel[:r]
+            return (np.fft.rfft(line) if half else np.fft.fft(line)).real.astype(real)
+
+        gy, dy = response(g, ly, False), response(d2, ly, False)
+        gx, dx = response(g, lx, True), response(d2, lx, True)
+        transfer = dy[:, None] * gx[None, :]
+        transfer += gy[:, None] * dx[None, :]
+        np.multiply(spectrum, transfer, out=product)
+        out = sfft.irfft2(product, s=(ly, lx), workers=1, overwrite_x=True)
+        yield np.ascontiguousarray(out[pad: pad + m, pad: pad + n])
 
 
 def laplace(image: np.ndarray, **kwargs) -> np.ndarray:

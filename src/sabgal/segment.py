@@ -191,20 +191,26 @@ def _blob_profile(image: np.ndarray, *, min_px: float, max_px: float, step: floa
     if sig.size < 3:
         return None
     kernel = np.ones((3, 3), np.uint8)
+    ladder = filters.gaussian_laplace_ladder(m, sig)
 
     def rung(k: int) -> tuple[np.ndarray, np.ndarray]:
-        r = (-(sig[k] ** 2)) * filters.gaussian_laplace(m, float(sig[k]))
+        r = (-(sig[k] ** 2)) * next(ladder)  # (rungs are read in order)
         return r, cv2.dilate(r, kernel)
 
     prof = np.zeros(sig.size)
     # three rungs at a time: a maximum in space and scale is a 3x3 maximum of
     # its own rung no lower than the 3x3 maxima of the rungs either side
     below, here = rung(0), rung(1)
+    best = np.empty_like(here[1])  # (buffers reused: each rung is a full image)
+    peak = np.empty(best.shape, dtype=bool)
     for k in range(1, sig.size - 1):
         above = rung(k + 1)
         cur = here[0]
-        best = np.maximum(here[1], np.maximum(below[1], above[1]))
-        v = cur[(cur >= best) & (cur > 0)]
+        np.maximum(below[1], above[1], out=best)
+        np.maximum(best, here[1], out=best)
+        np.greater_equal(cur, best, out=peak)
+        peak &= cur > 0
+        v = cur[peak]
         if v.size:
             # a fixed divisor: a scale with fewer maxima than ``top`` is
             # not rewarded for having only its strongest few
