@@ -139,8 +139,10 @@ def resize_for_display(rgb: np.ndarray, cell_labels: np.ndarray, nucleus_labels:
     """
     from PIL import Image
 
-    rgb8 = _to_uint8(rgb)
-    shape = rgb8.shape[:2]
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
+        raise ValueError(f"rgb must have shape (rows, cols, 3); got {rgb.shape}")
+    shape = rgb.shape[:2]
     cells = _check_labels("cell_labels", cell_labels, shape)
     nuclei = _check_labels("nucleus_labels", nucleus_labels, shape)
     if max_px < 64 or min_px < 1:
@@ -149,7 +151,17 @@ def resize_for_display(rgb: np.ndarray, cell_labels: np.ndarray, nucleus_labels:
     if long_side > max_px:
         scale = max_px / long_side
         size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))  # PIL: (w, h)
-        out_rgb = np.asarray(Image.fromarray(rgb8).resize(size, Image.Resampling.BOX))
+        if np.issubdtype(rgb.dtype, np.floating):
+            # area-averaged before the conversion to 8 bits (a float image is
+            # most of the batch's: converting the full-size one cost more
+            # than the shrink)
+            import cv2
+
+            small = cv2.resize(np.ascontiguousarray(rgb[..., :3], dtype=np.float32), size,
+                               interpolation=cv2.INTER_AREA)
+            out_rgb = _to_uint8(small)
+        else:
+            out_rgb = np.asarray(Image.fromarray(_to_uint8(rgb)).resize(size, Image.Resampling.BOX))
         rows = np.minimum(((np.arange(size[1]) + 0.5) / scale).astype(np.int64), shape[0] - 1)
         cols = np.minimum(((np.arange(size[0]) + 0.5) / scale).astype(np.int64), shape[1] - 1)
         out_cells = cells[np.ix_(rows, cols)]
@@ -157,6 +169,7 @@ def resize_for_display(rgb: np.ndarray, cell_labels: np.ndarray, nucleus_labels:
     else:
         k = max(1, -(-min_px // long_side)) if long_side < min_px else 1
         scale = float(k)
+        rgb8 = _to_uint8(rgb)
         if k > 1:
             out_rgb = np.repeat(np.repeat(rgb8, k, axis=0), k, axis=1)
             out_cells = np.repeat(np.repeat(cells, k, axis=0), k, axis=1)
