@@ -161,7 +161,7 @@ def convex_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     edge = (inner != padded[:-2, 1:-1]) | (inner != padded[2:, 1:-1]) | \
            (inner != padded[1:-1, :-2]) | (inner != padded[1:-1, 2:])
     edge &= inner > 0
-    ys, xs = np.nonzero(edge)
+    ys, xs = morph.nonzero(edge)
     labs = inner[ys, xs].astype(np.intp)
     n = max(int(labs.max()) + 1 if labs.size else 1, int(np.max(ids, initial=0)) + 1)
     n_edge = np.bincount(labs, minlength=n).astype(np.float64)

@@ -15,7 +15,21 @@ import cv2
 import numpy as np
 
 __all__ = ["disc", "erode_square", "dilate_square", "open_square", "close_square", "erode_cross", "dilate_cross",
-           "open_cross", "fill_holes", "inner_boundaries"]
+           "open_cross", "fill_holes", "inner_boundaries", "nonzero"]
+
+
+def nonzero(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero(image)`` of a 2-D array (the same row and column arrays,
+    in the same raster order) from its flat indices: numpy's 2-D nonzero
+    is 3-7x slower on a 2048 x 2048 mask.
+
+    >>> [a.tolist() for a in nonzero(np.array([[0, 1], [1, 1]]))]
+    [[0, 1, 1], [1, 0, 1]]
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"nonzero needs a 2-D array; got shape {image.shape}")
+    return np.divmod(np.flatnonzero(image), max(image.shape[1], 1))
 
 
 def _shift_and(m: np.ndarray, axis: int) -> np.ndarray:

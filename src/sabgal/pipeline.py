@@ -1458,7 +1458,7 @@ def _qc_metrics(od_sum, glass, foreground, cells, lamp) -> dict[str, float]:
             for x in range(0, od_sum.shape[1] - f + 1, f):
                 g = glass[y:y + f, x:x + f]
                 if g.sum() > 0.2 * f * f:
-                    vals.append(np.median(od_sum[y:y + f, x:x + f][g]))
+                    vals.append(filters.median(od_sum[y:y + f, x:x + f][g]))
         nonuni = float(np.percentile(vals, 95) - np.percentile(vals, 5)) if len(vals) >= 4 else float("nan")
         bg_noise = float(np.std(bg))
     else:

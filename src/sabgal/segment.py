@@ -290,7 +290,7 @@ def strongest_blobs(image: np.ndarray, *, diameter_px: float, top: int | None = 
     m = cv2.medianBlur(np.ascontiguousarray(image, dtype=np.float32), 3)
     sigma = float(diameter_px) / (2 * np.sqrt(2))
     r = (-(sigma ** 2)) * filters.gaussian_laplace(m, sigma)
-    ys, xs = np.nonzero((r >= cv2.dilate(r, np.ones((3, 3), np.uint8))) & (r > 0))
+    ys, xs = morph.nonzero((r >= cv2.dilate(r, np.ones((3, 3), np.uint8))) & (r > 0))
     order = np.argsort(-r[ys, xs], kind="stable")[:top]
     return np.stack([ys[order], xs[order]], axis=1)
 
@@ -403,12 +403,47 @@ def local_peaks(image: np.ndarray, *, min_distance: int, threshold: float) -> np
 
     z = np.ascontiguousarray(image, dtype=np.float32 if image.dtype == np.float32 else np.float64)
     size = 2 * int(min_distance) + 1
-    is_max = z == cv2.dilate(z, np.ones((size, size), np.uint8))  # (the window clipped at the edges)
-    if is_max.all():  # (a flat image has no peak)
-        return np.zeros((0, 2), dtype=np.intp)
+    is_max = _window_maxima(z, size, threshold) if z.dtype == np.float64 and size > 1 else None
+    if is_max is None:
+        is_max = z == cv2.dilate(z, np.ones((size, size), np.uint8))  # (the window clipped at the edges)
+        if is_max.all():  # (a flat image has no peak)
+            return np.zeros((0, 2), dtype=np.intp)
     z = np.where(is_max, z, -np.inf)
     return peak_local_max(z, min_distance=min_distance, threshold_abs=threshold, exclude_border=False,
                           footprint=np.ones((1, 1), dtype=bool))
+
+
+def _window_maxima(z: np.ndarray, size: int, threshold: float) -> np.ndarray | None:
+    """Pixels of the float64 image ``z`` above ``threshold`` that equal the
+    maximum of the ``size`` x ``size`` square around them (clipped at the
+    image edge): ``z == dilate(z)`` where ``z > threshold``; None when the
+    image may be flat (every pixel a maximum in float32).
+
+    The square maximum filter runs on a float32 copy, 3-5x faster than on
+    float64: rounding to float32 keeps order (never reverses it), so every
+    true maximum is a float32 one; the few float32 maxima above the
+    threshold are then checked against their float64 windows, which drops
+    those that only rounding made equal to a larger neighbour.
+    """
+    import cv2
+
+    z32 = z.astype(np.float32)
+    cand = z32 == cv2.dilate(z32, np.ones((size, size), np.uint8))
+    if cand.all():
+        return None
+    cand &= z > threshold
+    cy, cx = np.divmod(np.flatnonzero(cand), z.shape[1])  # (faster than a 2-D nonzero)
+    out = np.zeros(z.shape, dtype=bool)
+    rows, cols = z.shape
+    offs = np.arange(size) - size // 2
+    per = max(1, (1 << 22) // (size * size))  # (windows gathered a few MB at a time)
+    for i in range(0, cy.size, per):
+        y, x = cy[i: i + per], cx[i: i + per]
+        wy = np.clip(y[:, None, None] + offs[None, :, None], 0, rows - 1)  # (clamped: inside the clipped window)
+        wx = np.clip(x[:, None, None] + offs[None, None, :], 0, cols - 1)
+        ok = z[wy, wx].reshape(y.size, -1).max(axis=1) <= z[y, x]
+        out[y[ok], x[ok]] = True
+    return out
 
 
 def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
@@ -432,7 +467,7 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     threshold = image.min()
     # 1. 3x3 maxima within the own label (neighbours outside the image or in
     #    another label do not count), read on the labelled pixels only
-    py, px = np.nonzero(labels)
+    py, px = morph.nonzero(labels)
     lab = labels[py, px].astype(np.intp)
     n_labels = int(lab.max()) + 1 if lab.size else 1
     area = np.bincount(lab, minlength=n_labels)
