@@ -85,13 +85,18 @@ def gaussian_laplace(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
 # 19-tap separable pass pair does on the same image (the forward transform
 # is shared), and the 101-tap passes of the largest rungs cost 8x that.
 LADDER_FFT_MIN_TAPS = 21
+# ... and a lone such rung (nothing to share the forward transform with)
+# only from this length (sigma >= 5): both transforms cost what a 41-tap
+# pass pair does.
+SINGLE_FFT_MIN_TAPS = 41
 
 
 def gaussian_laplace_ladder(image: np.ndarray, sigmas):
     """:func:`gaussian_laplace` of a 2-D float image at each of ``sigmas``
     in turn (a generator: one response held at a time).
 
-    Rungs whose kernel is at least ``LADDER_FFT_MIN_TAPS`` long are
+    Rungs whose kernel is at least ``LADDER_FFT_MIN_TAPS`` long (when
+    there are two or more; ``SINGLE_FFT_MIN_TAPS`` for one alone) are
     filtered by multiplication in the Fourier domain, all from one forward
     transform of the image padded by reflection (scipy's ``reflect``,
     OpenCV's ``BORDER_REFLECT``) by the largest kernel radius, so the
@@ -113,9 +118,11 @@ def gaussian_laplace_ladder(image: np.ndarray, sigmas):
     direct = (image.ndim != 2 or image.dtype not in (np.float32, np.float64)
               or min(image.shape, default=0) <= 2 * max(radii, default=0))
     big = [r for r in radii if 2 * r + 1 >= LADDER_FFT_MIN_TAPS]
+    if len(big) == 1 and 2 * big[0] + 1 < SINGLE_FFT_MIN_TAPS:
+        big = []
     spectrum = None
     for s, r in zip(sigmas, radii):
-        if direct or 2 * r + 1 < LADDER_FFT_MIN_TAPS:
+        if direct or r not in big:
             yield gaussian_laplace(image, s)
             continue
         if spectrum is None:

@@ -1005,9 +1005,12 @@ def blob_response(image: np.ndarray, region: np.ndarray, *, diameter_px: float) 
         return None
     s = float(diameter_px) / (2 * np.sqrt(2))
     g = cv2.medianBlur(np.ascontiguousarray(image, dtype=np.float32), 3)
-    resp = (-(s * s)) * filters.gaussian_laplace(g, s)
+    resp = (-(s * s)) * next(filters.gaussian_laplace_ladder(g, [s]))  # (float64)
     med, sd = robust_noise(resp[region])
-    return np.where(region, (resp - med) / sd, 0.0)
+    resp -= med  # (in place: the values of (resp - med) / sd)
+    resp /= sd
+    resp[~region] = 0.0
+    return resp
 
 
 def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: float, snr: float,
