@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from sabgal import filters
+
 __all__ = ["Lamp", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean", "upsample_bilinear"]
 
 
@@ -289,7 +291,7 @@ def _upper_spread(rel: np.ndarray) -> float:
     if up.size < 100:
         return 0.0
     up = up[up < np.percentile(up, 99.5)]  # dust, hot pixels
-    return float(np.median(up)) * 1.4826
+    return float(filters.median(up)) * 1.4826
 
 
 def _glass_peak(rel: np.ndarray, *, half_range: float = 0.05, bins: int = 200,
@@ -365,7 +367,7 @@ def _refit_upper(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: fl
             break
         up &= rel < np.percentile(rel[up], 99)
         # the brighter population and whatever lies level with it
-        lvl = float(np.median(rel[up]))
+        lvl = float(filters.median(rel[up]))
         keep = sm & (np.abs(rel - lvl) < max(4 * noise, UPPER_MIN_EXCESS))
         coef = _least_squares(a_full[keep], lum_flat[keep])
         fit = a_full @ coef
@@ -593,7 +595,7 @@ def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
     if flat.mean() >= 0.2 and np.count_nonzero(~flat) >= 100:
         basis = texture[~flat]
     smooth_ref = float(np.percentile(basis, 20))
-    tex_spread = float(np.median(np.abs(basis - smooth_ref))) * 1.4826 + 1e-6
+    tex_spread = float(filters.median(np.abs(basis - smooth_ref))) * 1.4826 + 1e-6
     smooth = texture < smooth_ref + 4 * tex_spread
     saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
     clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
