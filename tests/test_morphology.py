@@ -228,6 +228,19 @@ def test_convex_areas_match_qhull():
             np.testing.assert_allclose(convex_areas(labels, ids), qhull_areas(labels, ids), rtol=1e-9)
 
 
+def test_label_matches_scipy():
+    rng = np.random.default_rng(8)
+    for trial in range(80):
+        shape = (int(rng.integers(1, 150)), int(rng.integers(1, 150)))
+        m = ndi.gaussian_filter(rng.random(shape), rng.uniform(0.3, 4)) > rng.uniform(0.3, 0.7)
+        for conn, structure in ((4, None), (8, np.ones((3, 3), bool))):
+            ref, n_ref = ndi.label(m, structure=structure)
+            ours, n = mo.label(m, connectivity=conn)
+            assert np.array_equal(ours, ref) and n == n_ref and ours.dtype == ref.dtype, (trial, conn)
+    ints = rng.integers(0, 3, (40, 60))  # any nonzero value is foreground
+    assert np.array_equal(mo.label(ints)[0], ndi.label(ints)[0])
+
+
 def test_nonzero_matches_numpy():
     rng = np.random.default_rng(5)
     for shape in [(1, 1), (0, 4), (3, 0), (40, 70), (257, 129)]:

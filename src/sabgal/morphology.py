@@ -15,7 +15,31 @@ import cv2
 import numpy as np
 
 __all__ = ["disc", "erode_square", "dilate_square", "open_square", "close_square", "erode_cross", "dilate_cross",
-           "open_cross", "fill_holes", "inner_boundaries", "nonzero"]
+           "open_cross", "fill_holes", "inner_boundaries", "nonzero", "label"]
+
+
+def label(mask: np.ndarray, *, connectivity: int = 4) -> tuple[np.ndarray, int]:
+    """``ndi.label(mask)`` of a 2-D mask (4-connected; ``connectivity=8``:
+    with a 3x3 structure): the same int32 labels, numbered in raster order
+    of each component's first pixel, and their count. 4-connected, on
+    OpenCV's connected components: 3x faster, and without holding Python's
+    GIL (scipy's labelling holds it, stalling the other worker threads of a
+    batch). 8-connected, OpenCV numbers some components in another order:
+    scipy's.
+
+    >>> label(np.array([[1, 0, 1], [1, 0, 0]], bool))[0].tolist()
+    [[1, 0, 2], [1, 0, 0]]
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.size == 0 or connectivity != 4:
+        from scipy import ndimage as ndi
+
+        structure = np.ones((3, 3), bool) if connectivity == 8 and m.ndim == 2 else None
+        lab, n = ndi.label(m, structure=structure)
+        return lab, int(n)
+    src = np.ascontiguousarray(m if m.dtype == bool else m != 0).view(np.uint8)
+    n, lab = cv2.connectedComponents(src, connectivity=connectivity, ltype=cv2.CV_32S)
+    return lab, int(n) - 1
 
 
 def nonzero(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from sabgal import classify, filters, illumination, measure, qc, segment, stains
 from sabgal import morphology as morph
@@ -118,7 +117,7 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
     if not opaque.any():
         return None
     mask = morph.dilate_square(opaque, iterations=2)
-    lab, _ = ndi.label(mask)
+    lab, _ = morph.label(mask)
     sizes = np.bincount(lab.ravel())
     edge_ids = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
     edge_ids = edge_ids[(edge_ids > 0) & (sizes[edge_ids] >= FIELD_STOP_MIN_FRACTION * mask.size)]
@@ -127,7 +126,7 @@ def burnt_in(rgb: np.ndarray, lamp: np.ndarray) -> np.ndarray | None:
         lum = _channel_sum(rgb) / np.maximum(_channel_sum(lamp), np.float32(1e-6))
         dim = filters.gaussian_filter(lum.astype(np.float32), 2.0) < np.float32(FIELD_STOP_FRINGE_TRANSMITTANCE)
         near = filters.distance_transform(~stop) <= FIELD_STOP_FRINGE_PX
-        fringe, _ = ndi.label((dim & near) | stop)
+        fringe, _ = morph.label((dim & near) | stop)
         mask |= np.isin(fringe, np.unique(fringe[stop]))
     return mask
 
@@ -1201,7 +1200,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             # a piece of "cell body" against a label or field stop holding no
             # nucleus is the stop's blurred rim (the lamp fit cannot follow
             # it), not a cell whose nucleus was missed: it gets no seed
-            comp, n = ndi.label(foreground)
+            comp, n = morph.label(foreground)
             if n:
                 near = np.zeros(n + 1, dtype=bool)
                 near[comp[against_excluded]] = True

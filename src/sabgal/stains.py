@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from sabgal import filters
+from sabgal import morphology as morph
 from sabgal.illumination import block_reduce_mean
 from sabgal.measure import convex_areas
 
@@ -350,7 +350,7 @@ def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CH
     q = filters.gaussian_filter((od @ w).astype(np.float32), 1.5)
     # (within the hue cone the chroma is p to 1.04 p: p alone is the test)
     like = (p > min_chroma) & (np.abs(q) < tan_max * p)
-    lab, n = ndi.label(like, structure=np.ones((3, 3), dtype=bool))
+    lab, n = morph.label(like, connectivity=8)
     if n == 0:
         return False, 0, 0.0
     area = np.bincount(lab.ravel(), minlength=n + 1)
