@@ -237,6 +237,8 @@ def test_label_matches_scipy():
             ref, n_ref = ndi.label(m, structure=structure)
             ours, n = mo.label(m, connectivity=conn)
             assert np.array_equal(ours, ref) and n == n_ref and ours.dtype == ref.dtype, (trial, conn)
+        ours, n, boxes = mo.label_boxes(m)
+        assert np.array_equal(ours, ndi.label(m)[0]) and boxes == ndi.find_objects(ours), trial
     ints = rng.integers(0, 3, (40, 60))  # any nonzero value is foreground
     assert np.array_equal(mo.label(ints)[0], ndi.label(ints)[0])
 

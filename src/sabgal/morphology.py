@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 __all__ = ["disc", "erode_square", "dilate_square", "open_square", "close_square", "erode_cross", "dilate_cross",
-           "open_cross", "fill_holes", "inner_boundaries", "nonzero", "label"]
+           "open_cross", "fill_holes", "inner_boundaries", "nonzero", "label", "label_boxes"]
 
 
 def label(mask: np.ndarray, *, connectivity: int = 4) -> tuple[np.ndarray, int]:
@@ -40,6 +40,28 @@ def label(mask: np.ndarray, *, connectivity: int = 4) -> tuple[np.ndarray, int]:
     src = np.ascontiguousarray(m if m.dtype == bool else m != 0).view(np.uint8)
     n, lab = cv2.connectedComponents(src, connectivity=connectivity, ltype=cv2.CV_32S)
     return lab, int(n) - 1
+
+
+def label_boxes(mask: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, slice]]]:
+    """:func:`label` of a 2-D mask (4-connected) with its components'
+    bounding boxes, ``ndi.find_objects(labels)``'s slices, from OpenCV's
+    component statistics: no second pass over the image, no GIL held.
+
+    >>> lab, n, boxes = label_boxes(np.array([[1, 0, 0], [0, 0, 1]], bool))
+    >>> n, boxes
+    (2, [(slice(0, 1, None), slice(0, 1, None)), (slice(1, 2, None), slice(2, 3, None))])
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or m.size == 0:
+        from scipy import ndimage as ndi
+
+        lab, n = label(m)
+        return lab, n, list(ndi.find_objects(lab))
+    src = np.ascontiguousarray(m if m.dtype == bool else m != 0).view(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(src, connectivity=4, ltype=cv2.CV_32S)
+    x0, y0, w, h = (stats[1:, k].tolist() for k in range(4))
+    boxes = [(slice(a, a + dy), slice(b, b + dx)) for a, b, dy, dx in zip(y0, x0, h, w)]
+    return lab, int(n) - 1, boxes
 
 
 def nonzero(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -618,8 +618,7 @@ def split_objects(mask: np.ndarray, *, diameter_px: float, intensity: np.ndarray
     """
     if not mask.any():
         return np.zeros(mask.shape, dtype=np.int32)
-    comp, ncomp = morph.label(mask)
-    boxes = ndi.find_objects(comp)
+    comp, ncomp, boxes = morph.label_boxes(mask)
     dist = filters.distance_transform(comp > 0, boxes)
     score = filters.gaussian_filter(dist, max(1.0, diameter_px / 10))
     if intensity is not None:
