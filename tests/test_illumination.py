@@ -181,3 +181,20 @@ def test_faint_cells_on_jpeg_glass_leave_the_glass_found():
     res = analyze_image(field.rgb)
     f1 = match_labels(field.cell_labels, res.cell_labels).f1
     assert f1 > 0.92, f1
+
+
+def test_upsample_bilinear_paths_agree():
+    # OpenCV's resize (up to 4 channels) and the numpy path (more) give the
+    # same two-neighbour weights, to float32 rounding
+    from sabgal.illumination import upsample_bilinear
+
+    small = np.random.default_rng(4).random((7, 9, 5)).astype(np.float32)
+    wide = upsample_bilinear(small, (30, 37))  # 5 channels: numpy
+    for c in range(3):
+        one = upsample_bilinear(small[..., c], (30, 37))  # OpenCV
+        assert one.shape == (30, 37)
+        np.testing.assert_allclose(one, wide[..., c], atol=1e-6)
+    np.testing.assert_allclose(upsample_bilinear(small[..., :3], (30, 37)), wide[..., :3], atol=1e-6)
+    # corners keep the map's corner values; a constant map stays constant
+    assert np.allclose(wide[0, 0], small[0, 0]) and np.allclose(wide[-1, -1], small[-1, -1])
+    assert np.allclose(upsample_bilinear(np.full((4, 4), 0.5, np.float32), (16, 16)), 0.5)

@@ -28,7 +28,8 @@ from scipy import ndimage as ndi
 
 cv2.setNumThreads(1)
 
-__all__ = ["gaussian_filter", "gaussian_laplace", "gaussian_laplace_ladder", "laplace", "grey_closing", "distance_transform", "median"]
+__all__ = ["gaussian_filter", "gaussian_laplace", "gaussian_laplace_ladder", "laplace", "grey_closing",
+           "distance_transform", "median"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64

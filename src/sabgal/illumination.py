@@ -225,13 +225,13 @@ def _interp_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def upsample_bilinear(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear enlargement of a smooth (M', N'[, C]) map to ``shape``, one
-    axis at a time (two neighbours per output pixel: much faster than a
-    generic zoom), in bands of output rows small enough to stay in cache.
+    """Bilinear enlargement of a smooth (M', N'[, C]) map to ``shape``:
+    two neighbours per axis, pixel centres aligned, clamped at the edges.
 
-    On OpenCV's bilinear resize where it takes the map (up to 4 channels):
-    the same neighbours and weights (pixel centres aligned, clamped at the
-    edges), values equal to float32 rounding, 3-6x faster.
+    On OpenCV's resize where it takes the map (at least 2 x 2, up to 4
+    channels); otherwise one axis at a time in numpy, in bands of output rows
+    small enough to stay in cache (the same weights; the two agree to float32
+    rounding, OpenCV 3-6x faster).
 
     >>> upsample_bilinear(np.ones((2, 3), np.float32), (4, 6)).shape
     (4, 6)
