@@ -533,8 +533,12 @@ def _full_lamp(fit: _LampFit) -> Lamp:
     bg_full = None
     if fit.background_small is not None:
         bg_full = np.zeros((m, n), dtype=bool)
-        up = np.repeat(np.repeat(fit.background_small, f, axis=0), f, axis=1)
-        bg_full[: up.shape[0], : up.shape[1]] = up
+        import cv2
+
+        small = np.ascontiguousarray(fit.background_small).view(np.uint8)
+        # (nearest-neighbour enlargement by a whole factor: np.repeat's blocks)
+        up = cv2.resize(small, (small.shape[1] * f, small.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+        bg_full[: up.shape[0], : up.shape[1]] = up.view(bool)
     return Lamp(image.astype(np.float32, copy=False), fit.background_fraction, nonuni, fit.residual, fit.method,
                 bg_full, fit.glass_from_peak)
 

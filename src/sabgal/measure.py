@@ -332,8 +332,9 @@ def measure_cells(cells: np.ndarray, nuclei: np.ndarray, *, xgal: np.ndarray, bo
     # weights give the same sums without a float64 copy held throughout)
     xsum = np.bincount(flat, xg32, n + 1)[ids]
     # (a pixel left out counts towards label 0, which no cell has: cheaper
-    # than indexing out a subset, and each cell's sum runs in the same order)
-    stained = np.bincount(np.where(xg32.astype(np.float64) > stained_pixel_od, flat, 0),
+    # than indexing out a subset, and each cell's sum runs in the same order;
+    # the OD compared with the threshold in float64, without a float64 copy)
+    stained = np.bincount(np.where(np.greater(xg32, stained_pixel_od, signature="dd->?"), flat, 0),
                           minlength=n + 1)[ids].astype(np.float64)
     # The X-gal score is read over the cell's core cytoplasm (the stain is
     # perinuclear; a counterstained nucleus is where colour cross-talk is

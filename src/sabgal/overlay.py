@@ -480,9 +480,15 @@ def save_overlay_base(path: str | os.PathLike[str], rgb: np.ndarray, cell_labels
     if not ok:
         raise ValueError(f"{path}: JPEG encoding failed")
     with sio.atomic_path(path) as tmp:
-        _savez_fast(tmp, jpeg=jpeg.ravel(), cells=base.cells,
-                    nuclei=base.nuclei, scale=np.float64(base.scale),
+        _savez_fast(tmp, jpeg=jpeg.ravel(), cells=_narrow(base.cells),
+                    nuclei=_narrow(base.nuclei), scale=np.float64(base.scale),
                     shape=np.array(base.shape, dtype=np.int64), min_px=np.int64(min_px))
+
+
+def _narrow(labels: np.ndarray) -> np.ndarray:
+    """A label image as uint16 where its labels fit (half the bytes to
+    compress; :func:`load_overlay_base` widens it back to uint32)."""
+    return labels.astype(np.uint16) if labels.size and int(labels.max()) < 2 ** 16 else labels
 
 
 def _savez_fast(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
@@ -502,7 +508,7 @@ def load_overlay_base(path: str | os.PathLike[str]) -> OverlayBase:
 
     with np.load(path) as z:
         rgb = np.asarray(Image.open(_bytesio.BytesIO(z["jpeg"].tobytes())).convert("RGB"))
-        cells, nuclei = z["cells"], z["nuclei"]
+        cells, nuclei = z["cells"].astype(np.uint32), z["nuclei"].astype(np.uint32)
         scale, shape, min_px = float(z["scale"]), tuple(int(v) for v in z["shape"]), int(z["min_px"])
     long_side = max(rgb.shape[:2])
     if long_side < min_px:
