@@ -134,24 +134,25 @@ def gaussian_laplace_ladder(image: np.ndarray, sigmas):
             padded[: m + 2 * pad, : n + 2 * pad] = np.pad(image, pad, mode="symmetric")
             spectrum = sfft.rfft2(padded, workers=1)
             product = np.empty_like(spectrum)
-            real = padded.dtype
             del padded
         g, d2 = _gauss_kernels(s)
-
-        def response(kernel: np.ndarray, length: int, half: bool) -> np.ndarray:
-            # the kernel centred on index 0 of a circular line, transformed
-            # (symmetric, so its transform is real)
-            line = np.zeros(length)
-            line[: r + 1], line[length - r:] = kernel[r:], kernel[:r]
-            return (np.fft.rfft(line) if half else np.fft.fft(line)).real.astype(real)
-
-        gy, dy = response(g, ly, False), response(d2, ly, False)
-        gx, dx = response(g, lx, True), response(d2, lx, True)
+        gy, dy = _kernel_response(g, ly, False, image.dtype), _kernel_response(d2, ly, False, image.dtype)
+        gx, dx = _kernel_response(g, lx, True, image.dtype), _kernel_response(d2, lx, True, image.dtype)
         transfer = dy[:, None] * gx[None, :]
         transfer += gy[:, None] * dx[None, :]
         np.multiply(spectrum, transfer, out=product)
         out = sfft.irfft2(product, s=(ly, lx), workers=1, overwrite_x=True)
         yield np.ascontiguousarray(out[pad: pad + m, pad: pad + n])
+
+
+def _kernel_response(kernel: np.ndarray, length: int, half: bool, dtype) -> np.ndarray:
+    """The Fourier transform of a symmetric odd-length 1-D ``kernel`` centred
+    on index 0 of a circular line of ``length`` (real, as the kernel is
+    symmetric): the full transform, or ``half`` (rfft) for the last axis."""
+    r = kernel.size // 2
+    line = np.zeros(length)
+    line[: r + 1], line[length - r:] = kernel[r:], kernel[:r]
+    return (np.fft.rfft(line) if half else np.fft.fft(line)).real.astype(dtype)
 
 
 def laplace(image: np.ndarray, **kwargs) -> np.ndarray:

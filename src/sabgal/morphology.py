@@ -18,6 +18,12 @@ __all__ = ["disc", "erode_square", "dilate_square", "open_square", "close_square
            "open_cross", "fill_holes", "inner_boundaries", "nonzero", "label", "label_boxes"]
 
 
+def _as_uint8(mask: np.ndarray) -> np.ndarray:
+    """A 2-D mask (any nonzero value is foreground) as contiguous 0/1 uint8,
+    as OpenCV's connected components take it."""
+    return np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
+
+
 def label(mask: np.ndarray, *, connectivity: int = 4) -> tuple[np.ndarray, int]:
     """``ndi.label(mask)`` of a 2-D mask (4-connected; ``connectivity=8``:
     with a 3x3 structure): the same int32 labels, numbered in raster order
@@ -36,8 +42,7 @@ def label(mask: np.ndarray, *, connectivity: int = 4) -> tuple[np.ndarray, int]:
         structure = np.ones((3, 3), bool) if connectivity == 8 and m.ndim == 2 else None
         lab, n = ndi.label(m, structure=structure)
         return lab, int(n)
-    src = np.ascontiguousarray(m if m.dtype == bool else m != 0).view(np.uint8)
-    n, lab = cv2.connectedComponents(src, connectivity=connectivity, ltype=cv2.CV_32S)
+    n, lab = cv2.connectedComponents(_as_uint8(m), connectivity=connectivity, ltype=cv2.CV_32S)
     return lab, int(n) - 1
 
 
@@ -56,8 +61,7 @@ def label_boxes(mask: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, sl
 
         lab, n = label(m)
         return lab, n, list(ndi.find_objects(lab))
-    src = np.ascontiguousarray(m if m.dtype == bool else m != 0).view(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(src, connectivity=4, ltype=cv2.CV_32S)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(_as_uint8(m), connectivity=4, ltype=cv2.CV_32S)
     x0, y0, w, h = (stats[1:, k].tolist() for k in range(4))
     boxes = [(slice(a, a + dy), slice(b, b + dx)) for a, b, dy, dx in zip(y0, x0, h, w)]
     return lab, int(n) - 1, boxes

@@ -432,7 +432,7 @@ def _window_maxima(z: np.ndarray, size: int, threshold: float) -> np.ndarray | N
     if cand.all():
         return None
     cand &= z > threshold
-    cy, cx = np.divmod(np.flatnonzero(cand), z.shape[1])  # (faster than a 2-D nonzero)
+    cy, cx = morph.nonzero(cand)
     out = np.zeros(z.shape, dtype=bool)
     rows, cols = z.shape
     offs = np.arange(size) - size // 2
