@@ -924,6 +924,25 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     return _tidy_mask(sm > limit, glass=glass)
 
 
+def sheet_foreground(smoothed: np.ndarray, stats: tuple[float, float], *, k: float = 2.0) -> np.ndarray:
+    """Cell bodies of a sheet whose lamp estimate found no glass: all but what
+    lies more than ``k`` SDs below the level :func:`glass_level` reads.
+
+    With no glass to speak of (a confluent field: the lamp fell back on its
+    bright percentile), the histogram's lowest large peak that
+    :func:`glass_level` takes for glass is the faint cytoplasm of the
+    unstained cells, and the few gaps between them -- true glass, a few
+    per cent of the field -- form no peak of their own, only a shoulder
+    below it. A limit ``k`` SDs above that "glass" keeps only the nuclei
+    and the densest cytoplasm, and the cells come out as small discs; the
+    cells are what is not clearly below it (specks opened away, small
+    gaps closed; a gap of glass the cells enclose stays glass). ``smoothed``:
+    the smoothed summed OD; ``stats``: its :func:`glass_level`.
+    """
+    level, sd = stats
+    return morph.close_square(morph.open_square(smoothed > level - k * sd), iterations=2)
+
+
 def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
                       min_nuclei: int = 5) -> np.ndarray:
     """Pieces of not-foreground that are the faint cytoplasm of unstained cells.
