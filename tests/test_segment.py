@@ -1997,9 +1997,42 @@ def test_a_sheet_whose_lamp_found_next_to_no_glass_keeps_its_rim_nuclei(monkeypa
 
     field, res, covered = _field_from_params("scarce_glass_sheet_field_params.json")
     assert res.info["lamp_method"] == "auto"
-    assert res.info["background_fraction"] < pipeline.BRIGHTFIELD_SCARCE_GLASS_FRACTION
+    assert res.info["background_fraction"] < pipeline.SHEET_GLASS_FRACTION
     f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
     assert f1 > 0.92
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_NO_GLASS_BODY_SD", 0.0)
     off = analyze_image(field.rgb)
     assert evaluate.match_labels(field.cell_labels, off.cell_labels).f1 < f1 - 0.03
+
+
+def _peak_map(strengths, step=20):
+    """A blob-response map with one Gaussian peak per value, on a grid."""
+    n = int(np.ceil(np.sqrt(len(strengths))))
+    z = np.zeros((n * step + step, n * step + step))
+    yy, xx = np.mgrid[:z.shape[0], :z.shape[1]]
+    for k, v in enumerate(strengths):
+        cy, cx = step + (k // n) * step, step + (k % n) * step
+        z = np.maximum(z, v * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0))
+    return z
+
+
+def _n_labels(labels):
+    return len(np.unique(labels)) - 1
+
+
+def test_faint_nuclei_below_the_threshold_are_taken_only_where_it_cuts_their_population():
+    d = 8.0
+    # a population of faint nuclei, median 6.6, thinning out below 6: the
+    # threshold cuts it, and the band below is taken
+    faint = _peak_map([6.2, 6.5, 6.8, 7.0] * 10 + [5.5, 5.8] * 3)
+    empty = np.zeros(faint.shape, np.int32)
+    assert _n_labels(segment._add_blob_peaks(empty, faint, diameter_px=d, snr=6.0, spacing=1.0)) == 40
+    assert _n_labels(segment._add_blob_peaks(empty, faint, diameter_px=d, snr=6.0, spacing=1.0, band=1.0)) == 46
+    # as many peaks just below the threshold as above it: noise, not taken
+    noisy = _peak_map([6.2, 6.5, 6.8, 7.0] * 10 + [5.2, 5.5, 5.8] * 12)
+    empty = np.zeros(noisy.shape, np.int32)
+    assert _n_labels(segment._add_blob_peaks(empty, noisy, diameter_px=d, snr=6.0, spacing=1.0, band=1.0)) == 40
+    # a strong population (median far above the threshold) is not cut by it
+    strong = _peak_map([9.0, 10.0] * 20 + [5.5] * 4)
+    empty = np.zeros(strong.shape, np.int32)
+    assert _n_labels(segment._add_blob_peaks(empty, strong, diameter_px=d, snr=6.0, spacing=1.0, band=1.0)) == 40
