@@ -715,13 +715,23 @@ BRIGHTFIELD_RIM_DEPTH_NUCLEI = 0.6
 # no neck between them (one cell's pale margin, however large the cell).
 BRIGHTFIELD_RIM_RELATIVE_DEPTH = 0.5
 
-# ... except, where the lamp estimate (fitted to bare glass) found it on less
-# than this share of the field, a candidate out of the stain (X-gal smoothed at
-# half a nucleus below the positivity floor): in a dense field the rim of a
-# clump is lined with the nuclei of unstained cells whose faint cytoplasm does
-# not show, and no stained cell's pale margin lies out of the stain. (Sparser
-# fields keep the check: there such candidates are mostly the ends of faint
-# cell bodies.)
+# The check spares a candidate in the stain (X-gal smoothed at half a nucleus
+# at or above the positivity floor): a stained cell's pale margin is where its
+# stain thins out, and a candidate well inside the blue is the nucleus of a
+# stained cell at the edge of its clump. Of the candidates the check dropped on
+# 120 development fields (seeds 2468 and 5151) 176 of the 195 in the stain lay
+# on a true nucleus, against 82 of the 278 out of it. Sparing them took
+# detection F1 0.9462 -> 0.9475, 0.9323 -> 0.9333, 0.9553 -> 0.9568 on the
+# three 60-field sets (29 fields up, 6 down) and their fraction errors 1.00 ->
+# 0.91, 1.23 -> 1.22, 0.69 -> 0.61 pp; 30 negative controls: detection
+# unchanged, one field one false positive more.
+#
+# Where the lamp estimate (fitted to bare glass) found glass on less than this
+# share of the field, the check does not run at all: in a dense field the rim
+# of a clump is lined with the nuclei of unstained cells whose faint cytoplasm
+# does not show, and in the stain it is spared as above. (Sparser fields keep
+# the check out of the stain: there such candidates are mostly the ends of
+# faint cell bodies.)
 BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION = 0.3
 
 # Brightfield: a nucleus candidate larger than this many typical nucleus areas is
@@ -1195,13 +1205,14 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # lobes; in a sparse one such "glass" is likelier a pale part of one
         # large cell, or the inside of a ring-shaped speck)
         depth = segment.body_depth(foreground, nuclei, glass=enclosed if dense else None)
-        # (in a dense field a clump's rim is lined with unstained cells'
-        # nuclei, and what lies out of the stain is no stained cell's margin)
+        # (a candidate in the stain is a stained cell's nucleus, not its pale
+        # margin; in a dense field a clump's rim is lined with unstained
+        # cells' nuclei as well, and the check would spare every candidate)
         dense_clear = glass_fitted and prep.lamp.background_fraction < BRIGHTFIELD_RIM_CLEAR_GLASS_FRACTION
-        rim_exempt = broad < floor if dense_clear else None
-        nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
-                                         depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
-                                         neck=BRIGHTFIELD_LOBE_NECK, exempt=rim_exempt)
+        if not dense_clear:
+            nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
+                                             depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
+                                             neck=BRIGHTFIELD_LOBE_NECK, exempt=broad >= floor)
         nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
                                         neck=BRIGHTFIELD_LOBE_NECK)
     else:
