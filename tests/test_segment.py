@@ -2018,3 +2018,33 @@ def test_faint_nuclei_below_the_threshold_are_taken_only_where_it_cuts_their_pop
     strong = _peak_map([9.0, 10.0] * 20 + [5.5] * 4)
     empty = np.zeros(strong.shape, np.int32)
     assert _n_labels(segment._add_blob_peaks(empty, strong, diameter_px=d, snr=6.0, spacing=1.0, band=1.0)) == 40
+
+
+def test_separate_grey_cells_on_glass_are_not_taken_for_a_sheet(tmp_path, monkeypatch):
+    """A second-renderer field (benchmarks/crosscheck.py, seed 1041) of grey
+    unstained and blue stained cells spread evenly over white glass: its
+    glass lies as near the nuclei as a sheet's faint cytoplasm would (the
+    spacing rule reads 0.821), but the foreground already gives each
+    nucleus a whole body, so the glass is glass and the cells stay apart."""
+    import sys
+    from pathlib import Path
+
+    from sabgal import evaluate, pipeline
+    from sabgal import io as sio
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from crosscheck import render_field
+    finally:
+        sys.path.pop(0)
+    rec = render_field(1041, "brightfield", tmp_path, (1024, 1360))
+    rgb = sio.read_rgb(tmp_path / "images" / rec["image"]).pixels
+    truth = sio.read_labels(tmp_path / "truth" / f"{rec['stem']}_cells_true.tif")
+    res = analyze_image(rgb)
+    assert evaluate.match_labels(truth, res.cell_labels).f1 > 0.9
+    # without the body check the spacing rule takes it for a sheet: every
+    # cell reaches across the glass to its neighbours
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI", np.inf)
+    off = analyze_image(rgb)
+    assert evaluate.match_labels(truth, off.cell_labels).f1 < 0.5

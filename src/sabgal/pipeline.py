@@ -895,6 +895,16 @@ BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
 # clustered development fields 0.10-0.77x; sheets of large cells 0.83-1.22x,
 # two of them, on a fresh set, at 0.83 and 0.85: the line was 0.85)
 BRIGHTFIELD_SHEET_SPACING_RATIO = 0.82
+# ... but not where the foreground, measured from the glass level alone (no lamp
+# mask), already covers at least this many typical nucleus areas per nucleus
+# found: a body per nucleus of that size (a disc reaching ~1.7 nucleus
+# diameters from its centre) is the cells' cytoplasm seen whole, and the glass
+# around such bodies is glass. The three development fields that took the
+# spacing rule for a sheet read 1.8, 6.0 and 8.8; a second-renderer field of
+# separate grey cells on white glass (spacing ratio 0.821) read 16.2 and was
+# drawn as a sheet, every cell reaching across the glass (detection F1 0.30;
+# 0.94 with the rule not taken).
+BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 12.0
 # That second look is taken even when the checks one diameter out found the
 # "glass" off the cells, as long as some of it lies within a diameter of the
 # nuclei at this many times its field-wide rate: one fresh field's sheet of
@@ -1134,6 +1144,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
         on_cells = sheet_mask = filled = False
+        smoothed = filters.gaussian_filter(od_sum.astype(np.float32, copy=False), sigma_fg)
+        glass_stats = segment.glass_level(smoothed, ignore=excluded)  # (the halo trim reads them again)
         if background is not None:
             ndist = filters.distance_within(nuclei, d)  # (both look one diameter out)
             on_cells = segment.glass_among_nuclei(background, nuclei, diameter_px=d, dist=ndist)
@@ -1160,10 +1172,18 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 spacing = segment.median_neighbour_distance(nuclei)
                 sheet_mask = spacing is not None and segment.glass_near_nuclei_ratio(
                     background, nuclei, diameter_px=0.5 * spacing) >= BRIGHTFIELD_SHEET_SPACING_RATIO
+                if sheet_mask:
+                    # ... unless the cells' bodies show: the foreground
+                    # measured without the lamp's glass already gives each
+                    # nucleus a body reaching well past a diameter from it,
+                    # and what lies beyond is glass between whole cells
+                    seen = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg,
+                                                          k=4.0 / seg.foreground_sensitivity, ignore=excluded,
+                                                          smoothed=smoothed, stats=glass_stats)
+                    n_nuclei = max(int(np.unique(nuclei).size) - 1, 1)
+                    sheet_mask = (np.count_nonzero(seen) / n_nuclei / nuc_area) < BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI
                 on_cells = on_cells or sheet_mask
         enclosed = background if background is not None and not on_cells else None
-        smoothed = filters.gaussian_filter(od_sum.astype(np.float32, copy=False), sigma_fg)
-        glass_stats = segment.glass_level(smoothed, ignore=excluded)  # (the halo trim reads them again)
         foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
                                                     ignore=excluded, glass=enclosed, smoothed=smoothed,
                                                     stats=glass_stats)
