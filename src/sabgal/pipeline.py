@@ -895,7 +895,15 @@ BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
 # clustered development fields 0.10-0.77x; sheets of large cells 0.83-1.22x,
 # two of them, on a fresh set, at 0.83 and 0.85: the line was 0.85)
 BRIGHTFIELD_SHEET_SPACING_RATIO = 0.82
-# ... but not where the foreground, measured from the glass level alone (no lamp
+# That second look is taken even when the checks one diameter out found the
+# "glass" off the cells, as long as some of it lies within a diameter of the
+# nuclei at this many times its field-wide rate: one fresh field's sheet of
+# large cells (lamp "glass" 22 % of the field, 4 % true) read 0.28 there and
+# 0.85 within half the spacing; a sparse second-renderer field of small
+# cells far apart (53 % true glass) read 0.08 and 1.09 -- near its nuclei
+# there is no glass at all, only beyond their visible bodies.
+BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO = 0.15
+# The spacing rule is not taken where the foreground, measured from the glass level alone (no lamp
 # mask), already covers at least this many typical nucleus areas per nucleus
 # found: a body per nucleus of that size (a disc reaching ~1.7 nucleus
 # diameters from its centre) is the cells' cytoplasm seen whole, and the glass
@@ -905,14 +913,6 @@ BRIGHTFIELD_SHEET_SPACING_RATIO = 0.82
 # drawn as a sheet, every cell reaching across the glass (detection F1 0.30;
 # 0.94 with the rule not taken).
 BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 12.0
-# That second look is taken even when the checks one diameter out found the
-# "glass" off the cells, as long as some of it lies within a diameter of the
-# nuclei at this many times its field-wide rate: one fresh field's sheet of
-# large cells (lamp "glass" 22 % of the field, 4 % true) read 0.28 there and
-# 0.85 within half the spacing; a sparse second-renderer field of small
-# cells far apart (53 % true glass) read 0.08 and 1.09 -- near its nuclei
-# there is no glass at all, only beyond their visible bodies.
-BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO = 0.15
 
 
 # Plain brightfield whose lamp estimate found no glass (its bright-percentile
@@ -926,9 +926,9 @@ BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO = 0.15
 # seven other sets 0.804 -> 0.907 (one field of navy X-gal 0.23 -> 0.66, its
 # fraction error 3.0 -> 8 pp: the learnt threshold moved); the results barely
 # move for 1-4 SDs (measured with enclosed gaps filled, as brightfield_foreground
-# fills its holes: 0.937 / 0.904; left as glass, as now, is physically right). (Extending it to sheets whose lamp was fitted to glass it
-# found on under 5 % or 15 % of the field while the foreground left most of it as
-# "glass" gained up to 0.0015 detection F1 on development sets, but every gate
+# fills its holes: 0.937 / 0.904; left as glass, as now, is physically right).
+# (Extending it to sheets whose lamp was fitted to glass it found on under 5 %
+# or 15 % of the field while the foreground left most of it as "glass" gained up to 0.0015 detection F1 on development sets, but every gate
 # tried -- glass share, or the lamp's glass lying well below the foreground's
 # level -- had a field at its edge that a colour cast moved across: sample04 by
 # 5 cells, a negative control's detection 0.92 -> 0.45.)
@@ -1144,6 +1144,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
         on_cells = sheet_mask = filled = False
+        seen = None  # (the foreground with no lamp glass kept out, where the body check made it)
         smoothed = filters.gaussian_filter(od_sum.astype(np.float32, copy=False), sigma_fg)
         glass_stats = segment.glass_level(smoothed, ignore=excluded)  # (the halo trim reads them again)
         if background is not None:
@@ -1184,9 +1185,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                     sheet_mask = (np.count_nonzero(seen) / n_nuclei / nuc_area) < BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI
                 on_cells = on_cells or sheet_mask
         enclosed = background if background is not None and not on_cells else None
-        foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg, k=4.0 / seg.foreground_sensitivity,
-                                                    ignore=excluded, glass=enclosed, smoothed=smoothed,
-                                                    stats=glass_stats)
+        if enclosed is None and seen is not None:
+            foreground = seen
+        else:
+            foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg,
+                                                        k=4.0 / seg.foreground_sensitivity, ignore=excluded,
+                                                        glass=enclosed, smoothed=smoothed, stats=glass_stats)
         if glass_fitted and _glass_allows_outlines(prep.lamp, on_sheet=on_cells and sheet_mask):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],
