@@ -1404,6 +1404,38 @@ def test_nucleus_candidates_on_a_plateau_are_dropped():
     assert set(np.unique(segment.drop_flat_nuclei(cand, dens, diameter_px=d, min_lower=0))) == {0, 1, 2, 3}
 
 
+def test_plateau_check_relative_to_each_candidates_own_rise():
+    """With ``rise_share`` the contrast asked of a candidate grows with its
+    own rise above the darker part of its surroundings: the end of a cell
+    body whose density dips towards its middle (its stain, less half the
+    X-gal, lower there) is dropped although the dip clears the noise; a faint nucleus packed among neighbours, which clears the noise
+    by too little for the fixed 5-SD check, is kept; an exempt candidate is
+    never tested."""
+    rng = np.random.default_rng(3)
+    shape, d = (200, 320), 12.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    # an elongated body, denser towards its ends than in its middle
+    inside = ((yy - 100) / (1.2 * d)) ** 2 + ((xx - 90) / (5 * d)) ** 2 <= 1
+    big = inside * (0.03 + 0.02 * np.abs(xx - 90) / (5 * d))
+    # a faint nucleus in its own cytoplasm, neighbours' nuclei two diameters away
+    small = np.zeros(shape)
+    for cy, cx in [(100, 250), (100, 226), (100, 274), (76, 250), (124, 250)]:
+        small += (np.hypot(yy - cy, xx - cx) <= 1.1 * d) * 0.02
+        small += (np.hypot(yy - cy, xx - cx) <= d / 2) * 0.0012  # ~4 noise SDs once smoothed
+    small = np.minimum(small, 0.0212)
+    dens = ndi.gaussian_filter(big + small + rng.normal(0, 0.002, shape), 1.5).astype(np.float32)
+    cand = _disc_labels(shape, [(100, 90 + 5 * d - 5), (100, 250)], 3)  # the body's end, the faint nucleus
+    plain = segment.drop_flat_nuclei(cand, dens, diameter_px=d, contrast_sd=2.0)
+    assert set(np.unique(plain)) == {0, 1, 2}  # the body dips by more than 2 SDs on the end's inner side
+    rel = segment.drop_flat_nuclei(cand, dens, diameter_px=d, contrast_sd=2.0, rise_share=0.5)
+    assert set(np.unique(rel)) == {0, 2}
+    assert 2 not in np.unique(segment.drop_flat_nuclei(cand, dens, diameter_px=d))  # the fixed 5 SDs lose it
+    exempt = np.zeros(shape, bool)
+    exempt[90:110, 140:160] = True
+    assert set(np.unique(segment.drop_flat_nuclei(cand, dens, diameter_px=d, contrast_sd=2.0, rise_share=0.5,
+                                                  exempt=exempt))) == {0, 1, 2}
+
+
 def test_ring_prominence_of_a_blob_an_edge_and_a_flat_field():
     yy, xx = np.mgrid[0:80, 0:80]
     blob = np.exp(-((yy - 40) ** 2 + (xx - 40) ** 2) / 50.0)
@@ -2043,8 +2075,12 @@ def test_separate_grey_cells_on_glass_are_not_taken_for_a_sheet(tmp_path, monkey
     truth = sio.read_labels(tmp_path / "truth" / f"{rec['stem']}_cells_true.tif")
     res = analyze_image(rgb)
     assert evaluate.match_labels(truth, res.cell_labels).f1 > 0.9
-    # without the body check the spacing rule takes it for a sheet: every
+    # without the body check the plateau check still keeps the false
+    # candidates at the ends of the cells' bodies from lying where the glass
+    # is; without both, the spacing rule takes the field for a sheet: every
     # cell reaches across the glass to its neighbours
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI", np.inf)
+    assert evaluate.match_labels(truth, analyze_image(rgb).cell_labels).f1 > 0.9
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_PROMINENT_RING_SHARE", 0.0)
     off = analyze_image(rgb)
     assert evaluate.match_labels(truth, off.cell_labels).f1 < 0.5

@@ -1100,16 +1100,19 @@ def local_noise(image: np.ndarray, *, scale_px: float, region: np.ndarray | None
     return robust_noise(detail[sample])[1] if sample.any() else 0.0
 
 
-def ring_prominence(image: np.ndarray, coords: np.ndarray, radius: float, contrast: float) -> np.ndarray:
+def ring_prominence(image: np.ndarray, coords: np.ndarray, radius: float,
+                    contrast: float | np.ndarray) -> np.ndarray:
     """Per point of ``coords`` ((k, 2) row, col), the fraction of the circle
     of ``radius`` px around it where ``image`` lies more than ``contrast``
-    below its value at the point: 1 for a blob that stands out all round,
-    about half at the edge or end of a plateau, 0 inside a flat one."""
+    (one value, or one per point) below its value at the point: 1 for a
+    blob that stands out all round, about half at the edge or end of a
+    plateau, 0 inside a flat one."""
     return _ring_fraction(image, coords, radius, below=_value_at(image, coords) - contrast)
 
 
 def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: float, ring_nuclei: float = 0.75,
-                     min_lower: float = 0.7, contrast_sd: float = 5.0) -> np.ndarray:
+                     min_lower: float = 0.7, contrast_sd: float = 5.0, rise_share: float = 0.0,
+                     ring_quantile: float = 0.25, exempt: np.ndarray | None = None) -> np.ndarray:
     """Drop nucleus candidates that do not stand out of their surroundings
     all round on a (smoothed) nuclear ``density`` map.
 
@@ -1121,13 +1124,34 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
     nucleus does not show (the threshold takes the whole body, or a piece
     of it, for a nucleus), the end of an elongated one, the outer edge of a
     stained cell. Dropping it leaves such a cell to be seeded from its shape.
+
+    ``rise_share`` (0: off): the contrast asked of each candidate is also at
+    least this share of its own rise above the ``ring_quantile`` of its
+    circle (the darker part of its surroundings). A faint nucleus among
+    dense neighbours rises little above the noise but well above its own
+    cytoplasm all round; a piece of a cell body's margin rises far above
+    the glass on one side and not at all above the body on the other, however
+    strong it is. ``exempt``: a candidate whose centre lies where this mask
+    is True is kept without the test.
     """
     ids = _present(nuclei)
     if ids.size == 0:
         return nuclei
     d = float(diameter_px)
+    cents = _centroids(nuclei, ids)
+    if exempt is not None:
+        at = np.rint(cents).astype(np.intp)
+        tested = ~exempt[np.clip(at[:, 0], 0, exempt.shape[0] - 1), np.clip(at[:, 1], 0, exempt.shape[1] - 1)]
+        ids, cents = ids[tested], cents[tested]
+        if ids.size == 0:
+            return nuclei
     noise = local_noise(density, scale_px=d / 4)
-    frac = ring_prominence(density, _centroids(nuclei, ids), ring_nuclei * d, contrast_sd * noise)
+    contrast: float | np.ndarray = contrast_sd * noise
+    if rise_share > 0:
+        ring = _ring_values(density, cents, ring_nuclei * d)
+        rise = _value_at(density, cents) - np.quantile(ring, ring_quantile, axis=1)
+        contrast = np.maximum(contrast, rise_share * rise)
+    frac = ring_prominence(density, cents, ring_nuclei * d, contrast)
     drop = frac < min_lower
     if not drop.any():
         return nuclei
