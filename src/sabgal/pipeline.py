@@ -1165,8 +1165,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                               min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
                                               contrast_sd=BRIGHTFIELD_PROMINENCE_SD)
         elif glass_fitted:
-            # (closer neighbours and fewer false candidates: out of the stain
-            # only, and against each candidate's own rise)
+            # (a denser field: nuclei closer to their neighbours, so a contrast
+            # scaled to each candidate's own rise, and only out of the stain,
+            # whose granules set the noise that stained cells' holes must clear)
             nuclei = segment.drop_flat_nuclei(nuclei, nmap, diameter_px=d,
                                               min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
                                               contrast_sd=BRIGHTFIELD_PLATEAU_CONTRAST_SD,
