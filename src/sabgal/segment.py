@@ -1146,12 +1146,14 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
         if ids.size == 0:
             return nuclei
     noise = local_noise(density, scale_px=d / 4)
-    contrast: float | np.ndarray = contrast_sd * noise
     if rise_share > 0:
+        # (the circle sampled once: for the rise and for the test)
         ring = _ring_values(density, cents, ring_nuclei * d)
-        rise = _value_at(density, cents) - np.quantile(ring, ring_quantile, axis=1)
-        contrast = np.maximum(contrast, rise_share * rise)
-    frac = ring_prominence(density, cents, ring_nuclei * d, contrast)
+        peak = _value_at(density, cents)
+        contrast = np.maximum(contrast_sd * noise, rise_share * (peak - np.quantile(ring, ring_quantile, axis=1)))
+        frac = (ring < (peak - contrast)[:, None]).mean(axis=1)
+    else:
+        frac = ring_prominence(density, cents, ring_nuclei * d, contrast_sd * noise)
     drop = frac < min_lower
     if not drop.any():
         return nuclei
