@@ -1106,11 +1106,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         nuclei = segment.drop_stain_edge_nuclei(nuclei, xgal_r, diameter_px=d,
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
         floor = config.classify.min_positive_threshold
+        in_stain = broad >= floor  # (where the checks below spare or skip a candidate)
         # a pale hole in the blue is a nucleus only if the stain owns it (the
         # stain's maps, for this and the search for missed stained nuclei,
         # made once, where the field has stain at all)
         owner_maps = (segment.stain_maps(xgal_r, diameter_px=d, min_xgal=floor, smoothed=broad)
-                      if (broad >= floor).any() else None)
+                      if in_stain.any() else None)
         nuclei = segment.drop_unowned_stained_nuclei(nuclei, xgal_r, diameter_px=d, min_xgal=floor,
                                                      enclosure=BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE, smoothed=broad,
                                                      maps=owner_maps)
@@ -1159,7 +1160,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     if mode == "brightfield":
         nuclei = segment.suppress_close_nuclei(nuclei, nmap - float(filters.median(nmap)),
                                                radius_px=BRIGHTFIELD_NUCLEUS_SPACING * d,
-                                               clear=broad < floor, clear_radius_px=clear_spacing * d)
+                                               clear=~in_stain, clear_radius_px=clear_spacing * d)
         if sparse:
             nuclei = segment.drop_flat_nuclei(nuclei, nmap, diameter_px=d,
                                               min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
@@ -1172,7 +1173,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                               min_lower=BRIGHTFIELD_PROMINENT_RING_SHARE,
                                               contrast_sd=BRIGHTFIELD_PLATEAU_CONTRAST_SD,
                                               rise_share=BRIGHTFIELD_PLATEAU_RISE_SHARE,
-                                              ring_quantile=BRIGHTFIELD_PLATEAU_RING_QUANTILE, exempt=broad >= floor)
+                                              ring_quantile=BRIGHTFIELD_PLATEAU_RING_QUANTILE, exempt=in_stain)
         # glass the lamp estimate saw is not filled in where touching cells
         # enclose it, unless it lies on the cells (a lamp fitted to the faint
         # cytoplasm of a confluent sheet)
@@ -1269,7 +1270,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         if not dense_clear:
             nuclei = segment.drop_rim_nuclei(nuclei, foreground, min_depth_px=BRIGHTFIELD_RIM_DEPTH_NUCLEI * d,
                                              depth=depth, rel_depth=BRIGHTFIELD_RIM_RELATIVE_DEPTH,
-                                             neck=BRIGHTFIELD_LOBE_NECK, exempt=broad >= floor)
+                                             neck=BRIGHTFIELD_LOBE_NECK, exempt=in_stain)
         nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
                                         neck=BRIGHTFIELD_LOBE_NECK)
     else:

@@ -1140,20 +1140,17 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
     d = float(diameter_px)
     cents = _centroids(nuclei, ids)
     if exempt is not None:
-        at = np.rint(cents).astype(np.intp)
-        tested = ~exempt[np.clip(at[:, 0], 0, exempt.shape[0] - 1), np.clip(at[:, 1], 0, exempt.shape[1] - 1)]
+        tested = ~_value_at(exempt, cents)
         ids, cents = ids[tested], cents[tested]
         if ids.size == 0:
             return nuclei
     noise = local_noise(density, scale_px=d / 4)
+    contrast: float | np.ndarray = contrast_sd * noise
     if rise_share > 0:
-        # (the circle sampled once: for the rise and for the test)
         ring = _ring_values(density, cents, ring_nuclei * d)
-        peak = _value_at(density, cents)
-        contrast = np.maximum(contrast_sd * noise, rise_share * (peak - np.quantile(ring, ring_quantile, axis=1)))
-        frac = (ring < (peak - contrast)[:, None]).mean(axis=1)
-    else:
-        frac = ring_prominence(density, cents, ring_nuclei * d, contrast_sd * noise)
+        rise = _value_at(density, cents) - np.quantile(ring, ring_quantile, axis=1)
+        contrast = np.maximum(contrast, rise_share * rise)
+    frac = ring_prominence(density, cents, ring_nuclei * d, contrast)
     drop = frac < min_lower
     if not drop.any():
         return nuclei
