@@ -1408,9 +1408,10 @@ def test_plateau_check_relative_to_each_candidates_own_rise():
     """With ``rise_share`` the contrast asked of a candidate grows with its
     own rise above the darker part of its surroundings: the end of a cell
     body whose density dips towards its middle (its stain, less half the
-    X-gal, lower there) is dropped although the dip clears the noise; a faint nucleus packed among neighbours, which clears the noise
-    by too little for the fixed 5-SD check, is kept; an exempt candidate is
-    never tested."""
+    X-gal, lower there) is dropped although the dip clears the noise; a
+    faint nucleus packed among neighbours, which clears the noise by too
+    little for the fixed 5-SD check, is kept; an exempt candidate is never
+    tested."""
     rng = np.random.default_rng(3)
     shape, d = (200, 320), 12.0
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]

@@ -927,9 +927,9 @@ BRIGHTFIELD_SHEET_SPACING_RATIO = 0.82
 # cells far apart (53 % true glass) read 0.08 and 1.09 -- near its nuclei
 # there is no glass at all, only beyond their visible bodies.
 BRIGHTFIELD_LARGE_SHEET_NEAR_NUCLEI_RATIO = 0.15
-# The spacing rule is not taken where the foreground, measured from the glass level alone (no lamp
-# mask), already covers at least this many typical nucleus areas per nucleus
-# found: a body per nucleus of that size (a disc reaching ~1.7 nucleus
+# The spacing rule is not taken where the foreground, measured from the glass
+# level alone (no lamp mask), already covers at least this many typical nucleus
+# areas per nucleus found: a body per nucleus of that size (a disc reaching ~1.7 nucleus
 # diameters from its centre) is the cells' cytoplasm seen whole, and the glass
 # around such bodies is glass. The three development fields that took the
 # spacing rule for a sheet read 1.8, 6.0 and 8.8; a second-renderer field of
@@ -952,8 +952,8 @@ BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 12.0
 # move for 1-4 SDs (measured with enclosed gaps filled, as brightfield_foreground
 # fills its holes: 0.937 / 0.904; left as glass, as now, is physically right).
 # (Extending it to sheets whose lamp was fitted to glass it found on under 5 %
-# or 15 % of the field while the foreground left most of it as "glass" gained up to 0.0015 detection F1 on development sets, but every gate
-# tried -- glass share, or the lamp's glass lying well below the foreground's
+# or 15 % of the field while the foreground left most of it as "glass" gained
+# up to 0.0015 detection F1 on development sets, but every gate tried -- glass share, or the lamp's glass lying well below the foreground's
 # level -- had a field at its edge that a colour cast moved across: sample04 by
 # 5 cells, a negative control's detection 0.92 -> 0.45.)
 BRIGHTFIELD_NO_GLASS_BODY_SD = 2.0
