@@ -953,9 +953,10 @@ BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 12.0
 # fills its holes: 0.937 / 0.904; left as glass, as now, is physically right).
 # (Extending it to sheets whose lamp was fitted to glass it found on under 5 %
 # or 15 % of the field while the foreground left most of it as "glass" gained
-# up to 0.0015 detection F1 on development sets, but every gate tried -- glass share, or the lamp's glass lying well below the foreground's
-# level -- had a field at its edge that a colour cast moved across: sample04 by
-# 5 cells, a negative control's detection 0.92 -> 0.45.)
+# up to 0.0015 detection F1 on development sets, but every gate tried -- glass
+# share, or the lamp's glass lying well below the foreground's level -- had a
+# field at its edge that a colour cast moved across: sample04 by 5 cells, a
+# negative control's detection 0.92 -> 0.45.)
 BRIGHTFIELD_NO_GLASS_BODY_SD = 2.0
 
 
