@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -398,3 +400,17 @@ def test_a_negative_control_whose_haze_reaches_the_floor_keeps_the_floor():
     s = np.interp(np.linspace(0, 1, 134), np.linspace(0, 1, len(q)), q)
     t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
     assert src == "anchored" and t >= 0.03, t
+
+
+def test_the_tight_population_floor_moves_with_the_spread_not_in_one_step():
+    """The floor comes down for a demonstrably tight unstained population
+    in proportion to how tight it is, not in one step. A development field
+    (641 cells, 7 % stained) scored before and after an unrelated change to
+    nucleus finding: its unstained spread went from 0.0022 to 0.0020 OD,
+    across TIGHT_SPREAD_OD, and a step there moved its threshold from 0.03
+    to 0.01 OD (0.6 to 4.6 pp). Now the two thresholds agree."""
+    d = pd.read_csv(Path(__file__).parent / "data" / "tight_spread_scores.csv")
+    t = [classify.negative_anchored_threshold(d[c].dropna().to_numpy(), floor=0.03, positive_like=0.10)
+         for c in ("before", "after")]
+    assert all(src == "anchored" for _, src in t)
+    assert abs(t[0][0] - t[1][0]) < 0.003, t

@@ -261,6 +261,13 @@ GAP_FLOOR_FRACTION = 0.5
 TIGHT_SPREAD_OD = 0.002
 TIGHT_MIN_CELLS = 10
 TIGHT_FLOOR_FRACTION = 1 / 3
+# ... and the floor comes down in proportion across the top TIGHT_RAMP of
+# that spread: all the way at TIGHT_SPREAD_OD x (1 - TIGHT_RAMP), not at all
+# at TIGHT_SPREAD_OD. (A step there moved a development field's threshold
+# from 0.03 to 0.01 OD -- 0.6 to 4.6 pp -- when its unstained spread went
+# from 0.0022 to 0.0020 with a change elsewhere in the pipeline; 40 of 240
+# development fields lie within 25 % of that value.)
+TIGHT_RAMP = 0.25
 
 # The excess rule's faint stained cells must lie above the threshold it
 # lowers to: a major population of scores (a density peak or shoulder at
@@ -434,6 +441,10 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         spread = float(np.median(np.abs(members - mode))) * 1.4826 if members.size >= 3 else 0.01
     # a demonstrably tight unstained population (TIGHT_SPREAD_OD), judged
     # before the quantisation minimum below
+    # (how tight, from 1 to 0 across the top TIGHT_RAMP of TIGHT_SPREAD_OD:
+    # the floor moves with the spread, not in one step at a borderline value)
+    tightness = (float(np.clip((TIGHT_SPREAD_OD - spread) / (TIGHT_RAMP * TIGHT_SPREAD_OD), 0.0, 1.0))
+                 if below.size >= TIGHT_MIN_CELLS else 0.0)
     tight = below.size >= TIGHT_MIN_CELLS and spread <= TIGHT_SPREAD_OD
     spread_seen = spread
     spread = max(spread, 0.003)
@@ -447,8 +458,8 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         # (a tight population's own spread measured, not the minimum)
         return float("nan"), "none"
     floor_abs = floor
-    if tight:
-        floor = min(floor, max(mode + 0.02, TIGHT_FLOOR_FRACTION * floor))
+    if tightness > 0:
+        floor -= tightness * (floor - min(floor, max(mode + 0.02, TIGHT_FLOOR_FRACTION * floor)))
     t = max(mode + max(k * spread, 0.02), floor)
     t_base = t
     low_floor = floor
