@@ -410,7 +410,7 @@ def prepare_flat_fields(sets: list[ImageSet], config: Config, out_dir: str | os.
 
 @functools.lru_cache(maxsize=4)
 def _load_flat(path: str, digest: str) -> np.ndarray:
-    return np.load(path)
+    return sio.load_array(path)
 
 
 # --- per-image work ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,12 +313,32 @@ def _column_array(col: Any) -> np.ndarray:
     return a.astype(str) if a.dtype == object else a
 
 
+# numpy parses every .npy header with ast.literal_eval, and CPython 3.11 and
+# 3.12 keep the AST constructor's recursion count per interpreter, not per
+# thread (python/cpython#106905): two threads reading arrays at once can fail
+# with "SystemError: AST constructor recursion depth mismatch" (seen once in
+# a batch's overlay step, 60 images on 2 threads). Every array read goes
+# through the two functions below, one at a time.
+_NPY_READ = threading.Lock()
+
+
+def load_array(path: str | os.PathLike[str]) -> np.ndarray:
+    """``np.load`` of one ``.npy`` array (no pickled objects), safe from threads."""
+    with _NPY_READ:
+        return np.load(path, allow_pickle=False)
+
+
+def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, by name (no pickled objects), safe from threads."""
+    with _NPY_READ, np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def read_columns(path: str | os.PathLike[str]) -> Any:
     """The DataFrame :func:`write_columns` wrote (no pickled objects are loaded)."""
     import pandas as pd
 
-    with np.load(path, allow_pickle=False) as z:
-        return pd.DataFrame({k: z[k] for k in z.files})
+    return pd.DataFrame(load_arrays(path))
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

@@ -506,10 +506,10 @@ def load_overlay_base(path: str | os.PathLike[str]) -> OverlayBase:
     """Read what :func:`save_overlay_base` wrote, enlarged to its ``min_px``."""
     from PIL import Image
 
-    with np.load(path) as z:
-        rgb = np.asarray(Image.open(_bytesio.BytesIO(z["jpeg"].tobytes())).convert("RGB"))
-        cells, nuclei = z["cells"].astype(np.uint32), z["nuclei"].astype(np.uint32)
-        scale, shape, min_px = float(z["scale"]), tuple(int(v) for v in z["shape"]), int(z["min_px"])
+    z = sio.load_arrays(path)  # (overlays are drawn on threads)
+    rgb = np.asarray(Image.open(_bytesio.BytesIO(z["jpeg"].tobytes())).convert("RGB"))
+    cells, nuclei = z["cells"].astype(np.uint32), z["nuclei"].astype(np.uint32)
+    scale, shape, min_px = float(z["scale"]), tuple(int(v) for v in z["shape"]), int(z["min_px"])
     long_side = max(rgb.shape[:2])
     if long_side < min_px:
         k = max(1, -(-min_px // long_side))
