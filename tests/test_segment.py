@@ -2085,3 +2085,49 @@ def test_separate_grey_cells_on_glass_are_not_taken_for_a_sheet(tmp_path, monkey
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_PROMINENT_RING_SHARE", 0.0)
     off = analyze_image(rgb)
     assert evaluate.match_labels(truth, off.cell_labels).f1 < 0.5
+
+
+def test_fine_specks_dropped_unless_the_nucleus_size_is_wrong():
+    """A dark speck far smaller than a nucleus is dropped, nucleus-sized
+    blobs (strong or faint) are kept, a candidate in ``exempt`` is not
+    tested; and when most candidates would go the size, not the candidates,
+    is wrong: nothing is dropped."""
+    yy, xx = np.mgrid[0:120, 0:160]
+
+    def blob(cy, cx, s, a):
+        return a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s ** 2))
+
+    d = 11.0
+    grey = (blob(30, 30, 4.0, 1.0) + blob(30, 90, 4.0, 0.3) + blob(90, 30, 1.0, 2.0)
+            + blob(90, 90, 1.0, 2.0)).astype(np.float32)
+    cand = _disc_labels(grey.shape, [(30, 30), (30, 90), (90, 30), (90, 90)], 2)
+    out = segment.drop_fine_specks(cand, grey, diameter_px=d)
+    assert set(np.unique(out)) == {0, 1, 2}
+    exempt = np.zeros(grey.shape, bool)
+    exempt[80:100, 80:100] = True
+    assert set(np.unique(segment.drop_fine_specks(cand, grey, diameter_px=d, exempt=exempt))) == {0, 1, 2, 4}
+    # judged at twice the true size, nuclei look fine too: 3 of 4 would go
+    assert np.array_equal(segment.drop_fine_specks(cand, grey, diameter_px=4 * d), cand)
+
+
+def test_faint_bodies_finds_cells_under_the_pixel_noise_only():
+    """An unstained cell absorbing half the pixel noise is found at the
+    cell's scale, with or without its nucleus seen; a blob already in the
+    foreground, one holding two nuclei (a clump the foreground has), a
+    broad shallow rise of the glass (the lamp model's residual drift), and
+    flat noisy glass give nothing."""
+    rng = np.random.default_rng(7)
+    shape, d = (160, 320), 10.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    grey = rng.normal(0, 0.01, shape).astype(np.float32)
+    for cy, cx in [(40, 40), (40, 120), (120, 40), (120, 160)]:
+        grey[np.hypot(yy - cy, xx - cx) < 2 * d] += 0.005
+    # a shallow rise over a corner, 10 cells across
+    grey += (0.0014 * np.clip(1 - np.hypot(yy - 160, xx - 320) / 110, 0, 1) ** 0.3).astype(np.float32)
+    fg = np.zeros(shape, bool)
+    fg[np.hypot(yy - 120, xx - 40) < 2 * d] = True  # the foreground has this one
+    nuclei = _disc_labels(shape, [(40, 120), (112, 160), (128, 160)], 3)  # one nucleus; two in the last
+    area = np.pi * (d / 2) ** 2
+    m = segment.faint_bodies(grey, fg, nuclei, sigma_px=d / 2, min_area_px=area, max_area_px=25 * area)
+    assert m[40, 40] and m[40, 120] and not m[120, 40] and not m[120, 160]
+    assert not m[:, 200:].any() and not (m & fg).any()

@@ -656,6 +656,21 @@ BRIGHTFIELD_DARK_NUCLEUS_SNR = 6.0
 # glass, far smaller, responds more at the finer scale:
 # :func:`sabgal.segment.finer_blob_ratio`).
 BRIGHTFIELD_MAX_FINER_BLOB_RATIO = 1.6
+# The same test drops the nuclear map's own candidates out of the stain
+# (segment.drop_fine_specks), unless it would drop more than this share of
+# them: then the nucleus size is wrong, not the candidates.
+BRIGHTFIELD_MAX_SPECK_SHARE = 0.5
+
+# Brightfield, a lamp fitted to bare glass: unstained cells too faint for the
+# foreground (a per cent or two of absorption under the pixel noise) show on
+# the neutral density smoothed over half a nucleus, this many glass SDs above
+# the glass (segment.faint_bodies); a blob holding no nucleus, mostly out of
+# the foreground, with at least BRIGHTFIELD_FAINT_BODY_MIN_NUCLEI nucleus
+# areas out of it, is such a cell (0 turns the step off).
+BRIGHTFIELD_FAINT_BODY_SD = 4.0
+BRIGHTFIELD_FAINT_BODY_MIN_NUCLEI = 1.0
+BRIGHTFIELD_FAINT_BODY_PEAK_SD = 6.0
+BRIGHTFIELD_FAINT_BODY_MAX_NUCLEI = 25.0
 
 # Where BRIGHTFIELD_DARK_NUCLEUS_SNR cuts into the population of peaks that pass
 # every check (segment.truncated_population: 20 or more, their median under
@@ -1108,6 +1123,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                 level=config.classify.min_positive_threshold, smoothed=fine)
         floor = config.classify.min_positive_threshold
         in_stain = broad >= floor  # (where the checks below spare or skip a candidate)
+        # a dark speck (debris, dust, a crystal) far smaller than a nucleus
+        # still answers the nuclear map, and outshines a faint nucleus beside
+        # it; out of the stain, the unstained search's own size test
+        nuclei = segment.drop_fine_specks(nuclei, grey_r, diameter_px=d, max_ratio=BRIGHTFIELD_MAX_FINER_BLOB_RATIO,
+                                          exempt=in_stain, max_share=BRIGHTFIELD_MAX_SPECK_SHARE)
         # a pale hole in the blue is a nucleus only if the stain owns it (the
         # stain's maps, for this and the search for missed stained nuclei,
         # made once, where the field has stain at all)
@@ -1255,6 +1275,14 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)
         pale = segment.pale_cell_pockets(foreground, nuclei, max_area_ratio=BRIGHTFIELD_PALE_POCKET_CELLS)
+        if glass_fitted and not on_cells and BRIGHTFIELD_FAINT_BODY_SD > 0:
+            # unstained cells too faint for the foreground's scale, seen at
+            # a cell's (they are seeded from their shape)
+            pale = pale | segment.faint_bodies(grey_r, foreground | pale, nuclei, sigma_px=d / 2,
+                                               k=BRIGHTFIELD_FAINT_BODY_SD, peak_k=BRIGHTFIELD_FAINT_BODY_PEAK_SD,
+                                               ignore=excluded,
+                                               min_area_px=BRIGHTFIELD_FAINT_BODY_MIN_NUCLEI * nuc_area,
+                                               max_area_px=BRIGHTFIELD_FAINT_BODY_MAX_NUCLEI * nuc_area)
         if pale.any():
             foreground = foreground | pale
             if background is not None:

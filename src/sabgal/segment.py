@@ -943,6 +943,83 @@ def sheet_foreground(smoothed: np.ndarray, stats: tuple[float, float], *, k: flo
     return morph.close_square(morph.open_square(smoothed > level - k * sd), iterations=2)
 
 
+# segment.faint_bodies: how far (px) the blur of what the foreground holds
+# reaches past it (left out when a faint blob's own density is judged)
+FAINT_BODY_CLEAR_PX = 2
+
+
+def faint_bodies(grey: np.ndarray, foreground: np.ndarray, nuclei: np.ndarray, *, sigma_px: float,
+                 k: float = 4.0, peak_k: float = 6.0, min_area_px: float = 0.0, max_area_px: float = np.inf,
+                 max_inside: float = 0.5, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Cell bodies too faint for the foreground: seen at a cell's scale only.
+
+    The foreground reads density smoothed over about a pixel, where an
+    unstained cell whose cytoplasm absorbs a per cent or two of the light,
+    and whose small nucleus barely shows, is lost in the pixel noise; over
+    half a nucleus the noise falls several fold and such a cell stands out
+    as a soft blob. ``grey`` (the neutral density: no X-gal in it, whose
+    haze over the glass would pass for bodies at this scale) is smoothed at
+    ``sigma_px`` and thresholded ``k`` noise SDs above the glass level
+    (:func:`glass_level`, leaving out ``ignore``); a blob must also rise
+    ``peak_k`` SDs above it somewhere (the lamp model's residual drift,
+    which at this scale can clear ``k``, rarely clears that) and span at
+    most ``max_area_px``. A blob of it counts when
+    it holds at most one nucleus, at most ``max_inside`` of it lies in the
+    ``foreground`` already, and at least ``min_area_px`` of it lies out of
+    the foreground and is dense in its own right -- above the same limit
+    when smoothed over only what the foreground and the
+    :data:`FAINT_BODY_CLEAR_PX` round it leave (a dark speck's blur makes a
+    blob round the speck, not a body): a cell of which the foreground saw
+    no more than its nucleus or its densest core, not the blurred margin of
+    a cell it has (that blob holds the whole cell). Returns those blobs
+    less the foreground.
+
+    >>> rng = np.random.default_rng(1)
+    >>> g = rng.normal(0, 0.01, (80, 80)).astype(np.float32)
+    >>> yy, xx = np.mgrid[:80, :80]
+    >>> g[np.hypot(yy - 40, xx - 40) < 10] += 0.008    # under the pixel noise
+    >>> fg, nuc = np.zeros((80, 80), bool), np.zeros((80, 80), np.int32)
+    >>> m = faint_bodies(g, fg, nuc, sigma_px=4, min_area_px=50)
+    >>> bool(m[40, 40]), bool(m[5, 5])
+    (True, False)
+    """
+    grey = np.asarray(grey, dtype=np.float32)
+    foreground = np.asarray(foreground, dtype=bool)
+    sm = filters.gaussian_filter(grey, sigma_px)
+    level, sd = glass_level(sm, ignore=ignore)
+    free = ~morph.dilate_square(foreground, iterations=FAINT_BODY_CLEAR_PX)
+    if ignore is not None:
+        free &= ~ignore
+    limit = level + k * sd
+    blobs = morph.open_square(sm > limit)
+    if ignore is not None:
+        blobs &= ~ignore
+    comp, n = morph.label(blobs)
+    if n == 0:
+        return np.zeros(blobs.shape, dtype=bool)
+    # the part of a blob that counts is dense in its own right: smoothed over
+    # what the foreground (and the blur just around it) leaves, else a dark
+    # speck's blur at this scale makes a blob round it
+    weight = filters.gaussian_filter(free.astype(np.float32), sigma_px)
+    own = filters.gaussian_filter(np.where(free, grey, np.float32(0)), sigma_px)
+    dense = free & (own > limit * np.maximum(weight, np.float32(1e-3)))
+    area = np.bincount(comp.ravel(), minlength=n + 1)
+    inside = np.bincount(comp[foreground], minlength=n + 1)
+    own_area = np.bincount(comp[dense], minlength=n + 1)
+    pairs = np.unique(comp.astype(np.int64) * (int(nuclei.max()) + 1) + nuclei)  # (blob, nucleus) pairs
+    blob, nucleus = np.divmod(pairs, int(nuclei.max()) + 1)
+    held = np.bincount(blob[nucleus > 0], minlength=n + 1)
+    # a cell's body rises well clear of the noise somewhere (the residual
+    # drift of the lamp model, at this scale, barely clears the limit), and
+    # is no larger than a few cells
+    peak = np.zeros(n + 1, dtype=np.float32)
+    np.maximum.at(peak, comp.ravel(), sm.ravel())
+    keep = (held <= 1) & (inside <= max_inside * area) & (own_area >= min_area_px)
+    keep &= (peak >= level + peak_k * sd) & (area <= max_area_px)
+    keep[0] = False
+    return keep[comp] & ~foreground
+
+
 def pale_cell_pockets(foreground: np.ndarray, nuclei: np.ndarray, *, max_area_ratio: float = 1.0,
                       min_nuclei: int = 5) -> np.ndarray:
     """Pieces of not-foreground that are the faint cytoplasm of unstained cells.
@@ -1153,6 +1230,48 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
     frac = ring_prominence(density, cents, ring_nuclei * d, contrast)
     drop = frac < min_lower
     if not drop.any():
+        return nuclei
+    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+
+
+def drop_fine_specks(nuclei: np.ndarray, grey: np.ndarray, *, diameter_px: float, max_ratio: float = 1.6,
+                     exempt: np.ndarray | None = None, max_share: float = 0.5) -> np.ndarray:
+    """Drop nucleus candidates that are specks, not nuclei: dark objects far
+    smaller than a nucleus (debris, dust, a crystal) that still respond at
+    the nucleus's scale on the density ``grey`` -- their blob response half
+    a nucleus across exceeds ``max_ratio`` x that one nucleus across
+    (:func:`finer_blob_ratio`). Such a speck outshines a faint nucleus next
+    to it, and takes its place. ``exempt``: candidates whose centre lies
+    where this mask is True are kept without the test (a stained cell's
+    nucleus is a pale hole in the blue, which the test does not read).
+
+    Nothing is dropped when more than ``max_share`` of the tested
+    candidates would be: then the nucleus size itself is wrong (too large,
+    so every nucleus looks fine), not the candidates.
+
+    >>> yy, xx = np.mgrid[:80, :80]
+    >>> g = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / (2 * 4.0 ** 2))    # a nucleus, d ~ 11
+    >>> g += 2 * np.exp(-((yy - 60) ** 2 + (xx - 60) ** 2) / (2 * 1.0 ** 2))  # a speck
+    >>> g += 0.9 * np.exp(-((yy - 20) ** 2 + (xx - 60) ** 2) / (2 * 4.0 ** 2))
+    >>> nuc = np.zeros((80, 80), np.int32)
+    >>> nuc[18:23, 18:23], nuc[59:62, 59:62], nuc[18:23, 58:63] = 1, 2, 3
+    >>> np.unique(drop_fine_specks(nuc, g.astype(np.float32), diameter_px=11)).tolist()
+    [0, 1, 3]
+    """
+    ids = _present(nuclei)
+    if ids.size == 0:
+        return nuclei
+    cents = _centroids(nuclei, ids)
+    if exempt is not None:
+        tested = ~_value_at(exempt, cents)
+        ids, cents = ids[tested], cents[tested]
+        if ids.size == 0:
+            return nuclei
+    ratio = finer_blob_ratio(grey, np.rint(cents).astype(np.intp), diameter_px)
+    # (no dark blob at the nucleus's scale at all -- a pale hole, the ratio
+    # infinite -- is not a speck: other checks judge it)
+    drop = np.isfinite(ratio) & (ratio > max_ratio)
+    if not drop.any() or drop.mean() > max_share:
         return nuclei
     return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
 
