@@ -867,8 +867,13 @@ OUTLINED_MAX_GLASS_FRACTION_PEAK = 0.6
 # (2.0 until the outlined-cell gate followed the lamp's glass peak: at 1.75
 # a DAPI field of large faint outlined cells 0.69 -> 0.77 detection, a
 # brightfield field of clear outlined cells 0.72 -> 0.78, development sets'
-# detection +0.0007 to +0.0026, 4242 and the second renderer's sets unchanged.)
-OUTLINED_MIN_STRENGTH = 1.75
+# detection +0.0007 to +0.0026, 4242 and the second renderer's sets unchanged.
+# 1.75 until faint outlines of a sheet's cells were seen half left open: at
+# 1.25 negative controls 3131 detection 0.913 -> 0.920 (one field 0.60 ->
+# 0.75), 5151 0.9336 -> 0.9357, 2468 0.9481 -> 0.9485, 9393 unchanged; a
+# mixed set with DAPI fields (7474) and the second renderer's unchanged; the
+# field gate below still keeps fields of no outlines out.)
+OUTLINED_MIN_STRENGTH = 1.25
 OUTLINED_FIELD_STRENGTH = 1.5
 OUTLINED_MAX_STEP_SD = 2.0
 OUTLINED_FIELD_STEP_SD = 1.0
