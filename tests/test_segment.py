@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
-from sabgal import segment, stains
+from sabgal import pipeline, segment, stains
 from sabgal.config import Config
 from sabgal.pipeline import analyze_image, prepare_image
 from conftest import paint_field
@@ -2131,3 +2131,22 @@ def test_faint_bodies_finds_cells_under_the_pixel_noise_only():
     m = segment.faint_bodies(grey, fg, nuclei, sigma_px=d / 2, min_area_px=area, max_area_px=25 * area)
     assert m[40, 40] and m[40, 120] and not m[120, 40] and not m[120, 160]
     assert not m[:, 200:].any() and not (m & fg).any()
+
+
+def test_jpeg_blockiness_tells_a_jpeg_from_an_image_never_compressed():
+    """A smooth field with pixel noise reads about 1 raw and clearly more
+    once JPEG-compressed (its 8x8 blocks settle at levels of their own), and
+    the faint-cell search is off for such an image."""
+    import io as _io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:256, 0:320]
+    base = 180 + 10 * np.sin(yy / 40.0) * np.cos(xx / 55.0) + rng.normal(0, 2.0, yy.shape)
+    raw = np.clip(base, 0, 255).astype(np.uint8)
+    buf = _io.BytesIO()
+    Image.fromarray(raw).save(buf, format="JPEG", quality=75)
+    jpg = np.asarray(Image.open(buf)).astype(np.float32)
+    assert segment.jpeg_blockiness(raw) < 1.05
+    assert segment.jpeg_blockiness(jpg) > pipeline.BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS

@@ -671,6 +671,11 @@ BRIGHTFIELD_FAINT_BODY_SD = 4.0
 BRIGHTFIELD_FAINT_BODY_MIN_NUCLEI = 1.0
 BRIGHTFIELD_FAINT_BODY_PEAK_SD = 6.0
 BRIGHTFIELD_FAINT_BODY_MAX_NUCLEI = 25.0
+# ... not in a JPEG whose 8x8 blocks sit at levels of their own
+# (segment.jpeg_blockiness over this; never-compressed images read 1.00, JPEG
+# fields 1.3-3.4): at a cell's scale such blocks pass for faint cells (a JPEG
+# negative control, 410 cells: 138 false ones).
+BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS = 1.1
 
 # Where BRIGHTFIELD_DARK_NUCLEUS_SNR cuts into the population of peaks that pass
 # every check (segment.truncated_population: 20 or more, their median under
@@ -1280,7 +1285,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)
         pale = segment.pale_cell_pockets(foreground, nuclei, max_area_ratio=BRIGHTFIELD_PALE_POCKET_CELLS)
-        if glass_fitted and not on_cells and BRIGHTFIELD_FAINT_BODY_SD > 0:
+        if (glass_fitted and not on_cells and BRIGHTFIELD_FAINT_BODY_SD > 0
+                and segment.jpeg_blockiness(grey) <= BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS):
             # unstained cells too faint for the foreground's scale, seen at
             # a cell's (they are seeded from their shape)
             pale = pale | segment.faint_bodies(grey_r, foreground | pale, nuclei, sigma_px=d / 2,
