@@ -2150,3 +2150,20 @@ def test_jpeg_blockiness_tells_a_jpeg_from_an_image_never_compressed():
     jpg = np.asarray(Image.open(buf)).astype(np.float32)
     assert segment.jpeg_blockiness(raw) < 1.05
     assert segment.jpeg_blockiness(jpg) > pipeline.BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS
+
+
+def test_x_gal_crystals_bled_into_the_counterstain_are_not_nuclei():
+    """With a counterstain, a small "nucleus" that is a peak of X-gal (its
+    X-gal above its counterstain and twice the X-gal round it) is a stray
+    crystal whose colour bled into the counterstain channel; an unstained
+    nucleus (no X-gal) and a stained cell's nucleus (a paler hole in its
+    blue, however blue) stay."""
+    x = np.zeros((60, 120), np.float32)
+    c = np.zeros_like(x)
+    nuc = np.zeros(x.shape, np.int32)
+    nuc[27:33, 12:18], c[27:33, 12:18] = 1, 0.2
+    x[15:45, 35:65] = 0.5
+    nuc[27:33, 47:53], x[27:33, 47:53], c[27:33, 47:53] = 2, 0.45, 0.2  # bluer than red, but a hole
+    nuc[28:31, 92:95], x[28:31, 92:95], c[28:31, 92:95] = 3, 0.8, 0.12
+    out = segment.drop_stain_peak_nuclei(nuc, x, c, diameter_px=10)
+    assert set(np.unique(out)) == {0, 1, 2}
