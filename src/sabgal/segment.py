@@ -1215,6 +1215,17 @@ def ring_prominence(image: np.ndarray, coords: np.ndarray, radius: float,
     return _ring_fraction(image, coords, radius, below=_value_at(image, coords) - contrast)
 
 
+def _tested_candidates(nuclei: np.ndarray, exempt: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of ``nuclei`` and their centroids, less those whose centre
+    lies where ``exempt`` is True (kept without a check's test)."""
+    ids = _present(nuclei)
+    cents = _centroids(nuclei, ids) if ids.size else np.zeros((0, 2))
+    if exempt is not None and ids.size:
+        tested = ~_value_at(exempt, cents)
+        ids, cents = ids[tested], cents[tested]
+    return ids, cents
+
+
 def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: float, ring_nuclei: float = 0.75,
                      min_lower: float = 0.7, contrast_sd: float = 5.0, rise_share: float = 0.0,
                      ring_quantile: float = 0.25, exempt: np.ndarray | None = None) -> np.ndarray:
@@ -1239,16 +1250,10 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
     strong it is. ``exempt``: a candidate whose centre lies where this mask
     is True is kept without the test.
     """
-    ids = _present(nuclei)
+    ids, cents = _tested_candidates(nuclei, exempt)
     if ids.size == 0:
         return nuclei
     d = float(diameter_px)
-    cents = _centroids(nuclei, ids)
-    if exempt is not None:
-        tested = ~_value_at(exempt, cents)
-        ids, cents = ids[tested], cents[tested]
-        if ids.size == 0:
-            return nuclei
     noise = local_noise(density, scale_px=d / 4)
     contrast: float | np.ndarray = contrast_sd * noise
     if rise_share > 0:
@@ -1259,7 +1264,7 @@ def drop_flat_nuclei(nuclei: np.ndarray, density: np.ndarray, *, diameter_px: fl
     drop = frac < min_lower
     if not drop.any():
         return nuclei
-    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+    return drop_labels(nuclei, _lut(ids[drop], int(nuclei.max()) + 1))
 
 
 def drop_fine_specks(nuclei: np.ndarray, grey: np.ndarray, *, diameter_px: float, max_ratio: float = 1.6,
@@ -1286,22 +1291,16 @@ def drop_fine_specks(nuclei: np.ndarray, grey: np.ndarray, *, diameter_px: float
     >>> np.unique(drop_fine_specks(nuc, g.astype(np.float32), diameter_px=11)).tolist()
     [0, 1, 3]
     """
-    ids = _present(nuclei)
+    ids, cents = _tested_candidates(nuclei, exempt)
     if ids.size == 0:
         return nuclei
-    cents = _centroids(nuclei, ids)
-    if exempt is not None:
-        tested = ~_value_at(exempt, cents)
-        ids, cents = ids[tested], cents[tested]
-        if ids.size == 0:
-            return nuclei
     ratio = finer_blob_ratio(grey, np.rint(cents).astype(np.intp), diameter_px)
     # (no dark blob at the nucleus's scale at all -- a pale hole, the ratio
     # infinite -- is not a speck: other checks judge it)
     drop = np.isfinite(ratio) & (ratio > max_ratio)
     if not drop.any() or drop.mean() > max_share:
         return nuclei
-    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+    return drop_labels(nuclei, _lut(ids[drop], int(nuclei.max()) + 1))
 
 
 class UnstainedEvidence(NamedTuple):
@@ -1465,7 +1464,7 @@ def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px:
     drop = (frac >= min_stained) & (frac < max_stained)
     if not drop.any():
         return nuclei
-    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+    return drop_labels(nuclei, _lut(ids[drop], int(nuclei.max()) + 1))
 
 
 def smoothed_stain(xgal: np.ndarray, sigma: float) -> np.ndarray:
@@ -1524,7 +1523,7 @@ def drop_stain_peak_nuclei(nuclei: np.ndarray, xgal: np.ndarray, counterstain: n
     drop = (np.asarray(xin) > np.asarray(cin)) & (np.asarray(xin) > peak_ratio * np.maximum(ring, 0))
     if not drop.any():
         return nuclei
-    return np.where(_lut(ids[drop], int(lab.max()) + 1)[lab], 0, lab).astype(lab.dtype)
+    return drop_labels(lab, _lut(ids[drop], int(lab.max()) + 1))
 
 
 def stained_blob_response(nuclear_map: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
@@ -2197,7 +2196,7 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
         drop &= ~exempt[cy, cx]
     if not drop.any():
         return nuclei
-    return np.where(_lut(ids[drop], int(nuclei.max()) + 1)[nuclei], 0, nuclei).astype(nuclei.dtype)
+    return drop_labels(nuclei, _lut(ids[drop], int(nuclei.max()) + 1))
 
 
 def stain_presence(xgal_smoothed: np.ndarray, *, level: float) -> np.ndarray:
