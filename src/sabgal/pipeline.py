@@ -750,6 +750,18 @@ BRIGHTFIELD_HOLE_NO_GLASS_FOREGROUND = 0.9
 BRIGHTFIELD_HOLE_DENSE_FOREGROUND = 0.8
 BRIGHTFIELD_HOLE_SPACING = 0.7
 BRIGHTFIELD_HOLE_UNSTAINED_SNR = 4.0
+# ... and an unstained one found there at least this fraction of the median
+# strength (blob response, in noise SDs) of the unstained nuclei the field
+# already has: a missed nucleus is as dense as its neighbours' (too close to
+# them for the first search's spacing), while the pale margin of an enlarged
+# cell, which fills a gap in the lattice with no nucleus of its own, gives
+# weak blobs of its mottling. On the 55 development fields (seeds 5151, 2468,
+# 9393, 3131, 7474, 20261122) where the hole search ran, of 271 unstained
+# candidates it added, 156 on a true nucleus (0.55-4.3x the median), 115
+# not (0-10x); this fraction turned away 48 of the false ones and none of
+# the true -- 25 in one field of enlarged pale cells (the benchmark's field
+# 22, where 35 of the 36 it added were false).
+BRIGHTFIELD_HOLE_RELATIVE_SNR = 0.5
 
 # Brightfield: a stained cell of at most this share of the area of the stained
 # neighbour it shares the most border with, sharing at least this share of its
@@ -951,6 +963,23 @@ BRIGHTFIELD_SHEET_NEAR_NUCLEI_RATIO = 0.6
 # clustered development fields 0.10-0.77x; sheets of large cells 0.83-1.22x,
 # two of them, on a fresh set, at 0.83 and 0.85: the line was 0.85)
 BRIGHTFIELD_SHEET_SPACING_RATIO = 0.82
+# ... or this, where the lamp's glass runs only as a thin network between the
+# cells -- 90 % of it within this many nucleus diameters of the nearest pixel
+# off it (segment.glass_depth): glass between separate cells is as wide as the
+# gaps between their bodies, a sheet's thinnest margins are a thin network.
+# Of 268 brightfield development fields (seeds 5151, 2468, 9393, 3131, 7474,
+# 20261122, second renderer) the 44 that reach this look read 0.25-0.86 (sparse
+# ones up to 0.79); the six whose glass ran that thin (0.43-0.73 diameters)
+# were all sheets (true cover 0.95-0.99); the thinnest glass between separate
+# cells ran 0.85 deep (a second-renderer field, 48 % covered; a half-covered
+# test field, 0.92 deep, reads 0.74 on spacing and is drawn as a sheet with
+# the lower line: detection F1 0.92 -> 0.51).
+# Only one field's cells changed: the benchmark's sheet of large faint cells
+# (22 % lamp "glass", 2 % true; 0.57 deep), which read 0.63 once more of its
+# nuclei were found, from small discs round its nuclei (detection F1 0.51) to
+# the sheet (0.96). The body check below still applies.
+BRIGHTFIELD_THIN_GLASS_DEPTH_NUCLEI = 0.75
+BRIGHTFIELD_THIN_GLASS_SPACING_RATIO = 0.55
 # That second look is taken even when the checks one diameter out found the
 # "glass" off the cells, as long as some of it lies within a diameter of the
 # nuclei at this many times its field-wide rate: one fresh field's sheet of
@@ -1071,19 +1100,27 @@ def _outlined(grey: np.ndarray, nuclei: np.ndarray, *, f: int, d: float, smoothe
 
 def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | None, xgal: np.ndarray, *,
                         diameter_px: float, min_xgal: float, smoothed: np.ndarray,
-                        maps: segment.StainMaps | None) -> np.ndarray:
+                        maps: segment.StainMaps | None, response: np.ndarray) -> np.ndarray:
     """Nuclei of a brightfield sheet's cells in the gaps of its lattice of
     nuclei: unstained ones (``unstained``: the pipeline's
     :func:`segment.add_unstained_nuclei` with its maps) from
     BRIGHTFIELD_HOLE_UNSTAINED_SNR, stained ones enclosed by their stain
     (:func:`segment.add_enclosed_stained_nuclei`), each more than
     BRIGHTFIELD_HOLE_SPACING x the median nearest-neighbour distance from
-    every nucleus."""
+    every nucleus. An unstained one must also be at least
+    BRIGHTFIELD_HOLE_RELATIVE_SNR x as strong as the median of the unstained
+    nuclei already found (``response``: the blob response ``unstained``
+    reads, in noise SDs)."""
     nn = segment.median_neighbour_distance(nuclei)
     if nn is None:
         return nuclei
     spacing = BRIGHTFIELD_HOLE_SPACING * nn / diameter_px
-    nuclei = unstained(nuclei, spacing=spacing, snr=BRIGHTFIELD_HOLE_UNSTAINED_SNR, band=0.0)
+    snr = BRIGHTFIELD_HOLE_UNSTAINED_SNR
+    found = segment.response_at_nuclei(nuclei, response)
+    found = found[found > 0]  # (stained nuclei are not sought on this map)
+    if found.size:
+        snr = max(snr, BRIGHTFIELD_HOLE_RELATIVE_SNR * float(np.median(found)))
+    nuclei = unstained(nuclei, spacing=spacing, snr=snr, band=0.0)
     return segment.add_enclosed_stained_nuclei(nuclei, stained_z, xgal, diameter_px=diameter_px,
                                                snr=BRIGHTFIELD_ENCLOSED_NUCLEUS_SNR, spacing=spacing,
                                                min_xgal=min_xgal, smoothed=smoothed, maps=maps)
@@ -1230,7 +1267,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 # a sheet for certain: every gap in its lattice of nuclei is a
                 # cell whose nucleus the searches' spacing or strength missed
                 nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
-                                             min_xgal=floor, smoothed=broad, maps=owner_maps)
+                                             min_xgal=floor, smoothed=broad, maps=owner_maps,
+                                             response=evidence.response)
                 filled = True
             whole_cells_on_glass = size_source == "blobs_within_cells"
             if not sheet_mask and not whole_cells_on_glass and (
@@ -1243,8 +1281,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 # by the glass: that glass lies between the cells, however
                 # evenly they are spread.)
                 spacing = segment.median_neighbour_distance(nuclei)
+                # (glass that runs only as a thin network between the cells
+                # is their thinnest margins: a lower line)
+                line = (BRIGHTFIELD_THIN_GLASS_SPACING_RATIO
+                        if segment.glass_depth(background) <= BRIGHTFIELD_THIN_GLASS_DEPTH_NUCLEI * d
+                        else BRIGHTFIELD_SHEET_SPACING_RATIO)
                 sheet_mask = spacing is not None and segment.glass_near_nuclei_ratio(
-                    background, nuclei, diameter_px=0.5 * spacing) >= BRIGHTFIELD_SHEET_SPACING_RATIO
+                    background, nuclei, diameter_px=0.5 * spacing) >= line
                 if sheet_mask:
                     # ... unless the cells' bodies show: the foreground
                     # measured without the lamp's glass already gives each
@@ -1287,7 +1330,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 or (not filled and prep.lamp.method == "auto" and prep.lamp.background_fraction < SHEET_GLASS_FRACTION
                     and covered >= BRIGHTFIELD_HOLE_DENSE_FOREGROUND)):
             nuclei = _fill_lattice_holes(nuclei, unstained, stained_z, xgal_r, diameter_px=d,
-                                         min_xgal=floor, smoothed=broad, maps=owner_maps)
+                                         min_xgal=floor, smoothed=broad, maps=owner_maps,
+                                         response=evidence.response)
         # a pocket of "glass" holding its own nuclei, no larger than the
         # cells in the foreground, is cells too faint to stand out of the
         # glass (unstained cells among stained ones in a dense field)

@@ -1194,6 +1194,20 @@ def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: fl
     return _add_discs(nuclei, coords, np.full(len(coords), 0.45 * d))
 
 
+def response_at_nuclei(nuclei: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """``response`` at each nucleus's centroid (rounded), in label order.
+
+    >>> n = np.zeros((5, 5), int); n[1:4, 1:4] = 1
+    >>> response_at_nuclei(n, np.arange(25.0).reshape(5, 5))
+    array([12.])
+    """
+    ids = _present(nuclei)
+    if not ids.size:
+        return np.zeros(0)
+    at = np.round(_centroids(nuclei, ids)).astype(np.intp)
+    return np.asarray(response)[at[:, 0], at[:, 1]].astype(float)
+
+
 def local_noise(image: np.ndarray, *, scale_px: float, region: np.ndarray | None = None) -> float:
     """Robust SD of ``image`` less its own Gaussian blur at ``scale_px``
     (every third pixel, over ``region``): the pixel-scale noise and fine
@@ -2418,6 +2432,23 @@ def glass_near_nuclei_ratio(glass: np.ndarray, nuclei: np.ndarray, *, diameter_p
     if zone * n == 0:
         return float("inf") if near else 0.0
     return float(near / (zone * n))
+
+
+def glass_depth(glass: np.ndarray, *, quantile: float = 0.9) -> float:
+    """How deep the glass mask runs: the ``quantile`` of its pixels' distance
+    (px) to the nearest pixel off it (0 for an empty mask). Glass between
+    separate cells is at least as wide as the gaps between their bodies; a
+    lamp "glass" that is really the thinnest margins of a sheet's cells is a
+    thin network between them.
+
+    >>> g = np.zeros((9, 40), bool); g[:, 10:13] = True
+    >>> glass_depth(g, quantile=1.0)
+    2.0
+    """
+    g = np.asarray(glass, dtype=bool)
+    if not g.any():
+        return 0.0
+    return float(np.quantile(filters.distance_transform(g)[g], quantile))
 
 
 def trim_blur_halo(cells: np.ndarray, nuclei: np.ndarray, smoothed: np.ndarray, level: float, *,
