@@ -1274,6 +1274,29 @@ def test_a_sheet_of_large_faint_cells_whose_lamp_glass_is_their_margins_is_a_she
     assert evaluate.match_labels(field.cell_labels, analyze_image(field.rgb).cell_labels).f1 < f1 - 0.2
 
 
+def test_a_sheets_lattice_holes_are_searched_until_no_nucleus_is_added(monkeypatch):
+    from sabgal import evaluate, pipeline, synth
+
+    # (a fresh accuracy set's field 7, seed 20261206: 650 confluent cells in a
+    # JPEG, unstained nuclei ~4 SDs strong; the first searches find about a
+    # third of them, whose spacing is too wide for the holes between them)
+    p = synth.random_params(np.random.default_rng([20261206, 7]), setup="brightfield", shape=(1024, 1360))
+    field = synth.render_field(p, np.random.default_rng(p.seed))
+    truth = field.truth
+
+    def run():
+        res = analyze_image(field.rgb)
+        f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
+        error = abs(res.cells.sabgal_positive.mean() - truth.sabgal_positive.mean())
+        return len(res.cells), f1, error
+
+    n, f1, error = run()
+    assert n > 400 and error < 0.06
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_PASSES", 1)
+    n1, f1_1, error_1 = run()
+    assert n1 < n - 60 and f1_1 < f1 - 0.1
+
+
 def test_a_half_covered_brightfield_field_is_not_a_sheet(monkeypatch):
     from sabgal import pipeline
 
