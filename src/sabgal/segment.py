@@ -1201,11 +1201,8 @@ def response_at_nuclei(nuclei: np.ndarray, response: np.ndarray) -> np.ndarray:
     >>> response_at_nuclei(n, np.arange(25.0).reshape(5, 5))
     array([12.])
     """
-    ids = _present(nuclei)
-    if not ids.size:
-        return np.zeros(0)
-    at = np.round(_centroids(nuclei, ids)).astype(np.intp)
-    return np.asarray(response)[at[:, 0], at[:, 1]].astype(float)
+    _, cents = _tested_candidates(nuclei, None)
+    return _value_at(np.asarray(response), cents).astype(float)
 
 
 def local_noise(image: np.ndarray, *, scale_px: float, region: np.ndarray | None = None) -> float:
@@ -1527,13 +1524,13 @@ def drop_stain_peak_nuclei(nuclei: np.ndarray, xgal: np.ndarray, counterstain: n
     >>> np.unique(drop_stain_peak_nuclei(nuc, x, c, diameter_px=10)).tolist()
     [0, 1, 2]
     """
-    ids = _present(nuclei)
+    lab = np.asarray(nuclei)
+    ids, cents = _tested_candidates(lab, None)
     if ids.size == 0:
         return nuclei
-    lab = np.asarray(nuclei)
     xin = ndi.mean(xgal, lab, ids)
     cin = ndi.mean(counterstain, lab, ids)
-    ring = np.median(_ring_values(xgal, _centroids(lab, ids), float(diameter_px)), axis=1)
+    ring = np.median(_ring_values(xgal, cents, float(diameter_px)), axis=1)
     drop = (np.asarray(xin) > np.asarray(cin)) & (np.asarray(xin) > peak_ratio * np.maximum(ring, 0))
     if not drop.any():
         return nuclei
