@@ -391,6 +391,49 @@ def test_a_dark_speck_on_glass_is_no_unstained_nucleus():
     assert np.hypot(cy - nucleus[0], cx - nucleus[1]) < 3
 
 
+def test_where_two_cells_dark_rims_meet_is_no_unstained_nucleus():
+    """Cells whose edge is denser than their body (a dark rim) give a
+    nucleus-scale blob response along the rims, strongest where two rims
+    touch; those are ridges, not blobs (the smaller principal curvature a
+    few % of the larger), while a nucleus twice as long as wide reads about
+    half. With the roundness check on only the nucleus is added."""
+    rng = np.random.default_rng(12)
+    shape, d = (160, 320), 14.0
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    grey = rng.normal(0, 0.003, shape).astype(np.float32)
+    nucleus, junction = (80, 50), (80, 200)
+    a, b = d / 2 * np.sqrt(2), d / 2 / np.sqrt(2)  # (a 2:1 ellipse of the nucleus's area)
+    grey += 0.04 * ((((yy - nucleus[0]) / b) ** 2 + ((xx - nucleus[1]) / a) ** 2) <= 1)
+    for cx in (junction[1] - 41, junction[1] + 41):
+        grey += 0.05 * (np.abs(np.hypot(yy - junction[0], xx - cx) - 40) <= 1.5)
+    grey = ndi.gaussian_filter(grey, 1.0).astype(np.float32)
+    roundness = segment.blob_roundness(grey, np.array([nucleus, junction]), d)
+    assert roundness[0] > 0.4 > 0.1 > roundness[1], roundness
+    none = np.zeros(shape, np.int32)
+    xgal = np.zeros(shape, np.float32)
+    loose = segment.add_unstained_nuclei(none, grey, xgal, diameter_px=d)
+    assert loose[junction] > 0 and np.unique(loose).size > 3  # (the junction and points along the rims)
+    out = segment.add_unstained_nuclei(none, grey, xgal, diameter_px=d, min_roundness=0.3)
+    assert np.unique(out).size == 2
+    assert out[nucleus] > 0
+
+
+def test_blob_roundness_of_a_disc_an_ellipse_and_a_line():
+    d = 12.0
+    yy, xx = np.mgrid[-60:61, -60:61]
+    centre = np.array([[60, 60]])
+
+    def ellipse(aspect):
+        a, b = d / 2 * np.sqrt(aspect), d / 2 / np.sqrt(aspect)
+        return ndi.gaussian_filter((((yy / b) ** 2 + (xx / a) ** 2) <= 1).astype(np.float32), 1.5)
+
+    got = [float(segment.blob_roundness(ellipse(k), centre, d)[0]) for k in (1.0, 2.0, 3.0)]
+    assert got[0] > 0.99 and 0.45 < got[1] < 0.6 and 0.3 < got[2] < 0.4, got
+    line = ndi.gaussian_filter((np.abs(xx) <= 2).astype(np.float32), 1.0)
+    assert segment.blob_roundness(line, centre, d)[0] < 0.02
+    assert segment.blob_roundness(-ellipse(1.0), centre, d)[0] == 0.0  # (a pale hole: no dense peak)
+
+
 def test_no_unstained_nucleus_at_the_edge_of_a_stained_cell():
     """A dense spot at the edge of a large stained cell, where the smoothed
     stain has faded below the floor, is not an unstained cell's nucleus: its

@@ -1368,13 +1368,44 @@ def finer_blob_ratio(image: np.ndarray, coords: np.ndarray, diameter_px: float) 
     return out
 
 
+def blob_roundness(image: np.ndarray, coords: np.ndarray, diameter_px: float) -> np.ndarray:
+    """Per point of ``coords`` ((k, 2) row, col): the smaller over the larger
+    principal curvature of ``image`` (a density, Gaussian-smoothed at the
+    nucleus scale sigma = ``diameter_px`` / (2 sqrt 2)) -- 1 at the centre of
+    a round dense blob, about 0.5 for an ellipse twice as long as wide,
+    0.35 for one three times as long, near 0 on a straight ridge (a cell's
+    dark rim, a fibre); 0 where the point is no dense peak both ways (a
+    saddle between two blobs)."""
+    coords = np.asarray(coords, dtype=np.intp).reshape(-1, 2)
+    out = np.zeros(len(coords))
+    if not len(coords):
+        return out
+    img = np.asarray(image, dtype=np.float32)
+    rows, cols = img.shape
+    s = float(diameter_px) / (2 * np.sqrt(2))
+    reach = int(4 * s + 0.5) + 1
+    for i, (y, x) in enumerate(coords):
+        y0, y1 = max(0, y - reach), min(rows, y + reach + 1)
+        x0, x1 = max(0, x - reach), min(cols, x + reach + 1)
+        patch = img[y0:y1, x0:x1]
+        at = (y - y0, x - x0)
+        hyy = filters.gaussian_filter(patch, s, order=(2, 0))[at]
+        hxx = filters.gaussian_filter(patch, s, order=(0, 2))[at]
+        hxy = filters.gaussian_filter(patch, s, order=(1, 1))[at]
+        half_sum, disc = (hyy + hxx) / 2, np.hypot((hyy - hxx) / 2, hxy)
+        weak, strong = half_sum + disc, half_sum - disc  # (a dense peak: both < 0)
+        out[i] = weak / strong if strong < 0 and weak < 0 else 0.0
+    return out
+
+
 def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float,
                          snr: float = 6.0, max_xgal: float = 0.03, spacing: float = 2.0,
                          ring_nuclei: float = 0.75, max_ring_stained: float = 0.25,
                          min_ring_lower: float = 0.7, ring_contrast_sd: float = 5.0,
                          smoothed: tuple[np.ndarray, np.ndarray] | None = None,
                          evidence: UnstainedEvidence | None = None,
-                         max_finer_ratio: float = 0.0, band: float = 0.0) -> np.ndarray:
+                         max_finer_ratio: float = 0.0, band: float = 0.0,
+                         min_roundness: float = 0.0) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -1417,6 +1448,12 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     cuts into their population (:func:`truncated_population` of the peaks
     that pass every check), those down to ``snr - band`` are taken too.
 
+    ``min_roundness`` (0: off): nor is a peak on a ridge rather than a blob
+    -- a stained cell's dark rim just past its stain, where two cells' rims
+    meet, a fibre -- whose :func:`blob_roundness` (smaller over larger
+    principal curvature of ``grey`` at the nucleus scale) is below this. A
+    nucleus three times as long as wide still reads 0.35.
+
     ``max_finer_ratio`` (0: off): nor is a peak whose blob is far smaller
     than a nucleus -- a dark speck of debris, which its darkness alone makes
     respond at the nucleus scale -- :func:`finer_blob_ratio` over this.
@@ -1439,6 +1476,8 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
             # a nucleus is denser than its own cytoplasm all round; the end of a
             # faint, elongated cell body is level with the rest of the body on one side
             ok &= ring_prominence(ev.density, coords, ring_nuclei * d, ring_contrast_sd * ev.noise) >= min_ring_lower
+        if min_roundness > 0 and ok.any():
+            ok[ok] = blob_roundness(grey, coords[ok], d) >= min_roundness
         if max_finer_ratio and ok.any():
             # a nucleus-sized blob, not a speck far smaller whose darkness
             # alone makes a response at the nucleus scale (measured last: a
