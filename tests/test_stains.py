@@ -249,3 +249,64 @@ def test_a_near_grey_xgal_estimate_needs_stain_on_a_real_share_of_the_field():
     assert accepted and stains.angle_deg(vec, stains.GREY) < 6  # (the failure, without the share)
     vec, accepted = stains.estimate_stain_vector(od, stains.XGAL, min_share=stains.NO_GREY_MIN_STAIN_SHARE)
     assert not accepted and np.allclose(vec, stains.normalize(stains.XGAL))
+
+
+def _blue_cells_jpeg(quality=85):
+    """Four X-gal-blue discs on glass, as 8-bit RGB and as the same image
+    saved as a JPEG (PIL's default 4:2:0 colour), with the band just outside
+    the discs."""
+    import io as _io
+
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    shape = (256, 320)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    centres = [(70, 80), (70, 230), (180, 120), (185, 250)]
+    od = np.zeros(shape + (3,), np.float32)
+    near = np.zeros(shape, bool)
+    for cy, cx in centres:
+        r = np.hypot(yy - cy, xx - cx)
+        od += 0.5 * (r <= 28)[..., None] * np.asarray(stains.normalize(stains.XGAL), np.float32)
+        near |= (r > 30) & (r < 46)
+    od = ndi.gaussian_filter(od, (1.2, 1.2, 0))
+    rgb = np.clip(0.9 * 10 ** -od + rng.normal(0, 0.004, od.shape), 0, 1)
+    raw = (rgb * 255).round().astype(np.uint8)
+    buf = _io.BytesIO()
+    Image.fromarray(raw).save(buf, format="JPEG", quality=quality)
+    return raw, np.asarray(Image.open(buf)), near
+
+
+def test_a_jpegs_colour_blocks_are_detected_and_a_lossless_image_has_none():
+    raw, jpg, _ = _blue_cells_jpeg()
+    assert stains.chroma_blockiness(raw) < 1.1
+    assert stains.chroma_blockiness(jpg) > stains.CHROMA_MIN_BLOCKINESS
+
+
+def test_smoothing_a_jpegs_colour_keeps_its_luma_and_the_grey_beside_stained_cells_flat():
+    """JPEG colour bleeding past a blue cell's edge reads as grey density at
+    the brightness of glass beside it; with the colour re-estimated from the
+    luma (the grey the unstained-nucleus search reads) that false density
+    falls several-fold. A lossless image gets no second grey."""
+    from scipy import ndimage as ndi
+
+    from sabgal import pipeline
+
+    raw, jpg, near = _blue_cells_jpeg()
+    rgb = jpg.astype(np.float32) / 255
+    smoothed = stains.smooth_chroma(rgb, stains.CHROMA_SMOOTH_PX)
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    assert np.allclose(smoothed @ luma, rgb @ luma, atol=1e-4)
+    assert stains.chroma_blockiness(smoothed) < stains.CHROMA_MIN_BLOCKINESS
+
+    def beside(grey):
+        return float(np.percentile(np.abs(ndi.gaussian_filter(grey, 1.5)[near]), 99.5))
+
+    assert pipeline.prepare_image(raw).grey_deblocked is None
+    prep = pipeline.prepare_image(jpg)
+    assert prep.grey_deblocked is not None
+    assert beside(prep.grey_deblocked) < beside(prep.grey) / 2.5, (beside(prep.grey), beside(prep.grey_deblocked))
+    # (glass far from the cells keeps its level)
+    far = ~ndi.binary_dilation(near | (prep.xgal > 0.05), iterations=4)
+    assert abs(float(np.median(prep.grey_deblocked[far]) - np.median(prep.grey[far]))) < 0.002

@@ -976,6 +976,7 @@ def _flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
         "stain_condition_number": info.get("stain_condition_number"),
         "illumination_nonuniformity": info.get("illumination_nonuniformity"),
         "lamp_method": info.get("lamp_method", ""),
+        "jpeg_chroma_smoothed": info.get("jpeg_chroma_smoothed"),
         "background_fraction": info.get("background_fraction"),
         "warnings": "; ".join(info.get("warnings", [])),
         "elapsed_s": rec.get("elapsed_s"),

@@ -352,6 +352,9 @@ class StainedImage:
     refined: bool
     warnings: list[str]
     excluded: np.ndarray | None = None  # burnt-in annotations and field stop (read as glass)
+    # a JPEG's neutral density with its colour re-estimated from the luma
+    # (stains.smooth_chroma; None for an image whose colour shows no blocks)
+    grey_deblocked: np.ndarray | None = None
 
 
 def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
@@ -431,8 +434,18 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     if model.condition > 30:
         warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
     counter = np.ascontiguousarray(conc[..., 1]) if cs_used is not None else None
+    grey_deblocked = None
+    if stains.chroma_blockiness(rgb) >= stains.CHROMA_MIN_BLOCKINESS:
+        # a JPEG's colour, stored on 16-px blocks, bleeds past a stained cell's
+        # edge and rings, which unmixing reads as grey density beside it: the
+        # search for unstained nuclei reads the grey of the colour re-estimated
+        # from the luma instead (all else keeps the image's own colour)
+        od2 = stains.rgb_to_od(stains.smooth_chroma(rgb, stains.CHROMA_SMOOTH_PX), lamp.image)
+        od2[(od == 0).all(axis=-1)] = 0  # (burnt-in and clipped pixels, as above)
+        grey_deblocked = model.neutral_density(od2, stains.unmix(od2, model.matrix))
+        del od2
     return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]), model.neutral_density(od, conc),
-                        counter, mode, model, lamp, refined, warnings, burnt)
+                        counter, mode, model, lamp, refined, warnings, burnt, grey_deblocked)
 
 
 # The X-gal score of a cell is read within this many nucleus diameters of its
@@ -1229,9 +1242,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                      enclosure=BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE, smoothed=broad,
                                                      maps=owner_maps)
         # (searched twice in a dense field: what it measures is measured once)
-        evidence = segment.unstained_nucleus_evidence(grey_r, xgal_r, diameter_px=d, max_xgal=floor,
+        # (a JPEG's grey with its colour re-estimated from the luma, where the
+        # image has colour blocks: no false density beside stained cells)
+        grey_u = grey_r if prep.grey_deblocked is None else _reduce(prep.grey_deblocked, f)
+        evidence = segment.unstained_nucleus_evidence(grey_u, xgal_r, diameter_px=d, max_xgal=floor,
                                                       smoothed=(fine, broad))
-        unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_r, xgal=xgal_r, diameter_px=d,
+        unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_u, xgal=xgal_r, diameter_px=d,
                                       snr=BRIGHTFIELD_DARK_NUCLEUS_SNR, max_xgal=floor, smoothed=(fine, broad),
                                       evidence=evidence, max_finer_ratio=BRIGHTFIELD_MAX_FINER_BLOB_RATIO,
                                       band=BRIGHTFIELD_FAINT_NUCLEUS_BAND,
@@ -1656,6 +1672,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                                 if prep.counterstain is not None else None),
         "stain_condition_number": round(model.condition, 2),
         "lamp_method": lamp.method,
+        "jpeg_chroma_smoothed": prep.grey_deblocked is not None,
         "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,
         "illumination_nonuniformity": round(lamp.nonuniformity, 4),
         "lamp_rgb": lamp_rgb,

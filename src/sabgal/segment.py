@@ -943,32 +943,7 @@ def sheet_foreground(smoothed: np.ndarray, stats: tuple[float, float], *, k: flo
     return morph.close_square(morph.open_square(smoothed > level - k * sd), iterations=2)
 
 
-def jpeg_blockiness(image: np.ndarray, block: int = 8) -> float:
-    """How strongly ``image`` steps at the edges of ``block``-pixel blocks:
-    per axis, the mean absolute difference between neighbouring columns at
-    the strongest of the ``block`` phases over its median over the phases;
-    the smaller of the two axes. About 1 for an image never JPEG-compressed
-    (no phase stands out), 1.3-3.4 for JPEG fields whose 8x8 blocks sit at
-    slightly different levels: at a cell's scale such blocks look like
-    faint cells.
-
-    >>> rng = np.random.default_rng(0)
-    >>> img = rng.normal(0, 1, (64, 64)).astype(np.float32)
-    >>> blocky = img + np.kron(rng.normal(0, 1, (8, 8)), np.ones((8, 8))).astype(np.float32)
-    >>> bool(jpeg_blockiness(img) < 1.1 < jpeg_blockiness(blocky))
-    True
-    """
-    a = np.asarray(image, dtype=np.float32)
-    if min(a.shape) < 2 * block + 1:
-        return 1.0
-    out = []
-    for m in (a, a.T):
-        step = np.abs(np.diff(m, axis=1)).mean(axis=0)
-        phase = np.bincount(np.arange(step.size) % block, weights=step, minlength=block)
-        phase /= np.bincount(np.arange(step.size) % block, minlength=block)
-        med = float(np.median(phase))
-        out.append(float(phase.max()) / med if med > 0 else 1.0)
-    return min(out)
+jpeg_blockiness = filters.jpeg_blockiness  # (moved to filters: stains reads it too)
 
 
 # segment.faint_bodies: how far (px) the blur of what the foreground holds

@@ -92,6 +92,82 @@ def angle_deg(a, b) -> float:
     return float(np.degrees(np.arccos(c)))
 
 
+# JPEG keeps brightness (luma) per pixel but colour (chroma) only per 2x2
+# pixels in most files (4:2:0), each chroma plane then cut into 8x8-sample
+# DCT blocks -- 16x16 pixels -- and quantised coarsely: at a stained cell's
+# edge the blue bleeds over the rest of its block and rings past it, and
+# colour deconvolution turns that colour error at the brightness of glass
+# into X-gal on one side and an equal and opposite grey density on the other
+# (blocky "nuclei" beside stained cells). A JPEG's colour is detected by its
+# chroma stepping at those block edges; its chroma can then be re-estimated
+# from the luma (smooth_chroma: a guided filter over one block's width), which
+# removes the block pattern while the luma -- where nuclei and cell outlines
+# are seen -- keeps every pixel.
+CHROMA_BLOCK_PX = 16
+CHROMA_MIN_BLOCKINESS = 1.5  # (never-compressed images read 1.00-1.01; JPEG fields 2-30)
+CHROMA_SMOOTH_PX = 8  # (window radius: one block across)
+CHROMA_GUIDE_CONTRAST = 0.01
+
+# ITU-R BT.601 luma weights, as JPEG uses them
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def chroma_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The blue and red colour differences (B - Y, R - Y; Y the BT.601 luma)
+    of an RGB image, as float32 in its own scale."""
+    a = np.asarray(rgb, dtype=np.float32)
+    y = a[..., :3] @ _LUMA
+    return a[..., 2] - y, a[..., 0] - y
+
+
+def chroma_blockiness(rgb: np.ndarray, block: int = CHROMA_BLOCK_PX) -> float:
+    """How strongly the image's colour steps at the edges of ``block``-pixel
+    blocks (:func:`filters.jpeg_blockiness` of the blue and red colour
+    differences, the larger): about 1 for an image never JPEG-compressed,
+    well over 1.5 for one whose colour was."""
+    return max(filters.jpeg_blockiness(c, block=block) for c in chroma_planes(rgb))
+
+
+def _box(a: np.ndarray, radius: int) -> np.ndarray:
+    import cv2
+
+    k = 2 * int(radius) + 1
+    return cv2.blur(a, (k, k), borderType=cv2.BORDER_REFLECT)
+
+
+def smooth_chroma(rgb: np.ndarray, radius_px: int, *, contrast: float = CHROMA_GUIDE_CONTRAST) -> np.ndarray:
+    """``rgb`` (float32) with its colour differences from the luma re-estimated
+    from the luma itself: a guided filter (He, Sun & Tang 2013) over
+    (2 ``radius_px`` + 1)-pixel windows models each colour difference as a
+    linear function of the luma within a window, so colour follows the edges
+    the luma shows (a stained cell's blue stops at its edge) while what the
+    luma does not show -- the block pattern and ringing of a JPEG's coarse
+    colour -- is averaged away. ``contrast``: luma variations below this
+    share of the field's mean luma count as flat (the regulariser). The luma
+    is unchanged (each pixel's 0.299 R + 0.587 G + 0.114 B stays what it was).
+
+    >>> img = np.ones((40, 40, 3), np.float32); img[:, 20:] = [0.4, 0.6, 0.9]
+    >>> out = smooth_chroma(img, 4)
+    >>> bool(np.allclose(out @ _LUMA, img @ _LUMA, atol=1e-5))
+    True
+    """
+    a = np.ascontiguousarray(rgb, dtype=np.float32)
+    y = a @ _LUMA
+    eps = np.float32((contrast * float(y.mean())) ** 2)
+    mean_y = _box(y, radius_px)
+    var_y = _box(y * y, radius_px) - mean_y * mean_y
+    out = []
+    for c in chroma_planes(a):
+        mean_c = _box(c, radius_px)
+        slope = (_box(y * c, radius_px) - mean_y * mean_c) / (var_y + eps)
+        offset = mean_c - slope * mean_y
+        out.append(_box(slope, radius_px) * y + _box(offset, radius_px))
+    cb, cr = out
+    # G from the luma and the two differences: Y = 0.299 R + 0.587 G + 0.114 B
+    g = y - (_LUMA[0] * cr + _LUMA[2] * cb) / _LUMA[1]
+    return np.stack([y + cr, g, y + cb], axis=-1)
+
+
 def rgb_to_od(rgb: np.ndarray, lamp: np.ndarray, *, floor: float = 1e-3) -> np.ndarray:
     """Beer–Lambert optical density ``-log10(I / I0)`` per channel.
 
