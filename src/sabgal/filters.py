@@ -324,11 +324,18 @@ def jpeg_blockiness(image: np.ndarray, block: int = 8) -> float:
     a = np.asarray(image, dtype=np.float32)
     if min(a.shape) < 2 * block + 1:
         return 1.0
-    out = []
-    for m in (a, a.T):
-        step = np.abs(np.diff(m, axis=1)).mean(axis=0)
-        phase = np.bincount(np.arange(step.size) % block, weights=step, minlength=block)
-        phase /= np.bincount(np.arange(step.size) % block, minlength=block)
-        med = float(np.median(phase))
-        out.append(float(phase.max()) / med if med > 0 else 1.0)
-    return min(out)
+    return min(block_step_ratio(a, block), block_step_ratio(a.T, block))
+
+
+def block_step_ratio(lines: np.ndarray, block: int) -> float:
+    """The mean absolute step between neighbouring columns of ``lines`` (2-D,
+    the steps averaged over its rows) at the strongest of the ``block``
+    column phases over the median over the phases (the measure
+    :func:`jpeg_blockiness` takes per axis; any subset of rows reads it)."""
+    step = np.abs(np.diff(np.asarray(lines, dtype=np.float32), axis=1)).mean(axis=0)
+    if step.size < 2 * block:
+        return 1.0
+    phase = np.bincount(np.arange(step.size) % block, weights=step, minlength=block)
+    phase /= np.bincount(np.arange(step.size) % block, minlength=block)
+    med = float(np.median(phase))
+    return float(phase.max()) / med if med > 0 else 1.0

@@ -120,12 +120,19 @@ def chroma_planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[..., 2] - y, a[..., 0] - y
 
 
-def chroma_blockiness(rgb: np.ndarray, block: int = CHROMA_BLOCK_PX) -> float:
+def chroma_blockiness(rgb: np.ndarray, block: int = CHROMA_BLOCK_PX, *, every: int = 4) -> float:
     """How strongly the image's colour steps at the edges of ``block``-pixel
     blocks (:func:`filters.jpeg_blockiness` of the blue and red colour
-    differences, the larger): about 1 for an image never JPEG-compressed,
-    well over 1.5 for one whose colour was."""
-    return max(filters.jpeg_blockiness(c, block=block) for c in chroma_planes(rgb))
+    differences, the larger; the steps read along every ``every``-th row
+    and column): about 1 for an image never JPEG-compressed, well over 1.5
+    for one whose colour was."""
+    a = np.asarray(rgb)
+    if min(a.shape[:2]) < 2 * block + 1:
+        return 1.0
+    along_rows = chroma_planes(a[::every])  # (column steps)
+    along_cols = chroma_planes(a[:, ::every])  # (row steps)
+    return max(min(filters.block_step_ratio(r, block), filters.block_step_ratio(c.T, block))
+               for r, c in zip(along_rows, along_cols))
 
 
 def _box(a: np.ndarray, radius: int) -> np.ndarray:
