@@ -39,11 +39,16 @@ class Matching:
 def match_labels(true: np.ndarray, pred: np.ndarray, *, iou_threshold: float = 0.5) -> Matching:
     """Match labels by IoU (threshold >= 0.5 makes matches unique).
 
+    A pair counts at IoU >= ``iou_threshold``: below, label 2 and label 4
+    overlap at exactly 0.5 and match; at 0.6 only 1 and 3 do.
+
     >>> t = np.array([[1, 1, 0, 2, 2]])
     >>> p = np.array([[3, 3, 0, 0, 4]])
     >>> m = match_labels(t, p)
     >>> m.tp, m.n_true, m.n_pred
-    (1, 2, 2)
+    (2, 2, 2)
+    >>> match_labels(t, p, iou_threshold=0.6).tp
+    1
     """
     if iou_threshold < 0.5:
         raise ValueError("iou_threshold must be >= 0.5 for one-to-one matching")

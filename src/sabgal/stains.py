@@ -192,8 +192,8 @@ def rgb_to_od(rgb: np.ndarray, lamp: np.ndarray, *, floor: float = 1e-3) -> np.n
     od : (M, N, 3) float32 ndarray
         Optical density; ~0 on background, may be slightly negative with noise.
 
-    >>> rgb_to_od(np.array([[[0.1, 1.0, 0.5]]]), np.ones(3)).round(3).tolist()
-    [[[1.0, 0.0, 0.301]]]
+    >>> [round(float(v), 3) + 0.0 for v in rgb_to_od(np.array([[[0.1, 1.0, 0.5]]]), np.ones(3)).ravel()]
+    [1.0, 0.0, 0.301]
     """
     t = np.asarray(rgb, dtype=np.float32) / np.asarray(lamp, dtype=np.float32)
     np.maximum(t, np.float32(floor), out=t)
@@ -232,7 +232,7 @@ def unmix(od: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
     >>> m = stain_matrix([1, 1, 0], [0, 1, 1], [1, 0, 1])
     >>> od = 0.5 * m[0] + 0.2 * m[2]
-    >>> unmix(od, m).round(6).tolist()
+    >>> [round(float(v), 6) + 0.0 for v in unmix(od, m)]
     [0.5, 0.0, 0.2]
     """
     inv = np.linalg.pinv(np.asarray(matrix, dtype=np.float64)).astype(np.float32)  # (3, k)
