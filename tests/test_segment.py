@@ -1340,6 +1340,31 @@ def test_a_sheets_lattice_holes_are_searched_until_no_nucleus_is_added(monkeypat
     assert n1 < n - 60 and f1_1 < f1 - 0.1
 
 
+def test_a_jpegs_colour_blocks_beside_stained_cells_are_not_unstained_nuclei(monkeypatch):
+    from sabgal import evaluate, stains, synth
+
+    # (a fresh brightfield set's field 16, seed 777001: 197 cells in a JPEG
+    # (q86) whose colour, bleeding past the stained cells' edges in 16-px
+    # blocks, unmixed as grey "nuclei" beside them -- 183 false candidates)
+    p = synth.random_params(np.random.default_rng([777001, 16]), setup="brightfield", shape=(1024, 1360))
+    field = synth.render_field(p, np.random.default_rng(p.seed))
+    truth = field.truth
+
+    def run():
+        res = analyze_image(field.rgb)
+        f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
+        error = abs(res.cells.sabgal_positive.mean() - truth.sabgal_positive.mean())
+        return res, len(res.cells), f1, error
+
+    res, n, f1, error = run()
+    assert res.info["jpeg_chroma_smoothed"]
+    assert abs(n - len(truth)) < 0.1 * len(truth) and f1 > 0.87 and error < 0.06
+    monkeypatch.setattr(stains, "CHROMA_MIN_BLOCKINESS", np.inf)
+    res0, n0, f1_0, error0 = run()
+    assert not res0.info["jpeg_chroma_smoothed"]
+    assert n0 > n + 30 and f1_0 < f1 - 0.05 and error0 > error + 0.05
+
+
 def test_a_half_covered_brightfield_field_is_not_a_sheet(monkeypatch):
     from sabgal import pipeline
 
@@ -2165,10 +2190,16 @@ def test_separate_grey_cells_on_glass_are_not_taken_for_a_sheet(tmp_path, monkey
     # without the body check the plateau check still keeps the false
     # candidates at the ends of the cells' bodies from lying where the glass
     # is; without both, the spacing rule takes the field for a sheet: every
-    # cell reaches across the glass to its neighbours
+    # cell reaches across the glass to its neighbours (on the JPEG's own
+    # colour: the grey with its colour re-estimated from the luma holds
+    # fewer false candidates, and keeps the cells apart even then)
+    from sabgal import stains
+
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI", np.inf)
     assert evaluate.match_labels(truth, analyze_image(rgb).cell_labels).f1 > 0.9
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_PROMINENT_RING_SHARE", 0.0)
+    assert evaluate.match_labels(truth, analyze_image(rgb).cell_labels).f1 > 0.9
+    monkeypatch.setattr(stains, "CHROMA_MIN_BLOCKINESS", np.inf)
     off = analyze_image(rgb)
     assert evaluate.match_labels(truth, off.cell_labels).f1 < 0.5
 

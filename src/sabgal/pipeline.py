@@ -1206,8 +1206,12 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
     grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)
+    # (a JPEG's grey with its colour re-estimated from the luma, where the
+    # image has colour blocks: no false density beside stained cells; what
+    # the brightfield nucleus search reads)
+    grey_u = grey_r if prep.grey_deblocked is None else _reduce(prep.grey_deblocked, f)
     if nmap is None:
-        nmap = nuclear_map_brightfield(grey_r, xgal_r, sigma=max(1.0, d / 8))
+        nmap = nuclear_map_brightfield(grey_u, xgal_r, sigma=max(1.0, d / 8))
     else:
         nmap = _reduce(nmap, f)
     od_sum = _reduce(od_sum, f)
@@ -1242,9 +1246,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                      enclosure=BRIGHTFIELD_OWNED_NUCLEUS_ENCLOSURE, smoothed=broad,
                                                      maps=owner_maps)
         # (searched twice in a dense field: what it measures is measured once)
-        # (a JPEG's grey with its colour re-estimated from the luma, where the
-        # image has colour blocks: no false density beside stained cells)
-        grey_u = grey_r if prep.grey_deblocked is None else _reduce(prep.grey_deblocked, f)
         evidence = segment.unstained_nucleus_evidence(grey_u, xgal_r, diameter_px=d, max_xgal=floor,
                                                       smoothed=(fine, broad))
         unstained = functools.partial(segment.add_unstained_nuclei, grey=grey_u, xgal=xgal_r, diameter_px=d,
