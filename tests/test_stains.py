@@ -304,6 +304,8 @@ def test_smoothing_a_jpegs_colour_keeps_its_luma_and_the_grey_beside_stained_cel
         return float(np.percentile(np.abs(ndi.gaussian_filter(grey, 1.5)[near]), 99.5))
 
     assert pipeline.prepare_image(raw).grey_deblocked is None
+    # (with a nuclear image the nuclei come from it: no second grey is made)
+    assert pipeline.prepare_image(jpg, nuclear=np.zeros(jpg.shape[:2], np.float32)).grey_deblocked is None
     prep = pipeline.prepare_image(jpg)
     assert prep.grey_deblocked is not None
     assert beside(prep.grey_deblocked) < beside(prep.grey) / 2.5, (beside(prep.grey), beside(prep.grey_deblocked))

@@ -353,7 +353,8 @@ class StainedImage:
     warnings: list[str]
     excluded: np.ndarray | None = None  # burnt-in annotations and field stop (read as glass)
     # a JPEG's neutral density with its colour re-estimated from the luma
-    # (stains.smooth_chroma; None for an image whose colour shows no blocks)
+    # (stains.smooth_chroma; plain brightfield only, None for an image whose
+    # colour shows no blocks)
     grey_deblocked: np.ndarray | None = None
 
 
@@ -435,11 +436,12 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         warnings.append(f"stain matrix is ill-conditioned (condition number {model.condition:.0f})")
     counter = np.ascontiguousarray(conc[..., 1]) if cs_used is not None else None
     grey_deblocked = None
-    if stains.chroma_blockiness(rgb) >= stains.CHROMA_MIN_BLOCKINESS:
+    if mode == "brightfield" and stains.chroma_blockiness(rgb) >= stains.CHROMA_MIN_BLOCKINESS:
         # a JPEG's colour, stored on 16-px blocks, bleeds past a stained cell's
-        # edge and rings, which unmixing reads as grey density beside it: the
-        # search for unstained nuclei reads the grey of the colour re-estimated
-        # from the luma instead (all else keeps the image's own colour)
+        # edge and rings, which unmixing reads as grey density beside it: with
+        # no nuclear stain, the nucleus search reads the grey of the colour
+        # re-estimated from the luma instead (all else keeps the image's own
+        # colour)
         od2 = stains.rgb_to_od(stains.smooth_chroma(rgb, stains.CHROMA_SMOOTH_PX), lamp.image)
         od2[(od == 0).all(axis=-1)] = 0  # (burnt-in and clipped pixels, as above)
         grey_deblocked = model.neutral_density(od2, stains.unmix(od2, model.matrix))
