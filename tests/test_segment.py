@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from sabgal import morphology as morph
-from sabgal import pipeline, segment, stains
+from sabgal import filters, pipeline, segment, stains
 from sabgal.config import Config
 from sabgal.pipeline import analyze_image, prepare_image
 from conftest import paint_field
@@ -1297,16 +1297,35 @@ def test_a_brightfield_sheet_whose_lamp_glass_lies_around_its_nuclei_is_a_sheet(
     assert _coverage(field, analyze_image(field.rgb)) < 0.65
 
 
+def _accuracy_field(seed: int, index: int):
+    """Brightfield field ``index`` of an accuracy set of ``seed``, rendered as
+    benchmarks/accuracy.py draws it (1024x1360)."""
+    from sabgal import synth
+
+    p = synth.random_params(np.random.default_rng([seed, index]), setup="brightfield", shape=(1024, 1360))
+    return synth.render_field(p, np.random.default_rng(p.seed))
+
+
+def _scores(field):
+    """sabgal on ``field``: (result, cell count, detection F1, absolute error
+    of the fraction positive)."""
+    from sabgal import evaluate
+
+    res = analyze_image(field.rgb)
+    f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
+    error = abs(res.cells.sabgal_positive.mean() - field.truth.sabgal_positive.mean())
+    return res, len(res.cells), f1, error
+
+
 def test_a_sheet_of_large_faint_cells_whose_lamp_glass_is_their_margins_is_a_sheet(monkeypatch):
-    from sabgal import evaluate, pipeline, synth
+    from sabgal import evaluate, pipeline
 
     # (the accuracy benchmark's field 4: large unstained cells barely
     # visible, the lamp's "glass" -- 22 % of the field, 2 % true -- a thin
     # network of their margins; its nuclei, all found, lie close enough that
     # that glass reads only ~0.6x as near them within half their spacing as
     # anywhere: thin glass takes a lower line)
-    p = synth.random_params(np.random.default_rng([20261122, 4]), setup="brightfield", shape=(1024, 1360))
-    field = synth.render_field(p, np.random.default_rng(p.seed))
+    field = _accuracy_field(20261122, 4)
     assert (field.cell_labels > 0).mean() > 0.95
     res = analyze_image(field.rgb)
     assert res.info["background_fraction"] > pipeline.SHEET_GLASS_FRACTION
@@ -1318,49 +1337,32 @@ def test_a_sheet_of_large_faint_cells_whose_lamp_glass_is_their_margins_is_a_she
 
 
 def test_a_sheets_lattice_holes_are_searched_until_no_nucleus_is_added(monkeypatch):
-    from sabgal import evaluate, pipeline, synth
+    from sabgal import pipeline
 
     # (a fresh accuracy set's field 7, seed 20261206: 650 confluent cells in a
     # JPEG, unstained nuclei ~4 SDs strong; the first searches find about a
     # third of them, whose spacing is too wide for the holes between them)
-    p = synth.random_params(np.random.default_rng([20261206, 7]), setup="brightfield", shape=(1024, 1360))
-    field = synth.render_field(p, np.random.default_rng(p.seed))
-    truth = field.truth
-
-    def run():
-        res = analyze_image(field.rgb)
-        f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
-        error = abs(res.cells.sabgal_positive.mean() - truth.sabgal_positive.mean())
-        return len(res.cells), f1, error
-
-    n, f1, error = run()
+    field = _accuracy_field(20261206, 7)
+    _, n, f1, error = _scores(field)
     assert n > 400 and error < 0.06
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_PASSES", 1)
-    n1, f1_1, error_1 = run()
+    _, n1, f1_1, error_1 = _scores(field)
     assert n1 < n - 60 and f1_1 < f1 - 0.1
 
 
 def test_a_jpegs_colour_blocks_beside_stained_cells_are_not_unstained_nuclei(monkeypatch):
-    from sabgal import evaluate, stains, synth
+    from sabgal import stains
 
     # (a fresh brightfield set's field 16, seed 777001: 197 cells in a JPEG
     # (q86) whose colour, bleeding past the stained cells' edges in 16-px
     # blocks, unmixed as grey "nuclei" beside them -- 183 false candidates)
-    p = synth.random_params(np.random.default_rng([777001, 16]), setup="brightfield", shape=(1024, 1360))
-    field = synth.render_field(p, np.random.default_rng(p.seed))
+    field = _accuracy_field(777001, 16)
     truth = field.truth
-
-    def run():
-        res = analyze_image(field.rgb)
-        f1 = evaluate.match_labels(field.cell_labels, res.cell_labels).f1
-        error = abs(res.cells.sabgal_positive.mean() - truth.sabgal_positive.mean())
-        return res, len(res.cells), f1, error
-
-    res, n, f1, error = run()
+    res, n, f1, error = _scores(field)
     assert res.info["jpeg_chroma_smoothed"]
     assert abs(n - len(truth)) < 0.1 * len(truth) and f1 > 0.87 and error < 0.06
     monkeypatch.setattr(stains, "CHROMA_MIN_BLOCKINESS", np.inf)
-    res0, n0, f1_0, error0 = run()
+    res0, n0, f1_0, error0 = _scores(field)
     assert not res0.info["jpeg_chroma_smoothed"]
     assert n0 > n + 30 and f1_0 < f1 - 0.05 and error0 > error + 0.05
 
@@ -2265,8 +2267,8 @@ def test_jpeg_blockiness_tells_a_jpeg_from_an_image_never_compressed():
     buf = _io.BytesIO()
     Image.fromarray(raw).save(buf, format="JPEG", quality=75)
     jpg = np.asarray(Image.open(buf)).astype(np.float32)
-    assert segment.jpeg_blockiness(raw) < 1.05
-    assert segment.jpeg_blockiness(jpg) > pipeline.BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS
+    assert filters.jpeg_blockiness(raw) < 1.05
+    assert filters.jpeg_blockiness(jpg) > pipeline.BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS
 
 
 def test_x_gal_crystals_bled_into_the_counterstain_are_not_nuclei():

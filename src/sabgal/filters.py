@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 cv2.setNumThreads(1)
 
 __all__ = ["gaussian_filter", "gaussian_laplace", "gaussian_laplace_ladder", "laplace", "grey_closing",
-           "distance_transform", "median", "jpeg_blockiness"]
+           "distance_transform", "median", "box_mean", "jpeg_blockiness"]
 
 _ALIAS_BYTES = 4096
 _PAD_BYTES = 64
@@ -57,6 +57,13 @@ def gaussian_filter(image: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
         return cv2.GaussianBlur(np.ascontiguousarray(image), (k, k), float(sigma), sigmaY=float(sigma),
                                 borderType=cv2.BORDER_REFLECT)
     return _apply(ndi.gaussian_filter, image, sigma, **kwargs)
+
+
+def box_mean(image: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of a 2-D float image over the (2 ``radius`` + 1)-pixel square
+    round each pixel (borders reflected as scipy's ``reflect``)."""
+    k = 2 * int(radius) + 1
+    return cv2.blur(np.ascontiguousarray(image), (k, k), borderType=cv2.BORDER_REFLECT)
 
 
 def _gauss_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:

@@ -138,6 +138,16 @@ def _clipped_white(at_max: np.ndarray) -> np.ndarray:
     return at_max[..., 0] & at_max[..., 1] & at_max[..., 2]
 
 
+def _od_read(rgb: np.ndarray, lamp: np.ndarray, burnt: np.ndarray | None, clipped: np.ndarray) -> np.ndarray:
+    """Optical density of ``rgb`` under ``lamp``, with burnt-in annotations
+    (``burnt``) and pixels clipped white (``clipped``) read as glass, OD 0."""
+    od = stains.rgb_to_od(rgb, lamp)
+    if burnt is not None:
+        od[burnt] = 0  # read as glass: no stain, no cell
+    od[clipped] = 0  # (brighter than the lamp: negative OD otherwise)
+    return od
+
+
 def decide_setup(config: Config, *, has_nuclear: bool, od: np.ndarray) -> tuple[str, str, np.ndarray | None, list[str]]:
     """Decide (mode, counterstain name, counterstain vector or None, warnings)."""
     warnings: list[str] = []
@@ -373,11 +383,9 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         lamp = illumination.flat_lamp(rgb)
     else:
         lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree, at_max=at_max)
-    od = stains.rgb_to_od(rgb, lamp.image)
     burnt = burnt_in(rgb, lamp.image)
-    if burnt is not None:
-        od[burnt] = 0  # read as glass: no stain, no cell
-    od[_clipped_white(at_max)] = 0  # (brighter than the lamp: negative OD otherwise)
+    clipped = _clipped_white(at_max)
+    od = _od_read(rgb, lamp.image, burnt, clipped)
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
@@ -442,8 +450,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         # no nuclear stain, the nucleus search reads the grey of the colour
         # re-estimated from the luma instead (all else keeps the image's own
         # colour)
-        od2 = stains.rgb_to_od(stains.smooth_chroma(rgb, stains.CHROMA_SMOOTH_PX), lamp.image)
-        od2[(od == 0).all(axis=-1)] = 0  # (burnt-in and clipped pixels, as above)
+        od2 = _od_read(stains.smooth_chroma(rgb, stains.CHROMA_SMOOTH_PX), lamp.image, burnt, clipped)
         grey_deblocked = model.neutral_density(od2, stains.unmix(od2, model.matrix))
         del od2
     return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]), model.neutral_density(od, conc),
@@ -694,7 +701,7 @@ BRIGHTFIELD_FAINT_BODY_MIN_NUCLEI = 1.0
 BRIGHTFIELD_FAINT_BODY_PEAK_SD = 6.0
 BRIGHTFIELD_FAINT_BODY_MAX_NUCLEI = 25.0
 # ... not in a JPEG whose 8x8 blocks sit at levels of their own
-# (segment.jpeg_blockiness over this; never-compressed images read 1.00, JPEG
+# (filters.jpeg_blockiness over this; never-compressed images read 1.00, JPEG
 # fields 1.3-3.4): at a cell's scale such blocks pass for faint cells (a JPEG
 # negative control, 410 cells: 138 false ones).
 BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS = 1.1
@@ -1395,7 +1402,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         # glass (unstained cells among stained ones in a dense field)
         pale = segment.pale_cell_pockets(foreground, nuclei, max_area_ratio=BRIGHTFIELD_PALE_POCKET_CELLS)
         if (glass_fitted and not on_cells and BRIGHTFIELD_FAINT_BODY_SD > 0
-                and segment.jpeg_blockiness(grey) <= BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS):
+                and filters.jpeg_blockiness(grey) <= BRIGHTFIELD_FAINT_BODY_MAX_BLOCKINESS):
             # unstained cells too faint for the foreground's scale, seen at
             # a cell's (they are seeded from their shape)
             pale = pale | segment.faint_bodies(grey_r, foreground | pale, nuclei, sigma_px=d / 2,

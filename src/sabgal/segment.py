@@ -943,9 +943,6 @@ def sheet_foreground(smoothed: np.ndarray, stats: tuple[float, float], *, k: flo
     return morph.close_square(morph.open_square(smoothed > level - k * sd), iterations=2)
 
 
-jpeg_blockiness = filters.jpeg_blockiness  # (moved to filters: stains reads it too)
-
-
 # segment.faint_bodies: how far (px) the blur of what the foreground holds
 # reaches past it (left out when a faint blob's own density is judged)
 FAINT_BODY_CLEAR_PX = 2

@@ -135,13 +135,6 @@ def chroma_blockiness(rgb: np.ndarray, block: int = CHROMA_BLOCK_PX, *, every: i
                for r, c in zip(along_rows, along_cols))
 
 
-def _box(a: np.ndarray, radius: int) -> np.ndarray:
-    import cv2
-
-    k = 2 * int(radius) + 1
-    return cv2.blur(a, (k, k), borderType=cv2.BORDER_REFLECT)
-
-
 def smooth_chroma(rgb: np.ndarray, radius_px: int, *, contrast: float = CHROMA_GUIDE_CONTRAST) -> np.ndarray:
     """``rgb`` (float32) with its colour differences from the luma re-estimated
     from the luma itself: a guided filter (He, Sun & Tang 2013) over
@@ -161,14 +154,14 @@ def smooth_chroma(rgb: np.ndarray, radius_px: int, *, contrast: float = CHROMA_G
     a = np.ascontiguousarray(rgb, dtype=np.float32)
     y = a @ _LUMA
     eps = np.float32((contrast * float(y.mean())) ** 2)
-    mean_y = _box(y, radius_px)
-    var_y = _box(y * y, radius_px) - mean_y * mean_y
+    mean_y = filters.box_mean(y, radius_px)
+    var_y = filters.box_mean(y * y, radius_px) - mean_y * mean_y
     out = []
     for c in chroma_planes(a):
-        mean_c = _box(c, radius_px)
-        slope = (_box(y * c, radius_px) - mean_y * mean_c) / (var_y + eps)
+        mean_c = filters.box_mean(c, radius_px)
+        slope = (filters.box_mean(y * c, radius_px) - mean_y * mean_c) / (var_y + eps)
         offset = mean_c - slope * mean_y
-        out.append(_box(slope, radius_px) * y + _box(offset, radius_px))
+        out.append(filters.box_mean(slope, radius_px) * y + filters.box_mean(offset, radius_px))
     cb, cr = out
     # G from the luma and the two differences: Y = 0.299 R + 0.587 G + 0.114 B
     g = y - (_LUMA[0] * cr + _LUMA[2] * cb) / _LUMA[1]
