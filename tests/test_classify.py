@@ -240,6 +240,28 @@ def test_a_tight_unstained_population_above_false_cells_at_zero_anchors():
     assert src == "anchored" and t < 0.035, t
 
 
+def test_two_unstained_populations_put_the_threshold_above_both():
+    """A fresh JPEG field's scores (461 cells, 6 % stained): 221 clean
+    unstained cells read ~0 OD, 116 more unstained ones under an
+    X-gal-coloured haze form a tight second population at 0.018-0.022, and
+    the stained cells lie above 0.025. The tight-population and excess rules
+    put the threshold inside the hazy population (0.015 OD: 34 % positive);
+    it belongs above both."""
+    s = np.loadtxt(Path(__file__).parent / "data" / "scores" / "two_unstained_populations.txt")
+    t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+    assert src == "anchored" and 0.025 < t < 0.045, t
+    assert np.mean(s > t) < 0.07
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        clean = rng.normal(0.0, 0.0015, 220)
+        hazy = rng.normal(0.019, 0.0012, 120)
+        stained = rng.uniform(0.03, 0.3, 27)
+        s = np.r_[clean, hazy, stained]
+        t, src = classify.negative_anchored_threshold(s, floor=0.03, positive_like=0.10)
+        assert src == "anchored" and hazy.max() < t, (seed, t)
+        assert abs(np.mean(s > t) - stained.size / s.size) < 0.03, (seed, t)
+
+
 def test_unstained_cells_split_into_small_density_bumps_still_anchor():
     """A real score set (93 % positive): its 48 unstained cells (-0.005 to
     0.013 OD) show in the density as three small bumps, none holding 3 % of

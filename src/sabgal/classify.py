@@ -269,6 +269,15 @@ TIGHT_FLOOR_FRACTION = 1 / 3
 # development fields lie within 25 % of that value.)
 TIGHT_RAMP = 0.25
 
+# Two unstained populations: clean cells at zero X-gal and a second, tight
+# one under an X-gal-coloured haze, below the floor. The threshold belongs
+# above both; the tight-population and excess rules would put it inside the
+# second (a fresh field: 221 cells at ~0 OD, 116 at 0.018-0.022, 26 stained
+# above 0.03 -- the threshold fell to 0.015 and 157 cells were called
+# positive for 27). The second population must stand apart from the first:
+# the density between them falls to at most this fraction of its peak.
+SECOND_VALLEY_RATIO = 0.5
+
 # The excess rule's faint stained cells must lie above the threshold it
 # lowers to: a major population of scores (a density peak or shoulder at
 # least this fraction of the highest) centred between the unstained mode's
@@ -340,6 +349,13 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     read 0.044-0.049 OD and 26 false ones 0-0.006: the threshold fell between
     the two, every unstained cell positive.)
 
+    Unstained cells can also come as two populations: clean ones near zero
+    and a second, tight, major one (:data:`TIGHT_SPREAD_OD`,
+    :data:`EXCESS_MIN_DENSITY`) under an X-gal-coloured haze, above the
+    first's shoulder and below the floor, apart from it
+    (:data:`SECOND_VALLEY_RATIO`). The scores above the valley between them
+    are then anchored on their own, so the threshold lands above both.
+
     >>> rng = np.random.default_rng(1)
     >>> s = np.r_[rng.normal(0.02, 0.005, 200), rng.uniform(0.1, 1.0, 60)]
     >>> t, src = negative_anchored_threshold(s, floor=0.03, positive_like=0.15)
@@ -373,7 +389,7 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
 
 
 def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
-            k: float) -> tuple[float, str]:
+            k: float, nested: bool = False) -> tuple[float, str]:
     """:func:`negative_anchored_threshold` on a log scale starting at
     ``shift`` (<= 0) OD."""
 
@@ -464,6 +480,29 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
     t_base = t
     low_floor = floor
     shoulder = mode + 2 * spread
+    if not nested:
+        # A second unstained population above this one: a major, tight
+        # population of scores between the shoulder and the floor, apart from
+        # the lowest mode (a density valley at most half its peak between the
+        # two) -- unstained cells under an X-gal-coloured haze beside clean
+        # ones. The threshold goes above it: the scores above the valley are
+        # anchored on their own (once), as if the lower population were not
+        # there.
+        for pk in peaks[peaks > first]:
+            level = float(inv(grid[pk]))
+            if not (max(shoulder, 0.0) < level < floor_abs) or dens[pk] < EXCESS_MIN_DENSITY * dens.max():
+                continue
+            v = first + int(np.argmin(dens[first: pk + 1]))
+            if not (first < v < pk and dens[v] <= SECOND_VALLEY_RATIO * dens[pk]):
+                continue
+            members = s[np.abs(x - grid[pk]) <= bw]
+            if members.size < TIGHT_MIN_CELLS or (
+                    float(np.median(np.abs(members - level))) * 1.4826 > TIGHT_SPREAD_OD):
+                continue
+            t2, src2 = _anchor(s[x > grid[v]], shift, floor=floor_abs, positive_like=positive_like,
+                               k=k, nested=True)
+            if src2 == "anchored":
+                return max(t2, float(inv(grid[v]))), "anchored"
     # Haze and spill give unstained cells a longer upper tail than lower: if
     # the scores from the unstained mode's shoulder (mode + 2 spreads) up to
     # 3x the anchor show a clear empty gap (>= 0.08 decade of log-score), the
