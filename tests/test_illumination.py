@@ -120,6 +120,43 @@ def test_a_quadratic_fit_that_finds_little_glass_gives_way_to_a_flexible_one():
     assert est.background is not None and not np.any(est.background & (od > 0))
 
 
+def _off_axis_field(power: float, strength: float = 0.5):
+    """60 faint discs on glass under an off-axis fall-off ``exp(-strength
+    r^power)`` centred 70 % across: the left edge lies far from the centre."""
+    rng = np.random.default_rng(2)
+    m, n = 512, 680
+    yy, xx = np.mgrid[0:m, 0:n]
+    r = np.hypot((yy - 0.5 * m) / m, (xx - 0.7 * n) / n)
+    lamp = 0.9 * np.exp(-strength * r ** power)
+    od = np.zeros((m, n))
+    for _ in range(60):
+        cy, cx, rad = rng.uniform(0, m), rng.uniform(0, n), rng.uniform(12, 25)
+        od[np.hypot(yy - cy, xx - cx) < rad] = 0.08
+    img = (lamp * 10 ** -od)[..., None] * np.array([1.0, 0.95, 0.97]) + rng.normal(0, 0.002, (m, n, 3))
+    return img.astype(np.float32), lamp, od
+
+
+def test_glass_missing_along_one_edge_gives_way_to_a_flexible_lamp():
+    """A fall-off steeper than quadratic towards one far edge: the quadratic
+    model finds plenty of glass (61 %) but none along that edge, where it
+    sits ~6 % above the glass (whose strip came out as false cells); the
+    quartic model fits it there."""
+    img, lamp, od = _off_axis_field(4)
+    at_max = img >= img.max()
+    quadratic = illumination._fit_lamp_small(illumination._lamp_blocks(img, at_max), block_px=48, degree=2)
+    assert not illumination._glass_scarce(quadratic) and illumination._border_starved(quadratic)
+    est = illumination.estimate_lamp(img)
+    edge = (od == 0)[:, :20]
+    err = np.abs(np.log10(est.image[..., 0] / lamp))[:, :20]
+    assert np.mean(err[edge]) < 0.005, np.mean(err[edge])
+    assert est.background is not None and est.background[:, :40].mean() > 0.3
+    assert not np.any(est.background & (od > 0))
+    # a quadratic fall-off, as far off axis: the glass is found all round
+    img, lamp, _ = _off_axis_field(2, strength=0.6)
+    quadratic = illumination._fit_lamp_small(illumination._lamp_blocks(img, img >= img.max()), block_px=48, degree=2)
+    assert not illumination._border_starved(quadratic)
+
+
 def _jpeg_field(quality: int, noise: float):
     """40 dense discs (22 px radius, ~17 % of the field) on vignetted glass,
     camera noise ``noise`` (8-bit levels), saved as JPEG at ``quality``.

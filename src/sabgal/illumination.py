@@ -445,6 +445,17 @@ ESCALATED_MIN_GLASS = 0.05
 # the development sheets' quartic fits found no more than their quadratic ones.
 ESCALATE_BELOW_GLASS = 0.15
 ESCALATE_GAIN = 2.0
+# ... and it is tried where the fit found plenty of glass but almost none along
+# one edge: one of the 12 border regions of a 4 x 4 grid holding under this
+# share of the field-wide glass fraction. It is kept when it finds at least as
+# much glass and none of its border regions is starved. (Two fresh fields with
+# strong off-centre vignetting: 0.07 and 0.00 of a border region glass against
+# 0.57 and 0.50 overall; the quadratic lamp sat 2 % above the glass along that
+# edge, whose strip came out as false cells -- 9.4 pp. Development sheets and
+# even fields: their starkest border region at 0.5x the field's fraction;
+# there a flexible lamp that finds more glass finds it on faint cytoplasm.)
+BORDER_STARVED_SHARE = 0.25
+BORDER_REGIONS = 4
 
 
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
@@ -461,7 +472,10 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     kept if it finds ``ESCALATE_GAIN`` times as much (a steep fall-off the
     quadratic misses by a few tenths of a per cent leaves most of the glass
     outside its few-noise-SD window; a sheet's faint cytoplasm does not
-    become glass under a more flexible model). Where glass is still scarce
+    become glass under a more flexible model). Where glass is plentiful but
+    one region along the field's edge holds almost none of it
+    (:func:`_border_starved`) the flexible model is tried too, and kept if it
+    finds as much glass and starves no border region. Where glass is still scarce
     (or the fit fell back to the percentile guess), both degrees are fitted
     again reading the glass off its own histogram peak (JPEG glass, faint
     cells: :func:`_fit_lamp_small` step 2b), and a fit that finds more glass
@@ -476,6 +490,13 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     blocks = _lamp_blocks(rgb, at_max)
     lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
     plain = {degree: lamp}
+    if not _glass_scarce(lamp) and 0 < degree < 6 and _border_starved(lamp):
+        # glass plentiful, but missing along one side: a fall-off steeper at
+        # that edge than the model's leaves the glass there below its window
+        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
+        if (flexible.method == "auto" and flexible.background_fraction >= lamp.background_fraction
+                and not _border_starved(flexible)):
+            lamp = flexible
     if _glass_scarce(lamp) and 0 < degree < 6:
         flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
         plain[min(6, degree + ESCALATE_DEGREE_BY)] = flexible
@@ -492,6 +513,25 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
                     lamp.background_fraction if lamp.method == "auto" else 0.0, ESCALATED_MIN_GLASS):
                 lamp = alt
     return _full_lamp(lamp)
+
+
+def _border_starved(fit: "_LampFit") -> bool:
+    """The fit's glass is missing from a region at the field's edge: of the
+    4 x 4 regions, one of the 12 along the border holds under
+    ``BORDER_STARVED_SHARE`` of the field-wide glass fraction."""
+    bg = fit.background_small
+    if bg is None or fit.background_fraction <= 0:
+        return False
+    m, n = bg.shape
+    k = BORDER_REGIONS
+    if m < 2 * k or n < 2 * k:
+        return False
+    rows = np.linspace(0, m, k + 1).astype(int)
+    cols = np.linspace(0, n, k + 1).astype(int)
+    share = np.array([[bg[rows[i]:rows[i + 1], cols[j]:cols[j + 1]].mean() for j in range(k)] for i in range(k)])
+    border = np.ones((k, k), dtype=bool)
+    border[1:-1, 1:-1] = False
+    return bool(share[border].min() < BORDER_STARVED_SHARE * fit.background_fraction)
 
 
 def _glass_scarce(fit: "_LampFit") -> bool:
