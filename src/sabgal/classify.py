@@ -388,6 +388,12 @@ def negative_anchored_threshold(scores, *, floor: float, positive_like: float, k
     return t, src
 
 
+def _robust_spread(values: np.ndarray, centre: float) -> float:
+    """Robust SD of ``values`` about ``centre``: 1.4826 x the median absolute
+    deviation from it (the SD of a Gaussian)."""
+    return float(np.median(np.abs(values - centre))) * 1.4826
+
+
 def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
             k: float, nested: bool = False) -> tuple[float, str]:
     """:func:`negative_anchored_threshold` on a log scale starting at
@@ -436,7 +442,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
             members = s[np.abs(x - grid[pk]) <= 2 * bw]
             if level > 0.6 * positive_like or members.size <= max(n_first, TIGHT_MIN_CELLS):
                 continue
-            if float(np.median(np.abs(members - level))) * 1.4826 <= TIGHT_SPREAD_OD:
+            if _robust_spread(members, level) <= TIGHT_SPREAD_OD:
                 first, tight_above = int(pk), True
                 break
     if first < 0:
@@ -454,7 +460,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
         # few unstained cells (a mostly stained field): their spread from
         # the cells under the mode's kernel, both sides
         members = s[np.abs(x - grid[first]) <= 2 * bw]
-        spread = float(np.median(np.abs(members - mode))) * 1.4826 if members.size >= 3 else 0.01
+        spread = _robust_spread(members, mode) if members.size >= 3 else 0.01
     # a demonstrably tight unstained population (TIGHT_SPREAD_OD), judged
     # before the quantisation minimum below
     # (how tight, from 1 to 0 across the top TIGHT_RAMP of TIGHT_SPREAD_OD:
@@ -496,8 +502,7 @@ def _anchor(s: np.ndarray, shift: float, *, floor: float, positive_like: float,
             if not (first < v < pk and dens[v] <= SECOND_VALLEY_RATIO * dens[pk]):
                 continue
             members = s[np.abs(x - grid[pk]) <= bw]
-            if members.size < TIGHT_MIN_CELLS or (
-                    float(np.median(np.abs(members - level))) * 1.4826 > TIGHT_SPREAD_OD):
+            if members.size < TIGHT_MIN_CELLS or _robust_spread(members, level) > TIGHT_SPREAD_OD:
                 continue
             t2, src2 = _anchor(s[x > grid[v]], shift, floor=floor_abs, positive_like=positive_like,
                                k=k, nested=True)

@@ -490,16 +490,17 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     blocks = _lamp_blocks(rgb, at_max)
     lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
     plain = {degree: lamp}
+    flexible_degree = min(6, degree + ESCALATE_DEGREE_BY)
     if not _glass_scarce(lamp) and 0 < degree < 6 and _border_starved(lamp):
         # glass plentiful, but missing along one side: a fall-off steeper at
         # that edge than the model's leaves the glass there below its window
-        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
+        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=flexible_degree)
         if (flexible.method == "auto" and flexible.background_fraction >= lamp.background_fraction
                 and not _border_starved(flexible)):
             lamp = flexible
     if _glass_scarce(lamp) and 0 < degree < 6:
-        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=min(6, degree + ESCALATE_DEGREE_BY))
-        plain[min(6, degree + ESCALATE_DEGREE_BY)] = flexible
+        flexible = _fit_lamp_small(blocks, block_px=block_px, degree=flexible_degree)
+        plain[flexible_degree] = flexible
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
         if flexible.method == "auto" and flexible.background_fraction >= need:
