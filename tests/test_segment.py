@@ -1828,6 +1828,42 @@ def test_dense_specks_are_dropped_but_not_stained_large_or_ordinary_ones():
                                                    max_area_px=144))) == {0, 11, 12, 13, 14, 15, 16}
 
 
+def test_debris_bodies_denser_than_nuclei_are_dropped_at_any_size():
+    # twelve ordinary cells: cytoplasm 0.02 OD, nucleus 0.05; a large "cell"
+    # seeded on a clump of debris (0.25 OD over most of it, no nucleus seen);
+    # a large stained cell as dense (its X-gal spares it); a large cell with
+    # a dense nucleus but ordinary cytoplasm (its median is the cytoplasm's)
+    cells = np.zeros((80, 200), np.int32)
+    nuclei = np.zeros_like(cells)
+    grey = np.zeros(cells.shape, np.float32)
+    stain = np.zeros(cells.shape, np.float32)
+    for i in range(12):
+        y, x = (i // 6) * 20, (i % 6) * 20
+        cells[y:y + 18, x:x + 18] = i + 1
+        grey[y:y + 18, x:x + 18] = 0.02
+        nuclei[y + 6:y + 12, x + 6:x + 12] = i + 1
+        grey[y + 6:y + 12, x + 6:x + 12] = 0.05
+    cells[45:75, 0:40] = 13
+    grey[45:75, 0:40] = 0.02
+    grey[48:73, 3:38] = 0.25
+    cells[45:75, 50:90] = 14
+    grey[45:75, 50:90] = 0.25
+    stain[45:75, 50:90] = 0.1
+    nuclei[57:63, 67:73] = 14
+    cells[45:75, 100:140] = 15
+    grey[45:75, 100:140] = 0.02
+    nuclei[57:63, 117:123] = 15
+    grey[57:63, 117:123] = 0.3
+    out = segment.drop_dense_bodies(cells, nuclei, grey, stain)
+    assert set(np.unique(out)) == set(range(16)) - {13}
+    # the small-speck rule reads nuclei only: it keeps the debris (no nucleus)
+    assert 13 in segment.drop_dense_specks(cells, nuclei, grey, stain, max_area_px=4 * 36)
+    # too few nuclei to know what a nucleus looks like: nothing dropped
+    few = np.where(cells > 10, cells, 0)
+    assert set(np.unique(segment.drop_dense_bodies(few, np.where(few > 0, nuclei, 0), grey, stain))) == {
+        0, 11, 12, 13, 14, 15}
+
+
 def _field_from_params(name: str, *, confluent: bool = True, setup: str | None = None):
     """A synthetic field rendered from the parameters saved in tests/data
     (a development field that once failed), and sabgal's result on it:

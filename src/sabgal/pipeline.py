@@ -893,7 +893,11 @@ BRIGHTFIELD_SMALL_CELL_MIN_GLASS = 0.1
 # ... and one as small and as clear whose "nucleus" is at least this many times
 # as dense (neutral OD) as the field's median nucleus is a dark speck of debris,
 # on glass or not (segment.drop_dense_specks; 40 fresh fields, seed 9191: 11
-# specks in one sparse field, 0.12-0.19 OD against real nuclei's 0.04-0.06)
+# specks in one sparse field, 0.12-0.19 OD against real nuclei's 0.04-0.06);
+# so is a "cell" of any size whose body's median reads as much
+# (segment.drop_dense_bodies: debris seeded as a cell whose nucleus did not
+# show; on 160 development fields the cores of the real cells seeded that way
+# read at most 1.1x the nuclei, those of debris 1.7-24x)
 BRIGHTFIELD_DENSE_SPECK_RATIO = 2.0
 
 # The borders between touching cells move onto the cells' own edges where the
@@ -1599,6 +1603,9 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 min_glass=BRIGHTFIELD_SMALL_CELL_MIN_GLASS, max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
             cells = segment.drop_dense_specks(cells, nuclei, grey_r, xgal_r,
                                               max_area_px=BRIGHTFIELD_SMALL_CELL_NUCLEI * nuc_area,
+                                              density_ratio=BRIGHTFIELD_DENSE_SPECK_RATIO,
+                                              max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
+            cells = segment.drop_dense_bodies(cells, nuclei, grey_r, xgal_r,
                                               density_ratio=BRIGHTFIELD_DENSE_SPECK_RATIO,
                                               max_stain=floor * BRIGHTFIELD_SMALL_CELL_STAIN)
     if mode == "brightfield" and (

@@ -2733,19 +2733,62 @@ def drop_dense_specks(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, s
     """
     if not cells.any():
         return cells
-    n = int(cells.max()) + 1
     inside = (nuclei > 0) & (cells > 0)
-    lab = cells[inside]
-    count = np.bincount(lab, minlength=n)
-    dens = np.bincount(lab, weights=np.asarray(grey, dtype=np.float32)[inside], minlength=n) / np.maximum(count, 1)
-    has = count > 0
-    if np.count_nonzero(has) < min_nuclei:
-        return cells
-    ref = float(np.median(dens[has]))
-    if not ref > 0:
+    has, dens = _label_density(np.where(inside, cells, 0), grey, n=int(cells.max()) + 1)
+    ref = median_nucleus_density(np.where(inside, cells, 0), grey, min_nuclei=min_nuclei)
+    if ref is None:
         return cells
     area, (mean_stain,) = _cell_means(cells, np.maximum(stain, 0))
     return drop_labels(cells, has & (dens >= density_ratio * ref) & (area < max_area_px) & (mean_stain < max_stain))
+
+
+def drop_dense_bodies(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, stain: np.ndarray, *,
+                      density_ratio: float = 2.0, max_stain: float = 0.01, min_nuclei: int = 10) -> np.ndarray:
+    """Remove "cells" of any size whose median neutral ``grey`` OD over the
+    whole cell is at least ``density_ratio`` times the field's median
+    nucleus density (:func:`median_nucleus_density` over ``nuclei``), clear
+    of X-gal (mean ``stain``, clipped at zero, under ``max_stain`` OD).
+
+    A cell is mostly cytoplasm, which absorbs less than its nucleus; a
+    body several times denser than the nuclei is a piece of debris (a
+    fibre, a clump of dirt) that, without a nuclear stain, was seeded as a
+    cell whose nucleus did not show (a foreground piece holding no nucleus,
+    a lobe of a clump: :func:`segment_cells`, :func:`add_lobe_seeds`).
+    :func:`drop_dense_specks` reads the nucleus of small cells; this reads
+    the body, so it holds for debris too large for that rule.
+    """
+    if not cells.any():
+        return cells
+    ref = median_nucleus_density(np.where(cells > 0, nuclei, 0), grey, min_nuclei=min_nuclei)
+    if ref is None:
+        return cells
+    # (a median at or over the level: at least half the cell's pixels are)
+    area, (dense, mean_stain) = _cell_means(cells, np.asarray(grey) >= density_ratio * ref, np.maximum(stain, 0))
+    has = np.bincount(cells.ravel(), minlength=area.size) > 0
+    return drop_labels(cells, has & (dense >= 0.5) & (mean_stain < max_stain))
+
+
+def _label_density(labels: np.ndarray, grey: np.ndarray, *, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per label (index = label, at least ``n`` of them): present?, and its mean of ``grey``."""
+    n = max(int(labels.max()) + 1, n or 0)
+    on = labels > 0
+    lab = labels[on]
+    count = np.bincount(lab, minlength=n)
+    dens = np.bincount(lab, weights=np.asarray(grey, dtype=np.float32)[on], minlength=n) / np.maximum(count, 1)
+    return count > 0, dens
+
+
+def median_nucleus_density(nuclei: np.ndarray, grey: np.ndarray, *, min_nuclei: int = 10) -> float | None:
+    """The field's typical nucleus density: the median over ``nuclei`` of
+    each one's mean neutral ``grey`` OD; None with fewer than
+    ``min_nuclei`` of them, or a median not above 0."""
+    if not np.any(nuclei):
+        return None
+    has, dens = _label_density(nuclei, grey)
+    if np.count_nonzero(has) < min_nuclei:
+        return None
+    ref = float(np.median(dens[has]))
+    return ref if ref > 0 else None
 
 
 def _cell_means(cells: np.ndarray, *maps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
