@@ -1864,6 +1864,52 @@ def test_debris_bodies_denser_than_nuclei_are_dropped_at_any_size():
         0, 11, 12, 13, 14, 15}
 
 
+def _stained_lattice(missing=(), amp=0.2, shift=None):
+    """A dense field of 5 x 5 stained cells 30 px apart, each a perinuclear
+    blob of X-gal (Gaussian, sigma 5 px), with nucleus discs (radius 4 px,
+    nucleus diameter 10) except at ``missing``; ``shift``: (i, j, dy, dx)
+    moves one nucleus off its blob's centre."""
+    n, sp = 5, 30
+    yy, xx = np.mgrid[:n * sp, :n * sp]
+    xgal = np.zeros(yy.shape, np.float32)
+    nuclei = np.zeros(yy.shape, np.int32)
+    lab = 0
+    for i in range(n):
+        for j in range(n):
+            cy, cx = sp // 2 + i * sp, sp // 2 + j * sp
+            xgal += amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 5.0 ** 2))
+            if (i, j) in missing:
+                continue
+            if shift is not None and shift[:2] == (i, j):
+                cy, cx = cy + shift[2], cx + shift[3]
+            lab += 1
+            nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = lab
+    return xgal, nuclei
+
+
+def test_stain_blob_without_nucleus_is_seeded_as_a_stained_cell():
+    xgal, nuclei = _stained_lattice(missing=((1, 2),))
+    out = segment.add_stain_blob_seeds(nuclei, xgal, diameter_px=10, level=0.03)
+    new = np.unique(out[(out > 0) & (nuclei == 0)])
+    assert new.size == 1
+    assert np.allclose(np.argwhere(out == new[0]).mean(axis=0), (45, 75), atol=1)
+    # the existing nuclei are kept as they were
+    assert np.array_equal(np.where(nuclei > 0, out, 0), nuclei)
+
+
+def test_stain_blob_seeds_leave_found_cells_and_unstained_fields_alone():
+    # every blob has its nucleus, one of them 6 px off the blob's centre
+    xgal, nuclei = _stained_lattice(shift=(2, 2, 6, 0))
+    assert np.array_equal(segment.add_stain_blob_seeds(nuclei, xgal, diameter_px=10, level=0.03), nuclei)
+    # blobs too faint to be stained cells (a haze under twice the floor)
+    xgal, nuclei = _stained_lattice(missing=((1, 2),), amp=0.04)
+    assert np.array_equal(segment.add_stain_blob_seeds(nuclei, xgal, diameter_px=10, level=0.03), nuclei)
+    # too few stained cells found to know what one looks like
+    missing = tuple((i, j) for i in range(5) for j in range(5) if i * 5 + j >= 8)
+    xgal, nuclei = _stained_lattice(missing=missing)
+    assert np.array_equal(segment.add_stain_blob_seeds(nuclei, xgal, diameter_px=10, level=0.03), nuclei)
+
+
 def _field_from_params(name: str, *, confluent: bool = True, setup: str | None = None):
     """A synthetic field rendered from the parameters saved in tests/data
     (a development field that once failed), and sabgal's result on it:

@@ -3248,6 +3248,69 @@ def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return _value_at(image, pts).min(axis=1)
 
 
+def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float,
+                         sigma_nuclei: float = 0.75, min_level: float = 2.0, clear_nuclei: float = 1.0,
+                         neck: float = 0.7, min_found: int = 10, rel_found: float = 0.5,
+                         seed_nuclei: float = 0.3, region: np.ndarray | None = None) -> np.ndarray:
+    """Seed the stained cells whose nucleus was not seen, from their stain blob.
+
+    SA-beta-gal activity concentrates round the nucleus (lysosomes gather
+    there), so smoothed at a cell's scale (Gaussian sigma = ``sigma_nuclei``
+    nucleus diameters, which averages the granules away) each stained cell
+    is one blob of X-gal. In a dense field whose stained cells touch, the
+    hole of a small nucleus under the stain's haze can stay unseen; the cell
+    then falls to its neighbours' territories. A blob peak (a maximum within
+    a nucleus diameter, at least ``min_level`` x the positivity ``level``,
+    in ``region``) gets a seed when it lies over ``clear_nuclei`` diameters
+    from every nucleus and, on the straight way to the nearest one, the
+    smoothed stain dips below ``neck`` x the peak: it is another cell's
+    stain, not the perinuclear stain of the nucleus beside it. Peaks go
+    highest first; one within a diameter of a seed already made, or with no
+    dip on the way to it, is part of the same cell.
+
+    Only in a field whose stained cells were found as well: at least
+    ``min_found`` nuclei sit on such a blob, and a peak must reach
+    ``rel_found`` x their median blob level (a negative control's haze or a
+    crystal is no cell). Each seed is a disc of ``seed_nuclei`` diameters'
+    radius.
+    """
+    import cv2
+    from scipy.spatial import cKDTree
+
+    ids = _present(nuclei)
+    if ids.size < min_found or not ids.size:
+        return nuclei
+    blob = filters.gaussian_filter(np.maximum(np.asarray(xgal, dtype=np.float32), 0), sigma_nuclei * diameter_px)
+    found = _value_at(blob, _centroids(nuclei, ids))
+    found = found[found >= min_level * level]
+    if found.size < max(min_found, 1):
+        return nuclei
+    r = max(1, int(round(diameter_px)))
+    top = cv2.dilate(blob, morph.disc(r).astype(np.uint8), borderType=cv2.BORDER_REPLICATE)
+    ok = (blob >= top) & (blob >= max(min_level * level, rel_found * float(np.median(found))))
+    if region is not None:
+        ok &= region
+    peaks = np.argwhere(ok)
+    if not len(peaks):
+        return nuclei
+    val = blob[tuple(peaks.T)]
+    order = np.argsort(-val, kind="stable")
+    peaks, val = peaks[order].astype(np.float64), val[order]
+    inside = nuclei > 0
+    pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
+    gap, j = cKDTree(pix).query(peaks)
+    dip = _min_along(blob, peaks, pix[j].astype(np.float64)) < neck * val
+    kept: list[int] = []
+    for i in np.flatnonzero((gap > clear_nuclei * diameter_px) & dip).tolist():
+        if not any(np.hypot(*(peaks[i] - peaks[k])) <= clear_nuclei * diameter_px
+                   or _min_along(blob, peaks[i][None], peaks[k][None])[0] >= neck * min(val[i], val[k])
+                   for k in kept):
+            kept.append(i)
+    if not kept:
+        return nuclei
+    return _add_discs(nuclei, peaks[kept], np.full(len(kept), max(1.0, seed_nuclei * diameter_px)))
+
+
 def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: float,
                    neck: float = 0.7) -> np.ndarray:
     """Seed, from the clump's shape, the cells whose nuclei were not seen.
