@@ -3248,6 +3248,12 @@ def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return _value_at(image, pts).min(axis=1)
 
 
+# Two stain-blob seeds farther apart than this many nucleus diameters are
+# different cells whatever lies between (a stained cell's perinuclear blob
+# spans 2-3 diameters; an enlarged cell's up to ~4)
+STAIN_BLOB_REACH_NUCLEI = 4.0
+
+
 def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float,
                          sigma_nuclei: float = 0.75, min_level: float = 2.0, clear_nuclei: float = 1.0,
                          neck: float = 0.7, min_found: int = 10, rel_found: float = 0.5,
@@ -3286,7 +3292,7 @@ def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: f
     if found.size < max(min_found, 1):
         return nuclei
     r = max(1, int(round(diameter_px)))
-    top = cv2.dilate(blob, morph.disc(r).astype(np.uint8), borderType=cv2.BORDER_REPLICATE)
+    top = cv2.dilate(blob, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
     ok = (blob >= top) & (blob >= max(min_level * level, rel_found * float(np.median(found))))
     if region is not None:
         ok &= region
@@ -3302,10 +3308,18 @@ def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: f
     dip = _min_along(blob, peaks, pix[j].astype(np.float64)) < neck * val
     kept: list[int] = []
     for i in np.flatnonzero((gap > clear_nuclei * diameter_px) & dip).tolist():
-        if not any(np.hypot(*(peaks[i] - peaks[k])) <= clear_nuclei * diameter_px
-                   or _min_along(blob, peaks[i][None], peaks[k][None])[0] >= neck * min(val[i], val[k])
-                   for k in kept):
-            kept.append(i)
+        if kept:
+            # (a seed already made within reach, or joined to it without a dip;
+            # seeds over STAIN_BLOB_REACH_NUCLEI apart are other cells)
+            k = np.asarray(kept)
+            dist = np.hypot(*(peaks[k] - peaks[i]).T)
+            if (dist <= clear_nuclei * diameter_px).any():
+                continue
+            k = k[dist <= STAIN_BLOB_REACH_NUCLEI * diameter_px]
+            if k.size and (_min_along(blob, np.repeat(peaks[i][None], k.size, axis=0), peaks[k])
+                           >= neck * np.minimum(val[i], val[k])).any():
+                continue
+        kept.append(i)
     if not kept:
         return nuclei
     return _add_discs(nuclei, peaks[kept], np.full(len(kept), max(1.0, seed_nuclei * diameter_px)))
