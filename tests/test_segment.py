@@ -1799,19 +1799,27 @@ def test_small_clear_cells_touching_glass_are_dropped_but_not_stained_or_large_o
                                                                   max_area_px=120))) == {0, 1, 2, 3, 4, 5}
 
 
+def _twelve_ordinary_cells(shape: tuple[int, int], *, cytoplasm: float = 0.0):
+    """cells, nuclei, grey, stain: twelve 18 px cells (labels 1-12) in two
+    rows, ``cytoplasm`` OD, each with a 6 px nucleus at 0.05 OD; no X-gal."""
+    cells = np.zeros(shape, np.int32)
+    nuclei = np.zeros_like(cells)
+    grey = np.zeros(shape, np.float32)
+    stain = np.zeros(shape, np.float32)
+    for i in range(12):
+        y, x = (i // 6) * 20, (i % 6) * 20
+        cells[y:y + 18, x:x + 18] = i + 1
+        grey[y:y + 18, x:x + 18] = cytoplasm
+        nuclei[y + 6:y + 12, x + 6:x + 12] = i + 1
+        grey[y + 6:y + 12, x + 6:x + 12] = 0.05
+    return cells, nuclei, grey, stain
+
+
 def test_dense_specks_are_dropped_but_not_stained_large_or_ordinary_ones():
     # twelve ordinary cells (nucleus 0.05 OD), two small cells round dark
     # specks (0.2 OD), a small stained cell round a dense spot, a large cell
     # with a dense nucleus
-    cells = np.zeros((60, 200), np.int32)
-    nuclei = np.zeros_like(cells)
-    grey = np.zeros(cells.shape, np.float32)
-    stain = np.zeros(cells.shape, np.float32)
-    for i in range(12):
-        y, x = (i // 6) * 20, (i % 6) * 20
-        cells[y:y + 18, x:x + 18] = i + 1
-        nuclei[y + 6:y + 12, x + 6:x + 12] = i + 1
-        grey[y + 6:y + 12, x + 6:x + 12] = 0.05
+    cells, nuclei, grey, stain = _twelve_ordinary_cells((60, 200))
     for lab, x in ((13, 125), (14, 140), (15, 155)):
         cells[5:12, x:x + 7] = lab
         nuclei[7:10, x + 2:x + 5] = lab
@@ -1833,16 +1841,7 @@ def test_debris_bodies_denser_than_nuclei_are_dropped_at_any_size():
     # seeded on a clump of debris (0.25 OD over most of it, no nucleus seen);
     # a large stained cell as dense (its X-gal spares it); a large cell with
     # a dense nucleus but ordinary cytoplasm (its median is the cytoplasm's)
-    cells = np.zeros((80, 200), np.int32)
-    nuclei = np.zeros_like(cells)
-    grey = np.zeros(cells.shape, np.float32)
-    stain = np.zeros(cells.shape, np.float32)
-    for i in range(12):
-        y, x = (i // 6) * 20, (i % 6) * 20
-        cells[y:y + 18, x:x + 18] = i + 1
-        grey[y:y + 18, x:x + 18] = 0.02
-        nuclei[y + 6:y + 12, x + 6:x + 12] = i + 1
-        grey[y + 6:y + 12, x + 6:x + 12] = 0.05
+    cells, nuclei, grey, stain = _twelve_ordinary_cells((80, 200), cytoplasm=0.02)
     cells[45:75, 0:40] = 13
     grey[45:75, 0:40] = 0.02
     grey[48:73, 3:38] = 0.25

@@ -2733,9 +2733,8 @@ def drop_dense_specks(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, s
     """
     if not cells.any():
         return cells
-    inside = (nuclei > 0) & (cells > 0)
-    has, dens = _label_density(np.where(inside, cells, 0), grey, n=int(cells.max()) + 1)
-    ref = median_nucleus_density(np.where(inside, cells, 0), grey, min_nuclei=min_nuclei)
+    has, dens = _label_density(np.where(nuclei > 0, cells, 0), grey, n=int(cells.max()) + 1)
+    ref = _median_present(has, dens, min_nuclei=min_nuclei)
     if ref is None:
         return cells
     area, (mean_stain,) = _cell_means(cells, np.maximum(stain, 0))
@@ -2762,10 +2761,10 @@ def drop_dense_bodies(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, s
     ref = median_nucleus_density(np.where(cells > 0, nuclei, 0), grey, min_nuclei=min_nuclei)
     if ref is None:
         return cells
-    # (a median at or over the level: at least half the cell's pixels are)
-    area, (dense, mean_stain) = _cell_means(cells, np.asarray(grey) >= density_ratio * ref, np.maximum(stain, 0))
-    has = np.bincount(cells.ravel(), minlength=area.size) > 0
-    return drop_labels(cells, has & (dense >= 0.5) & (mean_stain < max_stain))
+    # (a median at or over the level: at least half the cell's pixels are;
+    # a label not present reads 0)
+    _, (dense, mean_stain) = _cell_means(cells, np.asarray(grey) >= density_ratio * ref, np.maximum(stain, 0))
+    return drop_labels(cells, (dense >= 0.5) & (mean_stain < max_stain))
 
 
 def _label_density(labels: np.ndarray, grey: np.ndarray, *, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -2784,7 +2783,12 @@ def median_nucleus_density(nuclei: np.ndarray, grey: np.ndarray, *, min_nuclei: 
     ``min_nuclei`` of them, or a median not above 0."""
     if not np.any(nuclei):
         return None
-    has, dens = _label_density(nuclei, grey)
+    return _median_present(*_label_density(nuclei, grey), min_nuclei=min_nuclei)
+
+
+def _median_present(has: np.ndarray, dens: np.ndarray, *, min_nuclei: int) -> float | None:
+    """Median of ``dens`` over the labels present (``has``); None with fewer
+    than ``min_nuclei`` of them, or a median not above 0."""
     if np.count_nonzero(has) < min_nuclei:
         return None
     ref = float(np.median(dens[has]))
@@ -3248,6 +3252,30 @@ def _min_along(image: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return _value_at(image, pts).min(axis=1)
 
 
+def _distinct_peaks(image: np.ndarray, peaks: np.ndarray, height: np.ndarray, cand: np.ndarray, *,
+                    radius: np.ndarray, neck: float, reach: float | None = None) -> list[int]:
+    """Of the candidate peaks ``cand`` (indices into ``peaks``, (K, 2) row,
+    col, taken in order), those that are separate objects: a candidate within
+    ``radius[k]`` of a peak already kept, or joined to it -- ``image`` staying
+    at or above ``neck`` x the lower of their ``height`` all along the
+    straight way between them -- is part of that one. With ``reach``, only
+    kept peaks that near are compared (farther ones are other objects)."""
+    kept: list[int] = []
+    for i in np.asarray(cand).tolist():
+        if kept:
+            k = np.asarray(kept)
+            dist = np.hypot(*(peaks[k] - peaks[i]).T)
+            if (dist <= radius[k]).any():
+                continue
+            if reach is not None:
+                k = k[dist <= reach]
+            if k.size and (_min_along(image, np.repeat(peaks[i][None], k.size, axis=0), peaks[k])
+                           >= neck * np.minimum(height[i], height[k])).any():
+                continue
+        kept.append(i)
+    return kept
+
+
 # Two stain-blob seeds farther apart than this many nucleus diameters are
 # different cells whatever lies between (a stained cell's perinuclear blob
 # spans 2-3 diameters; an enlarged cell's up to ~4)
@@ -3284,7 +3312,7 @@ def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: f
     from scipy.spatial import cKDTree
 
     ids = _present(nuclei)
-    if ids.size < min_found or not ids.size:
+    if ids.size < max(min_found, 1):
         return nuclei
     blob = filters.gaussian_filter(np.maximum(np.asarray(xgal, dtype=np.float32), 0), sigma_nuclei * diameter_px)
     found = _value_at(blob, _centroids(nuclei, ids))
@@ -3306,20 +3334,10 @@ def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: f
     pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
     gap, j = cKDTree(pix).query(peaks)
     dip = _min_along(blob, peaks, pix[j].astype(np.float64)) < neck * val
-    kept: list[int] = []
-    for i in np.flatnonzero((gap > clear_nuclei * diameter_px) & dip).tolist():
-        if kept:
-            # (a seed already made within reach, or joined to it without a dip;
-            # seeds over STAIN_BLOB_REACH_NUCLEI apart are other cells)
-            k = np.asarray(kept)
-            dist = np.hypot(*(peaks[k] - peaks[i]).T)
-            if (dist <= clear_nuclei * diameter_px).any():
-                continue
-            k = k[dist <= STAIN_BLOB_REACH_NUCLEI * diameter_px]
-            if k.size and (_min_along(blob, np.repeat(peaks[i][None], k.size, axis=0), peaks[k])
-                           >= neck * np.minimum(val[i], val[k])).any():
-                continue
-        kept.append(i)
+    # (seeds over STAIN_BLOB_REACH_NUCLEI apart are other cells, whatever lies between)
+    kept = _distinct_peaks(blob, peaks, val, np.flatnonzero((gap > clear_nuclei * diameter_px) & dip),
+                           radius=np.full(len(peaks), clear_nuclei * diameter_px), neck=neck,
+                           reach=STAIN_BLOB_REACH_NUCLEI * diameter_px)
     if not kept:
         return nuclei
     return _add_discs(nuclei, peaks[kept], np.full(len(kept), max(1.0, seed_nuclei * diameter_px)))
@@ -3375,16 +3393,7 @@ def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: floa
     else:
         ratio = 0.5
         cand = np.arange(len(peaks))
-    kept: list[int] = []
-    for i in cand.tolist():
-        same = False
-        for k in kept:
-            if (np.hypot(*(peaks[i] - peaks[k])) <= rad[k]
-                    or _min_along(depth, peaks[i][None], peaks[k][None])[0] >= neck * min(rad[i], rad[k])):
-                same = True
-                break
-        if not same:
-            kept.append(i)
+    kept = _distinct_peaks(depth, peaks, rad, cand, radius=rad, neck=neck)
     if not kept:
         return nuclei
     return _add_discs(nuclei, peaks[kept], np.maximum(1.0, min(ratio, 0.9) * rad[kept]))
