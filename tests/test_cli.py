@@ -49,7 +49,8 @@ def test_run_on_sample_data_writes_the_contract(sample_run):
     # plain brightfield the scale selection, checked by the stained cells' holes
     by_setup = images.groupby("setup")["nucleus_size_source"].agg(set)
     assert by_setup["counterstain"] == by_setup["fluorescence"] == {"nuclear_stain"}
-    assert by_setup["brightfield"] <= {"blobs_checked", "blobs_corrected", "holes", "blobs_unchecked"}
+    assert by_setup["brightfield"] <= {"blobs_checked", "blobs_checked_at_scale", "blobs_corrected", "holes",
+                                     "blobs_unchecked"}
     run = json.loads((sample_run / "run.json").read_text())
     assert run["sabgal_version"] == __version__
     assert run["config"]["classify"]["senescent_rule"] == "positive_and_enlarged"

@@ -62,3 +62,34 @@ def test_twice_the_magnification_changes_nothing(path):
     big_nuc = None if nuclear is None else rescale(nuclear, 2.0, order=1, preserve_range=True).astype(nuclear.dtype)
     got = _answer(big, big_nuc)
     assert _close(got, base), (got, base)
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])
+def test_plain_brightfield_nuclei_are_sized_at_twice_the_magnification(seed):
+    """Without a nuclear stain the nuclei are sized by scale selection,
+    checked against the stained cells' nuclear holes. Magnified 2x, the gaps
+    between resolved X-gal granules are as large as the nuclei were, and
+    outnumber the nuclear holes: read at a fixed scale, the holes made the
+    check replace the right size (~36 px) by half of it (the cells then
+    split in two). Read at each candidate's own scale they confirm it."""
+    import dataclasses
+
+    from skimage.transform import rescale
+
+    from sabgal import synth
+    from sabgal.pipeline import brightfield_nucleus_size, prepare_image
+
+    rng = np.random.default_rng(seed)
+    params = synth.random_params(rng, setup="brightfield", shape=(512, 680), senescent_fraction=0.6,
+                                 jpeg=False, formats=("tif",))
+    params = dataclasses.replace(params, nucleus_diameter_px=18.0, bit_depth=8)
+    img = synth.render_field(params, rng).rgb
+
+    def size(image):
+        prep = prepare_image(image)
+        return brightfield_nucleus_size(prep.grey, prep.xgal, excluded=prep.excluded, glass=prep.lamp.background)[0]
+
+    one = size(img)
+    two = size(rescale(img, 2.0, channel_axis=-1, order=1, preserve_range=True).astype(img.dtype))
+    assert 0.8 * 18.0 <= one <= 1.25 * 18.0
+    assert 0.8 <= two / (2 * one) <= 1.25, (one, two)

@@ -291,7 +291,10 @@ def test_brightfield_nucleus_size_says_where_it_came_from(monkeypatch):
     grey, xgal = _holes_field(n_specks=0)
     hole = segment.stain_hole_diameter(_reduce_half(xgal))
     cases = [([(1.0 * hole, 1.0)], "blobs_checked", 2 * hole),
-             ([(2.5 * hole, 1.0), (1.1 * hole, 0.5)], "blobs_corrected", 2.2 * hole),
+             # (a peak the holes confirm when read at its own scale)
+             ([(2.5 * hole, 1.0), (1.1 * hole, 0.5)], "blobs_checked_at_scale", 2.2 * hole),
+             # (one too weak for that look: the peak nearest the holes' size)
+             ([(2.5 * hole, 1.0), (1.1 * hole, 0.2)], "blobs_corrected", 2.2 * hole),
              ([(0.5 * hole, 1.0)], "holes", 2 * hole),
              ([], "default", 14.0)]
     for peaks, source, size in cases:

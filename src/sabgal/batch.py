@@ -793,7 +793,7 @@ def run_batch(sets: list[ImageSet], config: Config, out_dir: str | os.PathLike[s
 
 # Nucleus sizes a plain-brightfield field may take from its plate: those its
 # stained cells' nuclear holes checked (pipeline.brightfield_nucleus_size).
-CHECKED_NUCLEUS_SOURCES = ("blobs_checked", "blobs_corrected", "holes")
+CHECKED_NUCLEUS_SOURCES = ("blobs_checked", "blobs_checked_at_scale", "blobs_corrected", "holes")
 # (sizes no stained cell's hole checked: the plate's size may replace them)
 UNCHECKED_NUCLEUS_SOURCES = ("blobs_unchecked", "blobs_within_cells", "blobs_around_nucleoli")
 # A plate's nucleus size is the median of at least this many checked fields ...

@@ -210,9 +210,11 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     (scale selection, within the range the stained cells' holes allow),
     ``"blobs_unchecked"`` (scale selection, fewer than five holes to check
     it against: a field with few stained cells, where the answer is least
-    sure), ``"blobs_corrected"`` or ``"holes"`` (out of that range, replaced
-    by the profile's peak near the holes' size or by that size) or
-    ``"default"``.
+    sure), ``"blobs_checked_at_scale"`` (out of that range, but a peak of
+    the profile that the holes confirm read at its own scale:
+    :func:`_peak_checked_at_own_scale`), ``"blobs_corrected"`` or
+    ``"holes"`` (neither: replaced by the profile's peak near the holes'
+    size or by that size) or ``"default"``.
 
     ``hint_px``: the nucleus size of the other fields of the plate, whose
     holes checked theirs (:func:`sabgal.batch.plate_nucleus_hints`; the
@@ -259,7 +261,11 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     from the truth than the blob size it replaces. Nor is a nucleus much
     larger than its hole: a blob size over ``HOLE_CHECK_MAX_RATIO`` x the
     holes' (whole cells whose bodies outshine their faint nuclei) is
-    replaced the same way.
+    replaced the same way. Before either replacement the holes are read
+    again at each peak's own scale: at a high magnification (nuclei of 30 px
+    and more) the gaps between resolved X-gal granules are as large as
+    nuclei at a low one and outnumber the nuclear holes, so holes read at a
+    fixed scale come out half the nuclei's size.
     """
     x2 = _reduce(np.maximum(xgal, 0), 2)
     m = _reduce(grey, 2) - x2
@@ -294,8 +300,33 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
         return (float(2 * near), "blobs_plate_corrected") if near is not None else (float(hint_px), "plate")
     if HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
         return float(2 * d), "blobs_checked"
+    scaled = _peak_checked_at_own_scale(x2, peaks, excluded=ex)
+    if scaled is not None:
+        return float(2 * scaled), "blobs_checked_at_scale"
     near = _other_peak_within(peaks, 0.85 * hole, 1.7 * hole)
     return (float(2 * near), "blobs_corrected") if near is not None else (float(2 * hole), "holes")
+
+
+def _peak_checked_at_own_scale(x2: np.ndarray, peaks: list[tuple[float, float]], *,
+                               excluded: np.ndarray | None) -> float | None:
+    """The strongest of the scale profile's ``peaks`` (at least
+    ``SCALED_HOLE_MIN_STRENGTH`` of the strongest) that the stained cells'
+    nuclear holes confirm when read at that peak's own scale
+    (:func:`sabgal.segment.stain_hole_diameter` with the stain smoothed at
+    ``SCALED_HOLE_SMOOTH`` of it, holes under ``SCALED_HOLE_MIN_DIAMETER`` of
+    it left out, closed over twice it), else None. ``x2``: the X-gal at half
+    resolution, as the peaks were read."""
+    if not peaks:
+        return None
+    for size, strength in peaks:
+        if strength < SCALED_HOLE_MIN_STRENGTH * peaks[0][1]:
+            continue
+        hole = segment.stain_hole_diameter(x2, excluded=excluded, smooth_px=max(1.0, SCALED_HOLE_SMOOTH * size),
+                                           min_diameter_px=SCALED_HOLE_MIN_DIAMETER * size,
+                                           closing_px=max(25, 2 * int(size) + 1))
+        if hole is not None and HOLE_CHECK_RATIO * hole <= size <= HOLE_CHECK_MAX_RATIO * hole:
+            return size
+    return None
 
 
 def _other_peak_within(peaks: list[tuple[float, float]], lo: float, hi: float) -> float | None:
@@ -638,6 +669,18 @@ HOLE_CHECK_MAX_RATIO = 2.0
 # the magnification, and senescent nuclei are up to ~1.35x the diameter of
 # normal ones (1.2-1.8x the area), so a field of mixed cells stays within it.
 PLATE_NUCLEUS_RANGE = (0.7, 1.4)
+# When a blob size fails that check, each peak of the scale profile at least
+# SCALED_HOLE_MIN_STRENGTH as strong as the strongest is checked again against
+# the holes read at its own scale -- the stain smoothed at SCALED_HOLE_SMOOTH of
+# it, holes under SCALED_HOLE_MIN_DIAMETER of it left out -- and the first that
+# passes is the nuclei (``blobs_checked_at_scale``). At a high magnification
+# the gaps between X-gal granules are as wide as nuclei are at a low one and
+# outnumber the nuclear holes: read at a fixed 1 px the holes came out half
+# the nuclei's size, and fields magnified 2x were sized at half their nuclei
+# (see the magnification test in tests/test_invariance.py).
+SCALED_HOLE_MIN_STRENGTH = 0.25
+SCALED_HOLE_SMOOTH = 0.1
+SCALED_HOLE_MIN_DIAMETER = 0.25
 
 # Whole cells outshining their nuclei (brightfield_nucleus_size, no holes to
 # check): the strongest blobs are cells when a circle one blob diameter from

@@ -313,7 +313,8 @@ def blobs_on_glass(image: np.ndarray, glass: np.ndarray, *, diameter_px: float,
 
 
 def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: float = 0.05,
-                        min_holes: int = 5, excluded: np.ndarray | None = None) -> float | None:
+                        min_holes: int = 5, excluded: np.ndarray | None = None, smooth_px: float = 1.0,
+                        min_diameter_px: float = 0.0) -> float | None:
     """Typical diameter (px) of the pale holes nuclei leave in stained cells.
 
     SA-β-gal's blue fills the cytoplasm and spares the nucleus, so a stained
@@ -329,10 +330,16 @@ def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: fl
     lies inside the nucleus edge (the stain's haze over the nucleus and the
     blur make a hole shallow at its rim): holes read ~15 % small, from 40 %
     small to 15 % large on synthetic fields.
+
+    ``smooth_px`` (the Gaussian sigma the stain is read at) and
+    ``min_diameter_px`` (the smallest hole that counts, by equivalent
+    diameter) read the holes at a given scale: at a high magnification the
+    gaps between X-gal granules are as wide as nuclei at a low one, and
+    outnumber the nuclear holes.
     """
     import cv2
 
-    x = smoothed_stain(xgal, 1.0)
+    x = smoothed_stain(xgal, smooth_px)
     if min(x.shape) <= closing_px:
         return None
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (closing_px, closing_px))
@@ -351,7 +358,7 @@ def stain_hole_diameter(xgal: np.ndarray, *, closing_px: int = 25, min_level: fl
         return None
     ids = np.arange(1, n + 1)
     area = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    ok = (area >= 10) & (area >= 0.8 * convex_areas(lab, ids))
+    ok = (area >= max(10.0, np.pi / 4 * min_diameter_px ** 2)) & (area >= 0.8 * convex_areas(lab, ids))
     edge = [lab[0], lab[-1], lab[:, 0], lab[:, -1]]
     if excluded is not None and excluded.any():
         edge.append(lab[morph.dilate_cross(excluded, iterations=1)])
