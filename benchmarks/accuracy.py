@@ -98,7 +98,7 @@ def score_run(manifest: pd.DataFrame, truth_dir: Path, results_dir: Path, *, bar
 def magnify_dataset(images_dir: Path, truth_dir: Path, manifest: pd.DataFrame, factor: int) -> None:
     """Enlarge every rendered field ``factor`` times in place: the RGB image and
     any DAPI companion by bilinear interpolation (same format and bit depth),
-    the true cell and nucleus labels by nearest neighbour. A field rendered at
+    the true cell and nucleus labels by repeating each pixel. A field rendered at
     1/``factor`` of the size so becomes the same field seen through an
     objective ``factor`` times stronger (its optics' blur enlarged with it)."""
     import cv2
@@ -120,7 +120,8 @@ def magnify_dataset(images_dir: Path, truth_dir: Path, manifest: pd.DataFrame, f
                 cv2.imwrite(str(path), grow(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), cv2.INTER_LINEAR))
         for key in ("cells_true", "nuclei_true"):
             path = images_dir / rec[key]
-            tifffile.imwrite(path, grow(tifffile.imread(path), cv2.INTER_NEAREST))
+            lab = tifffile.imread(path)  # (uint32, which OpenCV does not resize: each pixel F x F times)
+            tifffile.imwrite(path, np.repeat(np.repeat(lab, factor, axis=0), factor, axis=1))
 
 
 def argument_parser(doc: str, *, n: int, seed: int, work: str) -> argparse.ArgumentParser:
