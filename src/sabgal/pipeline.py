@@ -694,6 +694,8 @@ PLATE_NUCLEUS_RANGE = (0.7, 1.4)
 # the nuclei's size, and fields magnified 2x were sized at half their nuclei
 # (see the magnification test in tests/test_invariance.py).
 SCALED_HOLE_MIN_STRENGTH = 0.25
+SCALED_HOLE_SMOOTH = 0.1
+SCALED_HOLE_MIN_DIAMETER = 0.25
 # And whatever size passes (either way), a peak at least LARGER_PEAK_RATIO x as
 # large and LARGER_PEAK_STRENGTH x as strong as the strongest that the holes
 # confirm at its own scale is taken instead: at a high magnification resolved
@@ -706,8 +708,6 @@ SCALED_HOLE_MIN_STRENGTH = 0.25
 # margins are wide. The magnified benchmark's field that needs it: 2.8x, 0.98.
 LARGER_PEAK_RATIO = 2.5
 LARGER_PEAK_STRENGTH = 0.9
-SCALED_HOLE_SMOOTH = 0.1
-SCALED_HOLE_MIN_DIAMETER = 0.25
 
 # Whole cells outshining their nuclei (brightfield_nucleus_size, no holes to
 # check): the strongest blobs are cells when a circle one blob diameter from
