@@ -64,3 +64,18 @@ def sample_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample_run") / "out"
     assert run_sample(out) == 0
     return out
+
+
+@pytest.fixture
+def magnify_dataset():
+    """``benchmarks/accuracy.py``'s :func:`magnify_dataset` (the benchmarks
+    are scripts, not a package)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from accuracy import magnify_dataset
+    finally:
+        sys.path.pop(0)
+    return magnify_dataset

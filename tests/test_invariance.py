@@ -96,22 +96,15 @@ def test_plain_brightfield_nuclei_are_sized_at_twice_the_magnification(seed):
     assert 0.8 <= two / (2 * one) <= 1.25, (one, two)
 
 
-def test_a_much_larger_blob_as_strong_as_the_granules_is_the_nuclei_at_high_magnification(tmp_path):
+def test_a_much_larger_blob_as_strong_as_the_granules_is_the_nuclei_at_high_magnification(tmp_path, magnify_dataset):
     """Field 1 of the magnified benchmark (benchmarks/accuracy.py --seed 2020
     --magnify 2): resolved granules and their gaps make blobs of 8 and 14 px
     as strong as the 40 px nuclei, and their gaps confirm the small ones as
     holes; a much larger peak as strong, which the holes read at its own
     scale confirm, is taken (the 14 px answer split every cell)."""
-    import sys
-
     from sabgal.pipeline import brightfield_nucleus_size, prepare_image
     from sabgal.synth import generate_dataset
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from accuracy import magnify_dataset
-    finally:
-        sys.path.pop(0)
     images = tmp_path / "images"
     manifest = generate_dataset(images, n=2, seed=2020, shape=(512, 680), setups=["brightfield"],
                                 truth_dir=str(tmp_path / "truth"), formats=("tif", "png"))

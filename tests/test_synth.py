@@ -421,23 +421,15 @@ def test_pale_xgal_keeps_each_fields_hue_at_the_asked_angle_from_grey(tmp_path):
         generate_dataset(tmp_path / "bad", n=1, seed=5, shape=(160, 200), xgal_grey_angle_deg=(6.0, 4.0))
 
 
-def test_the_magnified_benchmark_enlarges_images_and_truth_alike(tmp_path):
+def test_the_magnified_benchmark_enlarges_images_and_truth_alike(tmp_path, magnify_dataset):
     """benchmarks/accuracy.py --magnify: every file of a rendered set (RGB,
     DAPI, true labels) is enlarged by the same factor, labels keeping their
     ids, so the truth still lies on its cells."""
-    import sys
-    from pathlib import Path
-
     import tifffile
 
     from sabgal import io as sio
     from sabgal.synth import generate_dataset
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        from accuracy import magnify_dataset
-    finally:
-        sys.path.pop(0)
     images = tmp_path / "images"
     manifest = generate_dataset(images, n=3, seed=7, shape=(96, 128), truth_dir=str(tmp_path / "truth"),
                                 formats=("tif", "png"))

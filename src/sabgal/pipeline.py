@@ -298,50 +298,53 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
             return float(2 * d), "blobs_plate_checked"
         near = _other_peak_within(peaks, lo / 2, hi / 2)
         return (float(2 * near), "blobs_plate_corrected") if near is not None else (float(hint_px), "plate")
+    # (each size's holes are read once, however many of the looks below ask)
+    confirms = functools.cache(functools.partial(_holes_confirm_at_own_scale, x2, excluded=ex))
     if HOLE_CHECK_RATIO * hole <= d <= HOLE_CHECK_MAX_RATIO * hole:
-        big = _larger_peak_checked(x2, peaks, d, excluded=ex)
+        big = _larger_peak_checked(peaks, d, confirms)
         if big is not None:
             return float(2 * big), "blobs_checked_at_scale"
         return float(2 * d), "blobs_checked"
-    scaled = _peak_checked_at_own_scale(x2, peaks, excluded=ex)
+    scaled = _peak_checked_at_own_scale(peaks, confirms)
     if scaled is not None:
-        big = _larger_peak_checked(x2, peaks, scaled, excluded=ex)
+        big = _larger_peak_checked(peaks, scaled, confirms)
         return float(2 * (scaled if big is None else big)), "blobs_checked_at_scale"
     near = _other_peak_within(peaks, 0.85 * hole, 1.7 * hole)
     return (float(2 * near), "blobs_corrected") if near is not None else (float(2 * hole), "holes")
 
 
-def _peak_checked_at_own_scale(x2: np.ndarray, peaks: list[tuple[float, float]], *,
-                               excluded: np.ndarray | None) -> float | None:
+def _holes_confirm_at_own_scale(x2: np.ndarray, size: float, *, excluded: np.ndarray | None) -> bool:
+    """Whether the stained cells' nuclear holes, read at the scale of a blob
+    ``size`` (:func:`sabgal.segment.stain_hole_diameter` with the stain
+    smoothed at ``SCALED_HOLE_SMOOTH`` of it, holes under
+    ``SCALED_HOLE_MIN_DIAMETER`` of it left out, closed over twice it), put
+    it within the hole check's range. ``x2``: the X-gal at half resolution,
+    as the blob sizes were read."""
+    hole = segment.stain_hole_diameter(x2, excluded=excluded, smooth_px=max(1.0, SCALED_HOLE_SMOOTH * size),
+                                       min_diameter_px=SCALED_HOLE_MIN_DIAMETER * size,
+                                       closing_px=max(25, 2 * int(size) + 1))
+    return hole is not None and HOLE_CHECK_RATIO * hole <= size <= HOLE_CHECK_MAX_RATIO * hole
+
+
+def _peak_checked_at_own_scale(peaks: list[tuple[float, float]], confirms) -> float | None:
     """The strongest of the scale profile's ``peaks`` (at least
-    ``SCALED_HOLE_MIN_STRENGTH`` of the strongest) that the stained cells'
-    nuclear holes confirm when read at that peak's own scale
-    (:func:`sabgal.segment.stain_hole_diameter` with the stain smoothed at
-    ``SCALED_HOLE_SMOOTH`` of it, holes under ``SCALED_HOLE_MIN_DIAMETER`` of
-    it left out, closed over twice it), else None. ``x2``: the X-gal at half
-    resolution, as the peaks were read."""
-    if not peaks:
-        return None
+    ``SCALED_HOLE_MIN_STRENGTH`` of the strongest) that ``confirms`` (a size's
+    holes confirm it at its own scale: :func:`_holes_confirm_at_own_scale`),
+    else None."""
     for size, strength in peaks:
-        if strength < SCALED_HOLE_MIN_STRENGTH * peaks[0][1]:
-            continue
-        hole = segment.stain_hole_diameter(x2, excluded=excluded, smooth_px=max(1.0, SCALED_HOLE_SMOOTH * size),
-                                           min_diameter_px=SCALED_HOLE_MIN_DIAMETER * size,
-                                           closing_px=max(25, 2 * int(size) + 1))
-        if hole is not None and HOLE_CHECK_RATIO * hole <= size <= HOLE_CHECK_MAX_RATIO * hole:
+        if strength >= SCALED_HOLE_MIN_STRENGTH * peaks[0][1] and confirms(size):
             return size
     return None
 
 
-def _larger_peak_checked(x2: np.ndarray, peaks: list[tuple[float, float]], size: float, *,
-                         excluded: np.ndarray | None) -> float | None:
+def _larger_peak_checked(peaks: list[tuple[float, float]], size: float, confirms) -> float | None:
     """A peak of the profile at least ``LARGER_PEAK_RATIO`` x ``size`` and
-    ``LARGER_PEAK_STRENGTH`` x as strong as the strongest that the holes
-    confirm at its own scale (:func:`_peak_checked_at_own_scale`), else None:
-    at a high magnification the gaps between resolved X-gal granules are
-    blobs, and holes, of their own, as strong as the nuclei."""
+    ``LARGER_PEAK_STRENGTH`` x as strong as the strongest that ``confirms``
+    (:func:`_peak_checked_at_own_scale`), else None: at a high magnification
+    the gaps between resolved X-gal granules are blobs, and holes, of their
+    own, as strong as the nuclei."""
     larger = [p for p in peaks if p[0] >= LARGER_PEAK_RATIO * size and p[1] >= LARGER_PEAK_STRENGTH * peaks[0][1]]
-    return _peak_checked_at_own_scale(x2, larger, excluded=excluded) if larger else None
+    return _peak_checked_at_own_scale(larger, confirms) if larger else None
 
 
 def _other_peak_within(peaks: list[tuple[float, float]], lo: float, hi: float) -> float | None:
