@@ -95,10 +95,11 @@ def score_run(manifest: pd.DataFrame, truth_dir: Path, results_dir: Path, *, bar
     return per, summary, passed
 
 
-def magnify_dataset(images_dir: Path, truth_dir: Path, manifest: pd.DataFrame, factor: int) -> None:
-    """Enlarge every rendered field ``factor`` times in place: the RGB image and
-    any DAPI companion by bilinear interpolation (same format and bit depth),
-    the true cell and nucleus labels by repeating each pixel. A field rendered at
+def magnify_dataset(images_dir: Path, manifest: pd.DataFrame, factor: int) -> None:
+    """Enlarge every field of ``manifest`` (its paths relative to
+    ``images_dir``) ``factor`` times in place: the RGB image and any DAPI
+    companion by bilinear interpolation (same format and bit depth), the true
+    cell and nucleus labels by repeating each pixel. A field rendered at
     1/``factor`` of the size so becomes the same field seen through an
     objective ``factor`` times stronger (its optics' blur enlarged with it)."""
     import cv2
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                 xgal_grey_angle_deg=args.xgal_grey_angle,
                                 **({} if args.magnify == 1 else {"formats": ("tif", "png")}))
     if args.magnify != 1:
-        magnify_dataset(images_dir, work / "truth", manifest, args.magnify)
+        magnify_dataset(images_dir, manifest, args.magnify)
     t_render = time.perf_counter() - t0
     cmd = ["run", str(images_dir), "--out", str(results_dir), "--workers", str(args.workers), "-q"]
     if args.config:

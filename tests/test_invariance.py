@@ -108,7 +108,7 @@ def test_a_much_larger_blob_as_strong_as_the_granules_is_the_nuclei_at_high_magn
     images = tmp_path / "images"
     manifest = generate_dataset(images, n=2, seed=2020, shape=(512, 680), setups=["brightfield"],
                                 truth_dir=str(tmp_path / "truth"), formats=("tif", "png"))
-    magnify_dataset(images, tmp_path / "truth", manifest, 2)
+    magnify_dataset(images, manifest, 2)
     true_d = 2 * json.loads(manifest.loc[1, "params"])["nucleus_diameter_px"]
     prep = prepare_image(sio.read_rgb(images / manifest.loc[1, "image"]).pixels)
     d, source = brightfield_nucleus_size(prep.grey, prep.xgal, excluded=prep.excluded, glass=prep.lamp.background)

@@ -435,7 +435,7 @@ def test_the_magnified_benchmark_enlarges_images_and_truth_alike(tmp_path, magni
                                 formats=("tif", "png"))
     before = {r["stem"]: (sio.read_rgb(images / r["image"]).pixels,
                           tifffile.imread(images / r["cells_true"])) for r in manifest.to_dict("records")}
-    magnify_dataset(images, tmp_path / "truth", manifest, 2)
+    magnify_dataset(images, manifest, 2)
     for r in manifest.to_dict("records"):
         rgb0, lab0 = before[r["stem"]]
         rgb, lab = sio.read_rgb(images / r["image"]).pixels, tifffile.imread(images / r["cells_true"])
