@@ -235,3 +235,57 @@ def test_upsample_bilinear_paths_agree():
     # corners keep the map's corner values; a constant map stays constant
     assert np.allclose(wide[0, 0], small[0, 0]) and np.allclose(wide[-1, -1], small[-1, -1])
     assert np.allclose(upsample_bilinear(np.full((4, 4), 0.5, np.float32), (16, 16)), 0.5)
+
+
+def test_a_confluent_sheet_keeps_each_channels_own_fall_off():
+    """No glass anywhere (a confluent sheet): the lamp falls back to the
+    bright pixels of each tile. A lamp whose colour changes from centre to
+    edge (green falling off faster than red here, as through many
+    objectives) must keep that change: with one shared fall-off scaled per
+    channel, the corners' colour cast read as a stain (a seed-99001 field:
+    every unstained cell at the field's centre called X-gal positive, 32 pp)."""
+    rng = np.random.default_rng(3)
+    shape = (512, 640)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    r2 = ((yy - shape[0] * 0.55) / shape[0]) ** 2 + ((xx - shape[1] * 0.45) / shape[1]) ** 2
+    r2 = r2 / r2.max()
+    strength = np.array([0.24, 0.36, 0.30])
+    lamp_true = (1 - strength * r2[..., None]) * np.array([0.95, 0.9, 0.97])
+    # a grey sheet: cytoplasm OD ~0.05, mottled and grainy, nuclei darker
+    from scipy import ndimage as ndi
+
+    od = 0.05 + 0.01 * ndi.gaussian_filter(rng.normal(0, 1, shape), 6) / 0.05
+    od = od + 0.01 * ndi.gaussian_filter(rng.normal(0, 1, shape), 1) / 0.28
+    for cy, cx in zip(rng.uniform(0, shape[0], 300), rng.uniform(0, shape[1], 300)):
+        od = od + 0.15 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 5 ** 2)
+    img = lamp_true * 10 ** (-np.clip(od, 0.005, None)[..., None]) + rng.normal(0, 0.003, lamp_true.shape)
+    lamp = illumination.estimate_lamp(img.astype(np.float32))
+    assert lamp.method == "auto-percentile"
+    rel = lamp.image / lamp_true
+    cast = np.log10(rel / rel.mean(axis=-1, keepdims=True))  # colour error, in OD
+    cast = cast - np.median(cast.reshape(-1, 3), axis=0)
+    # (one shared fall-off: 0.030 OD at the corners)
+    assert np.abs(cast).max() < 0.015, np.abs(cast).max()
+
+
+def test_a_colour_vignetted_sheet_is_not_read_as_stained_at_its_centre():
+    """A confluent plain-brightfield JPEG field (no glass; 13 % of its cells
+    stained) under a lamp whose green falls off faster than its red and
+    blue: with one shared fall-off, the cast put X-gal on every cell of the
+    field's bright centre (44 % called positive, a 32 pp error)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from sabgal import synth
+    from sabgal.pipeline import analyze_image
+
+    raw = json.loads((Path(__file__).parent / "data" / "colour_vignetted_sheet_field_params.json").read_text())
+    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
+    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    field = synth.render_field(p, np.random.default_rng(p.seed))
+    res = analyze_image(field.rgb)
+    assert res.info["lamp_method"] == "auto-percentile"
+    truth = field.truth["sabgal_positive"].mean()
+    found = res.cells["sabgal_positive"].mean()
+    assert abs(found - truth) < 0.03, (found, truth)

@@ -683,7 +683,8 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     4. Each channel's lamp is a robust polynomial fit to the background
        pixels (trimmed at 3 MAD). If under 2 % of the field is background
        (0.5 % when found in step 3; a confluent sheet), the percentile guess
-       is used, scaled per channel.
+       is used, each channel with its own smooth share of it (a lamp's colour
+       can change from centre to edge) and its own level.
     """
     small, lum, yy, xx = blocks.small, blocks.lum, blocks.yy, blocks.xx
     noise, smooth, unclipped = blocks.noise, blocks.smooth, blocks.unclipped
@@ -758,10 +759,24 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
 
     if frac < min_frac:
         # Confluent: every tile has cells; the bright percentile is the best we have.
+        # Each channel keeps its own fall-off (a lamp whose colour shifts
+        # from centre to edge, as many objectives' vignetting does): its
+        # share of the brightness in each tile's bright pixels, fitted as
+        # smoothly as the brightness, scales the guess; its level is the
+        # channel's own bright percentile, as for a flat colour.
+        tile_ch = small[: ty * b, : tx * b].reshape(ty, b, tx, b, 3).transpose(0, 2, 1, 3, 4).reshape(ty, tx, -1, 3)
         chans = []
         for c in range(3):
             ch = small[..., c]
-            chans.append(np.percentile(ch, 97) / np.percentile(lum, 97) * guess)
+            level = np.percentile(ch, 97) / np.percentile(lum, 97)
+            share = np.percentile(tile_ch[..., c], 90, axis=-1) / np.maximum(tile_hi, 1e-6)
+            coef_c = _robust_polyfit(tyy.ravel(), txx.ravel(), share.ravel(), deg0)
+            if coef_c is None or deg0 == 0:
+                shape_c = 1.0
+            else:
+                shape_c = blocks.terms(deg0).reshape(sm, sn, -1) @ coef_c
+                shape_c = np.clip(shape_c / max(float(np.median(shape_c)), 1e-6), 0.8, 1.25)
+            chans.append(level * shape_c * guess)
         lamp_small = np.stack(chans, axis=-1)
         resid = float("nan")
         method = "auto-percentile"

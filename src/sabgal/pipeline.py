@@ -887,6 +887,13 @@ BRIGHTFIELD_HOLE_UNSTAINED_SNR = 3.5
 # the true -- 25 in one field of enlarged pale cells (the benchmark's field
 # 22, where 35 of the 36 it added were false).
 BRIGHTFIELD_HOLE_RELATIVE_SNR = 0.5
+# ... when the field has at least this many unstained nuclei to take that
+# median over: a sheet with three or four found (its other unstained cells'
+# nuclei the very ones missed) reads their median as 6 or as 12 noise SDs on
+# a change of lamp colour by a few thousandths of an OD, and at 12 the hole
+# search added none of its 40 missed nuclei (tests/data
+# no_glass_sheet_unstained: detection 0.90 -> 0.78)
+BRIGHTFIELD_HOLE_RELATIVE_MIN_NUCLEI = 10
 
 # Brightfield: a stained cell of at most this share of the area of the stained
 # neighbour it shares the most border with, sharing at least this share of its
@@ -1269,7 +1276,7 @@ def _fill_lattice_holes(nuclei: np.ndarray, unstained, stained_z: np.ndarray | N
     snr = BRIGHTFIELD_HOLE_UNSTAINED_SNR
     found = segment.response_at_nuclei(nuclei, response)
     found = found[found > 0]  # (stained nuclei are not sought on this map)
-    if found.size:
+    if found.size >= BRIGHTFIELD_HOLE_RELATIVE_MIN_NUCLEI:
         snr = max(snr, BRIGHTFIELD_HOLE_RELATIVE_SNR * float(np.median(found)))
     for _ in range(BRIGHTFIELD_HOLE_PASSES):
         # (each pass's nuclei close the lattice: the spacing is read again)
