@@ -503,7 +503,7 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
         plain[flexible_degree] = flexible
         need = ESCALATED_MIN_GLASS if lamp.method == "auto-percentile" else max(
             ESCALATED_MIN_GLASS, ESCALATE_GAIN * lamp.background_fraction)
-        if flexible.method == "auto" and flexible.background_fraction >= need:
+        if flexible.method == "auto" and (flexible.background_fraction >= need or _above_glass_of(flexible, lamp)):
             lamp = flexible
     if _glass_scarce(lamp):
         # glass still scarce: read off its histogram peak (step 2b), at both
@@ -514,6 +514,31 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
                     lamp.background_fraction if lamp.method == "auto" else 0.0, ESCALATED_MIN_GLASS):
                 lamp = alt
     return _full_lamp(lamp)
+
+
+# How far above the plain lamp model's glass a flexible model's may lie and
+# still be taken for the true glass (_above_glass_of): the pale margins of
+# a sheet's cells are a few per cent below it (two development sheets: 1.9
+# and 2.5 %); a quartic bent up to a white bar burnt into a test image rose 13 %.
+ABOVE_GLASS_MAX_RISE = 0.06
+
+
+def _above_glass_of(flexible: "_LampFit", plain: "_LampFit") -> bool:
+    """Whether the flexible model's glass is a flat population brighter
+    than the glass the plain model found (step 3 of :func:`_fit_lamp_small`,
+    its lamp over the plain one's glass at least UPPER_MIN_EXCESS higher,
+    at most ABOVE_GLASS_MAX_RISE: more is no margin of a cell but a bright
+    thing the flexible surface bent up to, such as a white scale bar):
+    nothing in a brightfield field outshines bare glass, so the plain
+    model's "glass" was faint cytoplasm, however much more of it there is
+    (a sheet with 1 % of its field bare: the quadratic's glass, 13 % of the
+    field, lay on the cells' pale margins; the quartic's 0.8 %, half of it
+    on the true glass, was turned away for finding less)."""
+    if not flexible.from_upper or plain.method != "auto" or plain.background_small is None:
+        return False
+    on = plain.background_small
+    rise = flexible.lamp_small.mean(axis=-1)[on] / np.maximum(plain.lamp_small.mean(axis=-1)[on], 1e-6)
+    return bool(1 + UPPER_MIN_EXCESS <= np.median(rise) <= 1 + ABOVE_GLASS_MAX_RISE)
 
 
 def _border_starved(fit: "_LampFit") -> bool:
@@ -555,6 +580,7 @@ class _LampFit:
     factor: int
     glass_from_peak: bool = False  # the glass read off its histogram peak (step 2b)
     peak_helps: bool = False  # step 2b would find more glass (whether or not it was used)
+    from_upper: bool = False  # the glass a brighter population above the envelope fit (step 3)
 
 
 def _fit_lamp(rgb: np.ndarray, *, block_px: int, degree: int, at_max: np.ndarray) -> Lamp:
@@ -746,6 +772,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     #    says nothing about the lamp.
     fit_hi = _refit_upper(lum, a_full, fit, noise, unclipped)
     min_frac = 0.02
+    from_upper = False
     if fit_hi is not None:
         # judged on what lies level with the new fit or above it: the sheet
         # below (a taller peak when glass is scarce) is not in question
@@ -755,6 +782,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
             if bg_hi.mean() >= UPPER_MIN_FRACTION:
                 fit, noise, bg = fit_hi, max(noise, spread), bg_hi
                 min_frac = UPPER_MIN_FRACTION
+                from_upper = True
     frac = float(bg.mean())
 
     if frac < min_frac:
@@ -805,4 +833,4 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
         resid = float(np.mean(resids))
         method = "auto"
     return _LampFit(lamp_small, frac, resid, method, bg if frac >= min_frac else None, blocks.shape, f,
-                    from_peak and method == "auto", peak_helps)
+                    from_peak and method == "auto", peak_helps, from_upper and method == "auto")
