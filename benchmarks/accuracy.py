@@ -18,6 +18,7 @@ Usage::
     python benchmarks/accuracy.py --setups brightfield --n 40 --seed 6464 --negative
     python benchmarks/accuracy.py --setups brightfield --n 40 --seed 5858 --xgal-grey-angle 4 9
     python benchmarks/accuracy.py --n 30 --seed 2020 --magnify 2
+    python benchmarks/accuracy.py --n 42 --seed 2222 --camera-encoding srgb [--config srgb]
 
 Writes ``benchmarks/results/accuracy.json`` and ``accuracy_per_image.csv``
 (``NAME.json`` and ``NAME_per_image.csv`` with ``--name``). ``--setups``
@@ -31,7 +32,11 @@ teal, the hardest colours to tell from the cells' own grey density); the
 name defaults to ``accuracy_pale``. ``--magnify F`` renders each field at
 1/F of the size and enlarges it F times (TIFF/PNG only): nuclei of 16-44 px
 at F = 2, as through a 20x objective where the renderer draws a 10x one; the
-name defaults to ``accuracy_magnifiedF``.
+name defaults to ``accuracy_magnifiedF``. ``--camera-encoding srgb`` renders
+through a camera that encodes light with the sRGB tone curve (a number G:
+``light ** (1/G)``), as consumer cameras and display exports do; read as
+linear by default, or decoded with ``--config srgb``; the name defaults to
+``accuracy_camera_ENC`` (``_srgb`` added with that config).
 """
 
 from __future__ import annotations
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negative", action="store_true", help="negative controls: no cell stained")
     ap.add_argument("--xgal-grey-angle", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="pale X-gal, LO-HI degrees from neutral grey (its hue kept)")
+    ap.add_argument("--camera-encoding", default=None, metavar="ENC",
+                    help="render through a camera that encodes light for display: 'srgb' (the sRGB "
+                         "tone curve) or a number G (light ** (1/G)); pair with --config srgb to read it so")
     ap.add_argument("--magnify", type=int, default=1, metavar="F",
                     help="a higher magnification: render each field at 1/F of --shape and enlarge it F "
                          "times (images bilinear, true labels nearest; TIFF/PNG only), so nuclei span "
@@ -167,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.name is None:
         args.name = ("accuracy_negative" if args.negative
                      else "accuracy_pale" if args.xgal_grey_angle
-                     else f"accuracy_magnified{args.magnify}" if args.magnify != 1 else "accuracy")
+                     else f"accuracy_magnified{args.magnify}" if args.magnify != 1
+                     else f"accuracy_camera_{args.camera_encoding}" + ("_" + Path(args.config).stem if args.config else "")
+                     if args.camera_encoding else "accuracy")
 
     work = Path(args.work)
     if work.exists():
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(args.shape) if args.magnify == 1 else tuple(v // args.magnify for v in args.shape)
     manifest = generate_dataset(images_dir, n=args.n, seed=args.seed, shape=shape,
                                 setups=args.setups, truth_dir=str(work / "truth"), negative=args.negative,
-                                xgal_grey_angle_deg=args.xgal_grey_angle,
+                                xgal_grey_angle_deg=args.xgal_grey_angle, camera_encoding=args.camera_encoding,
                                 **({} if args.magnify == 1 else {"formats": ("tif", "png")}))
     if args.magnify != 1:
         magnify_dataset(images_dir, manifest, args.magnify)
@@ -200,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "negative": args.negative,
         "xgal_grey_angle_deg": args.xgal_grey_angle,
         "magnify": args.magnify,
+        "camera_encoding": args.camera_encoding,
+        "config": args.config,
         "run_exit_code": rc,
         "render_s": round(t_render, 1),
         "run_s": round(t_run, 1),

@@ -23,6 +23,8 @@ def test_round_trip_through_dict():
     ("[stains]\nxgal_vector = [1, 2]\n", "three non-negative"),
     ("[classify\n", "not valid TOML"),
     ("[setup]\ncounterstain = 'custom'\n", "custom_counterstain_vector"),
+    ("[illumination]\nencoding = 'log'\n", "illumination.encoding must be one of"),
+    ("[illumination]\nencoding = 'gamma'\nencoding_gamma = 0.45\n", "encoding_gamma must be in"),
 ])
 def test_bad_config_files_are_rejected_with_the_key_named(tmp_path, text, match):
     p = tmp_path / "c.toml"

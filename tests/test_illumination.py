@@ -318,3 +318,31 @@ def test_glass_brighter_than_a_sheets_pale_margins_is_the_lamp_though_scarcer():
     res = analyze_image(field.rgb)
     f1 = match_labels(field.cell_labels, res.cell_labels).f1
     assert f1 > 0.85, f1
+
+
+def test_an_srgb_encoded_image_is_read_as_light():
+    """Known optical densities in, through a camera that applies the sRGB
+    tone curve: read with ``illumination.encoding = "srgb"`` they come out
+    as they went in; read as linear, each reads ~1/2.2 of its value."""
+    from sabgal.config import Config
+    from sabgal.pipeline import prepare_image
+
+    shape = (256, 320)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    od = np.zeros(shape)
+    patches = {0.1: (slice(40, 100), slice(40, 120)), 0.4: (slice(140, 220), slice(180, 280))}
+    for value, (ys, xs) in patches.items():
+        od[ys, xs] = value
+    lamp = np.array([0.9, 0.85, 0.8])
+    light = lamp * 10 ** -od[..., None]
+    rng = np.random.default_rng(0)
+    light = np.clip(light + rng.normal(0, 0.002, light.shape), 0, 1)
+    encoded = np.where(light <= 0.0031308, 12.92 * light, 1.055 * light ** (1 / 2.4) - 0.055)
+    rgb = (np.round(encoded * 65535) / 65535).astype(np.float32)
+    srgb = prepare_image(rgb, config=Config().replace(illumination={"encoding": "srgb"}))
+    linear = prepare_image(rgb)
+    for value, (ys, xs) in patches.items():
+        read = float(np.median(srgb.od[ys, xs].mean(axis=-1)))
+        assert abs(read - value) < 0.01 * value + 0.003, (value, read)
+        naive = float(np.median(linear.od[ys, xs].mean(axis=-1)))
+        assert naive < 0.55 * value, (value, naive)

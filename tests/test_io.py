@@ -129,3 +129,36 @@ def test_columns_round_trip_exactly(tmp_path):
     assert list(back.columns) == list(t.columns)
     pd.testing.assert_frame_equal(back, t)
 
+
+
+def test_the_encoding_a_file_declares_is_read(tmp_path):
+    """sRGB declared by a PNG chunk (sRGB, or gAMA 1/2.2), a JPEG's EXIF
+    ColorSpace or an embedded ICC profile is recorded; a plain write (what
+    image libraries and scientific cameras' raw exports give) declares
+    nothing, nor does a PNG gAMA of 1 (linear)."""
+    from PIL import Image, PngImagePlugin
+
+    a = np.full((40, 48, 3), 200, np.uint8)
+    im = Image.fromarray(a)
+    cases = {}
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sRGB", b"\x00")
+    im.save(tmp_path / "srgb.png", pnginfo=info)
+    cases["srgb.png"] = "srgb"
+    for name, g in (("gamma045.png", 45455), ("gamma1.png", 100000)):
+        info = PngImagePlugin.PngInfo()
+        info.add(b"gAMA", g.to_bytes(4, "big"))
+        im.save(tmp_path / name, pnginfo=info)
+    cases["gamma045.png"], cases["gamma1.png"] = "srgb", None
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA001] = 1
+    im.save(tmp_path / "exif.jpg", exif=exif)
+    cases["exif.jpg"] = "srgb"
+    im.save(tmp_path / "plain.jpg")
+    im.save(tmp_path / "plain.png")
+    cases["plain.jpg"] = cases["plain.png"] = None
+    tifffile.imwrite(tmp_path / "icc.tif", a, extratags=[(34675, 7, 4, b"icc\x00")])
+    tifffile.imwrite(tmp_path / "plain.tif", a)
+    cases["icc.tif"], cases["plain.tif"] = "srgb", None
+    for name, expected in cases.items():
+        assert sio.read_rgb(tmp_path / name).encoding == expected, name

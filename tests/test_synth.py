@@ -444,3 +444,24 @@ def test_the_magnified_benchmark_enlarges_images_and_truth_alike(tmp_path, magni
         assert abs(float(rgb.mean()) - float(rgb0.mean())) < 0.01
         if r["dapi"]:
             assert tifffile.imread(images / r["dapi"]).shape == (192, 256)
+
+
+def test_an_srgb_camera_encodes_light_with_the_srgb_curve():
+    """The same field through a linear camera and an sRGB one: decoded with
+    the inverse curve, the second gives the first's light back (to 8-bit
+    quantisation)."""
+    from sabgal.illumination import decode
+
+    p = synth.random_params(np.random.default_rng(5), setup="brightfield", shape=(96, 128), formats=("png",))
+    p = dataclasses.replace(p, gamma=1.0)
+    linear = synth.render_field(p, np.random.default_rng(p.seed)).rgb / 255.0
+    encoded = synth.render_field(dataclasses.replace(p, srgb_camera=True), np.random.default_rng(p.seed)).rgb / 255.0
+    assert encoded.mean() > linear.mean() + 0.05  # (display encoding brightens the mid-tones)
+    np.testing.assert_allclose(decode(encoded, "srgb"), linear, atol=0.01)
+
+
+def test_generate_dataset_renders_through_an_srgb_camera(tmp_path):
+    man = synth.generate_dataset(tmp_path, n=2, seed=1, shape=(64, 80), camera_encoding="srgb")
+    assert all(json.loads(p)["srgb_camera"] for p in man["params"])
+    man = synth.generate_dataset(tmp_path / "g", n=1, seed=1, shape=(64, 80), camera_encoding=2.2)
+    assert abs(json.loads(man["params"][0])["gamma"] - 1 / 2.2) < 1e-9

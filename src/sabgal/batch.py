@@ -483,7 +483,7 @@ def process_image(image_set: ImageSet, config_dict: dict[str, Any], out_dir: str
         flat = _load_flat(flat_field.path, flat_field.digest) if isinstance(flat_field, FlatFieldRef) else flat_field
         res = analyze_image(img.pixels, nuclear=nuclear, config=config,
                             pixel_size_um=img.pixel_size_um, flat_field=flat, classify_cells=False,
-                            nucleus_hint_px=nucleus_hint_px)
+                            nucleus_hint_px=nucleus_hint_px, encoding=img.encoding)
         info = res.info
         info["qc"]["saturated_fraction"] = img.saturated_fraction
         info["bit_depth"] = img.bit_depth
@@ -965,6 +965,7 @@ def _flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
         "height_px": info.get("height_px"),
         "width_px": info.get("width_px"),
         "bit_depth": info.get("bit_depth"),
+        "pixel_encoding": info.get("pixel_encoding", ""),
         "nucleus_diameter_px": info.get("nucleus_diameter_px"),
         "nucleus_size_source": info.get("nucleus_size_source", ""),
         "nucleus_size_hint_px": info.get("nucleus_size_hint_px"),

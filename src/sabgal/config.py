@@ -127,6 +127,15 @@ class IlluminationConfig:
     flat_field_path: str | None = None
     block_px: int = 48  # tile size for local background estimates
     polynomial_degree: int = 2  # smooth vignetting model per channel
+    # How the camera encoded light in the pixel values: "linear" (a scientific
+    # camera's raw output, and sabgal's renderer), "srgb" (the sRGB curve that
+    # consumer cameras and most microscope software's JPEG/"display" exports
+    # apply), "gamma" (value = light ** (1 / encoding_gamma)), or "auto":
+    # sRGB where the file declares it (sabgal.io.ImageData.encoding), else
+    # linear. Beer-Lambert needs light: an encoded image is decoded first, or
+    # every optical density reads ~1/2.2 of its value.
+    encoding: Literal["auto", "linear", "srgb", "gamma"] = "auto"
+    encoding_gamma: float = 2.2
 
     def __post_init__(self) -> None:
         _check(self.method in ("auto", "flat_field", "none"),
@@ -136,6 +145,10 @@ class IlluminationConfig:
         _check(8 <= self.block_px <= 1024, f"illumination.block_px must be in [8, 1024], got {self.block_px}")
         _check(0 <= self.polynomial_degree <= 6,
                f"illumination.polynomial_degree must be in [0, 6], got {self.polynomial_degree}")
+        _check(self.encoding in ("auto", "linear", "srgb", "gamma"),
+               f"illumination.encoding must be one of ['auto', 'linear', 'srgb', 'gamma'], got {self.encoding!r}")
+        _check(isinstance(self.encoding_gamma, (int, float)) and 1.0 <= self.encoding_gamma <= 3.0,
+               f"illumination.encoding_gamma must be in [1, 3], got {self.encoding_gamma!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 
 from sabgal import filters
 
-__all__ = ["Lamp", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean", "upsample_bilinear"]
+__all__ = ["Lamp", "decode", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean",
+           "upsample_bilinear"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,29 @@ def _least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if eig.size and eig[0] > eig[-1] / NORMAL_EQUATIONS_MAX_COND2:
         return np.linalg.solve(ata, np.dot(a.T, b))
     return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def decode(rgb: np.ndarray, encoding: str = "linear", gamma: float = 2.2) -> np.ndarray:
+    """Light from pixel values a camera encoded (float, 0-1 of full scale):
+    ``"linear"`` as is; ``"srgb"`` through the inverse sRGB curve (IEC
+    61966-2-1: linear below 0.04045, a 2.4 power above); ``"gamma"``
+    ``rgb ** gamma``. Beer-Lambert reads optical density off light; on
+    encoded values every density reads about 1 / 2.2 of its value.
+
+    >>> [round(float(v), 3) for v in decode(np.array([0.0, 0.5, 1.0]), "srgb")]
+    [0.0, 0.214, 1.0]
+    >>> decode(np.array([0.25]), "gamma", 2.0).tolist()
+    [0.0625]
+    """
+    if encoding == "linear":
+        return rgb
+    x = np.clip(np.asarray(rgb, dtype=np.float32), 0, None)
+    if encoding == "gamma":
+        return np.power(x, np.float32(gamma), dtype=np.float32)
+    if encoding == "srgb":
+        return np.where(x <= 0.04045, x / np.float32(12.92),
+                        np.power((x + np.float32(0.055)) / np.float32(1.055), np.float32(2.4))).astype(np.float32)
+    raise ValueError(f"unknown encoding {encoding!r}: 'linear', 'srgb' or 'gamma'")
 
 
 def flat_lamp(rgb: np.ndarray) -> Lamp:

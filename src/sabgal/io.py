@@ -58,6 +58,11 @@ class ImageData:
     pixel_size_um: float | None
     saturated_fraction: float
     lossy: bool
+    # "srgb" where the file declares its values sRGB-encoded (PNG sRGB or
+    # gAMA ~1/2.2 chunk, JPEG EXIF ColorSpace = sRGB, an embedded ICC
+    # profile), else None: nothing said (illumination.encoding = "auto" then
+    # reads it as linear)
+    encoding: str | None = None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -65,8 +70,9 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool]:
-    """(pixels, µm per pixel or None, whether the file's compression is lossy)."""
+def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool, str | None]:
+    """(pixels, µm per pixel or None, whether the file's compression is lossy,
+    the encoding the file declares: :func:`_declared_encoding`)."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_dir():
@@ -82,16 +88,48 @@ def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool]:
                 arr = tif.asarray()
                 pixel_size = _tiff_pixel_size(tif)
                 lossy = _lossy_tiff(tif)
-            return np.asarray(arr), pixel_size, lossy
+                declared = _declared_encoding(path, tif)
+            return np.asarray(arr), pixel_size, lossy, declared
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg")
+        return np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"), _declared_encoding(path)
     except ImageReadError:
         raise
     except Exception as exc:  # decoder errors come in many types; report them as one line
         raise ImageReadError(
             f"{path}: cannot decode {ext or 'file'} (truncated or corrupt?): {_one_line(exc)}"
         ) from None
+
+
+# A PNG gAMA chunk this close to 1/2.2 (0.45455 as written) declares a
+# gamma-encoded (sRGB-like) image.
+DECLARED_GAMMA_TOLERANCE = 0.05
+
+
+def _declared_encoding(path: Path, tif: Any = None) -> str | None:
+    """``"srgb"`` where the file declares its values encoded for display: a
+    PNG ``sRGB`` chunk or a ``gAMA`` of ~1/2.2, a JPEG's EXIF ColorSpace =
+    sRGB, or an embedded ICC colour profile (RGB profiles' tone curves are
+    sRGB's or a 1.8-2.2 power, far closer to sRGB than to linear); else None.
+    Scientific cameras' raw exports and image libraries' plain writes
+    declare nothing. Metadata is advisory: an unreadable tag is None."""
+    try:
+        if tif is not None:
+            return "srgb" if "InterColorProfile" in tif.pages[0].tags else None
+        from PIL import Image
+
+        with Image.open(path) as im:
+            info = im.info
+            if "srgb" in info or info.get("icc_profile"):
+                return "srgb"
+            gamma = info.get("gamma")
+            if gamma is not None and abs(float(gamma) - 1 / 2.2) < DECLARED_GAMMA_TOLERANCE:
+                return "srgb"
+            if "exif" in info and im.getexif().get_ifd(0x8769).get(0xA001) == 1:
+                return "srgb"
+    except Exception:
+        return None
+    return None
 
 
 def _lossy_tiff(tif: Any) -> bool:
@@ -204,7 +242,7 @@ def read_rgb(path: str | os.PathLike[str]) -> ImageData:
         greyscale, wrong number of channels, float out of range or NaN.
     """
     p = Path(path)
-    arr, pixel_size, lossy = _read_raw(p)
+    arr, pixel_size, lossy, declared = _read_raw(p)
     arr = _squeeze_pages(arr)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, M, N) TIFF
@@ -221,7 +259,7 @@ def read_rgb(path: str | os.PathLike[str]) -> ImageData:
             f"{p}: image is {arr.shape[0]}x{arr.shape[1]} px; need at least {MIN_SIZE_PX}x{MIN_SIZE_PX}")
     pixels, depth, sat = _to_float(arr, p)
     return ImageData(str(p), np.ascontiguousarray(pixels), depth, pixel_size, sat,
-                     lossy=lossy)
+                     lossy=lossy, encoding=declared)
 
 
 def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
@@ -230,7 +268,7 @@ def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
     RGB files are accepted (a false-coloured export): the brightest channel is used.
     """
     p = Path(path)
-    arr, pixel_size, lossy = _read_raw(p)
+    arr, pixel_size, lossy, _ = _read_raw(p)
     arr = _squeeze_pages(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].max(axis=-1)

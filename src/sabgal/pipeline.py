@@ -417,17 +417,31 @@ class StainedImage:
     grey_deblocked: np.ndarray | None = None
 
 
+def pixel_encoding(config: Config, declared: str | None = None) -> str:
+    """How an image's values encode light: ``illumination.encoding``, or
+    under ``"auto"`` what the file declares (``declared``:
+    :attr:`sabgal.io.ImageData.encoding`), else ``"linear"``."""
+    enc = config.illumination.encoding
+    return (declared or "linear") if enc == "auto" else enc
+
+
 def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
-                  flat_field: np.ndarray | None = None) -> StainedImage:
-    """Illumination correction and colour deconvolution (stages 1-2)."""
+                  flat_field: np.ndarray | None = None, encoding: str | None = None) -> StainedImage:
+    """Illumination correction and colour deconvolution (stages 1-2).
+    ``encoding``: the encoding the image's file declares (``"srgb"``) or
+    None (:func:`pixel_encoding`)."""
     config = config or Config()
     rgb = _validate_rgb(rgb)
     ill = config.illumination
+    # (light, from what the camera encoded: Beer-Lambert reads it)
+    encoding = pixel_encoding(config, encoding)
+    rgb = illumination.decode(rgb, encoding, ill.encoding_gamma)
     at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
     if ill.method == "flat_field":
         if flat_field is None:
             raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
-        lamp = illumination.lamp_from_blank(_validate_rgb(flat_field), rgb.shape)
+        lamp = illumination.lamp_from_blank(
+            illumination.decode(_validate_rgb(flat_field), encoding, ill.encoding_gamma), rgb.shape)
     elif ill.method == "none":
         lamp = illumination.flat_lamp(rgb)
     else:
@@ -1729,7 +1743,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
 
 def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
                   pixel_size_um: float | None = None, flat_field: np.ndarray | None = None,
-                  classify_cells: bool = True, nucleus_hint_px: float | None = None) -> ImageResult:
+                  classify_cells: bool = True, nucleus_hint_px: float | None = None,
+                  encoding: str | None = None) -> ImageResult:
     """Run the whole pipeline on one image.
 
     Parameters
@@ -1751,6 +1766,9 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         The plate's nucleus diameter, for a plain-brightfield field whose own
         is unchecked (:func:`brightfield_nucleus_size`; ``sabgal run`` passes
         it, :func:`sabgal.batch.refine_nucleus_sizes`).
+    encoding : str, optional
+        The encoding the image's file declares (:attr:`sabgal.io.ImageData.encoding`),
+        read under ``illumination.encoding = "auto"`` (:func:`pixel_encoding`).
 
     Returns
     -------
@@ -1764,7 +1782,8 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         if nuclear.shape != np.shape(rgb)[:2]:
             raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {np.shape(rgb)[:2]}")
     px = pixel_size_um or config.setup.pixel_size_um
-    prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field)
+    encoding = pixel_encoding(config, encoding)
+    prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding)
     timings["illumination_stains_s"] = time.perf_counter() - t0
     # What is needed of the colour planes and the lamp field is read now and
     # they are let go: ~150 MB on a 2048 x 2048 field, held through the
@@ -1795,6 +1814,7 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "counterstain_vector": ([round(float(v), 4) for v in model.matrix[1]]
                                 if prep.counterstain is not None else None),
         "stain_condition_number": round(model.condition, 2),
+        "pixel_encoding": (f"gamma {config.illumination.encoding_gamma:g}" if encoding == "gamma" else encoding),
         "lamp_method": lamp.method,
         "jpeg_chroma_smoothed": prep.grey_deblocked is not None,
         "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,

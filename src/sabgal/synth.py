@@ -264,6 +264,9 @@ class FieldParams:
     dapi_full_scale: int  # 4095 (12-bit) or 65535
     dapi_gain: float  # counts per photo-electron
     dapi_shift_px: tuple[float, float]  # registration error vs brightfield
+    # the RGB camera encodes light with the sRGB tone curve (IEC 61966-2-1),
+    # as consumer cameras and display exports do, instead of ``x ** gamma``
+    srgb_camera: bool = False
 
     def __post_init__(self) -> None:
         if self.setup not in SETUPS:
@@ -1351,7 +1354,9 @@ def _camera(transmitted: np.ndarray, p: FieldParams, rng: np.random.Generator) -
     for ch in range(3):
         e = transmitted[..., ch] * lamp[..., ch] * np.float32(p.full_well_e)
         x = np.clip(_noisy(e, p.read_noise_e, rng) / np.float32(p.full_well_e), 0.0, 1.0)
-        if p.gamma != 1.0:
+        if p.srgb_camera:
+            x = np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** np.float32(1 / 2.4) - 0.055).astype(np.float32)
+        elif p.gamma != 1.0:
             x = x ** np.float32(p.gamma)
         out[..., ch] = np.round(x * np.float32(full))
     if p.file_format == "jpg":
@@ -1658,6 +1663,7 @@ def generate_dataset(
     truth_dir: str | None = "truth",
     negative: bool = False,
     xgal_grey_angle_deg: tuple[float, float] | None = None,
+    camera_encoding: str | float | None = None,
 ) -> pd.DataFrame:
     """Render and write ``n`` fields, cycling through ``setups``; write ``manifest.csv``.
 
@@ -1690,6 +1696,12 @@ def generate_dataset(
         degrees from neutral grey (drawn uniformly in the range; the default
         draws lie 5-27 degrees away, one in twenty under 8). A navy or pale teal precipitate close
         to the grey of the cells' own density is the hardest colour to unmix.
+    camera_encoding : "srgb" or float, optional
+        Every field's RGB camera encodes light for display before quantisation
+        instead of the drawn near-linear response: with the sRGB tone curve
+        (``"srgb"``, as consumer cameras and most microscope software's
+        exports do) or as ``light ** (1 / G)`` (a number G). The nuclear
+        image stays linear.
 
     Returns
     -------
@@ -1720,6 +1732,10 @@ def generate_dataset(
             params = dataclasses.replace(params, senescent_fraction=0.0, positive_only_fraction=0.0)
         if xgal_grey_angle_deg is not None:
             params = _with_grey_angle(params, xgal_grey_angle_deg)
+        if camera_encoding == "srgb":
+            params = dataclasses.replace(params, srgb_camera=True)
+        elif camera_encoding is not None:
+            params = dataclasses.replace(params, gamma=1.0 / float(camera_encoding))
         field = render_field(params, np.random.default_rng(params.seed))
         stem = f"synth_{seed}_{i:04d}_{setup}"
         paths = write_field(field, out, stem, truth_dir=tdir)

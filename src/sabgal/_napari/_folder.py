@@ -95,7 +95,8 @@ class FolderReview:
         meta = _layers.results_meta(self.results.path)
         stem = _layers.display_name(image)
         img_layers = _layers.image_layer_data(rgb.pixels, stem, nuclear=None if nuclear is None else nuclear.pixels,
-                                              meta={**meta, "image": image, "pixel_size_um": rgb.pixel_size_um})
+                                              meta={**meta, "image": image, "pixel_size_um": rgb.pixel_size_um,
+                                                    "encoding": rgb.encoding})
         self._show_images(img_layers)
         first = self.review is None
         self.bound_to_results = True
@@ -104,7 +105,7 @@ class FolderReview:
         self._show_position()
         if first:
             self.viewer.reset_view()
-        self._start_prepare(review, rgb.pixels, None if nuclear is None else nuclear.pixels)
+        self._start_prepare(review, rgb.pixels, None if nuclear is None else nuclear.pixels, encoding=rgb.encoding)
         self._say(f"{image}: {review.summary()['n_cells']} cells, thresholds of the run "
                   f"({review.thresholds.positive:.3f} OD, {review.thresholds.positive_source}).")
         return True
@@ -165,13 +166,15 @@ class FolderReview:
         self._update_enabled()
         if rgb_layer is not None:
             self._start_prepare(review, np.asarray(rgb_layer.data),
-                                None if nuc_layer is None else np.asarray(nuc_layer.data))
+                                None if nuc_layer is None else np.asarray(nuc_layer.data),
+                                encoding=rgb_layer.metadata.get("sabgal", {}).get("encoding"))
 
-    def _start_prepare(self, review: ImageReview, rgb: np.ndarray, nuclear: np.ndarray | None) -> None:
+    def _start_prepare(self, review: ImageReview, rgb: np.ndarray, nuclear: np.ndarray | None, *,
+                       encoding: str | None = None) -> None:
         """Compute, in the background, what label edits and the X-gal layer need."""
         from napari.qt.threading import create_worker
 
-        worker = create_worker(prepare_for_edits, review, rgb, nuclear=nuclear, _start_thread=False,
+        worker = create_worker(prepare_for_edits, review, rgb, nuclear=nuclear, encoding=encoding, _start_thread=False,
                                _ignore_errors=True)
 
         def done(_result=None) -> None:

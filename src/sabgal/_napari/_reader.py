@@ -84,7 +84,7 @@ def read_image(path: str | list[str]) -> list[tuple]:
             raise sio.ImageReadError(f"{comp}: nuclear image is {nuc.pixels.shape}, its RGB image "
                                      f"{rgb.pixels.shape[:2]}")
         nuclear = nuc.pixels
-    meta = {"path": str(p), "image": p.name, "pixel_size_um": rgb.pixel_size_um,
+    meta = {"path": str(p), "image": p.name, "pixel_size_um": rgb.pixel_size_um, "encoding": rgb.encoding,
             "companion": str(comp) if comp else None}
     return image_layer_data(rgb.pixels, display_name(p.name), nuclear=nuclear, meta=meta)
 
@@ -109,7 +109,7 @@ def read_results(path: str | list[str]) -> list[tuple]:
     rgb, nuclear, review = folder.load(ok[0])
     meta = {**results_meta(p), "image": ok[0]}
     layers = image_layer_data(rgb.pixels, display_name(ok[0]), nuclear=None if nuclear is None else nuclear.pixels,
-                              meta={**meta, "pixel_size_um": rgb.pixel_size_um})
+                              meta={**meta, "pixel_size_um": rgb.pixel_size_um, "encoding": rgb.encoding})
     layers += review_layer_data(review, meta=meta)
     _dock_widget()
     return layers

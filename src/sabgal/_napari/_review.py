@@ -332,7 +332,7 @@ def run_thresholds(table: pd.DataFrame, config: Config, image: str) -> Threshold
 
 
 def analysis_steps(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
-                   pixel_size_um: float | None = None, image: str = "image"):
+                   pixel_size_um: float | None = None, image: str = "image", encoding: str | None = None):
     """Analyse one image stage by stage, yielding ``(fraction done, next stage)``.
 
     The stages are those :func:`sabgal.pipeline.analyze_image` composes
@@ -342,6 +342,7 @@ def analysis_steps(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config
     image alone; the prepared image and the cell foreground are
     kept so that edited labels can be re-measured. The generator's return
     value is the :class:`ImageReview`; it suits napari's ``thread_worker``.
+    ``encoding``: what the image's file declares (:attr:`sabgal.io.ImageData.encoding`).
 
     Raises
     ------
@@ -358,7 +359,7 @@ def analysis_steps(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config
             raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {np.shape(rgb)[:2]}")
     px = pixel_size_um or config.setup.pixel_size_um
     yield 0.0, "illumination and stain separation"
-    prep = prepare_image(rgb, nuclear=nuclear, config=config)
+    prep = prepare_image(rgb, nuclear=nuclear, config=config, encoding=encoding)
     yield 0.4, "nuclei and cells"
     cells, nuclei, foreground, diameter = segment_image(prep, nuclear=nuclear, config=config)
     yield 0.8, "measuring cells"
@@ -375,15 +376,17 @@ def analysis_steps(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config
                        pixel_size_um=px, info=info)
 
 
-def prepare_for_edits(review: ImageReview, rgb: np.ndarray, *, nuclear: np.ndarray | None = None) -> None:
+def prepare_for_edits(review: ImageReview, rgb: np.ndarray, *, nuclear: np.ndarray | None = None,
+                      encoding: str | None = None) -> None:
     """Give a review loaded from a results folder what label edits need: the
     prepared image, the cell foreground and the X-gal map (recomputed from the
-    source pixels with the run's config; the labels are not touched)."""
+    source pixels with the run's config, ``encoding`` what the file declares;
+    the labels are not touched)."""
     from sabgal.pipeline import measure_image, prepare_image, segment_image
 
     if nuclear is not None:
         nuclear = np.asarray(nuclear, dtype=np.float32)
-    prep = prepare_image(rgb, nuclear=nuclear, config=review.config)
+    prep = prepare_image(rgb, nuclear=nuclear, config=review.config, encoding=encoding)
     _cells, _nuclei, foreground, _d = segment_image(prep, nuclear=nuclear, config=review.config)
     _t, xgal, _bg, _g = measure_image(prep, review.cell_labels, review.nucleus_labels, foreground=foreground,
                                       pixel_size_um=review.pixel_size_um, config=review.config)

@@ -363,7 +363,8 @@ class SabgalWidget(FolderReview, QWidget):
         meta = layer.metadata.get("sabgal", {})
         image = meta.get("image") or layer.name
         worker = create_worker(analysis_steps, rgb, nuclear=nuclear, config=config,
-                               pixel_size_um=config.setup.pixel_size_um, image=image, _start_thread=False,
+                               pixel_size_um=config.setup.pixel_size_um, image=image,
+                               encoding=meta.get("encoding"), _start_thread=False,
                                _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda review: self._on_analysed(review, layer))
