@@ -465,3 +465,10 @@ def test_generate_dataset_renders_through_an_srgb_camera(tmp_path):
     assert all(json.loads(p)["srgb_camera"] for p in man["params"])
     man = synth.generate_dataset(tmp_path / "g", n=1, seed=1, shape=(64, 80), camera_encoding=2.2)
     assert abs(json.loads(man["params"][0])["gamma"] - 1 / 2.2) < 1e-9
+
+
+def test_synth_cli_renders_through_an_srgb_camera_and_rejects_a_bad_encoding(tmp_path):
+    assert synth_main([str(tmp_path / "a"), "--n", "1", "--shape", "64", "80", "--camera-encoding", "srgb"]) == 0
+    man = pd.read_csv(tmp_path / "a" / "manifest.csv")
+    assert json.loads(man["params"][0])["srgb_camera"] is True
+    assert synth_main([str(tmp_path / "b"), "--n", "1", "--shape", "64", "80", "--camera-encoding", "9"]) == 2

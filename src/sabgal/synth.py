@@ -1784,7 +1784,24 @@ def build_synth_parser(parser: argparse.ArgumentParser | None = None) -> argpars
                    help="negative controls: the same fields with no cell stained")
     g.add_argument("--xgal-grey-angle", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="pale X-gal: its hue kept, LO-HI degrees from neutral grey (navy / pale teal)")
+    g.add_argument("--camera-encoding", default=None, metavar="ENC",
+                   help="the RGB camera encodes light for display: 'srgb' (the sRGB tone curve, as "
+                        "consumer cameras and display exports) or a number G (light ** (1/G)); "
+                        "default: the drawn near-linear response")
     return parser
+
+
+def _camera_encoding(text: str | None) -> str | float | None:
+    """``--camera-encoding``: None, ``"srgb"``, or a power G (1-3)."""
+    if text is None or text == "srgb":
+        return text
+    try:
+        g = float(text)
+    except ValueError:
+        raise ValueError(f"--camera-encoding must be 'srgb' or a number in [1, 3], got {text!r}") from None
+    if not 1.0 <= g <= 3.0:
+        raise ValueError(f"--camera-encoding must be 'srgb' or a number in [1, 3], got {text!r}")
+    return g
 
 
 def synth_main(argv: list[str] | None = None) -> int:
@@ -1800,7 +1817,8 @@ def synth_main(argv: list[str] | None = None) -> int:
     try:
         manifest = generate_dataset(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape),
                                     setups=setups, formats=tuple(args.formats), negative=args.negative,
-                                    xgal_grey_angle_deg=args.xgal_grey_angle)
+                                    xgal_grey_angle_deg=args.xgal_grey_angle,
+                                    camera_encoding=_camera_encoding(args.camera_encoding))
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
