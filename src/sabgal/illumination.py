@@ -698,6 +698,13 @@ def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
     return _LampBlocks(small, lum, yy, xx, noise, smooth, smooth & ~clipped, (m, n), f)
 
 
+def _tiles(a: np.ndarray, ty: int, tx: int, b: int) -> np.ndarray:
+    """The top-left ``ty`` x ``tx`` tiles of ``b`` x ``b`` pixels of ``a``
+    ((m, n) or (m, n, c)), each tile's pixels along axis 2: (ty, tx, b*b[, c])."""
+    t = a[: ty * b, : tx * b].reshape(ty, b, tx, b, *a.shape[2:]).swapaxes(1, 2)
+    return t.reshape(ty, tx, b * b, *a.shape[2:])
+
+
 def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bool = False) -> _LampFit:
     """The lamp from the image itself, with a vignetting model of ``degree``.
 
@@ -744,8 +751,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     # 1. First guess: bright percentile per tile.
     b = max(2, block_px // f)
     ty, tx = max(1, sm // b), max(1, sn // b)
-    tiles = lum[: ty * b, : tx * b].reshape(ty, b, tx, b).transpose(0, 2, 1, 3).reshape(ty, tx, -1)
-    tile_hi = np.percentile(tiles, 90, axis=-1)
+    tile_hi = np.percentile(_tiles(lum, ty, tx, b), 90, axis=2)
     tyy, txx = np.mgrid[0:ty, 0:tx].astype(np.float64)
     tyy = ((tyy + 0.5) * b / sm) * 2 - 1
     txx = ((txx + 0.5) * b / sn) * 2 - 1
@@ -816,12 +822,12 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
         # share of the brightness in each tile's bright pixels, fitted as
         # smoothly as the brightness, scales the guess; its level is the
         # channel's own bright percentile, as for a flat colour.
-        tile_ch = small[: ty * b, : tx * b].reshape(ty, b, tx, b, 3).transpose(0, 2, 1, 3, 4).reshape(ty, tx, -1, 3)
+        tile_ch_hi = np.percentile(_tiles(small, ty, tx, b), 90, axis=2)  # (ty, tx, 3)
         chans = []
         for c in range(3):
             ch = small[..., c]
             level = np.percentile(ch, 97) / np.percentile(lum, 97)
-            share = np.percentile(tile_ch[..., c], 90, axis=-1) / np.maximum(tile_hi, 1e-6)
+            share = tile_ch_hi[..., c] / np.maximum(tile_hi, 1e-6)
             coef_c = _robust_polyfit(tyy.ravel(), txx.ravel(), share.ravel(), deg0)
             if coef_c is None or deg0 == 0:
                 shape_c = 1.0

@@ -415,6 +415,7 @@ class StainedImage:
     # (stains.smooth_chroma; plain brightfield only, None for an image whose
     # colour shows no blocks)
     grey_deblocked: np.ndarray | None = None
+    encoding: str = "linear"  # how the pixel values were read as light (:func:`pixel_encoding`)
 
 
 def pixel_encoding(config: Config, declared: str | None = None) -> str:
@@ -517,7 +518,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         grey_deblocked = model.neutral_density(od2, stains.unmix(od2, model.matrix))
         del od2
     return StainedImage(rgb, od, np.ascontiguousarray(conc[..., 0]), model.neutral_density(od, conc),
-                        counter, mode, model, lamp, refined, warnings, burnt, grey_deblocked)
+                        counter, mode, model, lamp, refined, warnings, burnt, grey_deblocked, encoding)
 
 
 # The X-gal score of a cell is read within this many nucleus diameters of its
@@ -1782,7 +1783,6 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         if nuclear.shape != np.shape(rgb)[:2]:
             raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {np.shape(rgb)[:2]}")
     px = pixel_size_um or config.setup.pixel_size_um
-    encoding = pixel_encoding(config, encoding)
     prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding)
     timings["illumination_stains_s"] = time.perf_counter() - t0
     # What is needed of the colour planes and the lamp field is read now and
@@ -1814,7 +1814,8 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         "counterstain_vector": ([round(float(v), 4) for v in model.matrix[1]]
                                 if prep.counterstain is not None else None),
         "stain_condition_number": round(model.condition, 2),
-        "pixel_encoding": (f"gamma {config.illumination.encoding_gamma:g}" if encoding == "gamma" else encoding),
+        "pixel_encoding": (f"gamma {config.illumination.encoding_gamma:g}" if prep.encoding == "gamma"
+                           else prep.encoding),
         "lamp_method": lamp.method,
         "jpeg_chroma_smoothed": prep.grey_deblocked is not None,
         "background_fraction": round(lamp.background_fraction, 4) if np.isfinite(lamp.background_fraction) else None,
