@@ -1599,6 +1599,24 @@ def test_borders_between_touching_cells_move_onto_the_outline_the_image_shows():
     assert set(np.unique(out)) == {1, 2} and np.all(out[nuclei > 0] == nuclei[nuclei > 0])
 
 
+def test_a_wide_band_between_unstained_cells_reaches_an_outline_far_from_the_midline():
+    # (a large pale cell beside a small one: its outline lies far past the
+    # midline the nuclei put the border on)
+    grey, nuclei, cells = _two_cells_with_an_outline(66)
+    z = segment.outline_strength(grey, sigma_px=1.5)
+    narrow = segment.borders_on_outlines(cells, nuclei, z, band_px=8, clear_px=5, low=1, high=3)
+    both = np.array([False, True, True])
+    wide = segment.borders_on_outlines(cells, nuclei, z, band_px=8, clear_px=5, low=1, high=3,
+                                       wide_px=20, wide=both)
+    one = segment.borders_on_outlines(cells, nuclei, z, band_px=8, clear_px=5, low=1, high=3,
+                                      wide_px=20, wide=np.array([False, True, False]))
+    off = np.abs((narrow == 1).sum(axis=1) - 50)
+    assert off.mean() <= 1.5 and off.max() <= 5, off  # (noise alone, as below)
+    assert np.all(np.abs((wide == 1).sum(axis=1) - 67) <= 2), (wide == 1).sum(axis=1)
+    # a stained neighbour (not in ``wide``): the band stays narrow on both sides
+    assert np.array_equal(one, narrow)
+
+
 def test_borders_stay_where_no_outline_shows_and_outer_edges_never_move():
     grey, nuclei, cells = _two_cells_with_an_outline(None)
     cells[:, 95:] = 0  # background on the right: an outer edge

@@ -1841,7 +1841,8 @@ def outline_strength(image: np.ndarray, *, sigma_px: float) -> np.ndarray:
 
 def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndarray, *, band_px: float,
                         clear_px: float, low: float, high: float,
-                        shared: np.ndarray | None = None) -> np.ndarray:
+                        shared: np.ndarray | None = None, wide_px: float = 0.0,
+                        wide: np.ndarray | None = None) -> np.ndarray:
     """Move the borders between touching cells onto the outlines the image shows.
 
     Territories drawn from nuclei put a border by distance; where the cells'
@@ -1858,6 +1859,11 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     ``shared``: the cells' shared borders
     (``morph.inner_boundaries(cells, shared_only=True)``), when the caller
     has them.
+
+    ``wide`` (per label: the cells whose borders may move farther) and
+    ``wide_px``: the borders between two such cells are then flooded again,
+    over a band ``wide_px`` wide, from the cores those cells keep beyond it
+    (only their own pixels: no other cell gains or loses a pixel there).
     """
     import cv2
 
@@ -1866,24 +1872,61 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
         shared = morph.inner_boundaries(cells, shared_only=True)
     if not shared.any():
         return cells
-    near = cv2.dilate(shared.view(np.uint8), morph.disc(band_px)).view(bool)
-    markers = np.where(near & (nuclei == 0), 0, cells).astype(np.int32)
-    # a cell left without a core keeps all its pixels
-    n = int(cells.max()) + 1
-    cored = np.bincount(markers.ravel(), minlength=n) > 0
-    coreless = ~cored[cells] & (cells > 0)
-    markers[coreless] = cells[coreless]
     land = np.clip((np.asarray(strength, dtype=np.float32) - low) / max(high - low, 1e-6), 0, 1)
     if clear_px > 0 and nuclei.any():
         land[cv2.dilate((nuclei > 0).view(np.uint8), morph.disc(clear_px)).view(bool)] = 0
+    near = cv2.dilate(shared.view(np.uint8), morph.disc(band_px)).view(bool)
+    out = _reflood(cells, near & (cells > 0), nuclei, land)
+    if wide is not None and wide_px > band_px:
+        member = wide[out] & (out > 0)
+        both = _borders_between(out, member)
+        if both.any():
+            near = cv2.dilate(both.view(np.uint8), morph.disc(wide_px)).view(bool) & member
+            out = _reflood(out, near, nuclei, land, within=member)
+    return out
+
+
+def _reflood(cells: np.ndarray, band: np.ndarray, nuclei: np.ndarray, land: np.ndarray, *,
+             within: np.ndarray | None = None) -> np.ndarray:
+    """``cells`` with the ``band`` pixels (less the nuclei) flooded again
+    over ``land`` from the cells' pixels bordering it (:func:`_flood_half`);
+    a cell left without a core keeps all its pixels. ``within``: the pixels
+    whose cells take part (default: every labelled pixel)."""
+    import cv2
+
+    inside = (cells > 0) if within is None else within
+    markers = np.where(band & (nuclei == 0), 0, cells).astype(np.int32)
+    # a cell left without a core keeps all its pixels
+    n = int(cells.max()) + 1
+    cored = np.bincount(markers[inside], minlength=n) > 0
+    coreless = ~cored[cells] & inside
+    markers[coreless] = cells[coreless]
     # flooded: the band, from the core pixels that border it
-    free = (markers == 0) & (cells > 0)
-    zone = cv2.dilate(free.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & (cells > 0)
+    free = (markers == 0) & inside
+    zone = cv2.dilate(free.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & inside
     # (on 2x2 blocks: the band holds most of a dense field's pixels and the
     # flood was most of the step's time; a border placed to the nearest block
     # moves a cell's area by well under 1 %)
     out = _flood_half(land, np.where(zone & ~free, markers, 0), zone)
     return np.where(free, out, cells).astype(cells.dtype, copy=False)
+
+
+def _borders_between(cells: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Pixels of ``member`` cells with a 4-neighbour in another ``member``
+    cell (``member``: a per-pixel mask of the cells in the set).
+
+    >>> c = np.array([[1, 1, 2, 2, 3, 3]])
+    >>> _borders_between(c, np.isin(c, [1, 2])).astype(int).tolist()
+    [[0, 1, 1, 0, 0, 0]]
+    """
+    b = np.zeros(cells.shape, dtype=bool)
+    for a, c, ma, mc, here, there in (
+            (cells[1:], cells[:-1], member[1:], member[:-1], np.s_[1:], np.s_[:-1]),
+            (cells[:, 1:], cells[:, :-1], member[:, 1:], member[:, :-1], np.s_[:, 1:], np.s_[:, :-1])):
+        d = (a != c) & ma & mc
+        b[here] |= d
+        b[there] |= d
+    return b
 
 
 # A 2x2 block's land in the border flood is its highest pixel's, less this
