@@ -977,6 +977,34 @@ def test_brightfield_foreground_follows_glass_that_the_lamp_leaves_drifting():
     assert np.count_nonzero(sizes > 100) == 4, sizes  # the cells (a noise speck or two aside)
 
 
+def test_brightfield_foreground_keeps_pale_margins_that_outnumber_the_glass():
+    """A dense field of large pale cells: their faint margins cover far more
+    of it than the glass does, so the histogram's lowest large peak -- the
+    field-wide "glass" level -- is those margins, and against it they read as
+    glass. The lamp's glass mask (bare glass only) reads lower; measured from
+    it, the margins are cell and the glass stays glass."""
+    rng = np.random.default_rng(5)
+    shape = (300, 400)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    od = rng.normal(0, 0.01, shape).astype(np.float32)
+    gaps = np.zeros(shape, bool)
+    for cx in (50, 150, 250, 350):
+        gaps |= np.abs(xx - cx) <= 7  # strips of bare glass between the cells
+    cores = np.zeros(shape, bool)
+    for cy in (75, 225):
+        for cx in (100, 200, 300):
+            cores |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2
+    od[~gaps] += 0.02  # the pale margins
+    od[cores] += 0.1  # the dense middles round the nuclei
+    glass = gaps & ~ndi.binary_dilation(~gaps, iterations=2)
+    margins = ~gaps & ~ndi.binary_dilation(gaps | cores, iterations=6)
+    plain = segment.brightfield_foreground(od, sigma_px=1.5)
+    assert plain[margins].mean() < 0.5  # the margins taken for glass
+    fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=glass)
+    assert fg[margins].mean() > 0.95
+    assert fg[glass].mean() < 0.05
+
+
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
     # a ring of six stained cells (foreground, each with its nucleus)
     # encloses a pocket holding the nucleus of an unstained cell too faint
