@@ -953,18 +953,20 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     limit = level + k * sd
     if glass is not None and np.count_nonzero(glass) > 500:
         local, share, f = _local_glass_blocks(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
-        full = _blocks_to_full(local, f, sm.shape)
-        # the histogram's "glass" is the margins of pale cells when they
-        # outnumber the glass: it lies well above the mask's own glass, and
-        # the limit is then that glass's, measured locally
-        # (GLASS_PEAK_ABOVE_MASK_SD; on a quarter of the mask, as glass_level)
-        on = glass[::2, ::2]
-        mode, noise = _lowest_peak((sm[::2, ::2] - full[::2, ::2])[on])
-        if (np.count_nonzero(glass) >= GLASS_PEAK_MIN_MASK_SHARE * glass.size
-                and level - float(filters.median(sm[::2, ::2][on])) > GLASS_PEAK_ABOVE_MASK_SD * noise and sd > noise):
-            return _tidy_mask(sm > full + np.float32(mode + k * noise), glass=glass)
+        full = None  # (the local level at full size, made only where needed)
+        if np.count_nonzero(glass) >= GLASS_PEAK_MIN_MASK_SHARE * glass.size:
+            # the histogram's "glass" is the margins of pale cells when they
+            # outnumber the glass: it lies well above the mask's own glass,
+            # and the limit is then that glass's, measured locally
+            # (GLASS_PEAK_ABOVE_MASK_SD; on a quarter of the mask, as glass_level)
+            full = _blocks_to_full(local, f, sm.shape)
+            on = glass[::2, ::2]
+            mode, noise = _lowest_peak((sm[::2, ::2] - full[::2, ::2])[on])
+            if level - float(filters.median(sm[::2, ::2][on])) > GLASS_PEAK_ABOVE_MASK_SD * noise and sd > noise:
+                return _tidy_mask(sm > full + np.float32(mode + k * noise), glass=glass)
         # (the drift is judged on the reduced grid the level is measured on)
         if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
+            full = _blocks_to_full(local, f, sm.shape) if full is None else full
             limit = np.maximum(full, np.float32(level)) + np.float32(k * sd)
     return _tidy_mask(sm > limit, glass=glass)
 
