@@ -951,10 +951,11 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     limit = level + k * sd
-    if glass is not None and np.count_nonzero(glass) > 500:
+    n_glass = 0 if glass is None else np.count_nonzero(glass)
+    if n_glass > 500:
         local, share, f = _local_glass_blocks(sm, glass, level, LOCAL_GLASS_SCALE * sigma_px)
         full = None  # (the local level at full size, made only where needed)
-        if np.count_nonzero(glass) >= GLASS_PEAK_MIN_MASK_SHARE * glass.size:
+        if n_glass >= GLASS_PEAK_MIN_MASK_SHARE * glass.size:
             # the histogram's "glass" is the margins of pale cells when they
             # outnumber the glass: it lies well above the mask's own glass,
             # and the limit is then that glass's, measured locally
@@ -1919,7 +1920,8 @@ def borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, strength: np.ndar
     out = _reflood(cells, near & (cells > 0), nuclei, land)
     if wide is not None and wide_px > band_px:
         member = wide[out] & (out > 0)
-        both = _borders_between(out, member)
+        # (the borders between two such cells: with the others cleared, the shared ones)
+        both = morph.inner_boundaries(np.where(member, out, 0), shared_only=True)
         if both.any():
             near = cv2.dilate(both.view(np.uint8), morph.disc(wide_px)).view(bool) & member
             out = _reflood(out, near, nuclei, land, within=member)
@@ -1949,24 +1951,6 @@ def _reflood(cells: np.ndarray, band: np.ndarray, nuclei: np.ndarray, land: np.n
     # moves a cell's area by well under 1 %)
     out = _flood_half(land, np.where(zone & ~free, markers, 0), zone)
     return np.where(free, out, cells).astype(cells.dtype, copy=False)
-
-
-def _borders_between(cells: np.ndarray, member: np.ndarray) -> np.ndarray:
-    """Pixels of ``member`` cells with a 4-neighbour in another ``member``
-    cell (``member``: a per-pixel mask of the cells in the set).
-
-    >>> c = np.array([[1, 1, 2, 2, 3, 3]])
-    >>> _borders_between(c, np.isin(c, [1, 2])).astype(int).tolist()
-    [[0, 1, 1, 0, 0, 0]]
-    """
-    b = np.zeros(cells.shape, dtype=bool)
-    for a, c, ma, mc, here, there in (
-            (cells[1:], cells[:-1], member[1:], member[:-1], np.s_[1:], np.s_[:-1]),
-            (cells[:, 1:], cells[:, :-1], member[:, 1:], member[:, :-1], np.s_[:, 1:], np.s_[:, :-1])):
-        d = (a != c) & ma & mc
-        b[here] |= d
-        b[there] |= d
-    return b
 
 
 # A 2x2 block's land in the border flood is its highest pixel's, less this
