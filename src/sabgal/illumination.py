@@ -823,10 +823,11 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
         # smoothly as the brightness, scales the guess; its level is the
         # channel's own bright percentile, as for a flat colour.
         tile_ch_hi = np.percentile(_tiles(small, ty, tx, b), 90, axis=2)  # (ty, tx, 3)
+        lum_hi = np.percentile(lum, 97)
         chans = []
         for c in range(3):
             ch = small[..., c]
-            level = np.percentile(ch, 97) / np.percentile(lum, 97)
+            level = np.percentile(ch, 97) / lum_hi
             share = tile_ch_hi[..., c] / np.maximum(tile_hi, 1e-6)
             coef_c = _robust_polyfit(tyy.ravel(), txx.ravel(), share.ravel(), deg0)
             if coef_c is None or deg0 == 0:

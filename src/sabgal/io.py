@@ -70,9 +70,11 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool, str | None]:
+def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float | None, bool, str | None]:
     """(pixels, µm per pixel or None, whether the file's compression is lossy,
-    the encoding the file declares: :func:`_declared_encoding`)."""
+    the encoding the file declares: :func:`_declared_encoding`, or None
+    without ``encoding`` -- a nuclear image is not decoded, and its PNG or
+    JPEG header need not be opened a second time)."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_dir():
@@ -88,11 +90,12 @@ def _read_raw(path: Path) -> tuple[np.ndarray, float | None, bool, str | None]:
                 arr = tif.asarray()
                 pixel_size = _tiff_pixel_size(tif)
                 lossy = _lossy_tiff(tif)
-                declared = _declared_encoding(path, tif)
+                declared = _declared_encoding(path, tif) if encoding else None
             return np.asarray(arr), pixel_size, lossy, declared
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"), _declared_encoding(path)
+        return (np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"),
+                _declared_encoding(path) if encoding else None)
     except ImageReadError:
         raise
     except Exception as exc:  # decoder errors come in many types; report them as one line
@@ -268,7 +271,7 @@ def read_nuclear(path: str | os.PathLike[str]) -> ImageData:
     RGB files are accepted (a false-coloured export): the brightest channel is used.
     """
     p = Path(path)
-    arr, pixel_size, lossy, _ = _read_raw(p)
+    arr, pixel_size, lossy, _ = _read_raw(p, encoding=False)
     arr = _squeeze_pages(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].max(axis=-1)
