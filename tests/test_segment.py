@@ -2458,3 +2458,36 @@ def test_a_lattice_hole_takes_an_unstained_nucleus_only_as_strong_as_its_neighbo
     assert not taken
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_RELATIVE_SNR", 0.0)
     assert fill(0.02)[0]
+
+
+def test_brightfield_foreground_reads_the_glass_off_a_mask_that_also_holds_margins():
+    """As above, in a noisier field whose glass and uneven pale margins merge
+    into one broad histogram peak on the margins' side, and with a lamp mask
+    holding more of the margins' edges than bare glass (they passed for
+    glass to the lamp fit): the mask's median is the margins' level too. The
+    mask's own glass is the lowest peak of its values about their local
+    level, and measured from that the margins are cell."""
+    rng = np.random.default_rng(5)
+    shape = (300, 400)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    od = rng.normal(0, 0.03, shape).astype(np.float32)
+    gaps = np.zeros(shape, bool)
+    for cx in (50, 150, 250, 350):
+        gaps |= np.abs(xx - cx) <= 7
+    cores = np.zeros(shape, bool)
+    for cy in (75, 225):
+        for cx in (100, 200, 300):
+            cores |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2
+    swell = ndi.gaussian_filter(rng.normal(0, 1, shape), 8)
+    od[~gaps] += (0.03 + 0.006 * swell[~gaps] / swell.std()).astype(np.float32)
+    od[cores] += 0.1
+    glass = gaps & ~ndi.binary_dilation(~gaps, iterations=2)
+    to_glass = ndi.distance_transform_edt(~gaps)
+    mask = glass | (~gaps & (to_glass > 3) & (to_glass <= 12))
+    assert (mask & ~gaps).sum() > (mask & gaps).sum()
+    margins = ~gaps & ~ndi.binary_dilation(gaps | cores, iterations=6)
+    plain = segment.brightfield_foreground(od, sigma_px=1.5)
+    assert plain[margins].mean() < 0.2  # the margins taken for glass
+    fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=mask)
+    assert fg[margins].mean() > 0.8
+    assert fg[glass].mean() < 0.05
