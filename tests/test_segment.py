@@ -2491,3 +2491,43 @@ def test_brightfield_foreground_reads_the_glass_off_a_mask_that_also_holds_margi
     fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=mask)
     assert fg[margins].mean() > 0.8
     assert fg[glass].mean() < 0.05
+
+
+def test_typical_unstained_nuclei_are_as_strong_as_the_fields_deep_ones_with_no_stain_round():
+    """The rim check's spare: a candidate out of the stain whose blob is as
+    strong as the field's deep candidates' (0.5-2x their median) and with no
+    stain on the ring round it. Not a weak blob (a pale margin's mottling),
+    nor a far stronger one (dark debris), nor one beside stain; and none at
+    all when the deep candidates barely clear the noise themselves."""
+    d = 10.0
+    shape = (200, 300)
+    nuc = np.zeros(shape, np.int32)
+    resp = np.zeros(shape)
+    deep = np.zeros(shape, bool)
+    deep[:100] = True  # the top half: deep in cell bodies (the reference)
+    k = 0
+    for y in (20, 50, 80):
+        for x in range(20, 300, 60):
+            k += 1
+            nuc[y - 2:y + 3, x - 2:x + 3] = k
+            resp[y - 2:y + 3, x - 2:x + 3] = 10.0 + (k % 3)  # median 11
+    tests = {"typical": (150, 30, 9.0), "weak": (150, 90, 4.0), "debris": (150, 150, 30.0),
+             "beside_stain": (150, 210, 10.0)}
+    labels = {}
+    for name, (y, x, z) in tests.items():
+        k += 1
+        labels[name] = k
+        nuc[y - 2:y + 3, x - 2:x + 3] = k
+        resp[y - 2:y + 3, x - 2:x + 3] = z
+    stained = np.zeros(shape, bool)
+    stained[140:160, 214:240] = True  # stain 4 px to the side: on the 7.5 px ring
+    out = segment.typical_unstained_nuclei(nuc, resp, stained, diameter_px=d, reference=deep, min_reference=8.0)
+    spared = set(np.unique(nuc[out])) - {0}
+    assert labels["typical"] in spared
+    assert not spared & {labels["weak"], labels["debris"], labels["beside_stain"]}
+    # the deep candidates are spared too when they pass (they are deep anyway)
+    assert 1 in spared
+    # a field whose deep candidates barely clear the noise: no yardstick
+    faint = np.where(deep & (nuc > 0), resp * 0.6, resp)  # their median 6.6
+    assert not segment.typical_unstained_nuclei(nuc, faint, stained, diameter_px=d, reference=deep,
+                                                min_reference=8.0).any()

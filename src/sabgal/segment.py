@@ -2216,6 +2216,47 @@ def _label_max(image: np.ndarray, labels: np.ndarray, which: np.ndarray) -> tupl
     return top[which], pos[which]
 
 
+def typical_unstained_nuclei(nuclei: np.ndarray, response: np.ndarray | None, stained: np.ndarray, *,
+                              diameter_px: float, ring_nuclei: float = 0.75,
+                              relative: tuple[float, float] = (0.5, 2.0), min_count: int = 10,
+                              reference: np.ndarray | None = None, min_reference: float = 0.0) -> np.ndarray:
+    """Pixels of the candidates that are as plainly an unstained cell's
+    nucleus as the field's own: no ``stained`` pixel on the circle
+    ``ring_nuclei`` diameters round the candidate's centre, and a blob
+    ``response`` (:func:`blob_response`, noise SDs, 0 in the stain) at its
+    centre between ``relative`` times the median response of the field's
+    reference candidates: those out of the stain whose centre lies in
+    ``reference`` (all of them without it). A weaker blob is a pale
+    margin's mottling, a far stronger one dark debris. None qualify when
+    fewer than ``min_count`` candidates make the reference, or their median
+    is below ``min_reference`` (nuclei that barely clear the noise are no
+    yardstick: in a field of mostly stained cells the candidates out of the
+    stain are mostly their pale margins).
+
+    >>> n = np.zeros((40, 40), int); r = np.zeros((40, 40))
+    >>> for i, (y, x) in enumerate([(5, 5), (5, 15), (5, 25), (15, 5), (15, 15), (15, 25),
+    ...                             (25, 5), (25, 15), (25, 25), (35, 5), (35, 15)]):
+    ...     n[y - 1:y + 2, x - 1:x + 2] = i + 1; r[y, x] = 10.0
+    >>> r[35, 15] = 3.0                       # a weak blob
+    >>> m = typical_unstained_nuclei(n, r, np.zeros((40, 40), bool), diameter_px=4)
+    >>> bool(m[5, 5]), bool(m[35, 15])
+    (True, False)
+    """
+    ids, cents = _tested_candidates(nuclei, None)
+    z = _value_at(np.asarray(response), cents).astype(float) if response is not None else np.zeros(ids.size)
+    clear = z > 0  # (no response is measured in the stain)
+    ref = clear if reference is None else clear & _value_at(np.asarray(reference, dtype=bool), cents)
+    if np.count_nonzero(ref) < min_count:
+        return np.zeros(nuclei.shape, dtype=bool)
+    med = float(np.median(z[ref]))
+    if med < min_reference:
+        return np.zeros(nuclei.shape, dtype=bool)
+    ok = clear & (z >= relative[0] * med) & (z <= relative[1] * med)
+    if ok.any():
+        ok[ok] = _ring_fraction(np.asarray(stained, dtype=bool), cents[ok], ring_nuclei * float(diameter_px)) == 0
+    return _lut(ids[ok], int(nuclei.max()) + 1)[nuclei]
+
+
 def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px: float,
                     max_per_piece: int = 10, depth: np.ndarray | None = None,
                     rel_depth: float = 0.0, neck: float = 0.7, exempt: np.ndarray | None = None) -> np.ndarray:
