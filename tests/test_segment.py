@@ -977,16 +977,17 @@ def test_brightfield_foreground_follows_glass_that_the_lamp_leaves_drifting():
     assert np.count_nonzero(sizes > 100) == 4, sizes  # the cells (a noise speck or two aside)
 
 
-def test_brightfield_foreground_keeps_pale_margins_that_outnumber_the_glass():
-    """A dense field of large pale cells: their faint margins cover far more
-    of it than the glass does, so the histogram's lowest large peak -- the
-    field-wide "glass" level -- is those margins, and against it they read as
-    glass. The lamp's glass mask (bare glass only) reads lower; measured from
-    it, the margins are cell and the glass stays glass."""
+def _pale_margins_field(noise: float, margin_od: float, swell_od: float = 0.0):
+    """A dense field of large pale cells (300 x 400 px, seed 5): four 15 px
+    strips of bare glass between the cells, pale margins of ``margin_od``
+    (varying by ``swell_od`` SD over ~8 px where given, as real ones do)
+    and six dense middles round the nuclei, under pixel noise of SD
+    ``noise``. Returns the OD map, the strips, the glass well inside them
+    and the margins well away from strips and middles."""
     rng = np.random.default_rng(5)
     shape = (300, 400)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    od = rng.normal(0, 0.01, shape).astype(np.float32)
+    od = rng.normal(0, noise, shape).astype(np.float32)
     gaps = np.zeros(shape, bool)
     for cx in (50, 150, 250, 350):
         gaps |= np.abs(xx - cx) <= 7  # strips of bare glass between the cells
@@ -994,14 +995,46 @@ def test_brightfield_foreground_keeps_pale_margins_that_outnumber_the_glass():
     for cy in (75, 225):
         for cx in (100, 200, 300):
             cores |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2
-    od[~gaps] += 0.02  # the pale margins
+    if swell_od:
+        swell = ndi.gaussian_filter(rng.normal(0, 1, shape), 8)
+        od[~gaps] += (margin_od + swell_od * swell[~gaps] / swell.std()).astype(np.float32)
+    else:
+        od[~gaps] += margin_od  # the pale margins
     od[cores] += 0.1  # the dense middles round the nuclei
     glass = gaps & ~ndi.binary_dilation(~gaps, iterations=2)
     margins = ~gaps & ~ndi.binary_dilation(gaps | cores, iterations=6)
+    return od, gaps, glass, margins
+
+
+def test_brightfield_foreground_keeps_pale_margins_that_outnumber_the_glass():
+    """A dense field of large pale cells: their faint margins cover far more
+    of it than the glass does, so the histogram's lowest large peak -- the
+    field-wide "glass" level -- is those margins, and against it they read as
+    glass. The lamp's glass mask (bare glass only) reads lower; measured from
+    it, the margins are cell and the glass stays glass."""
+    od, _, glass, margins = _pale_margins_field(0.01, 0.02)
     plain = segment.brightfield_foreground(od, sigma_px=1.5)
     assert plain[margins].mean() < 0.5  # the margins taken for glass
     fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=glass)
     assert fg[margins].mean() > 0.95
+    assert fg[glass].mean() < 0.05
+
+
+def test_brightfield_foreground_reads_the_glass_off_a_mask_that_also_holds_margins():
+    """As above, in a noisier field whose glass and uneven pale margins merge
+    into one broad histogram peak on the margins' side, and with a lamp mask
+    holding more of the margins' edges than bare glass (they passed for
+    glass to the lamp fit): the mask's median is the margins' level too. The
+    mask's own glass is the lowest peak of its values about their local
+    level, and measured from that the margins are cell."""
+    od, gaps, glass, margins = _pale_margins_field(0.03, 0.03, swell_od=0.006)
+    to_glass = ndi.distance_transform_edt(~gaps)
+    mask = glass | (~gaps & (to_glass > 3) & (to_glass <= 12))
+    assert (mask & ~gaps).sum() > (mask & gaps).sum()
+    plain = segment.brightfield_foreground(od, sigma_px=1.5)
+    assert plain[margins].mean() < 0.2  # the margins taken for glass
+    fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=mask)
+    assert fg[margins].mean() > 0.8
     assert fg[glass].mean() < 0.05
 
 
@@ -2458,39 +2491,6 @@ def test_a_lattice_hole_takes_an_unstained_nucleus_only_as_strong_as_its_neighbo
     assert not taken
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_RELATIVE_SNR", 0.0)
     assert fill(0.02)[0]
-
-
-def test_brightfield_foreground_reads_the_glass_off_a_mask_that_also_holds_margins():
-    """As above, in a noisier field whose glass and uneven pale margins merge
-    into one broad histogram peak on the margins' side, and with a lamp mask
-    holding more of the margins' edges than bare glass (they passed for
-    glass to the lamp fit): the mask's median is the margins' level too. The
-    mask's own glass is the lowest peak of its values about their local
-    level, and measured from that the margins are cell."""
-    rng = np.random.default_rng(5)
-    shape = (300, 400)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    od = rng.normal(0, 0.03, shape).astype(np.float32)
-    gaps = np.zeros(shape, bool)
-    for cx in (50, 150, 250, 350):
-        gaps |= np.abs(xx - cx) <= 7
-    cores = np.zeros(shape, bool)
-    for cy in (75, 225):
-        for cx in (100, 200, 300):
-            cores |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 18 ** 2
-    swell = ndi.gaussian_filter(rng.normal(0, 1, shape), 8)
-    od[~gaps] += (0.03 + 0.006 * swell[~gaps] / swell.std()).astype(np.float32)
-    od[cores] += 0.1
-    glass = gaps & ~ndi.binary_dilation(~gaps, iterations=2)
-    to_glass = ndi.distance_transform_edt(~gaps)
-    mask = glass | (~gaps & (to_glass > 3) & (to_glass <= 12))
-    assert (mask & ~gaps).sum() > (mask & gaps).sum()
-    margins = ~gaps & ~ndi.binary_dilation(gaps | cores, iterations=6)
-    plain = segment.brightfield_foreground(od, sigma_px=1.5)
-    assert plain[margins].mean() < 0.2  # the margins taken for glass
-    fg = segment.brightfield_foreground(od, sigma_px=1.5, glass=mask)
-    assert fg[margins].mean() > 0.8
-    assert fg[glass].mean() < 0.05
 
 
 def test_typical_unstained_nuclei_are_as_strong_as_the_fields_deep_ones_with_no_stain_round():
