@@ -174,6 +174,18 @@ def test_hematoxylin_not_found_in_blue_cytoplasm_or_xgal_coloured_blobs():
     assert not stains.detect_hematoxylin(few)[0]
 
 
+def test_hematoxylin_not_found_in_faint_patches_that_only_tip_over_the_chroma_threshold():
+    # compact blobs of hematoxylin's hue at 0.13 OD: chroma ~0.04, over the
+    # pixel threshold (0.03) but never reaching a stained nucleus's 0.06 --
+    # what faint X-gal patches of a hue inside the cone look like
+    faint = _blob_field(stains.HEMATOXYLIN, od=0.13)
+    assert stains.detect_hematoxylin(faint, min_peak_chroma=0.0)[0]  # (solid, many: only the peak tells)
+    found, n_blobs, _ = stains.detect_hematoxylin(faint)
+    assert not found and n_blobs == 0
+    # a light counterstain (0.25 OD) is still found
+    assert stains.detect_hematoxylin(_blob_field(stains.HEMATOXYLIN, od=0.25))[0]
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_rendered_hematoxylin_fields_are_recognised_and_plain_brightfield_ones_not(seed):
     from sabgal import pipeline, synth

@@ -375,6 +375,14 @@ def detect_counterstain(od: np.ndarray, *, candidates=("nuclear_fast_red", "eosi
 # published hematoxylin.
 HEMATOXYLIN_MIN_CHROMA = 0.03
 HEMATOXYLIN_MAX_HUE_DEG = 15.0
+# ... and a blob counts as a stained nucleus only where its colour peaks at
+# least this far from grey. Hematoxylin lies ~19 degrees from grey, so even
+# a light counterstain (nuclear OD ~0.2) peaks at ~0.06 and rendered
+# hematoxylin nuclei peak at 0.09-0.22; faint X-gal patches whose hue falls
+# inside the cone only tip over the pixel threshold (peaks 0.03-0.05: a
+# pink-lamp sRGB field, decoded, showed 56 such "solid nuclei" and was
+# analysed as hematoxylin-counterstained, 39 pp off).
+HEMATOXYLIN_MIN_PEAK_CHROMA = 0.06
 
 
 def _chroma_basis(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -385,7 +393,8 @@ def _chroma_basis(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CHROMA,
-                       max_hue_deg: float = HEMATOXYLIN_MAX_HUE_DEG, min_area_px: int = 30,
+                       max_hue_deg: float = HEMATOXYLIN_MAX_HUE_DEG,
+                       min_peak_chroma: float = HEMATOXYLIN_MIN_PEAK_CHROMA, min_area_px: int = 30,
                        min_solidity: float = 0.9, min_blobs: int = 20,
                        min_solid_fraction: float = 0.6) -> tuple[bool, int, float]:
     """Decide whether nuclei are stained with hematoxylin.
@@ -399,7 +408,9 @@ def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CH
     (chroma above ``min_chroma`` OD, hue within ``max_hue_deg`` of the
     published vector) are grouped into 8-connected blobs; blobs of at least
     ``min_area_px`` px with solidity (area / convex-hull area) at least
-    ``min_solidity`` are nucleus-like. Hematoxylin is present when there
+    ``min_solidity`` whose chroma peaks at ``min_peak_chroma`` or more are
+    nucleus-like (a stained nucleus is coloured through; a faint patch of
+    X-gal barely over ``min_chroma`` is not). Hematoxylin is present when there
     are at least ``min_blobs`` of them and they are at least
     ``min_solid_fraction`` of all blobs that large (counted, not by area:
     a few large patches of navy X-gal must not hide hundreds of nuclei).
@@ -435,7 +446,10 @@ def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CH
     if ids.size == 0:
         return False, 0, 0.0
     solidity = area[ids] / np.maximum(convex_areas(lab, ids), 1)
-    solid = solidity >= min_solidity
+    from scipy import ndimage as ndi
+
+    peak = np.asarray(ndi.maximum(p, lab, ids))
+    solid = (solidity >= min_solidity) & (peak >= min_peak_chroma)
     n_blobs = int(np.count_nonzero(solid))
     fraction = n_blobs / ids.size
     return n_blobs >= min_blobs and fraction >= min_solid_fraction, n_blobs, fraction
