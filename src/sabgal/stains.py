@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from sabgal import filters
 from sabgal import morphology as morph
@@ -446,8 +447,6 @@ def detect_hematoxylin(od: np.ndarray, *, min_chroma: float = HEMATOXYLIN_MIN_CH
     if ids.size == 0:
         return False, 0, 0.0
     solidity = area[ids] / np.maximum(convex_areas(lab, ids), 1)
-    from scipy import ndimage as ndi
-
     peak = np.asarray(ndi.maximum(p, lab, ids))
     solid = (solidity >= min_solidity) & (peak >= min_peak_chroma)
     n_blobs = int(np.count_nonzero(solid))
