@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from sabgal import stains
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """On a hard crash, print only the crashing thread's stack.
+
+    pytest's faulthandler dumps every thread; Dask's event loop and idle pool
+    threads then fill a CI log's tail, and the frame that crashed (say, in Qt
+    or OpenGL under the napari tests) is the part cut off.  Runs after
+    pytest's own set-up, on a duplicate of the same stderr.
+    """
+    faulthandler.enable(file=os.dup(sys.stderr.fileno()), all_threads=False)
 
 
 def paint_field(shape=(200, 260), cells=(), *, lamp=(0.92, 0.86, 0.95), noise=0.004, seed=0,

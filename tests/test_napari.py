@@ -382,15 +382,19 @@ def _opengl(_qt_platform):
 
 
 @pytest.fixture
-def viewer_widget(_opengl, make_napari_viewer):
+def viewer_widget(_opengl, make_napari_viewer, qtbot):
     from qtpy.QtCore import QThreadPool
 
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget("sabgal", WIDGET)
     yield viewer, widget
     # An analysis thread emits "finished" a moment before its runnable returns;
-    # let it return before the viewer (and the Qt objects it signals) is torn down.
+    # let it return before the viewer (and the Qt objects it signals) is torn down,
+    # and deliver the signals it queued while the widgets they call still exist.
+    from napari.qt.threading import WorkerBase
+
     assert QThreadPool.globalInstance().waitForDone(60_000), "an analysis thread did not finish"
+    qtbot.waitUntil(lambda: not WorkerBase._worker_set, timeout=10_000)
 
 
 def _wait_idle(qtbot, widget, timeout=60_000):
@@ -587,6 +591,42 @@ def test_plate_review_jumps_between_images(viewer_widget, qtbot, results):
     assert any(ly.name.endswith("X-gal") for ly in viewer.layers)
     cells = [ly for ly in viewer.layers if ly.metadata.get("sabgal", {}).get("role") == "cells"]
     assert len(cells) == 1  # the layers are re-used from image to image
+
+
+@pytest.mark.napari
+def test_paging_quickly_prepares_one_image_at_a_time_and_skips_those_paged_past(viewer_widget, qtbot, results,
+                                                                              monkeypatch):
+    import threading
+
+    from sabgal._napari import _folder
+
+    viewer, widget = viewer_widget
+    lock, running, most, prepared = threading.Lock(), [0], [0], []
+    original = _folder.prepare_for_edits
+
+    def counting(review, *args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            prepared.append(review.image)
+        try:
+            return original(review, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(_folder, "prepare_for_edits", counting)
+    _set_wells(results, False)
+    assert widget.open_results(results)
+    names = ResultsFolder(results).image_names
+    for _ in range(2):  # page through twice, faster than one image can be prepared
+        assert widget.step_image(+1) and widget.step_image(+1) and widget.step_image(+1)
+    assert widget.step_image(+1) and widget.review.image == names[1]
+    _wait_idle(qtbot, widget)
+    assert most[0] == 1
+    assert prepared == [names[0], names[1]]
+    assert widget.review.prepared is not None
+    assert any(ly.name.endswith("X-gal") for ly in viewer.layers)
 
 
 @pytest.mark.napari

@@ -171,9 +171,18 @@ class FolderReview:
 
     def _start_prepare(self, review: ImageReview, rgb: np.ndarray, nuclear: np.ndarray | None, *,
                        encoding: str | None = None) -> None:
-        """Compute, in the background, what label edits and the X-gal layer need."""
+        """Compute, in the background, what label edits and the X-gal layer need.
+
+        One such computation runs at a time: paging quickly through a plate
+        queues only the newest image, and the ones paged past are never
+        prepared (each would take a core for seconds, and workers started in
+        a burst race each other for the threads' shared state).
+        """
         from napari.qt.threading import create_worker
 
+        if self._prep_worker is not None:
+            self._prep_next = (review, rgb, nuclear, encoding)
+            return
         worker = create_worker(prepare_for_edits, review, rgb, nuclear=nuclear, encoding=encoding, _start_thread=False,
                                _ignore_errors=True)
 
@@ -193,8 +202,13 @@ class FolderReview:
         worker.start()
 
     def _prep_done(self, worker) -> None:
-        if self._prep_worker is worker:
-            self._prep_worker = None
+        if self._prep_worker is not worker:
+            return
+        self._prep_worker = None
+        queued, self._prep_next = self._prep_next, None
+        if queued is not None and queued[0] is self.review:
+            review, rgb, nuclear, encoding = queued
+            self._start_prepare(review, rgb, nuclear, encoding=encoding)
 
     def _add_xgal_layer(self) -> None:
         from napari.layers import Layer

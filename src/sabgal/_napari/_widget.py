@@ -73,6 +73,7 @@ class SabgalWidget(FolderReview, QWidget):
         self._layers: dict[str, Any] = {}
         self._worker = None
         self._prep_worker = None
+        self._prep_next: tuple | None = None  # (review, rgb, nuclear, encoding) waiting for _prep_worker
         self._pending_edit = False
         self._selected: int | None = None
         self._features = None
