@@ -1038,6 +1038,44 @@ def test_brightfield_foreground_reads_the_glass_off_a_mask_that_also_holds_margi
     assert fg[glass].mean() < 0.05
 
 
+def test_brightfield_foreground_on_jpeg_quantised_glass_leaves_the_glass_alone():
+    """JPEG flattens blocks of bright glass onto a few quantised levels: the
+    lamp mask's values about their local level are a broad spread with
+    spikes on it, the lowest spike below the spread's middle and a fraction
+    of its width. Taken for the glass's level and noise, that spike put
+    the glass well below the field-wide histogram's level and half the
+    glass above a limit four spike-widths over it."""
+    rng = np.random.default_rng(3)
+    shape = (300, 400)
+    n = (shape[0] // 4) * (shape[1] // 4)  # one value per 4 x 4 block
+    level = rng.choice(3, size=n, p=[0.75, 0.12, 0.13])
+    v = np.where(level == 0, rng.normal(0.0005, 0.005, n),
+                 np.where(level == 1, rng.normal(-0.0035, 0.0004, n), rng.normal(0.0015, 0.0004, n)))
+    od = np.kron(v.reshape(shape[0] // 4, shape[1] // 4), np.ones((4, 4))).astype(np.float32)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    cells = np.zeros(shape, bool)
+    for cy, cx in ((60, 70), (60, 330), (150, 200), (240, 90), (240, 310)):
+        cells |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 22 ** 2
+    od[cells] += 0.08
+    glass = ~ndi.binary_dilation(cells, iterations=4)
+    mode, noise, spread = segment._mask_glass_peak(od[glass][::4])
+    assert -0.004 < mode < -0.003  # the lowest spike is still the peak found,
+    assert noise > 0.0015 and spread > 0.0025  # but not its width the noise
+    fg = segment.brightfield_foreground(od, sigma_px=1.5, smoothed=od, glass=glass)
+    assert fg[glass].mean() < 0.02
+    assert fg[cells].mean() > 0.95
+
+
+def test_mask_glass_peak_on_continuous_noise_is_the_peak():
+    """On continuous glass noise (margins in the mask above it) the level,
+    noise and spread are the lowest peak and its width."""
+    rng = np.random.default_rng(4)
+    resid = np.concatenate([rng.normal(0.0, 0.004, 60_000), rng.normal(0.02, 0.006, 20_000)])
+    mode, noise, spread = segment._mask_glass_peak(resid)
+    assert abs(mode) < 0.0008
+    assert 0.0036 < noise < 0.0044 and 0.0036 < spread < 0.0046
+
+
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
     # a ring of six stained cells (foreground, each with its nucleus)
     # encloses a pocket holding the nucleus of an unstained cell too faint

@@ -914,6 +914,31 @@ def _lowest_peak(v: np.ndarray, *, bins: int = 400, min_peak: float = 0.2) -> tu
     return float(c[i]), max(_left_sd(c, hs, i), 1e-5)
 
 
+def _mask_glass_peak(resid: np.ndarray) -> tuple[float, float, float]:
+    """Level, noise SD and tail spread of the glass in a lamp glass mask,
+    from the mask's values about their local level (``resid``).
+
+    The level is the values' lowest peak and the noise its width where the
+    values are continuous. But JPEG flattens blocks of bright glass onto a
+    few quantised levels: the lowest peak is then one such level, a spike a
+    fraction of the noise wide on the real spread, and often below its
+    middle. What lies below the peak is glass only (margins in the mask lie
+    above it), so its spread below the mode bounds the noise from below:
+    the median distance (the typical noise, for the limit) and the 90th
+    percentile distance (the tail's spread, for judging whether another
+    level lies well above this glass), each scaled to a Gaussian SD. On
+    continuous Gaussian noise all three agree.
+    """
+    mode, noise = _lowest_peak(resid)
+    spread = noise
+    below = mode - resid[resid < mode]
+    if below.size >= 100:
+        typical, tail = np.quantile(below, [0.5, 0.9])
+        noise = max(noise, float(typical) / 0.6745)
+        spread = max(noise, float(tail) / 1.6449)
+    return mode, noise, spread
+
+
 def _smooth_hist(v: np.ndarray, lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
     h, edges = np.histogram(v, bins=bins, range=(lo, hi))
     return (edges[:-1] + edges[1:]) / 2, ndi.gaussian_filter1d(h.astype(np.float64), 2)
@@ -968,9 +993,9 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
             # mask, as glass_level)
             full = _blocks_to_full(local, f, sm.shape)
             on = glass[::2, ::2]
-            mode, noise = _lowest_peak((sm[::2, ::2] - full[::2, ::2])[on])
+            mode, noise, spread = _mask_glass_peak((sm[::2, ::2] - full[::2, ::2])[on])
             glass_at = float(filters.median(full[::2, ::2][on])) + mode
-            if level - glass_at > GLASS_PEAK_ABOVE_MASK_SD * noise and sd > noise:
+            if level - glass_at > GLASS_PEAK_ABOVE_MASK_SD * spread and sd > spread:
                 return _tidy_mask(sm > full + np.float32(mode + k * noise), glass=glass)
         # (the drift is judged on the reduced grid the level is measured on)
         if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
