@@ -191,8 +191,9 @@ def rgb_to_od(rgb: np.ndarray, lamp: np.ndarray, *, floor: float = 1e-3) -> np.n
     """
     t = np.asarray(rgb, dtype=np.float32) / np.asarray(lamp, dtype=np.float32)
     np.maximum(t, np.float32(floor), out=t)
-    od = np.log10(t)
-    np.negative(od, out=od)
+    # natural log, scaled: numpy vectorises float32 log (not log10), ~3x faster
+    od = np.log(t, out=t)
+    od *= np.float32(-1.0 / np.log(10.0))
     return od
 
 
