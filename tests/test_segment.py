@@ -1076,6 +1076,35 @@ def test_mask_glass_peak_on_continuous_noise_is_the_peak():
     assert 0.0036 < noise < 0.0044 and 0.0036 < spread < 0.0046
 
 
+def test_empty_rings_are_dropped_but_cells_round_a_hole_and_stained_rings_stay():
+    """Out-of-focus dust: a soft ring whose band clears the foreground limit
+    and whose middle does not, with no nucleus anywhere in it, is dropped.
+    A cell (its nucleus on the band), a stained ring, a ring round too
+    small a hole and a plain solid cell body all stay."""
+    yy, xx = np.mgrid[0:200, 0:400]
+    fg = np.zeros((200, 400), bool)
+    nuclei = np.zeros((200, 400), np.int32)
+    stained = np.zeros((200, 400), bool)
+
+    def ring(cy, cx, r_in, r_out):
+        d = np.hypot(yy - cy, xx - cx)
+        return (d >= r_in) & (d < r_out)
+
+    dust = ring(50, 50, 20, 28)
+    cell_ring = ring(50, 150, 12, 30)  # a cell with a pale middle, its nucleus on the band
+    nuclei[(yy - 50) ** 2 + (xx - 170) ** 2 <= 25] = 1
+    blue_ring = ring(50, 250, 14, 24)
+    stained |= blue_ring & (xx > 250)
+    small_hole = ring(50, 340, 2, 16)  # a hole of ~12 px: a speck, not a clear middle
+    body = (yy - 150) ** 2 + (xx - 100) ** 2 <= 30 ** 2  # no nucleus found, no hole
+    fg |= dust | cell_ring | blue_ring | small_hole | body
+    out = segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained)
+    assert not out[dust].any()
+    for kept in (cell_ring, blue_ring, small_hole, body):
+        assert out[kept].all()
+    assert np.array_equal(out, fg & ~dust)
+
+
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
     # a ring of six stained cells (foreground, each with its nucleus)
     # encloses a pocket holding the nucleus of an unstained cell too faint

@@ -2212,6 +2212,46 @@ def outlined_cells(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px: flo
     return out
 
 
+def drop_empty_rings(foreground: np.ndarray, nuclei: np.ndarray, *, min_hole_px: float,
+                     stained: np.ndarray | None = None) -> np.ndarray:
+    """``foreground`` less its rings: pieces that hold no nucleus round a
+    hole of at least ``min_hole_px`` that holds none either (nor, given
+    ``stained``, any X-gal: dust is grey).
+
+    Out-of-focus dust on the optics shows as soft grey rings as dense as
+    faint cells; such a ring clears the foreground's limit, its inside does
+    not. A cell is densest round its centre, where its nucleus is, so a
+    piece with a clear middle and no nucleus in it or round it is no cell
+    (once filled it made one large round "cell", or several slices of the
+    ring). Pieces are taken with their holes (4-connected fill), so a ring
+    with a nucleus anywhere in or on it stays.
+
+    >>> yy, xx = np.mgrid[:60, :60]
+    >>> d = np.hypot(yy - 30, xx - 30)
+    >>> ring = (d > 12) & (d < 18)
+    >>> nuc = np.zeros((60, 60), np.int32)
+    >>> int(drop_empty_rings(ring, nuc, min_hole_px=50).sum())
+    0
+    >>> nuc[30, 30] = 1
+    >>> bool((drop_empty_rings(ring, nuc, min_hole_px=50) == ring).all())
+    True
+    """
+    fg = np.asarray(foreground, dtype=bool)
+    filled = morph.fill_holes(fg)
+    lab, n = morph.label(filled)
+    if n == 0:
+        return fg.copy()
+    hole = np.bincount(lab[filled & ~fg], minlength=n + 1)
+    held = np.bincount(lab[np.asarray(nuclei) > 0], minlength=n + 1)
+    if stained is not None:
+        held += np.bincount(lab[np.asarray(stained, dtype=bool)], minlength=n + 1)
+    ring = (held == 0) & (hole >= min_hole_px)
+    ring[0] = False
+    if not ring.any():
+        return fg.copy()
+    return fg & ~ring[lab]
+
+
 def body_depth(foreground: np.ndarray, nuclei: np.ndarray, *, glass: np.ndarray | None = None) -> np.ndarray:
     """Distance to the edge of the cell bodies: the foreground with the
     nuclei, holes filled (float32) -- but not a hole holding ``glass``
