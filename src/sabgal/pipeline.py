@@ -1619,13 +1619,13 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             foreground = foreground | pale
             if background is not None:
                 background = background & ~pale
+        # a ring round a clear middle, with no nucleus in or on it, is dust
+        # on the optics, not a cell (filled, it made one large round "cell")
+        foreground = segment.drop_empty_rings(foreground, nuclei, min_hole_px=nuc_area, stained=fine >= floor)
         # (in a dense field, glass the lamp saw enclosed by touching cells
         # lies between them: left unfilled, so their bodies keep their own
         # lobes; in a sparse one such "glass" is likelier a pale part of one
         # large cell, or the inside of a ring-shaped speck)
-        # a ring round a clear middle, with no nucleus in or on it, is dust
-        # on the optics, not a cell (filled, it made one large round "cell")
-        foreground = segment.drop_empty_rings(foreground, nuclei, min_hole_px=nuc_area, stained=fine >= floor)
         depth = segment.body_depth(foreground, nuclei, glass=enclosed if dense else None)
         # (a candidate in the stain is a stained cell's nucleus, not its pale
         # margin; in a dense field a clump's rim is lined with unstained
