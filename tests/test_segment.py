@@ -133,6 +133,45 @@ def test_size_weighted_territories_give_a_large_nucleus_more_room():
         assert ndi.label(weighted == k)[1] == 1
 
 
+def test_seam_map_reads_the_cells_own_density_range():
+    od = np.zeros((40, 60), np.float32)
+    od[:, :30] = 0.2  # dense cell body
+    od[:, 30:] = 0.05  # pale cell body
+    fg = np.ones_like(od, bool)
+    seam = segment.seam_map(od, fg, sigma_px=1.0)
+    assert seam[20, 5] == pytest.approx(0.0, abs=1e-6) and seam[20, 55] == pytest.approx(1.0, abs=1e-6)
+    # the same field ten times fainter reads the same: scaled to its own range
+    assert np.allclose(segment.seam_map(od / 10, fg, sigma_px=1.0), seam, atol=1e-5)
+    assert segment.seam_map(od, np.zeros_like(fg), sigma_px=1.0) is None
+
+
+def test_territories_follow_the_pale_seam_between_touching_cells():
+    # two equal nuclei 60 px apart; the left cell is a large flat body, the
+    # right a small thick one, their bodies meeting in a pale seam at x = 68
+    # (not the midline at 50, where nucleus size alone puts the border)
+    yy, xx = np.mgrid[0:60, 0:100]
+    nuclei = np.zeros((60, 100), np.int32)
+    nuclei[(yy - 30) ** 2 + (xx - 20) ** 2 <= 5 ** 2] = 1
+    nuclei[(yy - 30) ** 2 + (xx - 80) ** 2 <= 5 ** 2] = 2
+    od = np.where(xx < 68, 0.1 * (1 - np.abs(xx - 20) / 60.0), 0.1 * (1 - np.abs(xx - 80) / 15.0))
+    od = od + np.random.default_rng(3).normal(0, 0.003, od.shape)
+    region = np.ones_like(nuclei, bool)
+    seam = segment.seam_map(od, region, sigma_px=2.0)
+    plain, _ = segment.segment_cells(nuclei, region, max_reach_px=200, min_cell_area_px=10, size_weighted=True)
+    seamed, _ = segment.segment_cells(nuclei, region, max_reach_px=200, min_cell_area_px=10, size_weighted=True,
+                                      seam=seam, seam_weight=48.0)
+    assert 45 <= np.flatnonzero(plain[30] == 2)[0] <= 55
+    for row in (10, 30, 50):
+        assert 64 <= np.flatnonzero(seamed[row] == 2)[0] <= 72, row
+    assert (seamed[nuclei > 0] == nuclei[nuclei > 0]).all()
+    for k in (1, 2):
+        assert ndi.label(seamed == k)[1] == 1
+    # weight 0: the size-weighted partition, unchanged
+    off, _ = segment.segment_cells(nuclei, region, max_reach_px=200, min_cell_area_px=10, size_weighted=True,
+                                   seam=seam, seam_weight=0.0)
+    assert np.array_equal(off, plain)
+
+
 def test_burnt_in_scale_bars_and_labels_change_nothing():
     """A black or white scale bar / label burnt into an exported image carries
     no specimen: it must neither become a cell nor (as the densest thing in

@@ -2469,10 +2469,28 @@ def stained_nuclei(nuclei: np.ndarray, xgal_smoothed: np.ndarray, *, level: floa
     return ids[mean > level]
 
 
+def seam_map(od: np.ndarray, foreground: np.ndarray, *, sigma_px: float,
+             min_px: int = 100) -> np.ndarray | None:
+    """How pale each pixel is against the cells' own density, for
+    :func:`size_weighted_territories`: ``od`` smoothed at ``sigma_px``,
+    scaled so that its 95th percentile over ``foreground`` reads 0 and its
+    5th reads 1 (clipped to 0-1.5; glass reads high). Scaling to the cells'
+    own range makes the seams count alike in faint and dense fields. None
+    where ``foreground`` has fewer than ``min_px`` pixels."""
+    smooth = filters.gaussian_filter(np.asarray(od, dtype=np.float32), max(float(sigma_px), 0.5))
+    values = smooth[foreground]
+    if values.size < min_px:
+        return None
+    lo, hi = np.percentile(values, [5, 95])
+    out = (np.float32(hi) - smooth) / np.float32(max(hi - lo, 1e-6))
+    return np.clip(out, 0.0, 1.5, out=out)
+
+
 def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: np.ndarray, *,
                               max_reach_px: float, stain: np.ndarray | None = None,
                               stained_ids: np.ndarray | None = None,
-                              stain_penalty: float = 5.0, drop_unanchored: bool = False) -> np.ndarray:
+                              stain_penalty: float = 5.0, drop_unanchored: bool = False,
+                              seam: np.ndarray | None = None, seam_weight: float = 0.0) -> np.ndarray:
     """Territories of a multiplicatively weighted Voronoi partition.
 
     A pixel goes to the nucleus that minimises (distance to its centre) /
@@ -2500,6 +2518,15 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     enlarged far more than their nuclei (~3x the area against 1.2-1.8x), so
     without this the nucleus-size weighting leaves their periphery to the
     small unstained cells around them.
+
+    With ``seam`` (:func:`seam_map`: 0 where the cells are densest, 1 where
+    palest) and ``seam_weight`` > 0, the nuclei flood a landscape of that
+    weighted distance (its square root: in nucleus radii) plus
+    ``seam_weight`` x ``seam`` instead (a seeded watershed): a cell is
+    thickest round its nucleus and thins towards its edge, so two touching
+    cells meet along a pale seam, and the border follows it where the image
+    shows one, the weighted distance deciding where it shows none. Region
+    pixels the flood cannot reach from a nucleus keep their Voronoi owner.
     """
     from scipy.spatial import cKDTree
 
@@ -2550,6 +2577,11 @@ def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: 
     # region pixels no box covers keep their Voronoi owner
     np.copyto(owner, voronoi, where=owner == 0)
     owner[~region] = 0
+    if seam is not None and seam_weight > 0:
+        land = np.sqrt(best, where=np.isfinite(best), out=np.full(best.shape, 100.0, dtype=np.float32))
+        land += np.float32(seam_weight) * seam.astype(np.float32, copy=False)
+        flooded = watershed(land, np.where(region, markers, 0), mask=region).astype(np.int32, copy=False)
+        owner = np.where(flooded > 0, flooded, owner).astype(np.int32, copy=False)
     out = owner
     # a large nucleus can win a detached sliver beyond a small neighbour: such
     # pieces (not connected to their nucleus) go to the cell that borders
@@ -3287,7 +3319,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                   glass: np.ndarray | None = None,
                   size_weighted: bool = False, xgal: np.ndarray | None = None,
                   stain_level: float = 0.03,
-                  nearest: tuple[np.ndarray, np.ndarray] | None = None
+                  nearest: tuple[np.ndarray, np.ndarray] | None = None,
+                  seam: np.ndarray | None = None, seam_weight: float = 0.0
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Grow cell territories from nuclei over the foreground.
 
@@ -3325,6 +3358,10 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
         distance-transform maxima (no nuclear stain: the nucleus was missed).
     nearest : tuple, optional
         ``nearest_nucleus(nuclei)``, when the caller has it.
+    seam, seam_weight : optional
+        With ``size_weighted``: borders between touching cells follow the
+        pale seams of ``seam`` (:func:`seam_map`), weighted so
+        (:func:`size_weighted_territories`).
 
     Returns
     -------
@@ -3396,7 +3433,8 @@ def segment_cells(nuclei: np.ndarray, foreground: np.ndarray, *, max_reach_px: f
                 stained = stained_nuclei(markers, xgal, level=stain_level,
                                          ring_px=max(1, int(round(diameter_px / 2))), nearest=owner)
             cells = size_weighted_territories(markers, region, cells, max_reach_px=max_reach_px, stain=stain,
-                                              stained_ids=stained, drop_unanchored=unseeded == "drop")
+                                              stained_ids=stained, drop_unanchored=unseeded == "drop",
+                                              seam=seam, seam_weight=seam_weight)
     else:
         e = elevation.astype(np.float32)
         scale = np.percentile(e[region], 95) if region.any() else 1.0
