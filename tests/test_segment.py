@@ -1136,12 +1136,17 @@ def test_empty_rings_are_dropped_but_cells_round_a_hole_and_stained_rings_stay()
     stained |= blue_ring & (xx > 250)
     small_hole = ring(50, 340, 2, 16)  # a hole of ~12 px: a speck, not a clear middle
     body = (yy - 150) ** 2 + (xx - 100) ** 2 <= 30 ** 2  # no nucleus found, no hole
-    fg |= dust | cell_ring | blue_ring | small_hole | body
+    # a crowd of cells whose nuclei all went unseen, enclosing a gap of glass
+    # as large as the dust's middle: the gap is a small part of the crowd
+    crowd = (yy >= 120) & (yy < 196) & (xx >= 200) & (xx < 396) & ~((yy - 158) ** 2 + (xx - 300) ** 2 <= 20 ** 2)
+    fg |= dust | cell_ring | blue_ring | small_hole | body | crowd
     out = segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained)
     assert not out[dust].any()
-    for kept in (cell_ring, blue_ring, small_hole, body):
+    for kept in (cell_ring, blue_ring, small_hole, body, crowd):
         assert out[kept].all()
     assert np.array_equal(out, fg & ~dust)
+    # counted by hole area alone, the crowd went too
+    assert not segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained, min_hole_share=0)[crowd].any()
 
 
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
