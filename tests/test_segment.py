@@ -172,6 +172,24 @@ def test_territories_follow_the_pale_seam_between_touching_cells():
     assert np.array_equal(off, plain)
 
 
+def test_seeded_flood_on_blocks_matches_the_pixel_flood_to_within_a_block():
+    # two nuclei either side of a pale seam at x = 61 (odd sizes: the blocks
+    # pad past the edge); on 2 px blocks the border lands within a block of
+    # the pixel flood's, every region pixel is owned, nothing outside it
+    yy, xx = np.mgrid[0:41, 0:101]
+    land = np.exp(-((xx - 61) / 4.0) ** 2).astype(np.float32)
+    markers = np.zeros((41, 101), np.int32)
+    markers[18:23, 18:23] = 1
+    markers[18:23, 80:85] = 2
+    region = (yy > 2) & (xx < 98)
+    exact = segment.seeded_flood(land, markers, region, step=1)
+    coarse = segment.seeded_flood(land, markers, region, step=2)
+    assert set(np.unique(coarse[region])) == {1, 2} and not coarse[~region].any()
+    for row in (5, 20, 35):
+        assert abs(np.flatnonzero(coarse[row] == 2)[0] - np.flatnonzero(exact[row] == 2)[0]) <= 2
+    assert (coarse[markers > 0] == markers[markers > 0]).all()
+
+
 def test_burnt_in_scale_bars_and_labels_change_nothing():
     """A black or white scale bar / label burnt into an exported image carries
     no specimen: it must neither become a cell nor (as the densest thing in
