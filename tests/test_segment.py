@@ -291,7 +291,8 @@ def test_stained_cells_holes_correct_a_nucleus_size_outshone_by_specks():
     """In a sparse brightfield field, small dense specks can outshine faint
     unstained nuclei at every scale; the stained cells' nuclear holes show
     the true size, and the scale profile's own peak there is taken."""
-    from sabgal.pipeline import _reduce, brightfield_nucleus_diameter
+    from sabgal.illumination import block_reduce_mean_padded as _reduce
+    from sabgal.pipeline import brightfield_nucleus_diameter
 
     grey, xgal = _holes_field()
     m = _reduce(grey, 2) - _reduce(np.maximum(xgal, 0), 2)
@@ -388,7 +389,7 @@ def test_a_field_without_holes_takes_its_plates_nucleus_size_where_its_own_disag
 
 
 def _reduce_half(image):
-    from sabgal.pipeline import _reduce
+    from sabgal.illumination import block_reduce_mean_padded as _reduce
 
     return _reduce(np.maximum(image, 0), 2)
 

@@ -62,6 +62,24 @@ def block_reduce_mean(image: np.ndarray, factor: int) -> np.ndarray:
     return _block_mean(image, factor)
 
 
+def block_reduce_mean_padded(image: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean by ``factor`` (edges padded, so the reduced image covers
+    the whole field); ``image`` itself when ``factor`` is 1."""
+    if factor == 1:
+        return image
+    m, n = image.shape[:2]
+    pad = ((0, (-m) % factor), (0, (-n) % factor)) + ((0, 0),) * (image.ndim - 2)
+    return block_reduce_mean(np.pad(image, pad, mode="edge"), factor)
+
+
+def block_expand(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour enlargement by ``factor``, cropped to ``shape``
+    (the inverse of :func:`block_reduce_mean_padded`'s grid)."""
+    if factor == 1:
+        return labels
+    return np.repeat(np.repeat(labels, factor, axis=0), factor, axis=1)[: shape[0], : shape[1]]
+
+
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """float32 block mean as a sum of ``factor**2`` strided slices: no
     (M, N) temporary, and several times faster than a multi-axis ``mean``,

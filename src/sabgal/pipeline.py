@@ -267,11 +267,11 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     nuclei at a low one and outnumber the nuclear holes, so holes read at a
     fixed scale come out half the nuclei's size.
     """
-    x2 = _reduce(np.maximum(xgal, 0), 2)
-    m = _reduce(grey, 2) - x2
+    x2 = illumination.block_reduce_mean_padded(np.maximum(xgal, 0), 2)
+    m = illumination.block_reduce_mean_padded(grey, 2) - x2
     ex = None
     if excluded is not None and excluded.any():
-        ex = _reduce(excluded.astype(np.float32), 2) > 0
+        ex = illumination.block_reduce_mean_padded(excluded.astype(np.float32), 2) > 0
         if ex.all():
             return 14.0, "default"
         m[ex] = filters.median(m[~ex])
@@ -283,7 +283,7 @@ def brightfield_nucleus_size(grey: np.ndarray, xgal: np.ndarray, *, excluded: np
     if hole is None:
         source = "blobs_unchecked"
         if glass is not None and glass.any():
-            glass2 = _reduce(glass.astype(np.float32), 2) > 0.5
+            glass2 = illumination.block_reduce_mean_padded(glass.astype(np.float32), 2) > 0.5
             inner = _nuclei_within_cells(m, glass2, peaks)
             if inner is not None:
                 d, source = inner, "blobs_within_cells"
@@ -596,22 +596,6 @@ def _channel_sum(image: np.ndarray) -> np.ndarray:
     for c in range(1, image.shape[-1]):
         total += image[..., c]
     return total
-
-
-def _reduce(image: np.ndarray, f: int) -> np.ndarray:
-    """Block mean by ``f`` (edges padded, so the reduced image covers the whole field)."""
-    if f == 1:
-        return image
-    m, n = image.shape[:2]
-    pad = ((0, (-m) % f), (0, (-n) % f)) + ((0, 0),) * (image.ndim - 2)
-    return illumination.block_reduce_mean(np.pad(image, pad, mode="edge"), f)
-
-
-def _expand(labels: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour enlargement by ``f``, cropped to ``shape``."""
-    if f == 1:
-        return labels
-    return np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[: shape[0], : shape[1]]
 
 
 # Plain brightfield: a nucleus whose surrounding ring reads at least this
@@ -1436,19 +1420,19 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                          hint_px=nucleus_hint_px, glass=prep.lamp.background)
     f = max(1, int(diameter // WORKING_NUCLEUS_PX))
     d = diameter / f
-    grey_r, xgal_r = _reduce(grey, f), _reduce(xgal, f)
+    grey_r, xgal_r = illumination.block_reduce_mean_padded(grey, f), illumination.block_reduce_mean_padded(xgal, f)
     # (a JPEG's grey with its colour re-estimated from the luma, where the
     # image has colour blocks: no false density beside stained cells; what
     # the brightfield nucleus search reads)
-    grey_u = grey_r if prep.grey_deblocked is None else _reduce(prep.grey_deblocked, f)
+    grey_u = grey_r if prep.grey_deblocked is None else illumination.block_reduce_mean_padded(prep.grey_deblocked, f)
     if nmap is None:
         nmap = nuclear_map_brightfield(grey_u, xgal_r, sigma=max(1.0, d / 8))
     else:
-        nmap = _reduce(nmap, f)
-    od_sum = _reduce(od_sum, f)
+        nmap = illumination.block_reduce_mean_padded(nmap, f)
+    od_sum = illumination.block_reduce_mean_padded(od_sum, f)
     background = prep.lamp.background
     if background is not None and f > 1:
-        background = _reduce(background.astype(np.float32), f) > 0.99
+        background = illumination.block_reduce_mean_padded(background.astype(np.float32), f) > 0.99
     nuc_area = np.pi * (d / 2) ** 2
     # without a nuclear stain the map is noisier (gaps between X-gal granules):
     # demand twice the size before a blob counts as a nucleus
@@ -1508,7 +1492,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                      min_xgal=floor, smoothed=broad, maps=owner_maps)
     excluded = against_excluded = prep.excluded
     if excluded is not None:
-        excluded = _reduce(excluded.astype(np.float32), f) > 0.5
+        excluded = illumination.block_reduce_mean_padded(excluded.astype(np.float32), f) > 0.5
         against_excluded = morph.dilate_cross(excluded, iterations=2)
         # no nucleus, cell or cell body where the image shows no specimen; a
         # "nucleus" touching that region is the dim rim of a field stop or the
@@ -1869,8 +1853,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
     # (the same nuclei, at full scale: their distance map holds)
     if not (f == 1 and nucleus_mask is not None and np.array_equal(nuclei > 0, nucleus_mask)):
         nucleus_dist = None
-    cells, nuclei = _expand(cells, f, shape), _expand(nuclei, f, shape)
-    foreground = _expand(foreground, f, shape)
+    cells, nuclei = illumination.block_expand(cells, f, shape), illumination.block_expand(nuclei, f, shape)
+    foreground = illumination.block_expand(foreground, f, shape)
     return cells.astype(np.uint32, copy=False), nuclei, foreground, diameter, nucleus_dist, size_source
 
 

@@ -26,7 +26,7 @@ from skimage.segmentation import watershed
 
 from sabgal import filters
 from sabgal import morphology as morph
-from sabgal.illumination import block_reduce_mean, upsample_bilinear
+from sabgal.illumination import block_expand, block_reduce_mean, block_reduce_mean_padded, upsample_bilinear
 from sabgal.measure import convex_areas, coordinate_sums, label_runs
 
 __all__ = [
@@ -2518,10 +2518,9 @@ def seeded_flood(land: np.ndarray, markers: np.ndarray, region: np.ndarray, *, s
     def blocks(a: np.ndarray) -> np.ndarray:
         return np.pad(a, pad, mode="edge").reshape(big, step, wide, step)
 
-    flooded = watershed(blocks(land).mean(axis=(1, 3), dtype=np.float32), blocks(seeds).max(axis=(1, 3)),
+    flooded = watershed(block_reduce_mean_padded(land, step), blocks(seeds).max(axis=(1, 3)),
                         mask=blocks(region).any(axis=(1, 3)))
-    flooded = np.repeat(np.repeat(flooded.astype(np.int32, copy=False), step, axis=0), step, axis=1)[:m, :n]
-    return np.where(region, flooded, 0)
+    return np.where(region, block_expand(flooded.astype(np.int32, copy=False), step, (m, n)), 0)
 
 
 def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: np.ndarray, *,
