@@ -72,6 +72,29 @@ def block_reduce_mean_padded(image: np.ndarray, factor: int) -> np.ndarray:
     return block_reduce_mean(np.pad(image, pad, mode="edge"), factor)
 
 
+def block_reduce_padded(image: np.ndarray, factor: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (``np.maximum``, ``np.logical_or`` ...) over ``factor`` x
+    ``factor`` blocks of a 2-D image, edges padded as
+    :func:`block_reduce_mean_padded`'s (the same grid), as ``factor**2``
+    strided slices: several times faster than a multi-axis reduction of a
+    4-D view; ``image`` itself when ``factor`` is 1.
+
+    >>> block_reduce_padded(np.arange(6).reshape(2, 3), 2, np.maximum).tolist()
+    [[4, 5]]
+    """
+    if factor == 1:
+        return image
+    m, n = image.shape
+    if m % factor or n % factor:
+        image = np.pad(image, ((0, (-m) % factor), (0, (-n) % factor)), mode="edge")
+    out = image[::factor, ::factor].copy()
+    for i in range(factor):
+        for j in range(factor):
+            if i or j:
+                op(out, image[i::factor, j::factor], out=out)
+    return out
+
+
 def block_expand(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour enlargement by ``factor``, cropped to ``shape``
     (the inverse of :func:`block_reduce_mean_padded`'s grid)."""

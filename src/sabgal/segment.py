@@ -26,7 +26,8 @@ from skimage.segmentation import watershed
 
 from sabgal import filters
 from sabgal import morphology as morph
-from sabgal.illumination import block_expand, block_reduce_mean, block_reduce_mean_padded, upsample_bilinear
+from sabgal.illumination import (block_expand, block_reduce_mean, block_reduce_mean_padded, block_reduce_padded,
+                                 upsample_bilinear)
 from sabgal.measure import convex_areas, coordinate_sums, label_runs
 
 __all__ = [
@@ -2511,16 +2512,9 @@ def seeded_flood(land: np.ndarray, markers: np.ndarray, region: np.ndarray, *, s
     seeds = np.where(region, markers, 0)
     if step <= 1:
         return watershed(land, seeds, mask=region).astype(np.int32, copy=False)
-    m, n = land.shape
-    pad = ((0, -m % step), (0, -n % step))
-    big, wide = (m + pad[0][1]) // step, (n + pad[1][1]) // step
-
-    def blocks(a: np.ndarray) -> np.ndarray:
-        return np.pad(a, pad, mode="edge").reshape(big, step, wide, step)
-
-    flooded = watershed(block_reduce_mean_padded(land, step), blocks(seeds).max(axis=(1, 3)),
-                        mask=blocks(region).any(axis=(1, 3)))
-    return np.where(region, block_expand(flooded.astype(np.int32, copy=False), step, (m, n)), 0)
+    flooded = watershed(block_reduce_mean_padded(land, step), block_reduce_padded(seeds, step, np.maximum),
+                        mask=block_reduce_padded(region, step, np.logical_or))
+    return np.where(region, block_expand(flooded.astype(np.int32, copy=False), step, land.shape), 0)
 
 
 def size_weighted_territories(markers: np.ndarray, region: np.ndarray, voronoi: np.ndarray, *,
