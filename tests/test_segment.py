@@ -932,35 +932,6 @@ def test_a_lobe_without_a_nucleus_gets_a_seed():
     assert abs((cells == 2).sum() - np.pi * 24 ** 2) < 0.15 * np.pi * 24 ** 2
 
 
-def test_a_flat_dust_disc_beside_a_cell_gets_no_lobe_seed_but_a_cell_body_does():
-    # the same clump as above; the lobe's density uniform (out-of-focus dust
-    # on the optics: a defocused speck is a flat disc) or a cell's body:
-    # thickest in its middle, thinning to its edge, round a nucleus too
-    # faint to have been found; plus the glass noise
-    shape = (100, 160)
-    fg = _discs(shape, [(50, 50, 26), (50, 98, 24)])
-    nuclei = _nucleus(shape, 50, 50, 7)
-    depth = segment.body_depth(fg, nuclei)
-    yy, xx = np.mgrid[0:100, 0:160]
-    noise = np.random.default_rng(5).normal(0, 0.002, shape)
-    r = np.hypot(yy - 50, xx - 98)
-    dust = np.where(fg, 0.03, 0.0) + noise
-    body = np.where(fg, 0.03 * np.clip(1.6 - r / 24, 0.2, None) + 0.02 * np.exp(-r ** 2 / 50), 0.0) + noise
-    centre, radius = np.array([[50, 98]]), np.array([24.0])
-    assert segment.lobe_relief(dust, centre, radius, glass=0.0)[0] < 0.15
-    assert segment.lobe_relief(body, centre, radius, glass=0.0)[0] > 0.25
-    assert segment.lobe_relief(-dust, centre, radius, glass=0.0)[0] == np.inf  # below glass: not judged
-    kw = dict(min_radius_px=14, glass=0.0, max_relief=0.15)
-    assert not segment.dust_lobes(nuclei, depth, body, **kw).any()
-    flat = segment.dust_lobes(nuclei, depth, dust, **kw)
-    # the dust lobe, within its inscribed disc: not the cell, nor its nucleus
-    assert flat[50, 98] and not flat[50, 50] and not flat[nuclei > 0].any() and not flat[~fg].any()
-    assert 0.8 * np.pi * 24 ** 2 < flat.sum() <= (fg & (np.hypot(yy - 50, xx - 98) <= 27)).sum()
-    # what is left is one cell, without a seed in the dust
-    rest = fg & ~flat
-    assert np.array_equal(segment.add_lobe_seeds(nuclei, segment.body_depth(rest, nuclei), min_radius_px=14), nuclei)
-
-
 def test_an_elongated_cell_with_its_nucleus_off_centre_is_one_cell():
     # an ellipse with its nucleus near one end has no neck: no extra seed;
     # nor has a body whose nucleus lies within its inscribed disc

@@ -983,11 +983,6 @@ BRIGHTFIELD_LOBE_RADIUS_NUCLEI = 1.0
 # ... when the clump narrows to this fraction of the lobe's width on the way
 # to the nearest nucleus.
 BRIGHTFIELD_LOBE_NECK = 0.7
-# A lobe with no nucleus whose middle varies less than this share of its
-# rise above glass is out-of-focus dust (segment.lobe_relief, dust_lobes):
-# over 241 lobes on three development sets, true cells' relief was 0.165 and
-# up (median 0.40), the dust discs' median 0.11
-BRIGHTFIELD_DUST_MAX_RELIEF = 0.15
 
 # Brightfield, dense fields: X-gal smoothed at this many nucleus diameters
 # (sigma) is one blob per stained cell; a blob peak at least this many times
@@ -1670,15 +1665,6 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                                                   sigma_nuclei=BRIGHTFIELD_STAIN_BLOB_SIGMA_NUCLEI,
                                                   min_level=BRIGHTFIELD_STAIN_BLOB_MIN_LEVEL,
                                                   neck=BRIGHTFIELD_STAIN_BLOB_NECK)
-        # a lobe as uniform as a defocused speck is dust on the optics: out
-        # of the bodies, and off limits to the cells beside it (as glass)
-        dust = segment.dust_lobes(nuclei, depth, smoothed, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
-                                  neck=BRIGHTFIELD_LOBE_NECK, glass=glass_stats[0],
-                                  max_relief=BRIGHTFIELD_DUST_MAX_RELIEF)
-        if dust.any():
-            foreground = foreground & ~dust
-            background = dust if background is None else (background | dust)
-            depth = segment.body_depth(foreground, nuclei, glass=enclosed if dense else None)
         nuclei = segment.add_lobe_seeds(nuclei, depth, min_radius_px=BRIGHTFIELD_LOBE_RADIUS_NUCLEI * d,
                                         neck=BRIGHTFIELD_LOBE_NECK)
     else:

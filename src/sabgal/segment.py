@@ -3603,98 +3603,6 @@ def add_stain_blob_seeds(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: f
     return _add_discs(nuclei, peaks[kept], np.full(len(kept), max(1.0, seed_nuclei * diameter_px)))
 
 
-def lobe_relief(density: np.ndarray, centres: np.ndarray, radii: np.ndarray, *, glass: float) -> np.ndarray:
-    """How much a round body's inside varies, against how far it stands
-    above glass: per body (centre (row, col), inscribed radius R), the SD of
-    ``density`` (a smoothed optical density) within 0.6 R of the centre over
-    its mean within 0.8 R minus ``glass``. A cell's body holds a nucleus,
-    granules and a thickness that falls towards its edge; out-of-focus dust
-    on the optics is a uniform disc (a defocused speck takes the shape of
-    the aperture), its middle as flat as the glass noise allows. ``inf``
-    where the body is no denser than glass (nothing to judge).
-
-    >>> yy, xx = np.mgrid[:61, :61]
-    >>> disc = np.where(np.hypot(yy - 30, xx - 30) < 20, 0.2, 0.0)
-    >>> cell = disc + np.where(np.hypot(yy - 30, xx - 30) < 6, 0.1, 0.0)  # a faint nucleus
-    >>> lobe_relief(disc, np.array([[30, 30]]), np.array([20.0]), glass=0.0).round(2).tolist()
-    [0.0]
-    >>> lobe_relief(cell, np.array([[30, 30]]), np.array([20.0]), glass=0.0).round(2).tolist()
-    [0.2]
-    """
-    out = np.full(len(centres), np.inf)
-    m, n = density.shape
-    for k, ((cy, cx), r) in enumerate(zip(np.asarray(centres, dtype=np.float64), np.asarray(radii, dtype=np.float64))):
-        y0, y1 = max(0, int(cy - r)), min(m, int(cy + r) + 1)
-        x0, x1 = max(0, int(cx - r)), min(n, int(cx + r) + 1)
-        box = density[y0:y1, x0:x1]
-        dist = np.hypot(*np.ogrid[y0 - cy:y1 - cy, x0 - cx:x1 - cx])
-        core, body = box[dist <= 0.6 * r], box[dist <= 0.8 * r]
-        rise = float(body.mean()) - glass if body.size else 0.0
-        if core.size >= 2 and rise > 0:
-            out[k] = float(core.std()) / rise
-    return out
-
-
-def _lobe_candidates(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: float, neck: float
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
-    """:func:`add_lobe_seeds`'s search: the maxima of ``depth`` (peaks,
-    (K, 2) float row, col, deepest first; their depths), the indices of
-    those that are lobes holding no nucleus behind a neck, and the nuclei's
-    median ratio of radius to depth at their centres. None when no body is
-    ``min_radius_px`` deep."""
-    import cv2
-    from scipy.spatial import cKDTree
-
-    if not (depth >= min_radius_px).any():
-        return None
-    score = filters.gaussian_filter(depth.astype(np.float32, copy=False), 1.0)
-    r = max(1, int(min_radius_px))
-    top = cv2.dilate(score, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    peaks = np.argwhere((score >= top) & (depth >= min_radius_px))
-    if not len(peaks):
-        return None
-    rad = depth[tuple(peaks.T)].astype(np.float64)
-    order = np.argsort(-rad, kind="stable")
-    peaks, rad = peaks[order].astype(np.float64), rad[order]
-    nuclei = np.asarray(nuclei)
-    ids = _present(nuclei)
-    if ids.size:
-        cents = _centroids(nuclei, ids)
-        r_nuc = np.sqrt(np.bincount(nuclei.ravel())[ids] / np.pi)
-        ratio = float(np.median(r_nuc / np.maximum(_value_at(depth, cents), 1.0)))
-        inside = nuclei > 0
-        pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
-        gap, j = cKDTree(pix).query(peaks)
-        dip = _min_along(depth, peaks, pix[j].astype(np.float64)) < neck * np.minimum(rad, depth[pix[j, 0], pix[j, 1]])
-        cand = np.flatnonzero((gap > rad) & dip)
-    else:
-        ratio = 0.5
-        cand = np.arange(len(peaks))
-    return peaks, rad, cand, ratio
-
-
-def dust_lobes(nuclei: np.ndarray, depth: np.ndarray, density: np.ndarray, *, min_radius_px: float,
-               neck: float = 0.7, glass: float = 0.0, max_relief: float = 0.15) -> np.ndarray:
-    """Out-of-focus dust among the lobes :func:`add_lobe_seeds` would seed:
-    the bodies (``depth`` > 0) within the inscribed disc (plus a pixel) of
-    each lobe whose :func:`lobe_relief` on ``density`` (``glass``: its
-    level on bare glass) is below ``max_relief``, nuclei left out (bool).
-    Dust on the optics is a soft, uniform disc as dense as a faint cell's
-    body; seeded, it made a cell (and, touching one, took part of it)."""
-    out = np.zeros(depth.shape, dtype=bool)
-    found = _lobe_candidates(nuclei, depth, min_radius_px=min_radius_px, neck=neck)
-    if found is None or not len(found[2]):
-        return out
-    peaks, rad, cand, _ = found
-    flat = cand[lobe_relief(density, peaks[cand], rad[cand], glass=glass) < max_relief]
-    m, n = depth.shape
-    for (cy, cx), r in zip(peaks[flat], rad[flat] + 1.0):
-        y0, y1 = max(0, int(cy - r)), min(m, int(cy + r) + 1)
-        x0, x1 = max(0, int(cx - r)), min(n, int(cx + r) + 1)
-        out[y0:y1, x0:x1] |= np.hypot(*np.ogrid[y0 - cy:y1 - cy, x0 - cx:x1 - cx]) <= r
-    return out & (depth > 0) & (np.asarray(nuclei) == 0)
-
-
 def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: float,
                    neck: float = 0.7) -> np.ndarray:
     """Seed, from the clump's shape, the cells whose nuclei were not seen.
@@ -3717,11 +3625,34 @@ def add_lobe_seeds(nuclei: np.ndarray, depth: np.ndarray, *, min_radius_px: floa
     :func:`size_weighted_territories` as a cell of its size with a nucleus
     would be, and the border falls near the neck.
     """
-    found = _lobe_candidates(nuclei, depth, min_radius_px=min_radius_px, neck=neck)
-    if found is None:
+    import cv2
+    from scipy.spatial import cKDTree
+
+    if not (depth >= min_radius_px).any():
         return nuclei
-    peaks, rad, cand, ratio = found
+    score = filters.gaussian_filter(depth.astype(np.float32, copy=False), 1.0)
+    r = max(1, int(min_radius_px))
+    top = cv2.dilate(score, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    peaks = np.argwhere((score >= top) & (depth >= min_radius_px))
+    if not len(peaks):
+        return nuclei
+    rad = depth[tuple(peaks.T)].astype(np.float64)
+    order = np.argsort(-rad, kind="stable")
+    peaks, rad = peaks[order].astype(np.float64), rad[order]
     nuclei = nuclei.astype(np.int32, copy=False)
+    ids = _present(nuclei)
+    if ids.size:
+        cents = _centroids(nuclei, ids)
+        r_nuc = np.sqrt(np.bincount(nuclei.ravel())[ids] / np.pi)
+        ratio = float(np.median(r_nuc / np.maximum(_value_at(depth, cents), 1.0)))
+        inside = nuclei > 0
+        pix = np.argwhere(inside & ~morph.erode_cross(inside))  # (the nearest nucleus pixel is on an edge)
+        gap, j = cKDTree(pix).query(peaks)
+        dip = _min_along(depth, peaks, pix[j].astype(np.float64)) < neck * np.minimum(rad, depth[pix[j, 0], pix[j, 1]])
+        cand = np.flatnonzero((gap > rad) & dip)
+    else:
+        ratio = 0.5
+        cand = np.arange(len(peaks))
     kept = _distinct_peaks(depth, peaks, rad, cand, radius=rad, neck=neck)
     if not kept:
         return nuclei
