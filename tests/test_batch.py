@@ -509,3 +509,20 @@ def test_plate_nucleus_hints_are_per_plate_and_need_three_agreeing_checked_field
     r.loc[r["key"] == "p1c", "nucleus_diameter_px"] = 30.0
     r.loc[r["key"] == "p1b", "nucleus_diameter_px"] = 9.0
     assert plate_nucleus_hints(r) == {"p2d": 30.0}
+
+
+def test_a_plate_of_negative_controls_takes_its_unchecked_fields_consensus():
+    from sabgal.batch import plate_nucleus_hints
+
+    # no stained cell anywhere: no field's size was checked by holes; six
+    # agree on ~15.5 px, one settled on whole cells (37 px), one on nucleoli
+    sizes = [15.0, 16.0, 15.5, 14.8, 16.4, 15.2, 37.0, 7.0]
+    r = pd.DataFrame({"key": list("abcdefgh"), "plate": ["P"] * 8, "nucleus_diameter_px": sizes,
+                      "nucleus_size_source": ["blobs_unchecked"] * 5 + ["blobs_within_cells"] * 3})
+    ref = float(np.median(sizes))
+    assert plate_nucleus_hints(r) == {"g": ref, "h": ref}
+    # four fields are too few to outvote a wrong one ...
+    assert plate_nucleus_hints(r.iloc[[0, 1, 2, 6]]) == {}
+    # ... and fields that disagree (several magnifications) have no size to lend
+    wide = r.assign(nucleus_diameter_px=[8.0, 9.0, 15.0, 16.0, 30.0, 31.0, 37.0, 7.0])
+    assert plate_nucleus_hints(wide) == {}

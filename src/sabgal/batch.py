@@ -803,6 +803,12 @@ MIN_CHECKED_FIELDS = 3
 # senescent); a folder of fields taken at several magnifications, or rendered
 # at random ones, spreads far wider and has no one size to lend.
 PLATE_NUCLEUS_MAX_SPREAD = 0.25
+# A plate with fewer checked fields than that (all negative controls: no
+# stained cell, no hole) takes its size from its unchecked fields instead,
+# when at least this many agree as closely: the median of many fields at one
+# magnification is right where a few of them settled on another scale (whole
+# cells, nucleoli).
+MIN_CONSENSUS_FIELDS = 5
 
 
 def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
@@ -816,9 +822,11 @@ def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
     (:data:`CHECKED_NUCLEUS_SOURCES`, at least :data:`MIN_CHECKED_FIELDS`,
     their interquartile range at most :data:`PLATE_NUCLEUS_MAX_SPREAD` of
     it): the magnification is the same in every well, and a field with few
-    stained cells (a negative control) has no holes of its own. Images with
-    no plate in their names or plate map form one group, held to the same
-    agreement.
+    stained cells (a negative control) has no holes of its own. A plate with
+    fewer checked fields (negative controls only) takes the median over its
+    unchecked fields instead, when at least :data:`MIN_CONSENSUS_FIELDS`
+    of them agree as closely. Images with no plate in their names or plate
+    map form one group, held to the same agreement.
 
     >>> r = pd.DataFrame({"key": list("abcde"), "plate": [""] * 5,
     ...                   "nucleus_diameter_px": [16.0, 17.0, 15.0, 7.0, 16.5],
@@ -826,6 +834,11 @@ def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
     ...                                           "blobs_unchecked", "blobs_unchecked"]})
     >>> plate_nucleus_hints(r)
     {'d': 16.0}
+    >>> negatives = pd.DataFrame({"key": list("abcdef"), "plate": [""] * 6,
+    ...                           "nucleus_size_source": ["blobs_unchecked"] * 6,
+    ...                           "nucleus_diameter_px": [16.0, 17.0, 15.0, 37.0, 16.5, 15.5]})
+    >>> plate_nucleus_hints(negatives)  # (a field that settled on whole cells)
+    {'d': 16.25}
     """
     from sabgal.pipeline import PLATE_NUCLEUS_RANGE
 
@@ -835,14 +848,18 @@ def plate_nucleus_hints(records: pd.DataFrame) -> dict[str, float]:
     lo, hi = PLATE_NUCLEUS_RANGE
     for _, grp in records.groupby("plate", sort=False, dropna=False):
         d = pd.to_numeric(grp["nucleus_diameter_px"], errors="coerce")
+        unchecked = grp["nucleus_size_source"].isin(UNCHECKED_NUCLEUS_SOURCES)
         checked = d[grp["nucleus_size_source"].isin(CHECKED_NUCLEUS_SOURCES) & d.notna()]
         if len(checked) < MIN_CHECKED_FIELDS:
-            continue
+            # (negative controls only: the unchecked fields' own consensus)
+            checked = d[unchecked & d.notna()]
+            if len(checked) < MIN_CONSENSUS_FIELDS:
+                continue
         ref = float(np.median(checked))
         q25, q75 = np.percentile(checked, [25, 75])
         if q75 - q25 > PLATE_NUCLEUS_MAX_SPREAD * ref:
             continue
-        off = grp["nucleus_size_source"].isin(UNCHECKED_NUCLEUS_SOURCES) & ~d.between(lo * ref, hi * ref)
+        off = unchecked & ~d.between(lo * ref, hi * ref)
         hints.update((k, ref) for k in grp.loc[off, "key"])
     return hints
 
