@@ -67,9 +67,18 @@ def block_reduce_mean_padded(image: np.ndarray, factor: int) -> np.ndarray:
     the whole field); ``image`` itself when ``factor`` is 1."""
     if factor == 1:
         return image
+    return block_reduce_mean(_pad_to_blocks(image, factor), factor)
+
+
+def _pad_to_blocks(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` with its last rows and columns repeated up to a multiple of
+    ``factor`` (itself where it already is one): the block grid of the
+    padded reductions."""
     m, n = image.shape[:2]
+    if not (m % factor or n % factor):
+        return image
     pad = ((0, (-m) % factor), (0, (-n) % factor)) + ((0, 0),) * (image.ndim - 2)
-    return block_reduce_mean(np.pad(image, pad, mode="edge"), factor)
+    return np.pad(image, pad, mode="edge")
 
 
 def block_reduce_padded(image: np.ndarray, factor: int, op: np.ufunc) -> np.ndarray:
@@ -84,9 +93,7 @@ def block_reduce_padded(image: np.ndarray, factor: int, op: np.ufunc) -> np.ndar
     """
     if factor == 1:
         return image
-    m, n = image.shape
-    if m % factor or n % factor:
-        image = np.pad(image, ((0, (-m) % factor), (0, (-n) % factor)), mode="edge")
+    image = _pad_to_blocks(image, factor)
     out = image[::factor, ::factor].copy()
     for i in range(factor):
         for j in range(factor):
