@@ -462,10 +462,11 @@ def _spread_out(mask: np.ndarray) -> bool:
 
 
 def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: float, *,
-                  revise: bool = False) -> np.ndarray:
+                  revise: bool = False, max_spread: float = GLASS_MAX_SPREAD) -> np.ndarray:
     """Iteratively refit a smooth surface to the pixels at or above it (within
     the noise of a block mean), so cells (darker) drop out and bare glass
-    remains. ``revise``: re-measure the noise from the upper spread each round.
+    remains. ``revise``: re-measure the noise from the upper spread each round
+    (at most ``max_spread``).
     """
     lum_flat = lum.ravel().astype(np.float64)
     step = max(1, int(np.sqrt(lum_flat.size / 12000)))
@@ -476,7 +477,7 @@ def _envelope_fit(lum: np.ndarray, a_full: np.ndarray, fit: np.ndarray, noise: f
     for it in range(10):
         rel = _relative(lum_flat, fit)
         if revise and it > 0:
-            noise = max(noise0, min(_upper_spread(rel), GLASS_MAX_SPREAD))
+            noise = max(noise0, min(_upper_spread(rel), max_spread))
         keep = (rel > -3 * noise) & (rel < 4 * noise)
         if it == 0 or keep.sum() < 0.02 * keep.size:
             # far from the envelope yet: take the brightest half as a start
@@ -531,7 +532,7 @@ BORDER_REGIONS = 4
 
 
 def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
-                  at_max: np.ndarray | None = None) -> Lamp:
+                  at_max: np.ndarray | None = None, spread_factor: float = 1.0) -> Lamp:
     """Estimate the lamp (white level per channel and pixel) from the image itself.
 
     Fits the lamp with a polynomial vignetting model of ``degree``
@@ -553,13 +554,17 @@ def estimate_lamp(rgb: np.ndarray, *, block_px: int = 48, degree: int = 2,
     cells: :func:`_fit_lamp_small` step 2b), and a fit that finds more glass
     that way (at least ``ESCALATED_MIN_GLASS``) is kept. ``at_max``
     (``rgb >= rgb.max()``, (M, N, 3) bool) when the caller has it already.
+    ``spread_factor``: the glass spreads the fits accept (``GLASS_MAX_SPREAD``,
+    ``GLASS_ACCEPT_SPREAD``) times this: more than 1 only where the caller
+    checks the glass found against the cells (noisy glass, such as an sRGB
+    JPEG's after decoding, is as flat as a sheet's brightest cytoplasm).
     """
     if at_max is None:
         rgb = np.asarray(rgb, dtype=np.float32)
         at_max = rgb >= rgb.max()
     # (both fits read the same block statistics and are compared at block
     # resolution: only the one kept is brought to full resolution)
-    blocks = _lamp_blocks(rgb, at_max)
+    blocks = _lamp_blocks(rgb, at_max, spread_factor=spread_factor)
     lamp = _fit_lamp_small(blocks, block_px=block_px, degree=degree)
     plain = {degree: lamp}
     flexible_degree = min(6, degree + ESCALATE_DEGREE_BY)
@@ -696,6 +701,8 @@ class _LampBlocks:
     unclipped: np.ndarray  # (m', n') bool: smooth and clear of clipped pixels
     shape: tuple[int, int]
     factor: int
+    max_spread: float = GLASS_MAX_SPREAD  # the glass spreads accepted (estimate_lamp's spread_factor applied)
+    accept_spread: float = GLASS_ACCEPT_SPREAD
     _terms: dict = field(default_factory=dict, compare=False, repr=False)
 
     def terms(self, degree: int) -> np.ndarray:
@@ -711,11 +718,12 @@ class _LampBlocks:
 FLAT_BLOCK_TEXTURE = 1e-5
 
 
-def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
+def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray, *, spread_factor: float = 1.0) -> _LampBlocks:
     """The image reduced 4x by block means (noise drops, speed rises), each
     block's texture (SD within it) against the image's smooth-glass level,
     and the blocks clear of clipped pixels (``at_max``: ``rgb >= rgb.max()``,
-    a white scale bar or label burnt in)."""
+    a white scale bar or label burnt in). ``spread_factor``: as
+    :func:`estimate_lamp`'s."""
     rgb = np.asarray(rgb, dtype=np.float32)
     m, n = rgb.shape[:2]
     f = 4 if min(m, n) >= 128 else 1
@@ -743,7 +751,8 @@ def _lamp_blocks(rgb: np.ndarray, at_max: np.ndarray) -> _LampBlocks:
     saturated = at_max[..., 0] | at_max[..., 1] | at_max[..., 2]
     clipped = block_reduce_mean(saturated, f) > 0.25 if f > 1 else saturated
     clipped = ndi.binary_dilation(clipped[:sm, :sn], iterations=1)
-    return _LampBlocks(small, lum, yy, xx, noise, smooth, smooth & ~clipped, (m, n), f)
+    return _LampBlocks(small, lum, yy, xx, noise, smooth, smooth & ~clipped, (m, n), f,
+                       GLASS_MAX_SPREAD * spread_factor, GLASS_ACCEPT_SPREAD * spread_factor)
 
 
 def _tiles(a: np.ndarray, ty: int, tx: int, b: int) -> np.ndarray:
@@ -812,16 +821,17 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     #    smooth surface to the pixels at or above it (within the noise of a
     #    block mean), so cells (darker) drop out and bare glass remains.
     a_full = blocks.terms(degree)
-    fit = _envelope_fit(lum, a_full, guess.ravel(), noise)
+    max_spread = blocks.max_spread
+    fit = _envelope_fit(lum, a_full, guess.ravel(), noise, max_spread=max_spread)
     bg = _glass(lum, fit, noise, smooth)
     # The texture-based noise can be too low: JPEG flattens bare glass
     # (texture ~ 0) while its block-to-block level and the lamp model's misfit
     # remain. Measure the spread of glass directly, from the pixels above the
     # envelope, and use it if that plateau is flat to within GLASS_MAX_SPREAD
     # (a confluent sheet's brightest cytoplasm is not).
-    fit_up = _envelope_fit(lum, a_full, guess.ravel(), noise, revise=True)
+    fit_up = _envelope_fit(lum, a_full, guess.ravel(), noise, revise=True, max_spread=max_spread)
     spread = _upper_spread(_relative(lum, fit_up))
-    if noise < spread <= GLASS_MAX_SPREAD:
+    if noise < spread <= max_spread:
         bg_up = _glass(lum, fit_up, spread, smooth)
         if bg_up.mean() > bg.mean():
             fit, noise, bg = fit_up, spread, bg_up
@@ -835,7 +845,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
     from_peak = peak_helps = False
     if bg.mean() < PEAK_GLASS_BELOW:
         offset, spread = _glass_peak_of(_relative(lum, fit), unclipped)
-        if noise < spread <= GLASS_MAX_SPREAD and abs(offset) <= UPPER_MIN_EXCESS:
+        if noise < spread <= max_spread and abs(offset) <= UPPER_MIN_EXCESS:
             bg_pk = _glass(lum, fit, spread, unclipped, offset=offset)
             peak_helps = bool(bg_pk.mean() > bg.mean())
             if peak and peak_helps:
@@ -855,7 +865,7 @@ def _fit_lamp_small(blocks: _LampBlocks, *, block_px: int, degree: int, peak: bo
         # judged on what lies level with the new fit or above it: the sheet
         # below (a taller peak when glass is scarce) is not in question
         offset, spread = _glass_peak_of(_relative(lum, fit_hi), unclipped)
-        if spread <= GLASS_ACCEPT_SPREAD and offset >= -spread:
+        if spread <= blocks.accept_spread and offset >= -spread:
             bg_hi = _glass(lum, fit_hi, max(noise, spread), unclipped, offset=offset)
             if bg_hi.mean() >= UPPER_MIN_FRACTION:
                 fit, noise, bg = fit_hi, max(noise, spread), bg_hi

@@ -45,6 +45,7 @@ __all__ = [
     "segment_cells",
     "relabel_sequential",
     "glass_level",
+    "enclosed_nuclei_share",
     "brightfield_foreground",
     "untrimmable_cells",
     "pale_cell_pockets",
@@ -2702,6 +2703,24 @@ def glass_near_nuclei_ratio(glass: np.ndarray, nuclei: np.ndarray, *, diameter_p
     if zone * n == 0:
         return float("inf") if near else 0.0
     return float(near / (zone * n))
+
+
+def enclosed_nuclei_share(glass: np.ndarray, nuclei: np.ndarray, *, radius_px: float) -> float:
+    """Share of the ``nuclei`` (labels) round which ``glass`` lies: over half
+    of the circle ``radius_px`` from the nucleus's centre in the mask. A
+    nucleus has its cell's body round it, so a "glass" that rings nuclei is
+    the faint cytoplasm of their cells. 0 without nuclei.
+
+    >>> nuc = np.zeros((21, 41), int); nuc[10, 10] = 1; nuc[10, 30] = 2
+    >>> glass = np.zeros((21, 41), bool); glass[:, 22:] = True
+    >>> enclosed_nuclei_share(glass, nuc, radius_px=5)
+    0.5
+    """
+    ids = _present(nuclei)
+    if ids.size == 0:
+        return 0.0
+    ring = _ring_fraction(np.asarray(glass, dtype=bool), _centroids(nuclei, ids), radius_px)
+    return float(np.mean(ring > 0.5))
 
 
 def glass_depth(glass: np.ndarray, *, quantile: float = 0.9) -> float:
