@@ -2662,3 +2662,31 @@ def test_typical_unstained_nuclei_are_as_strong_as_the_fields_deep_ones_with_no_
     faint = np.where(deep & (nuc > 0), resp * 0.6, resp)  # their median 6.6
     assert not segment.typical_unstained_nuclei(nuc, faint, stained, diameter_px=d, reference=deep,
                                                 min_reference=8.0).any()
+
+
+def test_pale_cells_between_large_stained_ones_make_a_sheet_though_the_stained_bodies_show(monkeypatch):
+    """A dense plain-brightfield field (PNG, 113 cells, 8 % bare glass) of
+    large stained cells with pale unstained ones between them, their bodies
+    at the level the foreground reads as glass. The lamp took the pale cells
+    for glass (19 % of the field) and the spacing rule called the field a
+    sheet, but the body check saw 21 nucleus areas of foreground per nucleus
+    -- the stained cells' bodies -- and undid it: the unstained cells came
+    out as small discs round their nuclei (detection F1 0.76). Where the lamp
+    found under BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS of the field glass the
+    check is not taken."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from sabgal import evaluate, pipeline, synth
+
+    raw = json.loads((Path(__file__).parent / "data" / "stained_sheet_pale_unstained_between_field_params.json")
+                     .read_text())
+    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
+    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    field = synth.render_field(p, np.random.default_rng(p.seed))
+    res = analyze_image(field.rgb)
+    assert res.info["background_fraction"] < pipeline.BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS
+    assert evaluate.match_labels(field.cell_labels, res.cell_labels).f1 > 0.9
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS", 0.0)
+    assert evaluate.match_labels(field.cell_labels, analyze_image(field.rgb).cell_labels).f1 < 0.85
