@@ -440,17 +440,17 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     encoding = pixel_encoding(config, encoding)
     rgb = illumination.decode(rgb, encoding, ill.encoding_gamma)
     at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
-    if lamp is not None:
-        pass
-    elif ill.method == "flat_field":
-        if flat_field is None:
-            raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
-        lamp = illumination.lamp_from_blank(
-            illumination.decode(_validate_rgb(flat_field), encoding, ill.encoding_gamma), rgb.shape)
-    elif ill.method == "none":
-        lamp = illumination.flat_lamp(rgb)
-    else:
-        lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree, at_max=at_max)
+    if lamp is None:
+        if ill.method == "flat_field":
+            if flat_field is None:
+                raise ValueError("illumination.method = 'flat_field' needs a flat-field image")
+            lamp = illumination.lamp_from_blank(
+                illumination.decode(_validate_rgb(flat_field), encoding, ill.encoding_gamma), rgb.shape)
+        elif ill.method == "none":
+            lamp = illumination.flat_lamp(rgb)
+        else:
+            lamp = illumination.estimate_lamp(rgb, block_px=ill.block_px, degree=ill.polynomial_degree,
+                                              at_max=at_max)
     burnt = burnt_in(rgb, lamp.image)
     clipped = _clipped_white(at_max)
     od = _od_read(rgb, lamp.image, burnt, clipped)
@@ -1916,16 +1916,10 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         if nuclear.shape != np.shape(rgb)[:2]:
             raise ValueError(f"nuclear image shape {nuclear.shape} differs from the RGB image {np.shape(rgb)[:2]}")
     px = pixel_size_um or config.setup.pixel_size_um
-    prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding)
+    prep, od_sum, image_qc, lamp_rgb = _read_and_release(
+        prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding))
+    height, width = od_sum.shape
     timings["illumination_stains_s"] = time.perf_counter() - t0
-    # What is needed of the colour planes and the lamp field is read now and
-    # they are let go: ~150 MB on a 2048 x 2048 field, held through the
-    # rest of the pipeline otherwise (several images run at once in threads)
-    od_sum = _channel_sum(prep.od)
-    image_qc = qc.image_metrics(prep.rgb)
-    height, width = prep.rgb.shape[:2]
-    lamp_rgb = [round(float(v), 4) for v in np.median(prep.lamp.image[::8, ::8].reshape(-1, 3), axis=0)]
-    prep = dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None))
 
     t = time.perf_counter()
     cells, nuclei, foreground, diameter, nucleus_dist, size_source = _segment(
@@ -1939,15 +1933,12 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
         t = time.perf_counter()
         lamp = _glass_lamp_for_sparse_field(rgb, nuclei, diameter_px=diameter, config=config, encoding=encoding)
         if lamp is not None:
-            prep = prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding,
-                                 lamp=lamp)
+            prep, od_sum, image_qc, lamp_rgb = _read_and_release(
+                prepare_image(rgb, nuclear=nuclear, config=config, flat_field=flat_field, encoding=encoding,
+                              lamp=lamp))
             prep.warnings.append("no glass within the lamp estimate's noise limits; glass found with limits "
                                  f"{SPARSE_GLASS_SPREAD_FACTOR:g}x wider lies between the cells (noisy glass, "
                                  "e.g. a decoded sRGB JPEG)")
-            od_sum = _channel_sum(prep.od)
-            image_qc = qc.image_metrics(prep.rgb)
-            lamp_rgb = [round(float(v), 4) for v in np.median(prep.lamp.image[::8, ::8].reshape(-1, 3), axis=0)]
-            prep = dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None))
             cells, nuclei, foreground, diameter, nucleus_dist, size_source = _segment(
                 prep, nuclear=nuclear, config=config, od_sum=od_sum, nucleus_hint_px=nucleus_hint_px)
         timings["segment_s"] += time.perf_counter() - t
@@ -2002,6 +1993,19 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
                        prep.counterstain, info)
 
 
+def _read_and_release(prep: StainedImage) -> tuple[StainedImage, np.ndarray, dict, list[float]]:
+    """What the rest of :func:`analyze_image` needs of the colour planes and
+    the lamp field -- the summed OD, the pixel-level QC numbers and the
+    lamp's median colour -- and ``prep`` without them: ~150 MB on a 2048 x
+    2048 field, held through the rest of the pipeline otherwise (several
+    images run at once in threads)."""
+    od_sum = _channel_sum(prep.od)
+    image_qc = qc.image_metrics(prep.rgb)
+    lamp_rgb = [round(float(v), 4) for v in np.median(prep.lamp.image[::8, ::8].reshape(-1, 3), axis=0)]
+    return (dataclasses.replace(prep, rgb=None, od=None, lamp=dataclasses.replace(prep.lamp, image=None)),
+            od_sum, image_qc, lamp_rgb)
+
+
 # Plain brightfield whose lamp estimate found no glass (its bright-percentile
 # fallback: the field is read as a confluent sheet): the lamp is estimated again
 # with its glass-spread limits (illumination.GLASS_MAX_SPREAD and
@@ -2013,12 +2017,13 @@ def analyze_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
 # the nuclei (its share of the ring one nucleus diameter from their centre over
 # a half). A fresh sRGB JPEG field, decoded (79 % glass; its glass 0.55 % noisy,
 # over the 0.5 % limit), came out as one sheet (detection F1 0.02): its wider
-# limits found 59 % glass, round 2 % of its nuclei, 0.08x near them. Of the 19
-# development fields whose lamp fell back (seven sets, linear and sRGB), 17
-# found glass on their cells with the wider limits (glass_among_nuclei) and one
-# none; the other, a sheet of large stained cells with pale unstained cells
-# between them (the wider "glass" on the pale cells: 0.38x near the nuclei,
-# mostly those of stained cells), had it round 11 % of its nuclei.
+# limits found 59 % glass, round 2 % of its nuclei, 0.08x near them. Of the 22
+# other development fields whose lamp fell back (nine sets: eight linear, one
+# sRGB), 13 found glass on their cells with the wider limits
+# (glass_among_nuclei) and 8 none; the other, a sheet of large stained cells
+# with pale unstained cells between them (the wider "glass" on the pale cells:
+# 0.38x near the nuclei, mostly those of stained cells), had it round 11 % of
+# its nuclei.
 SPARSE_GLASS_SPREAD_FACTOR = 2.25
 SPARSE_GLASS_MAX_ENCLOSED = 0.05
 
