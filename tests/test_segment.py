@@ -2690,3 +2690,35 @@ def test_pale_cells_between_large_stained_ones_make_a_sheet_though_the_stained_b
     assert evaluate.match_labels(field.cell_labels, res.cell_labels).f1 > 0.9
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS", 0.0)
     assert evaluate.match_labels(field.cell_labels, analyze_image(field.rgb).cell_labels).f1 < 0.85
+
+
+def test_separate_cells_with_plenty_of_glass_are_not_a_sheet_by_the_spacing_rule(monkeypatch):
+    """A plain-brightfield field seen through a 2x stronger objective (drawn
+    at 512 x 680 and enlarged twice: nuclei ~40 px) of 50 faint unstained
+    cells, each about 11 nucleus areas, spread evenly over 52 % bare glass
+    (the lamp found 47 %). The glass lies near the nuclei's half-spacing
+    zone as a sheet's far cytoplasm would (0.82x), and the foreground gave
+    each nucleus 11.8 nucleus areas of body -- under the old line of 12:
+    the field was read as a sheet and every cell was grown across the glass
+    (detection F1 0.22). BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 10 keeps them
+    apart."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import cv2
+
+    from sabgal import evaluate, pipeline, synth
+
+    raw = json.loads((Path(__file__).parent / "data" / "separate_small_cells_magnified_field_params.json").read_text())
+    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
+    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    field = synth.render_field(p, np.random.default_rng(p.seed))
+    h, w = field.rgb.shape[:2]
+    rgb = cv2.resize(field.rgb, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    truth = np.repeat(np.repeat(field.cell_labels, 2, axis=0), 2, axis=1)
+    res = analyze_image(rgb)
+    assert res.info["background_fraction"] >= pipeline.BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS
+    assert evaluate.match_labels(truth, res.cell_labels).f1 > 0.9
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI", 12.0)
+    assert evaluate.match_labels(truth, analyze_image(rgb).cell_labels).f1 < 0.5
