@@ -24,6 +24,21 @@ def pytest_configure(config):
     faulthandler.enable(file=os.dup(sys.stderr.fileno()), all_threads=False)
 
 
+def saved_field_params(name: str):
+    """The synthetic field parameters saved in ``tests/data/<name>`` (a
+    manifest's ``params``: a development field that once failed), as
+    :class:`sabgal.synth.FieldParams` (keys it does not know are left out)."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from sabgal import synth
+
+    raw = json.loads((Path(__file__).parent / "data" / name).read_text())
+    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
+    return synth.FieldParams.from_dict({k: v for k, v in raw.items() if k in names})
+
+
 def paint_field(shape=(200, 260), cells=(), *, lamp=(0.92, 0.86, 0.95), noise=0.004, seed=0,
                 counterstain=stains.NUCLEAR_FAST_RED, body_od=0.04):
     """Render disks: each cell is (cy, cx, radius, nucleus_radius, xgal_od).

@@ -1,7 +1,7 @@
 import numpy as np
 
 from sabgal import illumination
-from conftest import paint_field
+from conftest import paint_field, saved_field_params
 
 
 def _vignetted(shape=(256, 320), strength=0.3, tint=(0.95, 0.8, 0.9)):
@@ -201,17 +201,12 @@ def test_faint_cells_on_jpeg_glass_leave_the_glass_found():
     and the lamp fell back to the bright percentile -- the cells were then
     grown over all the glass (detection F1 0.85 on the development set it
     comes from). The glass's own histogram peak gives its level and spread."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
     from sabgal import synth
     from sabgal.evaluate import match_labels
     from sabgal.pipeline import analyze_image
 
-    raw = json.loads((Path(__file__).parent / "data" / "faint_cells_jpeg_field_params.json").read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params("faint_cells_jpeg_field_params.json")
     field = synth.render_field(p, np.random.default_rng(p.seed))
     lamp = illumination.estimate_lamp(field.rgb.astype(np.float32) / 255)
     assert lamp.method == "auto" and lamp.background_fraction > 0.15, (lamp.method, lamp.background_fraction)
@@ -273,16 +268,11 @@ def test_a_colour_vignetted_sheet_is_not_read_as_stained_at_its_centre():
     stained) under a lamp whose green falls off faster than its red and
     blue: with one shared fall-off, the cast put X-gal on every cell of the
     field's bright centre (44 % called positive, a 32 pp error)."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
     from sabgal import synth
     from sabgal.pipeline import analyze_image
 
-    raw = json.loads((Path(__file__).parent / "data" / "colour_vignetted_sheet_field_params.json").read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params("colour_vignetted_sheet_field_params.json")
     field = synth.render_field(p, np.random.default_rng(p.seed))
     res = analyze_image(field.rgb)
     assert res.info["lamp_method"] == "auto-percentile"
@@ -298,17 +288,12 @@ def test_glass_brighter_than_a_sheets_pale_margins_is_the_lamp_though_scarcer():
     it true) and the cells were drawn as discs round their stain (detection
     F1 0.71); the quartic found the true glass, 2.5 % brighter, but less of
     it, and was turned away. Glass is the brightest thing in the field."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
     from sabgal import synth
     from sabgal.evaluate import match_labels
     from sabgal.pipeline import analyze_image
 
-    raw = json.loads((Path(__file__).parent / "data" / "sheet_bright_margins_field_params.json").read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params("sheet_bright_margins_field_params.json")
     field = synth.render_field(p, np.random.default_rng(p.seed))
     lamp = illumination.estimate_lamp(field.rgb.astype(np.float32) / np.iinfo(field.rgb.dtype).max)
     glass = field.cell_labels == 0
@@ -357,18 +342,13 @@ def test_noisy_glass_between_separate_cells_is_found_though_wider_than_the_limit
     grown over all the glass (41 cells: detection F1 0.02). With the limits
     2.25x wider the glass is found, and taken, because it lies between the
     nuclei the first reading found (pipeline._glass_lamp_for_sparse_field)."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
     from sabgal import synth
     from sabgal.config import Config
     from sabgal.evaluate import match_labels
     from sabgal.pipeline import analyze_image
 
-    raw = json.loads((Path(__file__).parent / "data" / "sparse_noisy_srgb_jpeg_field_params.json").read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params("sparse_noisy_srgb_jpeg_field_params.json")
     field = synth.render_field(p, np.random.default_rng(p.seed))
     light = illumination.decode(field.rgb.astype(np.float32) / 255, "srgb")
     assert illumination.estimate_lamp(light).method == "auto-percentile"  # (the limit as it stands)

@@ -6,7 +6,7 @@ from sabgal import morphology as morph
 from sabgal import filters, pipeline, segment, stains
 from sabgal.config import Config
 from sabgal.pipeline import analyze_image, prepare_image
-from conftest import paint_field
+from conftest import paint_field, saved_field_params
 
 
 def test_two_touching_cells_give_two_labels(touching_pair):
@@ -2129,14 +2129,10 @@ def _field_from_params(name: str, *, confluent: bool = True, setup: str | None =
     ``setup``: render the same cells in another set-up (``"fluorescence"``:
     with a paired DAPI image, which the pipeline is given)."""
     import dataclasses
-    import json
-    from pathlib import Path
 
     from sabgal import synth
 
-    raw = json.loads((Path(__file__).parent / "data" / name).read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params(name)
     if setup is not None:
         p = dataclasses.replace(p, setup=setup)
     field = synth.render_field(p, np.random.default_rng(p.seed))
@@ -2674,18 +2670,10 @@ def test_pale_cells_between_large_stained_ones_make_a_sheet_though_the_stained_b
     out as small discs round their nuclei (detection F1 0.76). Where the lamp
     found under BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS of the field glass the
     check is not taken."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
-    from sabgal import evaluate, pipeline, synth
+    from sabgal import evaluate, pipeline
 
-    raw = json.loads((Path(__file__).parent / "data" / "stained_sheet_pale_unstained_between_field_params.json")
-                     .read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
-    field = synth.render_field(p, np.random.default_rng(p.seed))
-    res = analyze_image(field.rgb)
+    field, res, _ = _field_from_params("stained_sheet_pale_unstained_between_field_params.json", confluent=False)
     assert res.info["background_fraction"] < pipeline.BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS
     assert evaluate.match_labels(field.cell_labels, res.cell_labels).f1 > 0.9
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_SHEET_BODY_CHECK_MIN_GLASS", 0.0)
@@ -2702,17 +2690,12 @@ def test_separate_cells_with_plenty_of_glass_are_not_a_sheet_by_the_spacing_rule
     the field was read as a sheet and every cell was grown across the glass
     (detection F1 0.22). BRIGHTFIELD_SHEET_MAX_BODY_NUCLEI = 10 keeps them
     apart."""
-    import dataclasses
-    import json
-    from pathlib import Path
 
     import cv2
 
     from sabgal import evaluate, pipeline, synth
 
-    raw = json.loads((Path(__file__).parent / "data" / "separate_small_cells_magnified_field_params.json").read_text())
-    names = {f.name for f in dataclasses.fields(synth.FieldParams)}
-    p = synth.FieldParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    p = saved_field_params("separate_small_cells_magnified_field_params.json")
     field = synth.render_field(p, np.random.default_rng(p.seed))
     h, w = field.rgb.shape[:2]
     rgb = cv2.resize(field.rgb, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
