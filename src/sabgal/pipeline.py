@@ -1329,10 +1329,13 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     if stain is not None and wide_px > band:
         # (the cells with no stain anywhere: a faintly stained cell's mean
         # lies under the floor too)
+        # (a cell's stain maximum, floored at 0, against the floor: whether
+        # any of its pixels reaches it)
         n = int(cells.max()) + 1
-        top = np.zeros(n, dtype=np.float32)
-        np.maximum.at(top, cells.ravel(), np.asarray(stain, dtype=np.float32).ravel())
-        wide = top < floor
+        if floor > 0:
+            wide = np.bincount(cells[np.asarray(stain, dtype=np.float32) >= floor], minlength=n) == 0
+        else:
+            wide = np.zeros(n, dtype=bool)
         wide[0] = False
         band_reach = wide_px
     else:

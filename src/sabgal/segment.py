@@ -1088,16 +1088,18 @@ def faint_bodies(grey: np.ndarray, foreground: np.ndarray, nuclei: np.ndarray, *
     area = np.bincount(comp.ravel(), minlength=n + 1)
     inside = np.bincount(comp[foreground], minlength=n + 1)
     own_area = np.bincount(comp[dense], minlength=n + 1)
-    pairs = np.unique(comp.astype(np.int64) * (int(nuclei.max()) + 1) + nuclei)  # (blob, nucleus) pairs
-    blob, nucleus = np.divmod(pairs, int(nuclei.max()) + 1)
-    held = np.bincount(blob[nucleus > 0], minlength=n + 1)
+    # (blob, nucleus) pairs, read off the nuclei's pixels in a blob only
+    on = (nuclei > 0) & (comp > 0)
+    pairs = np.unique(comp[on].astype(np.int64) * (int(nuclei.max()) + 1) + nuclei[on])
+    held = np.bincount(pairs // (int(nuclei.max()) + 1), minlength=n + 1)
     # a cell's body rises well clear of the noise somewhere (the residual
     # drift of the lamp model, at this scale, barely clears the limit), and
-    # is no larger than a few cells
-    peak = np.zeros(n + 1, dtype=np.float32)
-    np.maximum.at(peak, comp.ravel(), sm.ravel())
+    # is no larger than a few cells (a blob's peak, floored at 0, against
+    # that line: whether any of its pixels reaches it)
+    peak_line = level + peak_k * sd
+    risen = np.bincount(comp[sm >= peak_line], minlength=n + 1) > 0 if peak_line > 0 else np.ones(n + 1, bool)
     keep = (held <= 1) & (inside <= max_inside * area) & (own_area >= min_area_px)
-    keep &= (peak >= level + peak_k * sd) & (area <= max_area_px)
+    keep &= risen & (area <= max_area_px)
     keep[0] = False
     return keep[comp] & ~foreground
 
