@@ -1331,10 +1331,8 @@ def _borders_on_outlines(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray
     wide_px = OUTLINE_WIDE_BAND_NUCLEI * diameter_px
     wide = None
     if stain is not None and wide_px > band:
-        # (the cells with no stain anywhere: a faintly stained cell's mean
-        # lies under the floor too)
-        # (a cell's stain maximum, floored at 0, against the floor: whether
-        # any of its pixels reaches it)
+        # (the cells with no stain anywhere -- no pixel at the floor: a
+        # faintly stained cell's mean lies under the floor too)
         n = int(cells.max()) + 1
         if floor > 0:
             wide = np.bincount(cells[np.asarray(stain, dtype=np.float32) >= floor], minlength=n) == 0
