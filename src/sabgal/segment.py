@@ -1090,8 +1090,8 @@ def faint_bodies(grey: np.ndarray, foreground: np.ndarray, nuclei: np.ndarray, *
     own_area = np.bincount(comp[dense], minlength=n + 1)
     # (blob, nucleus) pairs, read off the nuclei's pixels in a blob only
     on = (nuclei > 0) & (comp > 0)
-    pairs = np.unique(comp[on].astype(np.int64) * (int(nuclei.max()) + 1) + nuclei[on])
-    held = np.bincount(pairs // (int(nuclei.max()) + 1), minlength=n + 1)
+    base = int(nuclei.max()) + 1
+    held = np.bincount(np.unique(comp[on].astype(np.int64) * base + nuclei[on]) // base, minlength=n + 1)
     # a cell's body rises well clear of the noise somewhere (the residual
     # drift of the lamp model, at this scale, barely clears the limit), and
     # is no larger than a few cells (a blob's peak, floored at 0, against
@@ -2400,10 +2400,10 @@ def drop_rim_nuclei(nuclei: np.ndarray, foreground: np.ndarray, *, min_depth_px:
     count = np.bincount(piece, minlength=top.size)[piece]
     drop = (piece > 0) & (dep < min_depth_px) & (deepest >= min_depth_px) & (count <= max_per_piece)
     if rel_depth > 0:
-        # a candidate less than rel_depth as deep as its piece's deepest one,
-        # with no neck between them, lies in the same cell: its pale margin
-        # (against each candidate of its piece that deep, not only the
-        # deepest: in a clump the deepest may lie in another cell)
+        # a candidate less than rel_depth as deep as another of its piece --
+        # any, not only the deepest, which in a clump may lie in another
+        # cell -- with no neck between them lies in that one's cell: its pale
+        # margin
         sel = np.flatnonzero((piece > 0) & (count <= max_per_piece) & (dep < rel_depth * deepest)
                              & (k != np.arange(ids.size)) & ~drop)
         a, b = np.nonzero((piece[sel][:, None] == piece[None, :]) & (rel_depth * dep[None, :] > dep[sel][:, None]))
