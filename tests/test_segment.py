@@ -1028,6 +1028,46 @@ def test_brightfield_foreground_keeps_glass_that_a_ring_of_cells_encloses():
     assert kept[ring & ~ndi.binary_dilation(~ring, iterations=3)].all()
 
 
+def test_brightfield_faint_bodies_grow_out_of_the_stain_when_the_glass_mask_holds_them():
+    # four unstained cells: a denser middle above the 4-SD limit, a body
+    # ~2.5 noise SDs (smoothed) above the glass that the lamp took for
+    # glass. Given where the field is clear of X-gal, the bodies joined to a
+    # middle are cell; not where the stain lies, and not at all when the
+    # glass mask is clean (no body in it): then nothing changes.
+    rng = np.random.default_rng(8)
+    shape = (300, 300)
+    centres = [(75, 75), (75, 225), (225, 75), (225, 225)]
+    core = _discs(shape, [(cy, cx, 10) for cy, cx in centres])
+    body = _discs(shape, [(cy, cx, 40) for cy, cx in centres])
+    noise = rng.normal(0, 0.006, shape).astype(np.float32)
+    glass = ~ndi.binary_dilation(core, iterations=4)  # (the lamp's mask: all but the middles)
+    clear = np.ones(shape, bool)
+    inner = ndi.binary_erosion(body, iterations=4) & ~ndi.binary_dilation(core, iterations=4)
+    outside = ~ndi.binary_dilation(body, iterations=6)
+
+    def foreground(faint_od, clear=clear):
+        od = noise + np.float32(0.05) * core + np.float32(faint_od) * (body & ~core)
+        return segment.brightfield_foreground(od.astype(np.float32), sigma_px=2.0, glass=glass, clear=clear)
+
+    od = noise + np.float32(0.05) * core + np.float32(0.003) * (body & ~core)
+    before = segment.brightfield_foreground(od.astype(np.float32), sigma_px=2.0, glass=glass)
+    assert before[inner].mean() < 0.3  # the bodies mostly under the 4-SD limit
+    grown = foreground(0.003)
+    # (the lower limit is 2 SDs of the glass mask's own spread, which the
+    # bodies in it widen: a body's outer part stays under it)
+    assert grown[inner].mean() > 0.65
+    assert grown[outside].mean() < 0.02
+    left = np.zeros(shape, bool)
+    left[:, :150] = True  # the two cells on the left stained
+    partly = foreground(0.003, clear=~left)
+    assert partly[inner & ~left].mean() > 0.65
+    assert partly[inner & left].mean() < before[inner & left].mean() + 0.02
+    clean = foreground(0.0)
+    bare = segment.brightfield_foreground((noise + np.float32(0.05) * core).astype(np.float32), sigma_px=2.0,
+                                          glass=glass)
+    assert np.array_equal(clean, bare)
+
+
 def test_brightfield_foreground_follows_glass_that_the_lamp_leaves_drifting():
     """Uneven illumination no smooth lamp model follows leaves a band of bare
     glass several noise SDs denser than the rest: against one field-wide

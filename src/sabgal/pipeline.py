@@ -978,6 +978,13 @@ BRIGHTFIELD_RIM_SPARE_RELATIVE_SNR = (0.5, 2.0)
 # spared false candidates: a 57-cell pale field 0.83 -> 0.74.
 BRIGHTFIELD_RIM_SPARE_MIN_SNR = 8.0
 
+# Brightfield: the faint bodies of unstained cells grow (hysteresis,
+# segment.brightfield_foreground) only where the X-gal smoothed at half a
+# nucleus is under this share of the positivity floor. Grown into stained
+# cells' pale margins too, unstained neighbours took them: fresh set 99001,
+# one field's positive fraction 2.4 -> 11.3 pp off.
+BRIGHTFIELD_FAINT_BODY_MAX_STAIN = 0.25
+
 # Brightfield: a nucleus candidate larger than this many typical nucleus areas is
 # a pale patch (a stained cell's thin margin, a gap in a granular stain), not a
 # nucleus: it would split its cell.
@@ -1616,7 +1623,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         else:
             foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg,
                                                         k=4.0 / seg.foreground_sensitivity, ignore=excluded,
-                                                        glass=enclosed, smoothed=smoothed, stats=glass_stats)
+                                                        glass=enclosed, smoothed=smoothed, stats=glass_stats,
+                                                        clear=broad < BRIGHTFIELD_FAINT_BODY_MAX_STAIN * floor)
         if glass_fitted and _glass_allows_outlines(prep.lamp, on_sheet=on_cells and sheet_mask):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],

@@ -795,6 +795,30 @@ TEXTURE_GLASS_PERCENTILE = 99.5
 # above it (noise alone: < 1 %) that shows the mask holds cytoplasm.
 FAINT_CYTOPLASM_SD = 3.0
 GLASS_CYTOPLASM_SHARE = 0.03
+# ... and in a plain-brightfield field (brightfield_foreground), where the
+# unstained cells are seen by their bodies' grey density alone: the lower
+# limit, in local noise SDs over the local glass level, to which a body
+# already found grows out of the stain.
+FAINT_BODY_SD = 2.0
+
+
+def _glass_residual(sm: np.ndarray, glass: np.ndarray, local: np.ndarray) -> tuple[float, float]:
+    """Median and robust SD (1.4826 MAD) of ``sm`` less the local glass
+    level ``local`` over the lamp's glass mask ``glass``."""
+    r = (sm - local)[glass]
+    med = float(filters.median(r))
+    return med, max(float(filters.median(np.abs(r - med))) * 1.4826, 1e-5)
+
+
+def _join_faint(fg: np.ndarray, weak: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    """``fg`` with the pieces of the lower-limit mask ``weak`` that touch it
+    (hysteresis), when over :data:`GLASS_CYTOPLASM_SHARE` of the lamp's
+    glass mask ``glass`` lies in ``weak``: noise alone puts well under 1 %
+    of true glass there, so the mask holds cytoplasm. Otherwise ``fg``: in a
+    clean field the lower limit would only widen every cell's blur halo."""
+    if np.count_nonzero(weak & glass) > GLASS_CYTOPLASM_SHARE * np.count_nonzero(glass):
+        return fg | _touching(weak, fg)
+    return fg
 
 
 def _touching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -855,9 +879,7 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         # the cells already found (two smoothing scales), which the lower
         # limit would only widen.
         local = _local_glass_level(sm, background, level, LOCAL_GLASS_SCALE * sigma_px)
-        r = (sm - local)[background]
-        med = float(filters.median(r))
-        sd_local = max(float(filters.median(np.abs(r - med))) * 1.4826, 1e-5)
+        med, sd_local = _glass_residual(sm, background, local)
         faint = sm > local + med + (5.0 / sensitivity) * sd_local
         halo = morph.dilate_cross(fg, iterations=int(round(2 * sigma_px)) + 1)
         fg |= faint & ~halo
@@ -868,15 +890,12 @@ def cell_foreground(signal: np.ndarray, *, sigma_px: float, sensitivity: float =
         # glass level; when over GLASS_CYTOPLASM_SHARE
         # of the mask is that dark, the mask holds cytoplasm, and what is
         # above that lower limit *and* joined to a cell already found is
-        # added to it (hysteresis). Not otherwise: in a clean field the
-        # lower limit would only widen every cell's blur halo.
+        # added to it (hysteresis: _join_faint).
         lim = FAINT_CYTOPLASM_SD / sensitivity
         # (against the local glass level only: a lamp misfit that leaves a
         # darker corner of glass is not faint cytoplasm, and must neither
         # open the gate nor join the cells beside it)
-        weak = sm > local + med + lim * sd_local
-        if np.count_nonzero(weak & background) > GLASS_CYTOPLASM_SHARE * np.count_nonzero(background):
-            fg |= _touching(weak, fg)
+        fg = _join_faint(fg, sm > local + med + lim * sd_local, background)
     if texture is not None:
         if background is not None and background.sum() > 500:
             tv = texture[background]
@@ -985,7 +1004,8 @@ def _left_sd(c: np.ndarray, hs: np.ndarray, i: int) -> float:
 def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.0,
                            ignore: np.ndarray | None = None, glass: np.ndarray | None = None,
                            smoothed: np.ndarray | None = None,
-                           stats: tuple[float, float] | None = None) -> np.ndarray:
+                           stats: tuple[float, float] | None = None,
+                           clear: np.ndarray | None = None) -> np.ndarray:
     """Cell bodies in an unstained brightfield field: smoothed OD more than
     ``k`` glass noise SDs above the glass level (:func:`glass_level`, which
     leaves out the ``ignore`` pixels: no specimen there). Holes are filled
@@ -1003,7 +1023,17 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     the local level instead (never below the field-wide one). Below that
     share it is left alone: the local mean of the mask also rises by a
     noise SD or two beside cells (their halos, faint margins inside the
-    mask), and following it there trims real cells' edges."""
+    mask), and following it there trims real cells' edges.
+
+    With ``glass`` and ``clear`` (where the field carries no X-gal), faint
+    bodies grow too (hysteresis, as :func:`cell_foreground`'s faint
+    cytoplasm): an unstained cell's body thins towards its edge, and the
+    lamp, fitted to what is clearest, takes its outer part for glass. What
+    lies ``FAINT_BODY_SD`` local noise SDs over the local glass level, out
+    of the stain, and joins a body already found is added, when over
+    ``GLASS_CYTOPLASM_SHARE`` of the mask lies that high (:func:`_join_faint`).
+    Out of the stain only: grown into a stained cell's pale margin, an
+    unstained neighbour took it, and that cell its call."""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     limit = level + k * sd
@@ -1027,6 +1057,11 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
         if float(share[local > limit].sum()) >= GLASS_DRIFT_SHARE * float(share.sum()):
             full = _blocks_to_full(local, f, sm.shape) if full is None else full
             limit = np.maximum(full, np.float32(level)) + np.float32(k * sd)
+        if clear is not None:
+            full = _blocks_to_full(local, f, sm.shape) if full is None else full
+            med, sd_local = _glass_residual(sm, glass, full)
+            weak = (sm > full + np.float32(med + FAINT_BODY_SD * sd_local)) & clear
+            return _tidy_mask(_join_faint(sm > limit, weak, glass), glass=glass)
     return _tidy_mask(sm > limit, glass=glass)
 
 
