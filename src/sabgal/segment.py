@@ -82,14 +82,6 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def _present(labels: np.ndarray) -> np.ndarray:
-    """Sorted labels > 0 present in a non-negative label image (``np.unique``
-    without 0, by counting instead of sorting)."""
-    labels = np.asarray(labels)
-    # (counting the labelled pixels alone: few, in a nucleus image)
-    return np.flatnonzero(np.bincount(labels[labels != 0])).astype(np.intp)
-
-
 def _areas(labels: np.ndarray) -> np.ndarray:
     """Pixel count per label of a sparse, non-negative label image (nuclei):
     ``np.bincount(labels.ravel())`` but 0 for the background, from the
@@ -97,6 +89,12 @@ def _areas(labels: np.ndarray) -> np.ndarray:
     first: a 33 MB copy at 2048 x 2048)."""
     labels = np.asarray(labels)
     return np.bincount(labels[labels != 0], minlength=1)
+
+
+def _present(labels: np.ndarray) -> np.ndarray:
+    """Sorted labels > 0 present in a non-negative label image (``np.unique``
+    without 0, by counting instead of sorting)."""
+    return np.flatnonzero(_areas(labels)).astype(np.intp)
 
 
 def _lut(ids: np.ndarray, size: int) -> np.ndarray:
@@ -1033,7 +1031,9 @@ def brightfield_foreground(od_sum: np.ndarray, *, sigma_px: float, k: float = 4.
     of the stain, and joins a body already found is added, when over
     ``GLASS_CYTOPLASM_SHARE`` of the mask lies that high (:func:`_join_faint`).
     Out of the stain only: grown into a stained cell's pale margin, an
-    unstained neighbour took it, and that cell its call."""
+    unstained neighbour took it, and that cell its call. (Not where the
+    limit is the mask's own glass peak, above: there the pale margins are
+    already what the limit was lowered for.)"""
     sm = filters.gaussian_filter(od_sum.astype(np.float32), sigma_px) if smoothed is None else smoothed
     level, sd = glass_level(sm, ignore=ignore) if stats is None else stats
     limit = level + k * sd
@@ -2148,7 +2148,7 @@ def polar_outline_paths(strength: np.ndarray, nuclei: np.ndarray, *, diameter_px
     along = np.zeros((ids.size, n_rays), dtype=np.float32)
     if ids.size == 0:
         return PolarPaths(ids, cents, theta, radius, along)
-    own_r = np.sqrt(np.bincount(nuclei[nuclei != 0], minlength=int(ids.max()) + 1)[ids] / np.pi)
+    own_r = np.sqrt(_areas(nuclei)[ids] / np.pi)
     sin, cos = np.sin(theta).astype(np.float32), np.cos(theta).astype(np.float32)
     h, w = z.shape
     n_t, step = t.size, int(max_step_px)
