@@ -1599,6 +1599,15 @@ def test_a_sheets_lattice_holes_are_searched_until_no_nucleus_is_added(monkeypat
     # JPEG, unstained nuclei ~4 SDs strong; the first searches find about a
     # third of them, whose spacing is too wide for the holes between them)
     field = _accuracy_field(20261206, 7)
+    # (the pale-peak count now takes most of them in the first search: one
+    # hole pass then loses only a cell or two; without it the passes matter)
+    passes = pipeline.BRIGHTFIELD_HOLE_PASSES
+    _, n_all, f1_all, _ = _scores(field)
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_PASSES", 1)
+    _, n_first, f1_first, _ = _scores(field)
+    assert n_first > 600 and f1_first > f1_all - 0.01
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_PASSES", passes)
+    monkeypatch.setattr(pipeline, "BRIGHTFIELD_MIRROR_NUCLEUS_BAND", 0.0)
     _, n, f1, error = _scores(field)
     assert n > 400 and error < 0.06
     monkeypatch.setattr(pipeline, "BRIGHTFIELD_HOLE_PASSES", 1)
@@ -2639,6 +2648,24 @@ def test_x_gal_crystals_bled_into_the_counterstain_are_not_nuclei():
     out = segment.drop_stain_peak_nuclei(nuc, x, c, diameter_px=10)
     assert set(np.unique(out)) == {0, 1, 2}
 
+
+
+def test_faint_nuclei_are_taken_where_pale_peaks_say_the_band_is_not_noise():
+    d = 8.0
+    # nuclei straddling the threshold (twice as many at 4.7-5.7 as at
+    # 6.2-7): the band below is fuller than above, which the population
+    # test reads as noise
+    dark = _peak_map([6.2, 6.6, 7.0] * 10 + [4.7, 5.2, 5.7] * 20 + [0.0] * 60)
+    empty = np.zeros(dark.shape, np.int32)
+    assert _n_labels(segment._add_blob_peaks(empty, dark, diameter_px=d, snr=6.0, spacing=1.0, band=1.0)) == 30
+    # few pale peaks (the negative's) of the same strengths: the weak dark ones are nuclei
+    quiet = dark - _peak_map([0.0] * 90 + [5.0, 5.5] * 2 + [0.0] * 56)
+    got = segment._add_blob_peaks(empty, quiet, diameter_px=d, snr=6.0, spacing=1.0, band=1.0, mirror_band=1.5)
+    assert _n_labels(got) == 90
+    # as many pale peaks as dark ones in the band: noise, nothing below snr taken
+    noisy = dark - _peak_map([0.0] * 90 + [4.7, 5.2, 5.7] * 20)
+    got = segment._add_blob_peaks(empty, noisy, diameter_px=d, snr=6.0, spacing=1.0, band=1.0, mirror_band=1.5)
+    assert _n_labels(got) == 30
 
 
 def test_a_lattice_hole_takes_an_unstained_nucleus_only_as_strong_as_its_neighbours(monkeypatch):

@@ -1277,8 +1277,41 @@ def truncated_population(values: np.ndarray, threshold: float, band: float, *, m
                 and below < max_below_share * above.size)
 
 
+def mirror_threshold(dark: np.ndarray, pale: np.ndarray, snr: float, band: float, *, ratio: float = 4.0,
+                     min_count: int = 20, step: float = 0.5) -> float:
+    """How far below ``snr`` a blob threshold may go where the peaks of
+    the opposite sign say the weaker ones are real: lowered ``step`` at a
+    time, at most ``band``, while the ``dark`` peak strengths between the
+    new threshold and ``snr`` number at least ``min_count`` and ``ratio``
+    times the ``pale`` ones there (the strengths of the peaks of the
+    negated response, the same way found). Noise, and the texture of the
+    cells, give peaks of either sign alike; nuclei only dark ones. So the
+    pale peaks count the noise among the dark ones at each strength (over-
+    count: pale gaps between cells add to them), and where the dark ones
+    outnumber them several times the band holds nuclei. ``snr`` when the
+    first step already fails.
+
+    >>> dark = np.r_[np.full(30, 5.7), np.full(30, 5.2), np.full(5, 4.7)]
+    >>> mirror_threshold(dark, np.r_[np.full(3, 5.2), np.full(15, 4.7)], 6.0, 1.5)
+    5.0
+    """
+    dark, pale = np.asarray(dark, dtype=np.float64), np.asarray(pale, dtype=np.float64)
+    best = float(snr)
+    k = 1
+    while k * step <= band + 1e-9:
+        t = snr - k * step
+        n_dark = np.count_nonzero((dark >= t) & (dark < snr))
+        n_pale = np.count_nonzero((pale >= t) & (pale < snr))
+        if n_dark < min_count or n_dark < ratio * n_pale:
+            break
+        best = t
+        k += 1
+    return best
+
+
 def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: float, snr: float,
-                    spacing: float, accept=None, band: float = 0.0) -> np.ndarray:
+                    spacing: float, accept=None, band: float = 0.0, mirror_band: float = 0.0,
+                    mirror_ratio: float = 4.0, mirror_region: np.ndarray | None = None) -> np.ndarray:
     """Peaks of the blob response ``z`` (:func:`blob_response`) at least
     ``snr`` SDs strong, passing ``accept`` (a function of the (k, 2) peak
     coordinates returning a boolean mask; all pass without it), and more
@@ -1286,23 +1319,46 @@ def _add_blob_peaks(nuclei: np.ndarray, z: np.ndarray | None, *, diameter_px: fl
     each other (strongest first), added to ``nuclei`` as discs of 0.45
     diameters. With ``band`` > 0, peaks down to ``snr - band`` are taken
     too where the threshold cuts into the population of those that pass
-    (:func:`truncated_population`)."""
+    (:func:`truncated_population`); with ``mirror_band`` > 0, down to where
+    :func:`mirror_threshold` (``mirror_ratio``) puts it, at most that far
+    below ``snr``, from the peaks of ``z`` and of ``-z`` found alike before
+    ``accept`` (the lower of the two); with ``mirror_region``, only peaks
+    where it is True are counted there and taken that way."""
     from scipy.spatial import cKDTree
 
     if z is None:
         return nuclei
     d = float(diameter_px)
-    coords = local_peaks(z, min_distance=max(1, int(spacing * d / 2)), threshold=snr - max(band, 0.0))
+    lowest = snr - max(band, mirror_band, 0.0)
+    min_distance = max(1, int(spacing * d / 2))
     ids = _present(nuclei)
-    if len(coords) and ids.size:
-        dist, _ = cKDTree(_centroids(nuclei, ids)).query(coords)
-        coords = coords[dist > spacing * d]
+    tree = cKDTree(_centroids(nuclei, ids)) if ids.size else None
+
+    def apart(points: np.ndarray) -> np.ndarray:
+        if len(points) and tree is not None:
+            return points[tree.query(points)[0] > spacing * d]
+        return points
+
+    def inside(points: np.ndarray) -> np.ndarray:
+        if mirror_region is None or not len(points):
+            return np.ones(len(points), dtype=bool)
+        return mirror_region[tuple(points.T)]
+
+    coords = apart(local_peaks(z, min_distance=min_distance, threshold=lowest))
+    mirror_level = snr
+    if mirror_band > 0 and len(coords):
+        pale = apart(local_peaks(-z, min_distance=min_distance, threshold=snr - mirror_band))
+        dark = coords[inside(coords)]
+        pale = pale[inside(pale)]
+        mirror_level = mirror_threshold(z[tuple(dark.T)] if len(dark) else np.zeros(0),
+                                        -z[tuple(pale.T)] if len(pale) else np.zeros(0),
+                                        snr, mirror_band, ratio=mirror_ratio)
     if accept is not None and len(coords):
         coords = coords[accept(coords)]
-    if band > 0 and len(coords):
+    if len(coords):
         strength = z[tuple(coords.T)]
-        if not truncated_population(strength, snr, band):
-            coords = coords[strength >= snr]
+        level = snr - band if band > 0 and truncated_population(strength, snr, band) else snr
+        coords = coords[(strength >= level) | ((strength >= mirror_level) & inside(coords))]
     if not len(coords):
         return nuclei
     coords = coords[_greedy_keep(coords, z[tuple(coords.T)], spacing * d)]
@@ -1528,7 +1584,8 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
                          smoothed: tuple[np.ndarray, np.ndarray] | None = None,
                          evidence: UnstainedEvidence | None = None,
                          max_finer_ratio: float = 0.0, band: float = 0.0,
-                         min_roundness: float = 0.0) -> np.ndarray:
+                         min_roundness: float = 0.0, mirror_band: float = 0.0,
+                         mirror_max_stain: float = 0.25) -> np.ndarray:
     """Add the nuclei of unstained cells that one threshold over a brightfield
     nuclear map misses.
 
@@ -1570,6 +1627,15 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
     ``band`` (0: off): where the unstained nuclei are so faint that ``snr``
     cuts into their population (:func:`truncated_population` of the peaks
     that pass every check), those down to ``snr - band`` are taken too.
+    ``mirror_band`` (0: off): and down to :func:`mirror_threshold`, at most
+    this far below ``snr``, where the peaks of the response's negative (pale
+    blobs: noise and texture, never a nucleus) are several times fewer than
+    the dark ones between there and ``snr``; only where the smoothed X-gal
+    exceeds its median over the X-gal-free part by less than
+    ``mirror_max_stain`` x ``max_xgal``. The faint periphery of a stained
+    cell, under ``max_xgal`` but over the unstained cells' level, is full
+    of dark granules and has no pale ones: there the count would pass
+    noise for nuclei (one dense field: 55 such "nuclei", no true one).
 
     ``min_roundness`` (0: off): nor is a peak on a ridge rather than a blob
     -- a stained cell's dark rim just past its stain, where two cells' rims
@@ -1608,8 +1674,13 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
             ok[ok] = finer_blob_ratio(grey, coords[ok], d) <= max_finer_ratio
         return ok
 
+    region = None
+    if mirror_band > 0:
+        clear = broad < max_xgal
+        level = float(filters.median(broad[clear])) if clear.any() else 0.0
+        region = broad < level + mirror_max_stain * max_xgal
     return _add_blob_peaks(nuclei, ev.response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around,
-                           band=band)
+                           band=band, mirror_band=mirror_band, mirror_region=region)
 
 
 def drop_stain_edge_nuclei(nuclei: np.ndarray, xgal: np.ndarray, *, diameter_px: float, level: float = 0.03,
