@@ -1658,7 +1658,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             foreground = segment.brightfield_foreground(od_sum, sigma_px=sigma_fg,
                                                         k=4.0 / seg.foreground_sensitivity, ignore=excluded,
                                                         glass=enclosed, smoothed=smoothed, stats=glass_stats,
-                                                        clear=broad < BRIGHTFIELD_FAINT_BODY_MAX_STAIN * floor)
+                                                        clear=(broad < BRIGHTFIELD_FAINT_BODY_MAX_STAIN * floor
+                                                               if enclosed is not None else None))
         if glass_fitted and _glass_allows_outlines(prep.lamp, on_sheet=on_cells and sheet_mask):
             # cells clear inside but ringed by their outline are what it closes
             outlined, strength = _outlined(grey_r, nuclei, f=f, d=d, smoothed=smoothed, glass_sd=glass_stats[1],

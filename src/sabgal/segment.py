@@ -1491,6 +1491,7 @@ class UnstainedEvidence(NamedTuple):
     response: np.ndarray | None  # blob_response of the neutral density over the X-gal-free part
     density: np.ndarray  # neutral density smoothed at d / 8
     noise: float  # robust SD of density less its blur at d / 4, over the X-gal-free part
+    clear_stain: float  # median smoothed (d / 2) X-gal over the X-gal-free part (0 if none)
 
 
 def unstained_nucleus_evidence(grey: np.ndarray, xgal: np.ndarray, *, diameter_px: float, max_xgal: float = 0.03,
@@ -1502,7 +1503,8 @@ def unstained_nucleus_evidence(grey: np.ndarray, xgal: np.ndarray, *, diameter_p
     clear = broad < max_xgal
     density = filters.gaussian_filter(np.asarray(grey, dtype=np.float32), max(1.0, d / 8))
     noise = local_noise(density, scale_px=d / 4, region=clear)
-    return UnstainedEvidence(blob_response(grey, clear, diameter_px=d), density, noise)
+    clear_stain = float(filters.median(broad[clear])) if clear.any() else 0.0
+    return UnstainedEvidence(blob_response(grey, clear, diameter_px=d), density, noise, clear_stain)
 
 
 def finer_blob_ratio(image: np.ndarray, coords: np.ndarray, diameter_px: float) -> np.ndarray:
@@ -1674,11 +1676,7 @@ def add_unstained_nuclei(nuclei: np.ndarray, grey: np.ndarray, xgal: np.ndarray,
             ok[ok] = finer_blob_ratio(grey, coords[ok], d) <= max_finer_ratio
         return ok
 
-    region = None
-    if mirror_band > 0:
-        clear = broad < max_xgal
-        level = float(filters.median(broad[clear])) if clear.any() else 0.0
-        region = broad < level + mirror_max_stain * max_xgal
+    region = broad < ev.clear_stain + mirror_max_stain * max_xgal if mirror_band > 0 else None
     return _add_blob_peaks(nuclei, ev.response, diameter_px=d, snr=snr, spacing=spacing, accept=unstained_around,
                            band=band, mirror_band=mirror_band, mirror_region=region)
 
