@@ -70,6 +70,9 @@ def test_pixel_size_from_tiff_and_ome(tmp_path, rgb8):
     ("float_range", "floating-point"),
     ("missing", "not found"),
     ("channels", "expected"),
+    ("cmyk_jpeg", "CMYK"),
+    ("cmyk_tiff", "CMYK"),
+    ("palette_tiff", "palette"),
 ])
 def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path, rgb8, case, match):
     p = tmp_path / f"{case}.tif"
@@ -91,6 +94,17 @@ def test_bad_inputs_give_one_line_errors_naming_the_file(tmp_path, rgb8, case, m
         tifffile.imwrite(p, rgb8.astype(np.float32), photometric="rgb")
     elif case == "channels":
         tifffile.imwrite(p, np.zeros((64, 80, 5), np.uint8), photometric="minisblack", planarconfig="contig")
+    elif case == "cmyk_jpeg":
+        # (read as RGBA, its C, M, Y channels passed for red, green, blue)
+        from PIL import Image
+
+        p = tmp_path / f"{case}.jpg"
+        Image.fromarray(rgb8).convert("CMYK").save(p)
+    elif case == "cmyk_tiff":
+        tifffile.imwrite(p, np.concatenate([rgb8, rgb8[..., :1]], axis=-1), photometric="separated")
+    elif case == "palette_tiff":
+        tifffile.imwrite(p, rgb8[..., 0], photometric="palette",
+                         colormap=np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1)))
     with pytest.raises(sio.ImageReadError, match=match) as err:
         sio.read_rgb(p)
     msg = str(err.value)

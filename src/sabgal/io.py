@@ -87,6 +87,8 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
+                if encoding:
+                    _check_colour_model(path, tif)
                 arr = tif.asarray()
                 pixel_size = _tiff_pixel_size(tif)
                 lossy = _lossy_tiff(tif)
@@ -94,6 +96,8 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
             return np.asarray(arr), pixel_size, lossy, declared
         import imageio.v3 as iio
 
+        if encoding:
+            _check_colour_model(path)
         return (np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"),
                 _declared_encoding(path) if encoding else None)
     except ImageReadError:
@@ -102,6 +106,36 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
         raise ImageReadError(
             f"{path}: cannot decode {ext or 'file'} (truncated or corrupt?): {_one_line(exc)}"
         ) from None
+
+
+# Colour models whose numbers are not the light each camera channel took:
+# a print separation (CMYK: read as RGBA it gave C, M, Y as red, green, blue),
+# an indexed palette (the indices read as a greyscale image), a Lab encoding.
+_TIFF_COLOUR_MODELS = {"SEPARATED": "CMYK (print separation)", "PALETTE": "indexed (palette)",
+                       "CIELAB": "L*a*b*", "ICCLAB": "L*a*b*", "ITULAB": "L*a*b*"}
+_PIL_COLOUR_MODELS = {"CMYK": "CMYK (print separation)", "LAB": "L*a*b*", "HSV": "HSV"}
+
+
+def _check_colour_model(path: Path, tif: Any = None) -> None:
+    """Raise :class:`ImageReadError` for a colour image not stored as RGB
+    (``_TIFF_COLOUR_MODELS``, ``_PIL_COLOUR_MODELS``): optical density is
+    read from the light each RGB channel took, which a conversion made for
+    print or display (its ink model and profile unknown) does not give back.
+    A PNG palette is expanded to RGB by the reader and passes."""
+    try:
+        if tif is not None:
+            name = getattr(tif.pages[0].photometric, "name", "")
+            what = _TIFF_COLOUR_MODELS.get(name)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                what = _PIL_COLOUR_MODELS.get(im.mode)
+    except Exception:  # (an unreadable header: the decoder reports it)
+        return
+    if what:
+        raise ImageReadError(f"{path}: {what} colour image; sabgal reads optical density from RGB "
+                             "brightfield images -- export the microscope camera's RGB image")
 
 
 # A PNG gAMA chunk this close to 1/2.2 (0.45455 as written) declares a
