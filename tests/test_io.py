@@ -38,6 +38,24 @@ def test_reads_compressed_tiff(tmp_path, rgb8, compression, lossy):
         assert np.array_equal(np.round(d.pixels * 255).astype(np.uint8), rgb8)
 
 
+def test_16_bit_colour_png_keeps_its_16_bits(tmp_path):
+    import cv2
+
+    rgb16 = np.random.default_rng(1).integers(0, 65536, (64, 80, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), rgb16[..., ::-1])  # (Pillow cannot write 16-bit colour)
+    d = sio.read_rgb(tmp_path / "a.png")
+    assert d.bit_depth == 16
+    assert np.array_equal(np.round(d.pixels.astype(np.float64) * 65535).astype(np.uint16), rgb16)
+
+
+def test_grey_png_with_alpha_is_refused_as_greyscale(tmp_path, rgb8):
+    from PIL import Image
+
+    Image.fromarray(rgb8).convert("LA").save(tmp_path / "la.png")
+    with pytest.raises(sio.ImageReadError, match="greyscale"):
+        sio.read_rgb(tmp_path / "la.png")
+
+
 def test_rgba_drops_alpha(tmp_path, rgb8):
     rgba = np.concatenate([rgb8, np.full((64, 80, 1), 255, np.uint8)], axis=-1)
     iio.imwrite(tmp_path / "a.png", rgba)

@@ -98,6 +98,8 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
 
         if encoding:
             _check_colour_model(path)
+        if ext == ".png":
+            return _read_png(path), None, False, _declared_encoding(path) if encoding else None
         return (np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"),
                 _declared_encoding(path) if encoding else None)
     except ImageReadError:
@@ -106,6 +108,31 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
         raise ImageReadError(
             f"{path}: cannot decode {ext or 'file'} (truncated or corrupt?): {_one_line(exc)}"
         ) from None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """A PNG's pixels as stored (RGB/RGBA channel order, a palette expanded),
+    by OpenCV's decoder: 16-bit colour PNGs keep their 16 bits (Pillow, under
+    imageio, reduces them to 8), and it is faster. Grey (+ alpha) comes back
+    as one channel, so it is refused as greyscale, not read as colour."""
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.tobytes().rfind(b"IEND") < 0:
+        # (OpenCV would decode what is there and warn on stderr)
+        raise ValueError("no IEND chunk: the file stops before the end of the image")
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.size == 0:
+        raise ValueError("not a readable PNG")
+    if arr.ndim == 3:
+        # IHDR colour type (byte 25): 0 grey, 4 grey + alpha
+        if data[:8].tobytes() == _PNG_SIGNATURE and data.size > 25 and data[25] in (0, 4):
+            return np.ascontiguousarray(arr[..., 0])
+        arr = arr[..., 2::-1] if arr.shape[-1] == 3 else arr[..., [2, 1, 0, 3]]
+    return np.ascontiguousarray(arr)
 
 
 # Colour models whose numbers are not the light each camera channel took:
