@@ -74,7 +74,8 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
     """(pixels, µm per pixel or None, whether the file's compression is lossy,
     the encoding the file declares: :func:`_declared_encoding`, or None
     without ``encoding`` -- a nuclear image is not decoded, and its PNG or
-    JPEG header need not be opened a second time)."""
+    JPEG header need not be opened). With ``encoding`` (the RGB image) a
+    colour model other than RGB is refused (:func:`_check_colour_model`)."""
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_dir():
@@ -88,24 +89,28 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
 
             with tifffile.TiffFile(path) as tif:
                 if encoding:
-                    _check_colour_model(path, tif)
+                    _check_colour_model(path, _TIFF_COLOUR_MODELS.get(getattr(tif.pages[0].photometric,
+                                                                              "name", "")))
                 arr = tif.asarray()
                 pixel_size = _tiff_pixel_size(tif)
                 lossy = _lossy_tiff(tif)
-                declared = _declared_encoding(path, tif) if encoding else None
+                declared = _declared_encoding(tif=tif) if encoding else None
             return np.asarray(arr), pixel_size, lossy, declared
+        data = path.read_bytes()
+        declared = None
+        if encoding:
+            # (Pillow reads the header only: its colour mode and declared encoding)
+            mode, declared = _pil_header(data)
+            _check_colour_model(path, _PIL_COLOUR_MODELS.get(mode))
+        if ext == ".png":
+            return _read_png(data), None, False, declared
+        if ext in (".jpg", ".jpeg"):
+            arr = _read_whole_jpeg(data)
+            if arr is not None:
+                return arr, None, True, declared
         import imageio.v3 as iio
 
-        if encoding:
-            _check_colour_model(path)
-        if ext == ".png":
-            return _read_png(path), None, False, _declared_encoding(path) if encoding else None
-        if ext in (".jpg", ".jpeg"):
-            arr = _read_whole_jpeg(path)
-            if arr is not None:
-                return arr, None, True, _declared_encoding(path) if encoding else None
-        return (np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"),
-                _declared_encoding(path) if encoding else None)
+        return np.asarray(iio.imread(path)), None, ext in (".jpg", ".jpeg"), declared
     except ImageReadError:
         raise
     except Exception as exc:  # decoder errors come in many types; report them as one line
@@ -114,74 +119,85 @@ def _read_raw(path: Path, *, encoding: bool = True) -> tuple[np.ndarray, float |
         ) from None
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _read_png(path: Path) -> np.ndarray:
-    """A PNG's pixels as stored (RGB/RGBA channel order, a palette expanded),
-    by OpenCV's decoder: 16-bit colour PNGs keep their 16 bits (Pillow, under
-    imageio, reduces them to 8), and it is faster. Grey (+ alpha) comes back
-    as one channel, so it is refused as greyscale, not read as colour."""
+def _imdecode(data: bytes) -> np.ndarray | None:
+    """OpenCV's decoding of an encoded image, as stored (bit depth kept, a
+    palette expanded), colour channels in RGB(A) order; None where it
+    cannot decode it."""
     import cv2
 
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.tobytes().rfind(b"IEND") < 0:
-        # (OpenCV would decode what is there and warn on stderr)
-        raise ValueError("no IEND chunk: the file stops before the end of the image")
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.size == 0:
-        raise ValueError("not a readable PNG")
+        return None
     if arr.ndim == 3:
-        # IHDR colour type (byte 25): 0 grey, 4 grey + alpha
-        if data[:8].tobytes() == _PNG_SIGNATURE and data.size > 25 and data[25] in (0, 4):
-            return np.ascontiguousarray(arr[..., 0])
         arr = arr[..., 2::-1] if arr.shape[-1] == 3 else arr[..., [2, 1, 0, 3]]
     return np.ascontiguousarray(arr)
 
 
-def _read_whole_jpeg(path: Path) -> np.ndarray | None:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    """A PNG's pixels by OpenCV's decoder (:func:`_imdecode`): 16-bit colour
+    PNGs keep their 16 bits (Pillow, under imageio, reduces them to 8), and
+    it is faster. Grey (+ alpha) comes back as one channel, so it is refused
+    as greyscale, not read as colour."""
+    if data.rfind(b"IEND") < 0:
+        # (OpenCV would decode what is there and warn on stderr)
+        raise ValueError("no IEND chunk: the file stops before the end of the image")
+    arr = _imdecode(data)
+    if arr is None:
+        raise ValueError("not a readable PNG")
+    # IHDR colour type (byte 25): 0 grey, 4 grey + alpha (OpenCV repeats the grey)
+    if arr.ndim == 3 and data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] in (0, 4):
+        return np.ascontiguousarray(arr[..., 0])
+    return arr
+
+
+def _read_whole_jpeg(data: bytes) -> np.ndarray | None:
     """A JPEG's RGB (or grey) pixels by OpenCV's decoder -- the values
     Pillow gives (the same libjpeg-turbo decoding: identical on 300 test
     files), in half the time and without holding Python's lock -- where the
     file ends with its end-of-image marker; else None (Pillow, under
     imageio, then decodes it and names a truncated file, which OpenCV would
     decode in part with a warning)."""
-    import cv2
+    if len(data) < 4 or data[-2:] != b"\xff\xd9":
+        return None
+    arr = _imdecode(data)
+    if arr is None or (arr.ndim == 3 and arr.shape[-1] != 3):
+        return None
+    return arr
 
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:
-        return None
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.size == 0 or (arr.ndim == 3 and arr.shape[-1] != 3):
-        return None
-    return np.ascontiguousarray(arr[..., ::-1]) if arr.ndim == 3 else arr
+
+def _pil_header(data: bytes) -> tuple[str | None, str | None]:
+    """(Pillow's colour mode, :func:`_declared_encoding`) from a PNG or JPEG
+    header; (None, None) where Pillow cannot open it (the decoder reports
+    what is wrong)."""
+    import io as _io
+
+    from PIL import Image
+
+    try:
+        with Image.open(_io.BytesIO(data)) as im:
+            return im.mode, _declared_encoding(im=im)
+    except Exception:
+        return None, None
 
 
 # Colour models whose numbers are not the light each camera channel took:
 # a print separation (CMYK: read as RGBA it gave C, M, Y as red, green, blue),
 # an indexed palette (the indices read as a greyscale image), a Lab encoding.
+# (A PNG palette is expanded to RGB by the decoder and passes.)
 _TIFF_COLOUR_MODELS = {"SEPARATED": "CMYK (print separation)", "PALETTE": "indexed (palette)",
                        "CIELAB": "L*a*b*", "ICCLAB": "L*a*b*", "ITULAB": "L*a*b*"}
 _PIL_COLOUR_MODELS = {"CMYK": "CMYK (print separation)", "LAB": "L*a*b*", "HSV": "HSV"}
 
 
-def _check_colour_model(path: Path, tif: Any = None) -> None:
+def _check_colour_model(path: Path, what: str | None) -> None:
     """Raise :class:`ImageReadError` for a colour image not stored as RGB
-    (``_TIFF_COLOUR_MODELS``, ``_PIL_COLOUR_MODELS``): optical density is
-    read from the light each RGB channel took, which a conversion made for
-    print or display (its ink model and profile unknown) does not give back.
-    A PNG palette is expanded to RGB by the reader and passes."""
-    try:
-        if tif is not None:
-            name = getattr(tif.pages[0].photometric, "name", "")
-            what = _TIFF_COLOUR_MODELS.get(name)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                what = _PIL_COLOUR_MODELS.get(im.mode)
-    except Exception:  # (an unreadable header: the decoder reports it)
-        return
+    (``what``: its model, from ``_TIFF_COLOUR_MODELS`` or
+    ``_PIL_COLOUR_MODELS``; None for RGB): optical density is read from the
+    light each RGB channel took, which a conversion made for print or
+    display (its ink model and profile unknown) does not give back."""
     if what:
         raise ImageReadError(f"{path}: {what} colour image; sabgal reads optical density from RGB "
                              "brightfield images -- export the microscope camera's RGB image")
@@ -192,27 +208,25 @@ def _check_colour_model(path: Path, tif: Any = None) -> None:
 DECLARED_GAMMA_TOLERANCE = 0.05
 
 
-def _declared_encoding(path: Path, tif: Any = None) -> str | None:
+def _declared_encoding(*, tif: Any = None, im: Any = None) -> str | None:
     """``"srgb"`` where the file declares its values encoded for display: a
     PNG ``sRGB`` chunk or a ``gAMA`` of ~1/2.2, a JPEG's EXIF ColorSpace =
     sRGB, or an embedded ICC colour profile (RGB profiles' tone curves are
     sRGB's or a 1.8-2.2 power, far closer to sRGB than to linear); else None.
     Scientific cameras' raw exports and image libraries' plain writes
-    declare nothing. Metadata is advisory: an unreadable tag is None."""
+    declare nothing. Metadata is advisory: an unreadable tag is None.
+    ``tif``: an open ``tifffile.TiffFile``; ``im``: an open Pillow image."""
     try:
         if tif is not None:
             return "srgb" if "InterColorProfile" in tif.pages[0].tags else None
-        from PIL import Image
-
-        with Image.open(path) as im:
-            info = im.info
-            if "srgb" in info or info.get("icc_profile"):
-                return "srgb"
-            gamma = info.get("gamma")
-            if gamma is not None and abs(float(gamma) - 1 / 2.2) < DECLARED_GAMMA_TOLERANCE:
-                return "srgb"
-            if "exif" in info and im.getexif().get_ifd(0x8769).get(0xA001) == 1:
-                return "srgb"
+        info = im.info
+        if "srgb" in info or info.get("icc_profile"):
+            return "srgb"
+        gamma = info.get("gamma")
+        if gamma is not None and abs(float(gamma) - 1 / 2.2) < DECLARED_GAMMA_TOLERANCE:
+            return "srgb"
+        if "exif" in info and im.getexif().get_ifd(0x8769).get(0xA001) == 1:
+            return "srgb"
     except Exception:
         return None
     return None
