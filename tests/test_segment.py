@@ -1230,6 +1230,40 @@ def test_empty_rings_are_dropped_but_cells_round_a_hole_and_stained_rings_stay()
     assert not segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained, min_hole_share=0)[crowd].any()
 
 
+def test_empty_strands_are_dropped_but_deep_bodies_and_cut_or_held_strands_stay():
+    """A dust ring the threshold broke open has no hole left, but it is a
+    strand: nowhere as deep as a cell, which is more than a nucleus wide
+    somewhere. Such a strand with no nucleus and no X-gal goes; a solid
+    nucleus-less body, a straight strand cut by the image's edge (a cell's
+    sliver: within half the depth of it, where the foreground can stop
+    short; a curled one there still goes),
+    a strand holding a nucleus or X-gal, and anything under ``min_hole_px``
+    stay."""
+    yy, xx = np.mgrid[0:260, 0:400]
+    fg = np.zeros((260, 400), bool)
+    nuclei = np.zeros((260, 400), np.int32)
+    stained = np.zeros((260, 400), bool)
+    d = np.hypot(yy - 60, xx - 60)
+    arc = (d >= 40) & (d < 48) & (xx > 40)  # a C: no enclosed hole
+    body = (yy - 60) ** 2 + (xx - 200) ** 2 <= 25 ** 2  # nucleus unseen
+    edge_strand = (yy < 6) & (xx >= 260) & (xx < 380)  # at the top edge
+    edge_strand |= (xx >= 396) & (xx < 399) & (yy >= 20) & (yy < 140)  # 1 px short of the right edge...
+    edge_strand |= (xx >= 392) & (xx < 396) & (yy >= 150) & (yy < 190)  # ... and 4 px short
+    held = (yy >= 150) & (yy < 157) & (xx >= 20) & (xx < 140)
+    nuclei[152:155, 80:83] = 3
+    blue = (yy >= 150) & (yy < 157) & (xx >= 200) & (xx < 320)
+    stained[150:157, 250:260] = True
+    speck = (yy >= 120) & (yy < 124) & (xx >= 360) & (xx < 372)  # 48 px: under min_hole_px
+    # a broken ring cut by the bottom edge: curled, not a cut cell's sliver
+    edge_arc = (np.hypot(yy - 262, xx - 80) >= 38) & (np.hypot(yy - 262, xx - 80) < 44)
+    fg |= arc | body | edge_strand | held | blue | speck | edge_arc
+    out = segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained, min_depth_px=6.0)
+    assert not out[arc].any() and not out[edge_arc].any()
+    assert np.array_equal(out, fg & ~arc & ~edge_arc & ~((xx >= 392) & (xx < 396) & (yy >= 150)))  # (4 px short)
+    # without a depth to meet, only rings go (as before)
+    assert np.array_equal(segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained), fg)
+
+
 def test_a_nucleated_pocket_the_size_of_a_cell_is_a_pale_cell_but_open_glass_is_not():
     # a ring of six stained cells (foreground, each with its nucleus)
     # encloses a pocket holding the nucleus of an unstained cell too faint

@@ -1021,6 +1021,12 @@ BRIGHTFIELD_FAINT_BODY_MAX_STAIN = 0.25
 # nucleus: it would split its cell.
 BRIGHTFIELD_MAX_NUCLEUS_AREAS = 3.0
 
+# Brightfield: a foreground piece with no nucleus and no X-gal that nowhere
+# lies this many nucleus diameters deep is a strand (a dust ring the
+# threshold broke open, a fibre), not a cell (segment.drop_empty_rings): a
+# cell is more than a nucleus wide somewhere.
+BRIGHTFIELD_STRAND_MAX_DEPTH_NUCLEI = 0.6
+
 # Brightfield: a lobe of a cell clump at least this many nucleus diameters in
 # inscribed radius, holding no nucleus, is a cell whose nucleus was not seen
 # (segment.add_lobe_seeds) ...
@@ -1705,7 +1711,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
                 background = background & ~pale
         # a ring round a clear middle, with no nucleus in or on it, is dust
         # on the optics, not a cell (filled, it made one large round "cell")
-        foreground = segment.drop_empty_rings(foreground, nuclei, min_hole_px=nuc_area, stained=fine >= floor)
+        # (and, in a sparse field, its strands; in a dense one a thin
+        # nucleus-less piece is likelier the visible part of a faint cell
+        # whose seed grows into the rest)
+        foreground = segment.drop_empty_rings(foreground, nuclei, min_hole_px=nuc_area, stained=fine >= floor,
+                                              min_depth_px=BRIGHTFIELD_STRAND_MAX_DEPTH_NUCLEI * d if sparse else 0.0)
         # (in a dense field, glass the lamp saw enclosed by touching cells
         # lies between them: left unfilled, so their bodies keep their own
         # lobes; in a sparse one such "glass" is likelier a pale part of one
