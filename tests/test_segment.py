@@ -2154,6 +2154,25 @@ def test_dense_specks_are_dropped_but_not_stained_large_or_ordinary_ones():
                                                    max_area_px=144))) == {0, 11, 12, 13, 14, 15, 16}
 
 
+def test_a_larger_clump_of_dirt_goes_only_when_far_denser_than_the_nuclei():
+    # twelve ordinary cells (nucleus 0.05 OD); two "cells" of 1.5x the speck
+    # size round dark clumps: one 4x as dense as the nuclei (0.2 OD), one 2.4x
+    # (0.12); a cell of 3x the speck size round a 0.2 OD clump
+    cells, nuclei, grey, stain = _twelve_ordinary_cells((60, 260))
+    for lab, x, od in ((13, 125, 0.2), (14, 145, 0.12)):
+        cells[2:20, x:x + 12] = lab  # 216 px: 1.5x of 144
+        nuclei[6:16, x + 2:x + 10] = lab
+        grey[6:16, x + 2:x + 10] = od
+    cells[25:58, 170:210] = 15  # 1320 px
+    nuclei[35:48, 180:195] = 15
+    grey[35:48, 180:195] = 0.2
+    out = segment.drop_dense_specks(cells, nuclei, grey, stain, max_area_px=144,
+                                    large_area_factor=2.0, large_density_ratio=3.0)
+    assert set(np.unique(out)) == set(range(16)) - {13}
+    # without the second tier, only cells under the speck size go
+    assert set(np.unique(segment.drop_dense_specks(cells, nuclei, grey, stain, max_area_px=144))) == set(range(16))
+
+
 def test_debris_bodies_denser_than_nuclei_are_dropped_at_any_size():
     # twelve ordinary cells: cytoplasm 0.02 OD, nucleus 0.05; a large "cell"
     # seeded on a clump of debris (0.25 OD over most of it, no nucleus seen);

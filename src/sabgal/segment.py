@@ -3163,11 +3163,15 @@ def drop_small_clear_cells_on_glass(cells: np.ndarray, glass: np.ndarray, stain:
 
 def drop_dense_specks(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, stain: np.ndarray, *,
                       max_area_px: float, density_ratio: float = 2.0, max_stain: float = 0.01,
-                      min_nuclei: int = 10) -> np.ndarray:
+                      min_nuclei: int = 10, large_area_factor: float = 1.0,
+                      large_density_ratio: float = np.inf) -> np.ndarray:
     """Remove "cells" smaller than ``max_area_px`` whose nucleus is at least
     ``density_ratio`` times as dense (mean neutral ``grey`` OD) as the
     field's median nucleus, clear of X-gal (mean ``stain``, clipped at zero,
-    under ``max_stain`` OD) over the cell.
+    under ``max_stain`` OD) over the cell -- and those up to
+    ``large_area_factor`` times that size whose nucleus is at least
+    ``large_density_ratio`` times as dense (a larger clump of dirt, with
+    the blur round it in its territory).
 
     Without a nuclear stain a dark speck of debris passes for a nucleus and
     gets a small territory; where its blur halo lies in the foreground no
@@ -3185,7 +3189,9 @@ def drop_dense_specks(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, s
     if ref is None:
         return cells
     area, (mean_stain,) = _cell_means(cells, np.maximum(stain, 0))
-    return drop_labels(cells, has & (dens >= density_ratio * ref) & (area < max_area_px) & (mean_stain < max_stain))
+    dense = ((dens >= density_ratio * ref) & (area < max_area_px)) | (
+        (dens >= large_density_ratio * ref) & (area < large_area_factor * max_area_px))
+    return drop_labels(cells, has & dense & (mean_stain < max_stain))
 
 
 def drop_dense_bodies(cells: np.ndarray, nuclei: np.ndarray, grey: np.ndarray, stain: np.ndarray, *,
