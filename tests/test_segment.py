@@ -1255,7 +1255,8 @@ def test_empty_strands_are_dropped_but_deep_bodies_and_cut_or_held_strands_stay(
     stained[150:157, 250:260] = True
     speck = (yy >= 120) & (yy < 124) & (xx >= 360) & (xx < 372)  # 48 px: under min_hole_px
     # a broken ring cut by the bottom edge: curled, not a cut cell's sliver
-    edge_arc = (np.hypot(yy - 262, xx - 80) >= 38) & (np.hypot(yy - 262, xx - 80) < 44)
+    d_edge = np.hypot(yy - 262, xx - 80)
+    edge_arc = (d_edge >= 38) & (d_edge < 44)
     fg |= arc | body | edge_strand | held | blue | speck | edge_arc
     out = segment.drop_empty_rings(fg, nuclei, min_hole_px=100, stained=stained, min_depth_px=6.0)
     assert not out[arc].any() and not out[edge_arc].any()

@@ -2421,8 +2421,6 @@ def drop_empty_rings(foreground: np.ndarray, nuclei: np.ndarray, *, min_hole_px:
             near[np.unique(np.r_[lab[:e].ravel(), lab[-e:].ravel(), lab[:, :e].ravel(), lab[:, -e:].ravel()])] = True
             near &= strand
             if near.any():
-                from sabgal.measure import convex_areas
-
                 ids = np.flatnonzero(near)
                 solidity = area[ids] / np.maximum(convex_areas(np.where(near[lab], lab, 0), ids), 1.0)
                 strand[ids[solidity >= max_edge_solidity]] = False
