@@ -1838,6 +1838,11 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         no_cells = segment.close_glass_margin(no_cells, foreground, smoothed,
                                               max_od=glass_level_od + GLASS_MARGIN_SD * glass_sd,
                                               margin_px=max(1, round(GLASS_MARGIN_PX / f)))
+    if mode == "brightfield":
+        # (the seeds' distance map: segment_cells' reach, and the trim's again
+        # below when every seed kept its cell)
+        nuclei = nuclei.astype(np.int32, copy=False)
+        nearest = segment.nearest_nucleus(nuclei)
     cells, nuclei = segment.segment_cells(
         nuclei, foreground, max_reach_px=seg.max_cell_radius_nuclei * d,
         min_cell_area_px=seg.min_cell_area_fraction * nuc_area, unseeded=unseeded, diameter_px=d,
@@ -1846,7 +1851,7 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
         min_extent_nuclei=extent, glass=no_cells,
         # touching cells share by nucleus size, blue cytoplasm to stained cells
         size_weighted=True, xgal=xs, stain_level=config.classify.min_positive_threshold,
-        nearest=None if mode == "brightfield" else nearest,
+        nearest=nearest,
         # (the borders follow the pale seams between the cells' bodies)
         seam=segment.seam_map(od_sum, foreground, sigma_px=SEAM_SIGMA_NUCLEI * d), seam_weight=SEAM_WEIGHT,
         seam_step=min(SEAM_MAX_BLOCK_PX, max(1, int(d // SEAM_BLOCK_NUCLEUS_PX))))
@@ -1863,6 +1868,8 @@ def _segment(prep: StainedImage, *, nuclear: np.ndarray | None, config: Config |
             # (an outlined cell's edge is its outline, not a blurred step)
             keep = segment.mostly_within(cells, outlined)
     elif trim:
+        if np.array_equal(nuclei > 0, seeds > 0):
+            nucleus_dist = nearest[0]  # (else the trim measures its own near band)
         # the brightfield foreground crosses the blur around a cell's body at
         # its low limit too; but a faint cell's reach is no blur. (Stained
         # cells are trimmed too: their level is read next to their edge,
