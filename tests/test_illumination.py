@@ -361,3 +361,45 @@ def test_noisy_glass_between_separate_cells_is_found_though_wider_than_the_limit
     assert any("glass found with limits" in w for w in res.info["warnings"])
     f1 = match_labels(field.cell_labels, res.cell_labels).f1
     assert f1 > 0.9, f1
+
+
+def _cell_means(prep, lab, nlab):
+    body = [(lab == i) & (nlab == 0) for i in range(1, int(lab.max()) + 1)]
+    return (np.array([prep.xgal[b].mean() for b in body]), np.array([prep.grey[b].mean() for b in body]))
+
+
+def test_glass_overexposed_in_one_channel_is_rebuilt_from_the_others():
+    from sabgal import pipeline
+
+    # a tinted lamp exposed until red saturates on the glass and the faint
+    # cell bodies: their red absorption is lost unless rebuilt
+    cells = [(50, 60, 30, 8, 0.5), (60, 180, 28, 8, 0.0), (145, 70, 26, 7, 0.0),
+             (140, 190, 34, 9, 0.35), (150, 128, 18, 6, 0.0)]
+    rgb, lab, nlab = paint_field(cells=cells, lamp=(0.90, 0.75, 0.85), body_od=0.08)
+    hot, _, _ = paint_field(cells=cells, lamp=(1.06, 0.85, 0.95), body_od=0.08)
+    assert (hot[..., 0] == 255).mean() > 0.5 and (hot[..., 1:] == 255).mean() == 0
+    ref = _cell_means(pipeline.prepare_image(rgb.astype(np.float32) / 255), lab, nlab)
+    prep = pipeline.prepare_image(hot.astype(np.float32) / 255)
+    got = _cell_means(prep, lab, nlab)
+    np.testing.assert_allclose(got[0], ref[0], atol=0.01)  # X-gal
+    np.testing.assert_allclose(got[1], ref[1], atol=0.01)  # the cells' own density
+    assert any(w.startswith("overexposed: glass clipped in R") for w in prep.warnings)
+    # read as it was, every unstained cell's red loss turned into negative X-gal
+    raw = illumination.rebuild_clipped
+    try:
+        illumination.rebuild_clipped = lambda image, at_max: (image, at_max, None)
+        unfixed = _cell_means(pipeline.prepare_image(hot.astype(np.float32) / 255), lab, nlab)
+    finally:
+        illumination.rebuild_clipped = raw
+    assert np.abs(unfixed[0] - ref[0]).max() > 0.05
+
+
+def test_rebuild_leaves_unclipped_and_white_clipped_images_alone():
+    rng = np.random.default_rng(3)
+    img = np.clip(rng.normal(0.8, 0.01, (64, 64, 3)), 0, 1).astype(np.float32)
+    out, at_max, done = illumination.rebuild_clipped(img, img >= img.max())
+    assert done is None and out is img
+    white = img.copy()
+    white[:, :32] = 1.0  # clipped in every channel: nothing to rebuild from
+    out, at_max, done = illumination.rebuild_clipped(white, white >= white.max())
+    assert done is None and out is white and at_max[:, :32].all()

@@ -20,8 +20,8 @@ from scipy import ndimage as ndi
 
 from sabgal import filters
 
-__all__ = ["Lamp", "decode", "estimate_lamp", "lamp_from_blank", "flat_lamp", "block_reduce_mean",
-           "upsample_bilinear"]
+__all__ = ["Lamp", "decode", "rebuild_clipped", "estimate_lamp", "lamp_from_blank", "flat_lamp",
+           "block_reduce_mean", "upsample_bilinear"]
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,116 @@ def decode(rgb: np.ndarray, encoding: str = "linear", gamma: float = 2.2) -> np.
         return np.where(x <= 0.04045, x / np.float32(12.92),
                         np.power((x + np.float32(0.055)) / np.float32(1.055), np.float32(2.4))).astype(np.float32)
     raise ValueError(f"unknown encoding {encoding!r}: 'linear', 'srgb' or 'gamma'")
+
+
+# Overexposed glass: a channel clipped at the image's maximum on at least
+# CLIP_MIN_SHARE of the field, while another channel is clipped on at most
+# CLIP_REFERENCE_MAX_SHARE of it, is rebuilt from that other channel
+# (:func:`rebuild_clipped`).
+CLIP_MIN_SHARE = 0.01
+CLIP_REFERENCE_MAX_SHARE = 0.002
+# The channel ratio is read off the clipped channel's pixels just below
+# clipping (this band of the maximum): faint absorbers, nearly colourless,
+# whose two channels keep the lamp's own ratio ...
+CLIP_RATIO_BAND = (0.85, 0.97)
+# ... when at least this many pixels lie there.
+CLIP_MIN_RATIO_PIXELS = 500
+
+
+@dataclass(frozen=True)
+class ClippedRebuild:
+    """What :func:`rebuild_clipped` did: per rebuilt channel (0 = R, 1 = G,
+    2 = B), the share of the field it had clipped and its ratio to the
+    reference channels' mean; and those reference channels."""
+
+    channels: tuple[int, ...]
+    shares: tuple[float, ...]
+    ratios: tuple[float, ...]
+    reference: tuple[int, ...]
+
+    def describe(self) -> str:
+        names = "RGB"
+        parts = ", ".join(f"{names[c]} ({100 * s:.0f} % of the field, {r:.3f}x)"
+                          for c, s, r in zip(self.channels, self.shares, self.ratios))
+        ref = "+".join(names[c] for c in self.reference)
+        return f"overexposed: glass clipped in {parts}; rebuilt from {ref}"
+
+
+def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, ClippedRebuild | None]:
+    """Light in the channels an overexposed camera clipped, from the ones it did not.
+
+    A tinted lamp exposed until its brightest channel saturates reads the
+    glass (and the faintest cytoplasm) at the maximum in that channel only:
+    every density there reads too low by the amount the lamp exceeds the
+    maximum, the other channels' not at all. The colour of a faint cell
+    turns to the unclipped channels' hue, and colour deconvolution reads it
+    as stain (a counterstained field of 8 % positive cells came out 93 %).
+    Where a channel is clipped on :data:`CLIP_MIN_SHARE` of the field or
+    more and another on at most :data:`CLIP_REFERENCE_MAX_SHARE`, the
+    clipped pixels are rebuilt as the reference channels' mean times the
+    lamp's ratio between them (at least the maximum: they were clipped),
+    the highlight reconstruction of raw photo processing. The ratio is the
+    median of the two over the clipped channel's pixels just below
+    clipping (:data:`CLIP_RATIO_BAND` of the maximum): there the light is
+    absorbed a little, and nearly alike in every channel, so the ratio is
+    the lamp's. Pixels clipped in every channel (white labels, glass
+    overexposed in every channel) are left: nothing says how bright they were.
+
+    ``rgb``: (M, N, 3) light, float; ``at_max``: ``rgb >= rgb.max()``.
+    Returns the image (a copy where rebuilt), ``at_max`` with the rebuilt
+    pixels no longer at the maximum, and what was done (None: nothing).
+
+    >>> rgb = np.full((40, 40, 3), 0.85, np.float32); rgb[..., 0] = 1.0  # R clipped on the glass
+    >>> rgb[:30, :30] = (0.93, 0.75, 0.75)                               # a faint cell, R just unclipped
+    >>> out, _, done = rebuild_clipped(rgb, rgb >= rgb.max())
+    >>> round(float(out[35, 35, 0]), 3), done.channels, round(done.ratios[0], 3)
+    (1.054, (0,), 1.24)
+    """
+    rgb = np.asarray(rgb)
+    share = at_max.reshape(-1, 3).mean(axis=0)
+    clipped = [c for c in range(3) if share[c] >= CLIP_MIN_SHARE]
+    reference = [c for c in range(3) if share[c] <= CLIP_REFERENCE_MAX_SHARE]
+    if not clipped or not reference:
+        return rgb, at_max, None
+    top = rgb.max()
+    ref = rgb[..., reference].mean(axis=-1, dtype=np.float32)
+    ref_free = ~at_max[..., reference].any(axis=-1)
+    out, at_max = rgb.astype(np.float32, copy=True), at_max.copy()
+    done, shares, ratios = [], [], []
+    for c in clipped:
+        v = rgb[..., c]
+        band = (v >= CLIP_RATIO_BAND[0] * top) & (v <= CLIP_RATIO_BAND[1] * top) & ref_free & (ref > 0)
+        if np.count_nonzero(band) < CLIP_MIN_RATIO_PIXELS:
+            continue
+        ratio = float(filters.median((v[band] / ref[band]).astype(np.float32)))
+        lost = at_max[..., c] & ref_free
+        guess = np.float32(ratio) * ref[lost]
+        # a pixel absorbing the reference's light more than this channel's
+        # (a counterstain's colour) would read below the maximum it was
+        # clipped at: its light lies between that maximum and the lamp's,
+        # taken half way (in density) rather than at the maximum, which
+        # read every such pixel as the absorber the clipped channel sees
+        under = guess < top
+        if under.any():
+            glass = np.float32(ratio) * _local_white(ref)[lost][under]
+            guess[under] = np.sqrt(top * np.maximum(glass, top))
+        out[..., c][lost] = guess
+        at_max[..., c] &= ~lost
+        done.append(c), shares.append(float(share[c])), ratios.append(ratio)
+    if not done:
+        return rgb, at_max, None
+    return out, at_max, ClippedRebuild(tuple(done), tuple(shares), tuple(ratios), tuple(reference))
+
+
+def _local_white(channel: np.ndarray, *, step: int = 8, window: int = 9) -> np.ndarray:
+    """The brightest level of ``channel`` within about ``step`` x ``window``
+    pixels of each pixel (a maximum over ``step``-pixel blocks' means): the
+    local glass, where any lies near."""
+    small = block_reduce_mean_padded(channel, step) if min(channel.shape) >= 4 * step else channel
+    top = ndi.maximum_filter(small, size=window, mode="nearest")
+    if top.shape == channel.shape:
+        return top
+    return upsample_bilinear(top, channel.shape)
 
 
 def flat_lamp(rgb: np.ndarray) -> Lamp:

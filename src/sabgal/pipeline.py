@@ -440,6 +440,8 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     encoding = pixel_encoding(config, encoding)
     rgb = illumination.decode(rgb, encoding, ill.encoding_gamma)
     at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
+    # (overexposed glass in some channels: rebuilt from the others)
+    rgb, at_max, rebuilt = illumination.rebuild_clipped(rgb, at_max)
     if lamp is None:
         if ill.method == "flat_field":
             if flat_field is None:
@@ -455,6 +457,8 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     clipped = _clipped_white(at_max)
     od = _od_read(rgb, lamp.image, burnt, clipped)
     mode, cs_name, cs_vec, warnings = decide_setup(config, has_nuclear=nuclear is not None, od=od)
+    if rebuilt is not None:
+        warnings.append(rebuilt.describe())
     sc = config.stains
     xgal_ref = stains.normalize(sc.xgal_vector)
     # (the vector estimates read the OD directly: concentrations are
