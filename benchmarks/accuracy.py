@@ -19,6 +19,7 @@ Usage::
     python benchmarks/accuracy.py --setups brightfield --n 40 --seed 5858 --xgal-grey-angle 4 9
     python benchmarks/accuracy.py --n 30 --seed 2020 --magnify 2
     python benchmarks/accuracy.py --n 42 --seed 2222 --camera-encoding srgb [--config srgb]
+    python benchmarks/accuracy.py --n 42 --seed 4343 --glass-level 1.05
 
 Writes ``benchmarks/results/accuracy.json`` and ``accuracy_per_image.csv``
 (``NAME.json`` and ``NAME_per_image.csv`` with ``--name``). ``--setups``
@@ -36,7 +37,10 @@ name defaults to ``accuracy_magnifiedF``. ``--camera-encoding srgb`` renders
 through a camera that encodes light with the sRGB tone curve (a number G:
 ``light ** (1/G)``), as consumer cameras and display exports do; read as
 linear by default, or decoded with ``--config srgb``; the name defaults to
-``accuracy_camera_ENC`` (``_srgb`` added with that config).
+``accuracy_camera_ENC`` (``_srgb`` added with that config). ``--glass-level L``
+puts every field's glass at L x full scale in its brightest channel: above 1
+an overexposed camera, its glass clipped in that channel (in every channel
+under a near-white lamp); the name defaults to ``accuracy_glassL``.
 """
 
 from __future__ import annotations
@@ -171,9 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="a higher magnification: render each field at 1/F of --shape and enlarge it F "
                          "times (images bilinear, true labels nearest; TIFF/PNG only), so nuclei span "
                          "F times the renderer's 8-22 px")
+    ap.add_argument("--glass-level", type=float, default=None, metavar="L",
+                    help="the brightest channel's glass at L x full scale in every field (default: drawn; "
+                         "above 1: an overexposed camera, the glass clipped)")
     args = ap.parse_args(argv)
     if args.name is None:
-        args.name = ("accuracy_negative" if args.negative
+        args.name = (f"accuracy_glass{args.glass_level:g}" if args.glass_level is not None
+                     else "accuracy_negative" if args.negative
                      else "accuracy_pale" if args.xgal_grey_angle
                      else f"accuracy_magnified{args.magnify}" if args.magnify != 1
                      else f"accuracy_camera_{args.camera_encoding}" + ("_" + Path(args.config).stem if args.config else "")
@@ -188,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = generate_dataset(images_dir, n=args.n, seed=args.seed, shape=shape,
                                 setups=args.setups, truth_dir=str(work / "truth"), negative=args.negative,
                                 xgal_grey_angle_deg=args.xgal_grey_angle, camera_encoding=args.camera_encoding,
+                                glass_level=args.glass_level,
                                 **({} if args.magnify == 1 else {"formats": ("tif", "png")}))
     if args.magnify != 1:
         magnify_dataset(images_dir, manifest, args.magnify)
@@ -211,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "xgal_grey_angle_deg": args.xgal_grey_angle,
         "magnify": args.magnify,
         "camera_encoding": args.camera_encoding,
+        "glass_level": args.glass_level,
         "config": args.config,
         "run_exit_code": rc,
         "render_s": round(t_render, 1),

@@ -472,3 +472,17 @@ def test_synth_cli_renders_through_an_srgb_camera_and_rejects_a_bad_encoding(tmp
     man = pd.read_csv(tmp_path / "a" / "manifest.csv")
     assert json.loads(man["params"][0])["srgb_camera"] is True
     assert synth_main([str(tmp_path / "b"), "--n", "1", "--shape", "64", "80", "--camera-encoding", "9"]) == 2
+
+
+def test_generate_dataset_overexposes_the_glass_on_request(tmp_path):
+    from sabgal import io as sio
+
+    man = synth.generate_dataset(tmp_path, n=2, seed=3, shape=(96, 128), formats=("png",), glass_level=1.1)
+    for _, row in man.iterrows():
+        assert json.loads(row["params"])["background_level"] == 1.1
+        rgb = sio.read_rgb(tmp_path / row["image"]).pixels
+        brightest = int(np.argmax(json.loads(row["params"])["lamp_rgb"]))
+        assert (rgb[..., brightest] >= 1.0).mean() > 0.2  # its glass clipped
+    with pytest.raises(ValueError, match="glass_level"):
+        synth.generate_dataset(tmp_path / "bad", n=1, seed=1, glass_level=3.0)
+    assert synth_main([str(tmp_path / "c"), "--n", "1", "--shape", "64", "80", "--glass-level", "2"]) == 2

@@ -1664,6 +1664,7 @@ def generate_dataset(
     negative: bool = False,
     xgal_grey_angle_deg: tuple[float, float] | None = None,
     camera_encoding: str | float | None = None,
+    glass_level: float | None = None,
 ) -> pd.DataFrame:
     """Render and write ``n`` fields, cycling through ``setups``; write ``manifest.csv``.
 
@@ -1702,6 +1703,13 @@ def generate_dataset(
         (``"srgb"``, as consumer cameras and most microscope software's
         exports do) or as ``light ** (1 / G)`` (a number G). The nuclear
         image stays linear.
+    glass_level : float, optional
+        The brightest channel's glass (the clear field at the median
+        vignetting) at this fraction of full scale in every field instead of
+        the drawn 0.55-0.97. Above 1 the camera is overexposed: the glass,
+        and the faintest cytoplasm, clip at full scale in that channel (in
+        every channel under a near-white lamp), as where the exposure was
+        set to make the background white.
 
     Returns
     -------
@@ -1718,6 +1726,8 @@ def generate_dataset(
 
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if glass_level is not None and not 0.2 <= glass_level <= 1.5:
+        raise ValueError(f"glass_level must be in [0.2, 1.5], got {glass_level}")
     setups = tuple(setups)
     if not setups or any(s not in SETUPS for s in setups):
         raise ValueError(f"setups must be a non-empty subset of {list(SETUPS)}, got {list(setups)}")
@@ -1736,6 +1746,8 @@ def generate_dataset(
             params = dataclasses.replace(params, srgb_camera=True)
         elif camera_encoding is not None:
             params = dataclasses.replace(params, gamma=1.0 / float(camera_encoding))
+        if glass_level is not None:
+            params = dataclasses.replace(params, background_level=float(glass_level))
         field = render_field(params, np.random.default_rng(params.seed))
         stem = f"synth_{seed}_{i:04d}_{setup}"
         paths = write_field(field, out, stem, truth_dir=tdir)
@@ -1788,6 +1800,9 @@ def build_synth_parser(parser: argparse.ArgumentParser | None = None) -> argpars
                    help="the RGB camera encodes light for display: 'srgb' (the sRGB tone curve, as "
                         "consumer cameras and display exports) or a number G (light ** (1/G)); "
                         "default: the drawn near-linear response")
+    g.add_argument("--glass-level", type=float, default=None, metavar="L",
+                   help="the brightest channel's glass at L x full scale (default: drawn 0.55-0.97; "
+                        "above 1: overexposed, the glass clipped)")
     return parser
 
 
@@ -1818,7 +1833,8 @@ def synth_main(argv: list[str] | None = None) -> int:
         manifest = generate_dataset(args.out, n=args.n, seed=args.seed, shape=tuple(args.shape),
                                     setups=setups, formats=tuple(args.formats), negative=args.negative,
                                     xgal_grey_angle_deg=args.xgal_grey_angle,
-                                    camera_encoding=_camera_encoding(args.camera_encoding))
+                                    camera_encoding=_camera_encoding(args.camera_encoding),
+                                    glass_level=args.glass_level)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
