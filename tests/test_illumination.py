@@ -403,3 +403,20 @@ def test_rebuild_leaves_unclipped_and_white_clipped_images_alone():
     white[:, :32] = 1.0  # clipped in every channel: nothing to rebuild from
     out, at_max, done = illumination.rebuild_clipped(white, white >= white.max())
     assert done is None and out is white and at_max[:, :32].all()
+
+
+def test_the_least_clipped_channel_serves_as_reference_when_every_channel_clips_somewhere():
+    rng = np.random.default_rng(5)
+    img = np.empty((200, 200, 3), np.float32)
+    img[...] = (1.10, 0.99, 1.04)  # a pink lamp: red over full scale, green just under
+    img[:120, :120] *= np.float32(0.85)  # faint cells below clipping in every channel
+    img += rng.normal(0, 0.004, img.shape).astype(np.float32)
+    img = np.clip(img, 0, 1)
+    share = (img >= 1).mean(axis=(0, 1))
+    assert share[1] > 0.002 and share[0] > 0.5 and share[2] > 0.3
+    out, at_max, done = illumination.rebuild_clipped(img, img >= img.max())
+    assert done is not None and done.reference == (1,) and set(done.channels) == {0, 2}
+    np.testing.assert_allclose(done.ratios, [1.10 / 0.99, 1.04 / 0.99], rtol=0.01)
+    glass = np.s_[150:, 150:]
+    free = ~(img[glass][..., 1] >= 1)  # (where green clipped too, nothing to rebuild from)
+    np.testing.assert_allclose(np.median(out[glass][..., 0][free]), 1.10, rtol=0.01)

@@ -263,6 +263,14 @@ def decode(rgb: np.ndarray, encoding: str = "linear", gamma: float = 2.2) -> np.
 # (:func:`rebuild_clipped`).
 CLIP_MIN_SHARE = 0.01
 CLIP_REFERENCE_MAX_SHARE = 0.002
+# ... or, where every channel clips somewhere, the least clipped one when it
+# is clipped on at most CLIP_REFERENCE_FALLBACK_SHARE of the field and each
+# other channel on CLIP_REFERENCE_FALLBACK_RATIO times as much or more (its
+# own clipped pixels, and theirs there, stay clipped): a pink lamp's green
+# clipped on 1 % of the field where red is on half of it (a plain-brightfield
+# field read 64 pp off with its red and blue left clipped; 1 pp rebuilt).
+CLIP_REFERENCE_FALLBACK_SHARE = 0.05
+CLIP_REFERENCE_FALLBACK_RATIO = 4.0
 # The channel ratio is read off the clipped channel's pixels just below
 # clipping (this band of the maximum): faint absorbers, nearly colourless,
 # whose two channels keep the lamp's own ratio ...
@@ -311,7 +319,8 @@ def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np
     turns to the unclipped channels' hue, and colour deconvolution reads it
     as stain (a counterstained field of 8 % positive cells came out 93 %).
     Where a channel is clipped on :data:`CLIP_MIN_SHARE` of the field or
-    more and another on at most :data:`CLIP_REFERENCE_MAX_SHARE`, the
+    more and another on at most :data:`CLIP_REFERENCE_MAX_SHARE` (else the
+    least clipped one, :data:`CLIP_REFERENCE_FALLBACK_SHARE`), the
     clipped pixels are rebuilt as the reference channels' mean times the
     lamp's ratio between them (at least the maximum: they were clipped),
     the highlight reconstruction of raw photo processing, where their
@@ -338,6 +347,12 @@ def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np
     share = at_max.reshape(-1, 3).mean(axis=0)
     clipped = [c for c in range(3) if share[c] >= CLIP_MIN_SHARE]
     reference = [c for c in range(3) if share[c] <= CLIP_REFERENCE_MAX_SHARE]
+    if not reference:
+        least = int(np.argmin(share))
+        if share[least] <= CLIP_REFERENCE_FALLBACK_SHARE and all(
+                share[c] >= CLIP_REFERENCE_FALLBACK_RATIO * share[least] for c in range(3) if c != least):
+            reference = [least]
+            clipped = [c for c in clipped if c != least]
     if not clipped or not reference:
         return rgb, at_max, None
     top = rgb.max()
