@@ -344,7 +344,10 @@ def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np
     (1.054, (0,), 1.24)
     """
     rgb = np.asarray(rgb)
-    share = at_max.reshape(-1, 3).mean(axis=0)
+    n_px = at_max.shape[0] * at_max.shape[1]
+    if np.count_nonzero(at_max) < CLIP_MIN_SHARE * n_px:  # (nearly every image: no channel can qualify)
+        return rgb, at_max, None
+    share = np.array([np.count_nonzero(at_max[..., c]) for c in range(3)]) / n_px
     clipped = [c for c in range(3) if share[c] >= CLIP_MIN_SHARE]
     reference = [c for c in range(3) if share[c] <= CLIP_REFERENCE_MAX_SHARE]
     if not reference:
