@@ -281,9 +281,9 @@ CLIP_RATIO_BAND = (0.85, 0.97)
 CLIP_MIN_RATIO_PIXELS = 500
 CLIP_NEUTRAL_MAX_OD = 0.004
 # Only where the lamp exceeds the maximum by at least this fraction (the
-# rebuilt glass's median over the clipped pixels): glass at the maximum give or take its
-# noise loses no more than the noise, and the lamp fit, which leaves clipped
-# blocks out, reads it better than a rebuild (an sRGB camera's lilac glass
+# rebuilt glass's median over the clipped pixels): glass at the maximum give
+# or take its noise loses no more than the noise, and the lamp fit, which
+# leaves clipped blocks out, reads it better than a rebuild (an sRGB camera's lilac glass
 # clipped on 3 % of the field in blue, 0.6 % over the maximum: rebuilt, the
 # blue lamp rose with the ratio's error and a field of 371 cells read 30 pp
 # more positive).
@@ -326,12 +326,16 @@ def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np
     the highlight reconstruction of raw photo processing, where their
     glass (the reference's local glass times the ratio) comes out at least
     :data:`CLIP_MIN_EXCESS` over the maximum (glass only just at it loses no
-    more than its noise). The ratio is the
-    median of the two over the clipped channel's pixels just below
-    clipping (:data:`CLIP_RATIO_BAND` of the maximum): there the light is
-    absorbed a little, and nearly alike in every channel, so the ratio is
-    the lamp's. Pixels clipped in every channel (white labels, glass
-    overexposed in every channel) are left: nothing says how bright they were.
+    more than its noise). The ratio is the median of the two over the
+    clipped channel's pixels just below clipping (:data:`CLIP_RATIO_BAND`
+    of the maximum): there the light is absorbed a little, and nearly alike
+    in every channel, so the ratio is the lamp's; with two reference
+    channels, only over the pixels they dim alike
+    (:data:`CLIP_NEUTRAL_MAX_OD`), where enough are such (a field of
+    stained cells otherwise tints it). A clipped pixel the ratio puts below
+    the maximum is put half way, in density, between the maximum and its
+    glass. Pixels clipped in every channel (white labels, glass overexposed
+    in every channel) are left: nothing says how bright they were.
 
     ``rgb``: (M, N, 3) light, float; ``at_max``: ``rgb >= rgb.max()``.
     Returns the image (a copy where rebuilt), ``at_max`` with the rebuilt
@@ -399,7 +403,9 @@ def rebuild_clipped(rgb: np.ndarray, at_max: np.ndarray) -> tuple[np.ndarray, np
             guess[under] = np.sqrt(top * np.maximum(glass[under], top))
         out[..., c][lost] = guess
         at_max[..., c] &= ~lost
-        done.append(c), shares.append(float(share[c])), ratios.append(ratio)
+        done.append(c)
+        shares.append(float(share[c]))
+        ratios.append(ratio)
     if not done:
         return rgb, at_max, None
     return out, at_max, ClippedRebuild(tuple(done), tuple(shares), tuple(ratios), tuple(reference))
