@@ -426,6 +426,16 @@ def pixel_encoding(config: Config, declared: str | None = None) -> str:
     return (declared or "linear") if enc == "auto" else enc
 
 
+def _light(rgb: np.ndarray, encoding: str, ill) -> tuple[np.ndarray, np.ndarray, illumination.ClippedRebuild | None]:
+    """Light from a validated RGB image: decoded from the camera's
+    ``encoding``, the clipped pixels (``at_max``: the lamp estimate and
+    clipped white share them) and the channels clipped on overexposed glass
+    rebuilt from the others (:func:`sabgal.illumination.rebuild_clipped`).
+    ``ill``: the illumination config."""
+    light = illumination.decode(rgb, encoding, ill.encoding_gamma)
+    return illumination.rebuild_clipped(light, light >= light.max())
+
+
 def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config: Config | None = None,
                   flat_field: np.ndarray | None = None, encoding: str | None = None,
                   lamp: illumination.Lamp | None = None) -> StainedImage:
@@ -438,10 +448,7 @@ def prepare_image(rgb: np.ndarray, *, nuclear: np.ndarray | None = None, config:
     ill = config.illumination
     # (light, from what the camera encoded: Beer-Lambert reads it)
     encoding = pixel_encoding(config, encoding)
-    rgb = illumination.decode(rgb, encoding, ill.encoding_gamma)
-    at_max = rgb >= rgb.max()  # (clipped pixels: the lamp estimate and clipped white share it)
-    # (overexposed glass in some channels: rebuilt from the others)
-    rgb, at_max, rebuilt = illumination.rebuild_clipped(rgb, at_max)
+    rgb, at_max, rebuilt = _light(rgb, encoding, ill)
     if lamp is None:
         if ill.method == "flat_field":
             if flat_field is None:
@@ -2120,10 +2127,11 @@ def _glass_lamp_for_sparse_field(rgb: np.ndarray, nuclei: np.ndarray, *, diamete
     when it finds glass that lies between the ``nuclei`` (full-resolution
     labels of a first reading, nuclei ``diameter_px`` across); else None."""
     ill = config.illumination
-    light = illumination.decode(_validate_rgb(rgb), pixel_encoding(config, encoding), ill.encoding_gamma)
+    # (the light prepare_image reads, overexposed channels rebuilt alike)
+    light, at_max, _ = _light(_validate_rgb(rgb), pixel_encoding(config, encoding), ill)
     lamp = illumination.estimate_lamp(light, block_px=ill.block_px, degree=ill.polynomial_degree,
-                                      spread_factor=SPARSE_GLASS_SPREAD_FACTOR)
-    del light
+                                      at_max=at_max, spread_factor=SPARSE_GLASS_SPREAD_FACTOR)
+    del light, at_max
     glass = lamp.background
     if lamp.method != "auto" or glass is None or not nuclei.any():
         return None
